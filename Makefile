@@ -1,0 +1,59 @@
+# callrec developer commands. Every target works on a fresh machine: it creates
+# the virtual environment and installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TOOLS_STAMP := tools/node_modules/.installed
+NODE_STAMP := clients/node/node_modules/.installed
+APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core
+
+.PHONY: run test test-deps proto proto-check lint bench clean apt-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+## run: start the server on 127.0.0.1:50051 with SQLite + local storage under ./data
+run: $(STAMP)
+	$(BIN)/callrec serve --listen 127.0.0.1:50051 --data-dir ./data
+
+$(TOOLS_STAMP): tools/package.json
+	cd tools && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(NODE_STAMP): clients/node/package.json
+	cd clients/node && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts); skipped when present
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test-deps: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) apt-deps
+
+## test: install test dependencies (pip, npm, Debian) and run the whole suite
+test: test-deps
+	$(BIN)/pytest -q
+
+## proto: regenerate the Python stubs in server/callrec/v1 from protos/
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=server --grpc_python_out=server --pyi_out=server protos/callrec/v1/*.proto
+
+lint: $(STAMP) $(TOOLS_STAMP)
+	$(BIN)/ruff check .
+	tools/node_modules/.bin/buf lint
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) tools/node_modules clients/node/node_modules
