@@ -1,0 +1,238 @@
+"""The `callrec` command: run the server and drive recordings from a terminal.
+
+Every client command talks to --server (env CALLREC_SERVER, default 127.0.0.1:50051),
+prints readable text by default and one JSON object per line with --json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from callrec_client.client import DEFAULT_TARGET, CallrecClient, CallrecError
+from callrec_client.render import recording_line, recording_text, to_json
+
+app = typer.Typer(
+    name="callrec",
+    help="callrec: self-hosted call recording. `callrec serve` runs the server; the other commands drive it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Server = Annotated[
+    str, typer.Option("--server", "-s", envvar="CALLREC_SERVER", help="HOST:PORT of the callrec server.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line) instead of text.")]
+
+
+def _fail(exc: CallrecError) -> None:
+    typer.secho(f"error: {exc.code.name}: {exc.details}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+def _client(server: str) -> CallrecClient:
+    return CallrecClient(server)
+
+
+@app.command()
+def serve(
+    listen: Annotated[str | None, typer.Option(envvar="CALLREC_LISTEN",
+                      help="HOST:PORT to bind [default: 127.0.0.1:50051].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="CALLREC_DATA_DIR",
+                        help="SQLite state, spool and local store [default: ./data].")] = None,
+    config: Annotated[Path | None, typer.Option("--config", envvar="CALLREC_CONFIG",
+                      help="TOML config file (flags and CALLREC_* env override it).")] = None,
+    metrics_listen: Annotated[str | None, typer.Option(envvar="CALLREC_METRICS_LISTEN",
+                              help="HOST:PORT for Prometheus /metrics; empty disables [default: off].")] = None,
+    clock: Annotated[str | None, typer.Option(envvar="CALLREC_CLOCK",
+                     help="realtime (production) or media (tests, benchmarks) [default: realtime].")] = None,
+    resource_id: Annotated[str | None, typer.Option(envvar="CALLREC_RESOURCE_ID",
+                           help="Stable path naming this deployment (events' topic, metadata resourceId).")] = None,
+    log_level: Annotated[str | None, typer.Option(envvar="CALLREC_LOG_LEVEL",
+                         help="debug, info, warning, error [default: info].")] = None,
+    log_format: Annotated[str | None, typer.Option(envvar="CALLREC_LOG_FORMAT",
+                          help="console or json [default: console].")] = None,
+    insecure: Annotated[bool | None, typer.Option("--insecure/--no-insecure", envvar="CALLREC_INSECURE",
+                        help="Allow a non-loopback listen address without TLS.")] = None,
+    reconnect_grace: Annotated[float | None, typer.Option(envvar="CALLREC_RECONNECT_GRACE",
+                               help="Seconds a broken gateway stream may take to reconnect [default: 30].")] = None,
+    playout_delay_ms: Annotated[int | None, typer.Option(envvar="CALLREC_PLAYOUT_DELAY_MS",
+                                help="Real-time clock: ms to wait for late frames [default: 200].")] = None,
+    event_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_EVENT_RETENTION_H",
+                                 help="Hours events stay in the log [default: 24].")] = None,
+    local_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_LOCAL_RETENTION_H",
+                                 help="Hours the local store keeps recordings [default: 24].")] = None,
+    default_storage: Annotated[str | None, typer.Option(envvar="CALLREC_DEFAULT_STORAGE",
+                               help="Storage target used when StartRecording names none [default: local].")] = None,
+    drain_timeout: Annotated[float | None, typer.Option(envvar="CALLREC_DRAIN_TIMEOUT",
+                             help="Seconds SIGTERM waits for recordings to finish [default: 60].")] = None,
+) -> None:
+    """Run the server (SQLite + local storage under --data-dir; no external service needed).
+
+    Precedence: flags > CALLREC_* environment > --config TOML file > defaults.
+
+    Example: callrec serve --listen 127.0.0.1:50051 --data-dir ./data --config callrec.toml
+    """
+    from callrec.config import ConfigError, load_config
+    from callrec.logs import configure_logging
+    from callrec.server import run
+
+    overrides = {
+        "listen": listen, "data_dir": data_dir, "metrics_listen": metrics_listen, "clock": clock,
+        "resource_id": resource_id, "log_level": log_level, "log_format": log_format, "insecure": insecure,
+        "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
+        "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
+        "default_storage": default_storage, "drain_timeout_s": drain_timeout,
+    }
+    try:
+        cfg = load_config(overrides, config)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    configure_logging(cfg.log_level, cfg.log_format)
+    try:
+        run(cfg)
+    except OSError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def start(
+    server_call_id: Annotated[str, typer.Argument(help="The call to record (a gateway must have opened it).")],
+    content: Annotated[str, typer.Option(help="audio or audio_video.")] = "audio_video",
+    channel: Annotated[str, typer.Option(help="mixed or unmixed.")] = "mixed",
+    format: Annotated[str, typer.Option("--format", help="wav, mp3 or mp4.")] = "mp4",
+    pause_on_start: Annotated[bool, typer.Option(help="Start paused.")] = False,
+    pause_mode: Annotated[str, typer.Option(help="skip (cut pauses out) or silence.")] = "skip",
+    destination: Annotated[str, typer.Option(help="Configured storage target; empty = default.")] = "",
+    chunk_max_seconds: Annotated[float, typer.Option(help="Longest chunk in seconds (1..14400).")] = 14400,
+    chunk_max_bytes: Annotated[int, typer.Option(help="Largest chunk in bytes; 0 = no limit.")] = 0,
+    request_id: Annotated[str, typer.Option(help="Idempotency key: a retry returns the same recording.")] = "",
+    unmixed_max_channels: Annotated[int, typer.Option(help="Unmixed: most channels (1..32).")] = 5,
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Start recording a call.
+
+    Example: callrec start call-1 --content audio --format wav
+    """
+    try:
+        with _client(server) as c:
+            rec = c.start_recording(
+                server_call_id, content_type=content, channel_type=channel, format=format,
+                pause_on_start=pause_on_start, pause_mode=pause_mode, destination=destination,
+                chunk_max_duration=timedelta(seconds=chunk_max_seconds), chunk_max_bytes=chunk_max_bytes,
+                request_id=request_id, unmixed_max_channels=unmixed_max_channels,
+            )
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    except CallrecError as exc:
+        _fail(exc)
+    typer.echo(to_json(rec) if json else recording_text(rec))
+
+
+def _one(verb: str, recording_id: str, server: str, json: bool) -> None:
+    try:
+        with _client(server) as c:
+            rec = getattr(c, verb)(recording_id)
+    except CallrecError as exc:
+        _fail(exc)
+    typer.echo(to_json(rec) if json else recording_text(rec))
+
+
+RecordingId = Annotated[str, typer.Argument(help="The recording id StartRecording returned.")]
+
+
+@app.command()
+def state(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+    """Show a recording's state, chunks and media counters."""
+    _one("get_recording_state", recording_id, server, json)
+
+
+@app.command()
+def pause(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+    """Pause a recording (no-op when paused)."""
+    _one("pause_recording", recording_id, server, json)
+
+
+@app.command()
+def resume(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+    """Resume a paused recording (no-op when active)."""
+    _one("resume_recording", recording_id, server, json)
+
+
+@app.command()
+def stop(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+    """Stop a recording; its files are finalised and stored (idempotent)."""
+    _one("stop_recording", recording_id, server, json)
+
+
+@app.command("list")
+def list_(
+    call: Annotated[str, typer.Option("--call", help="Only this server_call_id.")] = "",
+    state: Annotated[str | None, typer.Option(help="active, inactive, stopping, completed, failed.")] = None,
+    limit: Annotated[int, typer.Option(help="Most recordings to show (pages are fetched as needed).")] = 50,
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """List recordings, newest first."""
+    shown = 0
+    token = ""
+    try:
+        with _client(server) as c:
+            while shown < limit:
+                page = c.list_recordings(call, state, min(1000, limit - shown), token)
+                for rec in page.recordings:
+                    typer.echo(to_json(rec) if json else recording_line(rec))
+                    shown += 1
+                token = page.next_page_token
+                if not token:
+                    break
+    except KeyError:
+        typer.secho("error: --state must be active, inactive, stopping, completed or failed", err=True)
+        raise typer.Exit(2) from None
+    except CallrecError as exc:
+        _fail(exc)
+    if not shown and not json:
+        typer.echo("no recordings", err=True)
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new events.")] = False,
+    after: Annotated[int | None, typer.Option("--after", help="Resume after this sequence number.")] = None,
+    type_: Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")] = None,
+    call: Annotated[str, typer.Option("--call", help="Only events of this server_call_id.")] = "",
+    recording: Annotated[str, typer.Option("--recording", help="Only events of this recording.")] = "",
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Print retained events (all, or after --after); with --follow keep streaming.
+
+    --json prints each event's ACS JSON (one per line), ready for a webhook consumer.
+    """
+    from callrec_client.aio_events import print_events
+
+    try:
+        asyncio.run(print_events(server, follow, after, type_ or [], call, recording, json))
+    except CallrecError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="callrec")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

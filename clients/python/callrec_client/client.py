@@ -1,0 +1,288 @@
+"""Typed wrappers over the callrec.v1 stubs, so callers pass keywords instead of building messages.
+
+Errors come back as `CallrecError` with the gRPC status code and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from callrec.v1 import (
+    content_pb2,
+    content_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    recording_pb2,
+    recording_pb2_grpc,
+)
+from google.protobuf import duration_pb2
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+CONTENT_TYPES = {"audio": recording_pb2.RECORDING_CONTENT_TYPE_AUDIO,
+                 "audio_video": recording_pb2.RECORDING_CONTENT_TYPE_AUDIO_VIDEO}
+CHANNEL_TYPES = {"mixed": recording_pb2.RECORDING_CHANNEL_TYPE_MIXED,
+                 "unmixed": recording_pb2.RECORDING_CHANNEL_TYPE_UNMIXED}
+FORMATS = {"wav": recording_pb2.RECORDING_FORMAT_WAV, "mp3": recording_pb2.RECORDING_FORMAT_MP3,
+           "mp4": recording_pb2.RECORDING_FORMAT_MP4}
+PAUSE_MODES = {"skip": recording_pb2.PAUSE_MODE_SKIP, "silence": recording_pb2.PAUSE_MODE_SILENCE}
+STATES = {
+    "active": recording_pb2.RECORDING_STATE_ACTIVE,
+    "inactive": recording_pb2.RECORDING_STATE_INACTIVE,
+    "stopping": recording_pb2.RECORDING_STATE_STOPPING,
+    "completed": recording_pb2.RECORDING_STATE_COMPLETED,
+    "failed": recording_pb2.RECORDING_STATE_FAILED,
+}
+
+
+class CallrecError(Exception):
+    """An RPC failed; `code` is the gRPC status, `details` the server's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _wrap(exc: grpc.RpcError) -> CallrecError:
+    return CallrecError(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+
+
+def start_request(
+    server_call_id: str,
+    *,
+    content_type: str | None = None,
+    channel_type: str | None = None,
+    format: str | None = None,
+    pause_on_start: bool = False,
+    pause_mode: str | None = None,
+    destination: str = "",
+    chunk_max_duration: timedelta | None = None,
+    chunk_max_bytes: int = 0,
+    request_id: str = "",
+    unmixed_max_channels: int = 0,
+    audio_channel_participant_ordering: Iterable[str] = (),
+    channel_affinity: dict[str, int] | None = None,
+    operation_context: str = "",
+) -> recording_pb2.StartRecordingRequest:
+    """Build a StartRecordingRequest from plain values ("audio", "mixed", "wav", ...)."""
+    req = recording_pb2.StartRecordingRequest(
+        server_call_id=server_call_id,
+        pause_on_start=pause_on_start,
+        destination=destination,
+        chunk_max_bytes=chunk_max_bytes,
+        request_id=request_id,
+        unmixed_max_channels=unmixed_max_channels,
+        audio_channel_participant_ordering=list(audio_channel_participant_ordering),
+        operation_context=operation_context,
+    )
+    for value, table, field in (
+        (content_type, CONTENT_TYPES, "content_type"),
+        (channel_type, CHANNEL_TYPES, "channel_type"),
+        (format, FORMATS, "format"),
+        (pause_mode, PAUSE_MODES, "pause_mode"),
+    ):
+        if value is not None:
+            if value not in table:
+                raise ValueError(f"{field} must be one of {', '.join(table)}; got {value!r}")
+            setattr(req, field, table[value])
+    if chunk_max_duration is not None:
+        d = duration_pb2.Duration()
+        d.FromTimedelta(chunk_max_duration)
+        req.chunk_max_duration.CopyFrom(d)
+    for pid, channel in (channel_affinity or {}).items():
+        req.channel_affinity.add(channel=channel, participant_id=pid)
+    return req
+
+
+def subscribe_request(
+    event_types: Iterable[str] = (),
+    server_call_id: str = "",
+    recording_id: str = "",
+    after_sequence: int | None = None,
+    from_oldest: bool = False,
+) -> events_pb2.SubscribeEventsRequest:
+    """Build a SubscribeEventsRequest."""
+    req = events_pb2.SubscribeEventsRequest(
+        event_types=list(event_types), server_call_id=server_call_id, recording_id=recording_id,
+        from_oldest=from_oldest,
+    )
+    if after_sequence is not None:
+        req.after_sequence = after_sequence
+    return req
+
+
+class AsyncCallrecClient:
+    """asyncio client: `async with AsyncCallrecClient("127.0.0.1:50051") as c: await c.start_recording(...)`."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, channel: grpc.aio.Channel | None = None) -> None:
+        self.channel = channel or grpc.aio.insecure_channel(target)
+        self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
+        self.events = events_pb2_grpc.EventServiceStub(self.channel)
+        self.content = content_pb2_grpc.ContentServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncCallrecClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = 30.0) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _wrap(exc) from None
+
+    async def start_recording(self, server_call_id: str, **options: Any) -> recording_pb2.Recording:
+        """Start recording a call; options as in `start_request`."""
+        resp = await self._call(self.recordings.StartRecording, start_request(server_call_id, **options))
+        return resp.recording
+
+    async def get_recording_state(self, recording_id: str) -> recording_pb2.Recording:
+        """The recording's current state."""
+        req = recording_pb2.GetRecordingStateRequest(recording_id=recording_id)
+        return (await self._call(self.recordings.GetRecordingState, req)).recording
+
+    async def pause_recording(self, recording_id: str) -> recording_pb2.Recording:
+        """Pause (no-op when paused)."""
+        req = recording_pb2.PauseRecordingRequest(recording_id=recording_id)
+        return (await self._call(self.recordings.PauseRecording, req)).recording
+
+    async def resume_recording(self, recording_id: str) -> recording_pb2.Recording:
+        """Resume (no-op when active)."""
+        req = recording_pb2.ResumeRecordingRequest(recording_id=recording_id)
+        return (await self._call(self.recordings.ResumeRecording, req)).recording
+
+    async def stop_recording(self, recording_id: str) -> recording_pb2.Recording:
+        """Stop (idempotent)."""
+        req = recording_pb2.StopRecordingRequest(recording_id=recording_id)
+        return (await self._call(self.recordings.StopRecording, req)).recording
+
+    async def list_recordings(
+        self, server_call_id: str = "", state: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> recording_pb2.ListRecordingsResponse:
+        """One page of recordings, newest first."""
+        req = recording_pb2.ListRecordingsRequest(
+            server_call_id=server_call_id, state=STATES[state] if state else 0, page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._call(self.recordings.ListRecordings, req)
+
+    async def subscribe_events(self, **filters: Any) -> AsyncIterator[events_pb2.Event]:
+        """Events as they happen; filters as in `subscribe_request`. Cancel the iteration to stop."""
+        call = self.events.SubscribeEvents(subscribe_request(**filters))
+        try:
+            async for resp in call:
+                yield resp.event
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise _wrap(exc) from None
+        finally:
+            call.cancel()
+
+    async def download(
+        self, location: str, offset: int = 0, length: int = 0
+    ) -> AsyncIterator[content_pb2.DownloadContentResponse]:
+        """Pieces of a stored file."""
+        req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
+        try:
+            async for piece in self.content.DownloadContent(req):
+                yield piece
+        except grpc.aio.AioRpcError as exc:
+            raise _wrap(exc) from None
+
+    async def delete(self, location: str) -> content_pb2.DeleteContentResponse:
+        """Delete a chunk by its deleteLocation."""
+        return await self._call(self.content.DeleteContent, content_pb2.DeleteContentRequest(location=location))
+
+
+class CallrecClient:
+    """Blocking client with the same methods as AsyncCallrecClient."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 30.0) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.timeout = timeout
+        self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
+        self.events = events_pb2_grpc.EventServiceStub(self.channel)
+        self.content = content_pb2_grpc.ContentServiceStub(self.channel)
+
+    def __enter__(self) -> CallrecClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise _wrap(exc) from None
+
+    def start_recording(self, server_call_id: str, **options: Any) -> recording_pb2.Recording:
+        """Start recording a call; options as in `start_request`."""
+        return self._call(self.recordings.StartRecording, start_request(server_call_id, **options)).recording
+
+    def get_recording_state(self, recording_id: str) -> recording_pb2.Recording:
+        """The recording's current state."""
+        req = recording_pb2.GetRecordingStateRequest(recording_id=recording_id)
+        return self._call(self.recordings.GetRecordingState, req).recording
+
+    def pause_recording(self, recording_id: str) -> recording_pb2.Recording:
+        """Pause (no-op when paused)."""
+        req = recording_pb2.PauseRecordingRequest(recording_id=recording_id)
+        return self._call(self.recordings.PauseRecording, req).recording
+
+    def resume_recording(self, recording_id: str) -> recording_pb2.Recording:
+        """Resume (no-op when active)."""
+        req = recording_pb2.ResumeRecordingRequest(recording_id=recording_id)
+        return self._call(self.recordings.ResumeRecording, req).recording
+
+    def stop_recording(self, recording_id: str) -> recording_pb2.Recording:
+        """Stop (idempotent)."""
+        req = recording_pb2.StopRecordingRequest(recording_id=recording_id)
+        return self._call(self.recordings.StopRecording, req).recording
+
+    def list_recordings(
+        self, server_call_id: str = "", state: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> recording_pb2.ListRecordingsResponse:
+        """One page of recordings, newest first."""
+        req = recording_pb2.ListRecordingsRequest(
+            server_call_id=server_call_id, state=STATES[state] if state else 0, page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(self.recordings.ListRecordings, req)
+
+    def subscribe_events(self, **filters: Any) -> Iterator[events_pb2.Event]:
+        """Events as they happen (blocking iterator); filters as in `subscribe_request`."""
+        call = self.events.SubscribeEvents(subscribe_request(**filters))
+        try:
+            for resp in call:
+                yield resp.event
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                raise _wrap(exc) from None
+        finally:
+            call.cancel()
+
+    def download(self, location: str, offset: int = 0, length: int = 0) -> Iterator[content_pb2.DownloadContentResponse]:
+        """Pieces of a stored file."""
+        req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
+        try:
+            yield from self.content.DownloadContent(req, timeout=None)
+        except grpc.RpcError as exc:
+            raise _wrap(exc) from None
+
+    def delete(self, location: str) -> content_pb2.DeleteContentResponse:
+        """Delete a chunk by its deleteLocation."""
+        return self._call(self.content.DeleteContent, content_pb2.DeleteContentRequest(location=location))

@@ -1,0 +1,68 @@
+"""Human and JSON rendering of API resources for the CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from callrec.v1 import recording_pb2
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """Protobuf -> dict with the proto field names (as grpcurl prints them)."""
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def to_json(msg: Message) -> str:
+    """One JSON object on one line."""
+    return json.dumps(to_dict(msg), ensure_ascii=False)
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+def recording_line(rec: recording_pb2.Recording) -> str:
+    """One line per recording for `callrec list`."""
+    state = _enum_name(recording_pb2.RecordingState, rec.state, "RECORDING_STATE_")
+    fmt = _enum_name(recording_pb2.RecordingFormat, rec.format, "RECORDING_FORMAT_")
+    ch = _enum_name(recording_pb2.RecordingChannelType, rec.channel_type, "RECORDING_CHANNEL_TYPE_")
+    started = rec.start_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if rec.HasField("start_time") else "-"
+    return f"{rec.recording_id}  {state:<9}  {ch:<7} {fmt:<3}  call={rec.server_call_id}  started={started}Z"
+
+
+def recording_text(rec: recording_pb2.Recording) -> str:
+    """A readable block for one recording (`callrec state`, `start`, ...)."""
+    d = to_dict(rec)
+    state = _enum_name(recording_pb2.RecordingState, rec.state, "RECORDING_STATE_")
+    lines = [
+        f"recording  {rec.recording_id}",
+        f"state      {state}",
+        f"call       {rec.server_call_id} (call_id {rec.call_id})",
+        "format     "
+        + "/".join(
+            [
+                _enum_name(recording_pb2.RecordingChannelType, rec.channel_type, "RECORDING_CHANNEL_TYPE_"),
+                _enum_name(recording_pb2.RecordingContentType, rec.content_type, "RECORDING_CONTENT_TYPE_"),
+                _enum_name(recording_pb2.RecordingFormat, rec.format, "RECORDING_FORMAT_"),
+            ]
+        ),
+        f"started    {d.get('start_time', '-')}",
+        f"duration   {rec.duration.ToTimedelta().total_seconds():.1f} s",
+    ]
+    if rec.pause_intervals:
+        lines.append(f"pauses     {len(rec.pause_intervals)}")
+    if rec.session_end_reason:
+        lines.append(f"ended      {rec.session_end_reason}")
+    if rec.HasField("error") and rec.error.message:
+        lines.append(f"error      {rec.error.message} (code {rec.error.code})")
+    for chunk in rec.chunks:
+        lines.append(f"chunk {chunk.index}    {chunk.content_location}")
+        lines.append(f"           metadata {chunk.metadata_location}")
+        lines.append(f"           delete   {chunk.delete_location}")
+    stats = rec.media_stats
+    rejected = sum(stats.frames_rejected_by_reason.values())
+    lines.append(f"media      {stats.frames_received} frames received, {rejected} rejected")
+    return "\n".join(lines)

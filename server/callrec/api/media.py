@@ -1,0 +1,223 @@
+"""MediaService: turns a gateway's bidirectional stream into call registry and ingest calls.
+
+One reader task consumes the request iterator (the only way a bidi stream is read)
+and queues what must go back; the handler's generator yields those, the call's
+recording-state notices and an `ack` at least once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from callrec.api import convert
+from callrec.api.errors import status_of
+from callrec.core.calls import Call, CallRegistry, GatewayStream, Participant, RecordingNotice
+from callrec.core.errors import CallrecError, FailedPrecondition, InvalidArgument
+from callrec.core.ingest import MediaIngest
+from callrec.core.recordings import RecordingRegistry
+from callrec.logs import get_logger
+from callrec.v1 import media_pb2 as pb
+from callrec.v1 import media_pb2_grpc
+
+log = get_logger("api.media")
+
+ACK_INTERVAL_S = 1.0
+MAX_WARNINGS_PER_SECOND = 20
+
+
+@dataclass
+class _End:
+    """The gateway sent `end`."""
+
+    reason: str
+
+
+@dataclass
+class _Broken:
+    """The gateway half-closed without `end`."""
+
+
+class _Session:
+    """State of one StreamMedia stream."""
+
+    def __init__(self, calls: CallRegistry, ingest: MediaIngest) -> None:
+        self.calls = calls
+        self.ingest = ingest
+        self.call: Call | None = None
+        self.stream: GatewayStream | None = None
+        self.out: asyncio.Queue[pb.StreamMediaResponse | _End | _Broken | CallrecError] = asyncio.Queue(2000)
+        self.warning_window = 0.0
+        self.warnings_in_window = 0
+
+    def warn(self, participant_id: str, code: str, message: str) -> None:
+        """Queue a warning, at most MAX_WARNINGS_PER_SECOND (the counters in `ack` carry the rest)."""
+        now = time.monotonic()
+        if now - self.warning_window >= 1.0:
+            self.warning_window, self.warnings_in_window = now, 0
+        if self.warnings_in_window >= MAX_WARNINGS_PER_SECOND:
+            return
+        self.warnings_in_window += 1
+        with contextlib.suppress(asyncio.QueueFull):
+            self.out.put_nowait(pb.StreamMediaResponse(
+                warning=pb.MediaWarning(participant_id=participant_id, code=code, message=message)))
+
+    def count(self, participant: Participant, reason: str | None, kind: str) -> None:
+        assert self.call is not None
+        if reason is None:
+            participant.stats.frames_received += 1
+            self.call.stats.frames_received += 1
+            return
+        participant.stats.reject(reason)
+        self.call.stats.reject(reason)
+        self.warn(participant.participant_id, reason, f"{kind} frame rejected: {reason}")
+
+    def ack(self) -> pb.StreamMediaResponse:
+        assert self.call is not None and self.stream is not None
+        acks = []
+        for pid in sorted(self.stream.participant_ids):
+            p = self.call.participants.get(pid)
+            if p is None:
+                continue
+            acks.append(pb.ParticipantAck(
+                participant_id=pid,
+                last_audio_sequence=p.last_audio_sequence,
+                last_video_sequence=p.last_video_sequence,
+                received=p.stats.frames_received,
+                rejected_by_reason=p.stats.frames_rejected_by_reason,
+            ))
+        return pb.StreamMediaResponse(ack=pb.MediaAck(participants=acks))
+
+
+class MediaServicer(media_pb2_grpc.MediaServiceServicer):
+    """StreamMedia."""
+
+    def __init__(self, calls: CallRegistry, recordings: RecordingRegistry, ingest: MediaIngest) -> None:
+        self.calls = calls
+        self.recordings = recordings
+        self.ingest = ingest
+
+    def _handle(self, s: _Session, req: pb.StreamMediaRequest) -> None:
+        kind = req.WhichOneof("message")
+        if kind is None:
+            raise InvalidArgument("empty StreamMediaRequest: set one of open, join, audio, video, leave, end")
+        if s.call is None:
+            if kind != "open":
+                raise InvalidArgument(f"expected `open` as the first message of the stream, got `{kind}`")
+            o = req.open
+            s.call, s.stream = self.calls.open(o.server_call_id, o.call_id, o.gateway_id)
+            in_progress = self.recordings.in_progress_for_call(o.server_call_id)
+            s.out.put_nowait(pb.StreamMediaResponse(opened=pb.StreamOpened(
+                server_call_id=o.server_call_id,
+                call_connection_id=s.stream.connection_id,
+                recordings=[convert.recording(in_progress)] if in_progress else [],
+            )))
+            return
+        assert s.stream is not None
+        call, stream = s.call, s.stream
+        if kind == "open":
+            raise InvalidArgument("`open` was already sent on this stream; send it exactly once, first")
+        if kind == "audio":
+            f = req.audio
+            p = self.calls.participant(call, stream, f.participant_id, "audio frame")
+            reason = self.ingest.audio(call, p, f.sequence, f.timestamp_us, f.data)
+            p.last_audio_sequence = max(p.last_audio_sequence, f.sequence)
+            s.count(p, reason, "audio")
+        elif kind == "video":
+            v = req.video
+            p = self.calls.participant(call, stream, v.participant_id, "video frame")
+            reason = self.ingest.video(call, p, v.sequence, v.timestamp_us, v.data, v.keyframe, v.width, v.height)
+            p.last_video_sequence = max(p.last_video_sequence, v.sequence)
+            s.count(p, reason, "video")
+        elif kind == "join":
+            j = req.join
+            audio = convert.audio_format(j.audio_format) if j.HasField("audio_format") else None
+            video = convert.video_format(j.video_format) if j.HasField("video_format") else None
+            p = self.calls.join(call, stream, j.participant_id, j.display_name, audio, video)
+            self.ingest.joined(call, p)
+        elif kind == "leave":
+            p = self.calls.leave(call, stream, req.leave.participant_id)
+            self.ingest.left(call, p)
+        elif kind == "end":
+            raise _EndOfStream(req.end.reason)
+
+    async def _read(self, s: _Session, requests: AsyncIterator[pb.StreamMediaRequest]) -> None:
+        try:
+            async for req in requests:
+                self._handle(s, req)
+            await s.out.put(_Broken())
+        except _EndOfStream as end:
+            await s.out.put(_End(end.reason))
+        except CallrecError as exc:
+            await s.out.put(exc)
+
+    async def _forward_notices(self, s: _Session) -> None:
+        while s.stream is None:
+            await asyncio.sleep(0.05)
+        while True:
+            notice: RecordingNotice = await s.stream.notices.get()
+            await s.out.put(pb.StreamMediaResponse(recording_state=pb.RecordingStateUpdate(
+                recording_id=notice.recording_id, state=convert.STATES[notice.state])))
+
+    async def StreamMedia(
+        self, request_iterator: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamMediaResponse]:
+        s = _Session(self.calls, self.ingest)
+        reader = asyncio.create_task(self._read(s, request_iterator))
+        notices = asyncio.create_task(self._forward_notices(s))
+        graceful = False
+        failure: CallrecError | None = None
+        last_ack = time.monotonic()
+        try:
+            while True:
+                timeout = max(0.0, ACK_INTERVAL_S - (time.monotonic() - last_ack))
+                try:
+                    item = await asyncio.wait_for(s.out.get(), timeout=timeout)
+                except TimeoutError:
+                    item = None
+                if s.call is not None and time.monotonic() - last_ack >= ACK_INTERVAL_S:
+                    last_ack = time.monotonic()
+                    yield s.ack()
+                if item is None:
+                    continue
+                if isinstance(item, _End):
+                    graceful = True
+                    if s.call is not None:
+                        yield s.ack()
+                    log.info("gateway ended stream", reason=item.reason,
+                             server_call_id=s.call.server_call_id if s.call else None)
+                    return
+                if isinstance(item, _Broken):
+                    return
+                if isinstance(item, CallrecError):
+                    failure = item
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            notices.cancel()
+            if s.call is not None and s.stream is not None:
+                if graceful:
+                    await self.calls.close_stream(s.call, s.stream, graceful=True)
+                else:
+                    asyncio.get_running_loop().create_task(
+                        self.calls.close_stream(s.call, s.stream, graceful=False))
+        if failure is not None:
+            log.warning("stream rejected", error=failure.message)
+            await context.abort(status_of(failure), failure.message)
+
+
+class _EndOfStream(Exception):
+    """Raised by the reader when the gateway sends `end`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+__all__ = ["FailedPrecondition", "MediaServicer"]

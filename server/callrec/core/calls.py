@@ -1,0 +1,221 @@
+"""Calls as gateways define them: `open` creates a call, `join`/`leave` its participants,
+`end` (or a broken stream plus the reconnect grace period) ends it.
+
+A call exists while at least one gateway stream is open on it, or while a broken
+stream still has time to reconnect. When it ends, `on_call_ended` is awaited
+(the recording manager stops the call's recording with `CallEnded`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from callrec.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from callrec.core.model import AudioFormat, MediaStats, RecordingState, VideoFormat
+from callrec.logs import get_logger
+
+log = get_logger("calls")
+
+CALL_ENDED = "CallEnded"
+SERVER_RESTARTED = "ServerRestarted"
+
+
+@dataclass(frozen=True)
+class RecordingNotice:
+    """Tells gateways of a call that one of its recordings changed state."""
+
+    recording_id: str
+    state: RecordingState
+
+
+@dataclass
+class Participant:
+    """A participant as its gateway announced it, with receive counters."""
+
+    participant_id: str
+    display_name: str
+    audio_format: AudioFormat | None
+    video_format: VideoFormat | None
+    connection_id: str
+    stats: MediaStats = field(default_factory=MediaStats)
+    last_audio_sequence: int = 0
+    last_video_sequence: int = 0
+
+
+@dataclass
+class GatewayStream:
+    """One open StreamMedia stream; `notices` carries messages back to its gateway."""
+
+    connection_id: str
+    gateway_id: str
+    notices: asyncio.Queue[RecordingNotice] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    participant_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Call:
+    """A call: its gateway streams and participants."""
+
+    server_call_id: str
+    call_id: str
+    first_connection_id: str
+    streams: dict[str, GatewayStream] = field(default_factory=dict)
+    participants: dict[str, Participant] = field(default_factory=dict)
+    stats: MediaStats = field(default_factory=MediaStats)
+    grace_task: asyncio.Task[None] | None = None
+
+
+CallEndedHandler = Callable[[Call, str], Awaitable[None]]
+
+
+class CallRegistry:
+    """All calls currently open on this server, by server_call_id."""
+
+    def __init__(self, reconnect_grace_s: float, max_participants_per_call: int) -> None:
+        self.reconnect_grace_s = reconnect_grace_s
+        self.max_participants = max_participants_per_call
+        self._calls: dict[str, Call] = {}
+        self._on_ended: list[CallEndedHandler] = []
+
+    def on_call_ended(self, handler: CallEndedHandler) -> None:
+        """Register a coroutine called once when a call ends."""
+        self._on_ended.append(handler)
+
+    def get(self, server_call_id: str) -> Call | None:
+        """The open call, or None."""
+        return self._calls.get(server_call_id)
+
+    def calls(self) -> list[Call]:
+        """Every open call."""
+        return list(self._calls.values())
+
+    def open(self, server_call_id: str, call_id: str, gateway_id: str) -> tuple[Call, GatewayStream]:
+        """A gateway opens (or re-opens after a break) a call; cancels a pending grace period."""
+        if not server_call_id:
+            raise InvalidArgument("open.server_call_id is required: the call this stream carries")
+        if not gateway_id:
+            raise InvalidArgument("open.gateway_id is required: a stable id of the sending gateway")
+        stream = GatewayStream(connection_id=str(uuid.uuid4()), gateway_id=gateway_id)
+        call = self._calls.get(server_call_id)
+        if call is None:
+            call = Call(server_call_id, call_id or server_call_id, stream.connection_id)
+            self._calls[server_call_id] = call
+        elif call.grace_task is not None:
+            call.grace_task.cancel()
+            call.grace_task = None
+            log.info("gateway reconnected", server_call_id=server_call_id, gateway_id=gateway_id)
+        call.streams[stream.connection_id] = stream
+        log.info("stream opened", server_call_id=server_call_id, gateway_id=gateway_id,
+                 connection_id=stream.connection_id)
+        return call, stream
+
+    def adopt(self, server_call_id: str, call_id: str, connection_id: str, reason: str) -> Call:
+        """Re-create a call known only from persisted state (after a restart), with no stream yet.
+
+        It ends with `reason` unless a gateway re-opens it within the grace period.
+        """
+        call = self._calls.get(server_call_id)
+        if call is None:
+            call = Call(server_call_id, call_id, connection_id)
+            self._calls[server_call_id] = call
+            self._start_grace(call, reason)
+        return call
+
+    def join(
+        self,
+        call: Call,
+        stream: GatewayStream,
+        participant_id: str,
+        display_name: str,
+        audio_format: AudioFormat | None,
+        video_format: VideoFormat | None,
+    ) -> Participant:
+        """A participant enters (a repeated join updates it)."""
+        if not participant_id:
+            raise InvalidArgument("join.participant_id is required")
+        existing = call.participants.get(participant_id)
+        if existing is None and len(call.participants) >= self.max_participants:
+            raise ResourceExhausted(
+                f"call {call.server_call_id} already has {self.max_participants} participants "
+                "(limits.max_participants_per_call)"
+            )
+        participant = Participant(participant_id, display_name, audio_format, video_format, stream.connection_id)
+        if existing is not None:
+            participant.stats = existing.stats
+            participant.last_audio_sequence = existing.last_audio_sequence
+            participant.last_video_sequence = existing.last_video_sequence
+            other = call.streams.get(existing.connection_id)
+            if other is not None:
+                other.participant_ids.discard(participant_id)
+        call.participants[participant_id] = participant
+        stream.participant_ids.add(participant_id)
+        return participant
+
+    def participant(self, call: Call, stream: GatewayStream, participant_id: str, what: str) -> Participant:
+        """The participant a frame names; FailedPrecondition when it has not joined on this stream."""
+        if participant_id not in stream.participant_ids:
+            raise FailedPrecondition(
+                f"{what} for participant {participant_id!r}, which has not joined on this stream: "
+                "send `join` for it first"
+            )
+        return call.participants[participant_id]
+
+    def leave(self, call: Call, stream: GatewayStream, participant_id: str) -> Participant:
+        """A participant leaves."""
+        participant = self.participant(call, stream, participant_id, "leave")
+        stream.participant_ids.discard(participant_id)
+        del call.participants[participant_id]
+        return participant
+
+    async def close_stream(self, call: Call, stream: GatewayStream, graceful: bool) -> None:
+        """A stream ended: with `end` (graceful) or broken. The last one ends the call (after grace if broken)."""
+        if call.streams.pop(stream.connection_id, None) is None:
+            return
+        if graceful:
+            for pid in list(stream.participant_ids):
+                call.participants.pop(pid, None)
+        log.info("stream closed", server_call_id=call.server_call_id, connection_id=stream.connection_id,
+                 graceful=graceful)
+        if call.streams:
+            return
+        if graceful or self.reconnect_grace_s <= 0:
+            await self._end(call, CALL_ENDED)
+        else:
+            self._start_grace(call, CALL_ENDED)
+
+    def _start_grace(self, call: Call, reason: str) -> None:
+        async def expire() -> None:
+            await asyncio.sleep(self.reconnect_grace_s)
+            call.grace_task = None
+            if not call.streams:
+                log.info("reconnect grace period over", server_call_id=call.server_call_id, reason=reason)
+                await self._end(call, reason)
+
+        call.grace_task = asyncio.get_running_loop().create_task(expire())
+
+    async def _end(self, call: Call, reason: str) -> None:
+        if self._calls.get(call.server_call_id) is not call:
+            return
+        del self._calls[call.server_call_id]
+        log.info("call ended", server_call_id=call.server_call_id, reason=reason)
+        for handler in self._on_ended:
+            await handler(call, reason)
+
+    def notify(self, server_call_id: str, notice: RecordingNotice) -> None:
+        """Queue a recording-state notice to every gateway stream of the call (drops if a gateway is stuck)."""
+        call = self._calls.get(server_call_id)
+        if call is None:
+            return
+        for stream in call.streams.values():
+            with contextlib.suppress(asyncio.QueueFull):
+                stream.notices.put_nowait(notice)
+
+    async def close(self) -> None:
+        """Cancel pending grace timers (server shutdown)."""
+        for call in self._calls.values():
+            if call.grace_task is not None:
+                call.grace_task.cancel()

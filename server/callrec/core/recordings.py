@@ -1,0 +1,374 @@
+"""The recording registry: start/pause/resume/stop, idempotency, one recording per call,
+events on every change, and recovery after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from callrec.core.calls import SERVER_RESTARTED, Call, CallRegistry, RecordingNotice
+from callrec.core.errors import (
+    RPC_CODE_NUMBERS,
+    CallrecError,
+    ErrorCode,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from callrec.core.model import (
+    ChunkInfo,
+    ParticipantInfo,
+    PauseInterval,
+    PauseMode,
+    RecordingError,
+    RecordingOptions,
+    RecordingState,
+)
+from callrec.core.options import validate_options
+from callrec.core.recording import Recording, new_recording_id
+from callrec.events import acs
+from callrec.events.log import EventLog
+from callrec.logs import get_logger
+from callrec.state.recordings import RecordingRepository
+
+log = get_logger("recordings")
+
+STOPPED_BY_REQUEST = "StoppedByRequest"
+SERVER_SHUTDOWN = "ServerShutdown"
+
+
+@dataclass(frozen=True)
+class FinishedMedia:
+    """What the media side reports when a recording's files are all stored."""
+
+    chunks: Sequence[ChunkInfo]
+    duration: timedelta
+    participants: Sequence[ParticipantInfo] = ()
+
+
+class RecordingMedia(Protocol):
+    """The media side of recordings, as the registry drives it."""
+
+    async def start(self, recording: Recording, call: Call | None) -> None:
+        """Begin writing the recording (paused already when pause_on_start)."""
+
+    def pause(self, recording: Recording, at: datetime) -> None:
+        """Stop writing media (skip) or write silence (silence mode)."""
+
+    def resume(self, recording: Recording, at: datetime) -> None:
+        """Write media again."""
+
+    async def finish(self, recording: Recording) -> FinishedMedia:
+        """Finalise the last chunk and store every chunk; raise CallrecError on failure."""
+
+
+class NoMedia:
+    """A media side that records nothing: the duration is the unpaused wall time, no chunks."""
+
+    async def start(self, recording: Recording, call: Call | None) -> None:
+        return None
+
+    def pause(self, recording: Recording, at: datetime) -> None:
+        return None
+
+    def resume(self, recording: Recording, at: datetime) -> None:
+        return None
+
+    async def finish(self, recording: Recording) -> FinishedMedia:
+        end = recording.stop_time or datetime.now(UTC)
+        elapsed = end - recording.start_time
+        if recording.options.pause_mode is PauseMode.SKIP:
+            elapsed -= recording.paused_time(end)
+        return FinishedMedia(chunks=(), duration=max(elapsed, timedelta(0)))
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """What the registry needs from the server config."""
+
+    resource_id: str
+    idempotency_window: timedelta
+    max_recordings: int
+    default_destination: str
+    destinations: Collection[str]
+
+
+class RecordingRegistry:
+    """Owns every recording's life cycle; the only writer of recording state."""
+
+    def __init__(
+        self,
+        repo: RecordingRepository,
+        events: EventLog,
+        calls: CallRegistry,
+        media: RecordingMedia,
+        settings: RegistrySettings,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.repo = repo
+        self.events = events
+        self.calls = calls
+        self.media = media
+        self.settings = settings
+        self.now = now
+        self._live: dict[str, Recording] = {}
+        self._finalizers: dict[str, asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+        calls.on_call_ended(self._on_call_ended)
+
+    # ---- queries -------------------------------------------------------------------------------
+    def get(self, recording_id: str) -> Recording:
+        """The recording, or NotFound."""
+        if not recording_id:
+            raise InvalidArgument("recording_id is required")
+        rec = self._live.get(recording_id) or self.repo.get(recording_id)
+        if rec is None:
+            raise NotFound(f"no recording with id {recording_id!r}; ListRecordings shows the known ones")
+        return rec
+
+    def in_progress_for_call(self, server_call_id: str) -> Recording | None:
+        """The call's active or paused recording, if any."""
+        for rec in self._live.values():
+            if rec.server_call_id == server_call_id and rec.state.in_progress:
+                return rec
+        return None
+
+    def list(
+        self, server_call_id: str, state: RecordingState | None, page_size: int, page_token: str
+    ) -> tuple[list[Recording], str]:
+        """A page of recordings, newest first."""
+        if page_size == 0:
+            page_size = 50
+        if not 1 <= page_size <= 1000:
+            raise InvalidArgument(f"page_size must be between 1 and 1000 (0 = 50); got {page_size}")
+        try:
+            recs, token = self.repo.list(server_call_id, state, page_size, page_token)
+        except ValueError:
+            raise InvalidArgument(
+                "page_token is not valid: pass the next_page_token of a previous ListRecordings response"
+            ) from None
+        return [self._live.get(r.recording_id, r) for r in recs], token
+
+    # ---- commands ------------------------------------------------------------------------------
+    async def start(self, server_call_id: str, options: RecordingOptions) -> Recording:
+        """Start recording a call (or return the recording of a repeated request_id)."""
+        if not server_call_id:
+            raise InvalidArgument("server_call_id is required: the call to record")
+        async with self._lock:
+            if options.request_id:
+                earlier = self.repo.recall_request(options.request_id, self.settings.idempotency_window)
+                if earlier is not None:
+                    rec = self.get(earlier)
+                    if rec.server_call_id != server_call_id:
+                        raise InvalidArgument(
+                            f"request_id {options.request_id!r} was already used to start recording "
+                            f"{earlier} of call {rec.server_call_id!r}; use a new request_id per start"
+                        )
+                    return rec
+            validate_options(options, {"local", *self.settings.destinations})
+            call = self.calls.get(server_call_id)
+            if call is None:
+                raise NotFound(
+                    f"no gateway has opened call {server_call_id!r}: a media gateway must send `open` "
+                    "on MediaService.StreamMedia before a recording can start"
+                )
+            current = self.in_progress_for_call(server_call_id)
+            if current is not None:
+                raise FailedPrecondition(f"recording already in progress: {current.recording_id}")
+            in_progress = sum(1 for r in self._live.values() if r.state.in_progress)
+            if in_progress >= self.settings.max_recordings:
+                raise ResourceExhausted(
+                    f"{in_progress} recordings are in progress, the configured maximum "
+                    "(limits.max_recordings); stop one or raise the limit"
+                )
+            if not options.destination and options.external_storage is None:
+                options = replace(options, destination=self.settings.default_destination)
+            now = self.now()
+            rec = Recording(
+                recording_id=new_recording_id(),
+                server_call_id=server_call_id,
+                call_id=call.call_id,
+                call_connection_id=call.first_connection_id,
+                options=options,
+                state=RecordingState.INACTIVE if options.pause_on_start else RecordingState.ACTIVE,
+                start_time=now,
+            )
+            if options.pause_on_start:
+                rec.pause_intervals.append(PauseInterval(start_time=now))
+            self._live[rec.recording_id] = rec
+            with self.repo.db.transaction():
+                self.repo.save(rec)
+                if options.request_id:
+                    self.repo.remember_request(options.request_id, rec.recording_id)
+            try:
+                await self.media.start(rec, call)
+            except CallrecError as exc:
+                await self._fail(rec, exc)
+                raise
+            log.info("recording started", recording_id=rec.recording_id, server_call_id=server_call_id,
+                     format=options.format.value, channel_type=options.channel_type.value)
+            await self._state_changed(rec, active=not options.pause_on_start)
+            return rec
+
+    async def pause(self, recording_id: str) -> Recording:
+        """Pause (a no-op when paused)."""
+        async with self._lock:
+            rec = self._require_in_progress(recording_id, "paused")
+            at = self.now()
+            if rec.pause(at):
+                self.media.pause(rec, at)
+                self.repo.save(rec)
+                log.info("recording paused", recording_id=recording_id)
+                await self._state_changed(rec, active=False)
+            return rec
+
+    async def resume(self, recording_id: str) -> Recording:
+        """Resume (a no-op when active)."""
+        async with self._lock:
+            rec = self._require_in_progress(recording_id, "resumed")
+            at = self.now()
+            if rec.resume(at):
+                self.media.resume(rec, at)
+                self.repo.save(rec)
+                log.info("recording resumed", recording_id=recording_id)
+                await self._state_changed(rec, active=True)
+            return rec
+
+    async def stop(self, recording_id: str, reason: str = STOPPED_BY_REQUEST) -> Recording:
+        """Stop and finalise in the background (idempotent)."""
+        async with self._lock:
+            rec = self.get(recording_id)
+            await self._begin_stop(rec, reason)
+            return rec
+
+    async def _begin_stop(self, rec: Recording, reason: str) -> None:
+        if not rec.begin_stop(self.now(), reason):
+            return
+        self.repo.save(rec)
+        log.info("recording stopping", recording_id=rec.recording_id, reason=reason)
+        await self._state_changed(rec, active=False)
+        self._finalizers[rec.recording_id] = asyncio.get_running_loop().create_task(self._finalize(rec))
+
+    def _require_in_progress(self, recording_id: str, verb: str) -> Recording:
+        rec = self.get(recording_id)
+        if not rec.state.in_progress:
+            raise FailedPrecondition(
+                f"recording {recording_id} is {rec.state.value} and cannot be {verb}; start a new recording"
+            )
+        return rec
+
+    async def _finalize(self, rec: Recording) -> None:
+        try:
+            finished = await self.media.finish(rec)
+        except CallrecError as exc:
+            await self._fail(rec, exc)
+            return
+        except Exception as exc:
+            log.exception("finalising failed", recording_id=rec.recording_id)
+            await self._fail(rec, CallrecError(f"internal error while finalising: {exc}"))
+            return
+        finally:
+            self._finalizers.pop(rec.recording_id, None)
+        rec.chunks = list(finished.chunks)
+        rec.duration = finished.duration
+        if finished.participants:
+            rec.participants = list(finished.participants)
+        if rec.chunks:
+            opts = rec.options
+            await self.events.append(
+                acs.recording_file_status_updated(
+                    topic=self.settings.resource_id,
+                    recording_id=rec.recording_id,
+                    server_call_id=rec.server_call_id,
+                    call_id=rec.call_id,
+                    chunks=[
+                        {
+                            "documentId": c.document_id,
+                            "index": c.index,
+                            "endReason": c.end_reason.value,
+                            "metadataLocation": c.metadata_location,
+                            "contentLocation": c.content_location,
+                            "deleteLocation": c.delete_location,
+                        }
+                        for c in rec.chunks
+                    ],
+                    start_time=rec.start_time,
+                    duration_ms=int(rec.duration.total_seconds() * 1000),
+                    session_end_reason=rec.session_end_reason,
+                    content_type=opts.content_type.value,
+                    channel_type=opts.channel_type.value,
+                    format=opts.format.value,
+                )
+            )
+        rec.transition(RecordingState.COMPLETED)
+        self.repo.save(rec)
+        self._live.pop(rec.recording_id, None)
+        log.info("recording completed", recording_id=rec.recording_id, chunks=len(rec.chunks),
+                 duration_s=rec.duration.total_seconds())
+        self.calls.notify(rec.server_call_id, RecordingNotice(rec.recording_id, rec.state))
+
+    async def _fail(self, rec: Recording, exc: CallrecError) -> None:
+        code = RPC_CODE_NUMBERS.get(exc.code, RPC_CODE_NUMBERS[ErrorCode.INTERNAL])
+        rec.fail(RecordingError(code, exc.message), self.now())
+        self.repo.save(rec)
+        self._live.pop(rec.recording_id, None)
+        log.error("recording failed", recording_id=rec.recording_id, error=exc.message)
+        await self.events.append(
+            acs.recording_failed(
+                recording_id=rec.recording_id,
+                server_call_id=rec.server_call_id,
+                call_id=rec.call_id,
+                call_connection_id=rec.call_connection_id,
+                code=code,
+                message=exc.message,
+                operation_context=rec.options.operation_context,
+            )
+        )
+        self.calls.notify(rec.server_call_id, RecordingNotice(rec.recording_id, rec.state))
+
+    async def _state_changed(self, rec: Recording, active: bool) -> None:
+        await self.events.append(
+            acs.recording_state_changed(
+                recording_id=rec.recording_id,
+                server_call_id=rec.server_call_id,
+                call_id=rec.call_id,
+                call_connection_id=rec.call_connection_id,
+                active=active,
+                start_time=rec.start_time,
+                operation_context=rec.options.operation_context,
+            )
+        )
+        self.calls.notify(rec.server_call_id, RecordingNotice(rec.recording_id, rec.state))
+
+    async def _on_call_ended(self, call: Call, reason: str) -> None:
+        async with self._lock:
+            rec = self.in_progress_for_call(call.server_call_id)
+            if rec is not None:
+                await self._begin_stop(rec, reason)
+
+    # ---- life cycle ----------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """After a restart: resume finalising STOPPING recordings; give in-progress ones the
+        reconnect grace period, after which they stop with ServerRestarted."""
+        for rec in self.repo.in_progress():
+            self._live[rec.recording_id] = rec
+            if rec.state is RecordingState.STOPPING:
+                self._finalizers[rec.recording_id] = asyncio.get_running_loop().create_task(self._finalize(rec))
+            else:
+                self.calls.adopt(rec.server_call_id, rec.call_id, rec.call_connection_id, SERVER_RESTARTED)
+                await self.media.start(rec, None)
+                log.info("recording recovered", recording_id=rec.recording_id, state=rec.state.value)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop every recording in progress and wait for them to be finalised (SIGTERM)."""
+        async with self._lock:
+            for rec in list(self._live.values()):
+                if rec.state.in_progress:
+                    await self._begin_stop(rec, SERVER_SHUTDOWN)
+        pending = list(self._finalizers.values())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)

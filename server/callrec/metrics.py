@@ -1,0 +1,21 @@
+"""Prometheus metrics, served on their own HTTP port (`--metrics-listen`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+from callrec.config import parse_host_port
+
+FRAMES_RECEIVED = Counter("callrec_frames_received_total", "Media frames accepted", ["kind"])
+FRAMES_REJECTED = Counter("callrec_frames_rejected_total", "Media frames rejected", ["kind", "reason"])
+EVENTS_PUBLISHED = Counter("callrec_events_published_total", "Events appended to the log", ["event_type"])
+RECORDINGS_IN_PROGRESS = Gauge("callrec_recordings_in_progress", "Recordings active or paused")
+UPLOADS_PENDING = Gauge("callrec_uploads_pending", "Chunks waiting in the upload outbox")
+UPLOADS_FAILED = Counter("callrec_uploads_failed_total", "Upload attempts that failed")
+
+
+def start_metrics_server(listen: str) -> int:
+    """Serve /metrics on HOST:PORT; returns the bound port."""
+    host, port = parse_host_port(listen, "metrics_listen")
+    server, _thread = start_http_server(port, addr=host)
+    return int(server.server_port)

@@ -1,0 +1,163 @@
+"""Wiring: build the components from the config, serve gRPC, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from callrec.api.events import EventServicer
+from callrec.api.media import MediaServicer
+from callrec.api.recording import RecordingServicer
+from callrec.config import ServerConfig
+from callrec.core.calls import CallRegistry
+from callrec.core.ingest import CountingIngest, MediaIngest
+from callrec.core.recordings import NoMedia, RecordingMedia, RecordingRegistry, RegistrySettings
+from callrec.events.log import EventLog
+from callrec.logs import get_logger
+from callrec.state.db import Database
+from callrec.state.recordings import RecordingRepository
+from callrec.v1 import (
+    events_pb2,
+    events_pb2_grpc,
+    media_pb2,
+    media_pb2_grpc,
+    recording_pb2,
+    recording_pb2_grpc,
+)
+
+log = get_logger("server")
+
+SERVICE_NAMES = (
+    recording_pb2.DESCRIPTOR.services_by_name["RecordingService"].full_name,
+    media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+)
+HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+@dataclass
+class App:
+    """The running server's components, for tests and the CLI."""
+
+    config: ServerConfig
+    db: Database
+    repo: RecordingRepository
+    events: EventLog
+    calls: CallRegistry
+    registry: RecordingRegistry
+    ingest: MediaIngest
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def housekeeping(self) -> None:
+        """Prune expired events and idempotency keys, once a minute."""
+        while True:
+            pruned = self.events.prune()
+            forgotten = self.repo.forget_requests_before(timedelta(hours=self.config.idempotency_window_h))
+            if pruned or forgotten:
+                log.info("housekeeping", events_pruned=pruned, request_ids_forgotten=forgotten)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new work, finalise recordings, close the server and the database."""
+        timeout = self.config.drain_timeout_s if grace is None else grace
+        log.info("draining", timeout_s=timeout)
+        await self.health.enter_graceful_shutdown()
+        await self.registry.drain(timeout)
+        await self.calls.close()
+        await self.server.stop(grace=min(timeout, 5.0))
+        for task in self.tasks:
+            task.cancel()
+        self.db.close()
+        log.info("stopped")
+
+
+async def build_server(
+    config: ServerConfig, media: RecordingMedia | None = None, ingest: MediaIngest | None = None
+) -> App:
+    """Create every component and bind the port (port 0 picks a free one); call `start` after."""
+    db = Database(config.state_db_path)
+    repo = RecordingRepository(db)
+    events = EventLog(db, timedelta(hours=config.event_retention_h))
+    calls = CallRegistry(config.reconnect_grace_s, config.limits.max_participants_per_call)
+    registry = RecordingRegistry(
+        repo,
+        events,
+        calls,
+        media or NoMedia(),
+        RegistrySettings(
+            resource_id=config.resource_id,
+            idempotency_window=timedelta(hours=config.idempotency_window_h),
+            max_recordings=config.limits.max_recordings,
+            default_destination=config.default_storage,
+            destinations=set(config.storage_targets),
+        ),
+    )
+    ingest = ingest or CountingIngest()
+    options = [
+        ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry), server)
+    media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    host, port = config.host_port()
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
+    return App(config, db, repo, events, calls, registry, ingest, server, health, bound)
+
+
+async def start(app: App) -> None:
+    """Recover persisted recordings, start serving and mark every service healthy."""
+    await app.registry.recover()
+    await app.server.start()
+    for name in ("", *SERVICE_NAMES):
+        await app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.tasks.append(asyncio.get_running_loop().create_task(app.housekeeping()))
+    log.info("serving", listen=f"{app.config.host_port()[0]}:{app.port}", data_dir=str(app.config.data_dir),
+             clock=app.config.clock)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then drain and exit."""
+    if config.metrics_listen:
+        from callrec.metrics import start_metrics_server
+
+        start_metrics_server(config.metrics_listen)
+    app = await build_server(config)
+    await start(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received, shutting down")
+    await app.stop()
+
+
+def run(config: ServerConfig) -> None:
+    """Blocking entry point on uvloop."""
+    import uvloop
+
+    uvloop.run(serve(config))
