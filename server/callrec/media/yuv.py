@@ -50,7 +50,7 @@ def planes_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def yuv_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """One RGB colour as integer (Y, U, V)."""
     yuv = rgb_to_yuv(np.array(rgb, np.uint8))
-    return int(round(yuv[0])), int(round(yuv[1])), int(round(yuv[2]))
+    return int(np.rint(yuv[0])), int(np.rint(yuv[1])), int(np.rint(yuv[2]))
 
 
 @dataclass(frozen=True)

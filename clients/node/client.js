@@ -1,0 +1,304 @@
+'use strict';
+/**
+ * A small promise-based Node.js client for callrec (proto package `callrec.v1`).
+ *
+ *   const { connect } = require('./client');
+ *   const callrec = connect('127.0.0.1:50051');
+ *   const gw = await callrec.openGateway('call-1', 'gateway-1');   // StreamMedia: open -> opened
+ *   const rec = await callrec.startRecording({ server_call_id: 'call-1', ... });
+ *   for await (const event of callrec.subscribeEvents({ recording_id: rec.recording_id, from_oldest: true })) { ... }
+ *   callrec.close();
+ *
+ * The .proto files are loaded at run time from ../../protos with @grpc/proto-loader
+ * (keepCase, longs as String, enums as String, defaults, oneofs), so field names are the
+ * .proto's snake_case names, enums are their names ("RECORDING_STATE_ACTIVE"), uint64/int64
+ * are decimal strings and a oneof's set member is named by the oneof field
+ * (e.g. `response.message === 'opened'`).
+ */
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+/** Where the .proto files live (the repository's protos/ folder). */
+const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
+const PROTO_FILES = ['recording', 'media', 'events', 'content'].map((n) => `callrec/v1/${n}.proto`);
+
+/** proto-loader options used for every message this module sends and receives. */
+const LOADER_OPTIONS = Object.freeze({
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [PROTO_ROOT],
+});
+
+/** Default deadline of unary RPCs, in milliseconds. */
+const DEFAULT_TIMEOUT_MS = 30000;
+
+let cachedPackage = null;
+
+/** The loaded `callrec.v1` package object (service client constructors and message types). */
+function loadCallrecPackage() {
+  if (cachedPackage === null) {
+    const definition = protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
+    cachedPackage = grpc.loadPackageDefinition(definition).callrec.v1;
+  }
+  return cachedPackage;
+}
+
+/**
+ * An RPC failure: `code` is the numeric gRPC status code, `codeName` its name
+ * ("NOT_FOUND"), `details` the server's message.
+ */
+class CallrecError extends Error {
+  constructor(method, code, details) {
+    const codeName = grpc.status[code] || String(code);
+    super(`${method} failed: ${codeName}: ${details}`);
+    this.name = 'CallrecError';
+    this.method = method;
+    this.code = code;
+    this.codeName = codeName;
+    this.details = details;
+  }
+}
+
+function toCallrecError(method, err) {
+  if (err instanceof CallrecError) return err;
+  if (err && typeof err.code === 'number') return new CallrecError(method, err.code, err.details || err.message);
+  return err instanceof Error ? err : new Error(`${method} failed: ${String(err)}`);
+}
+
+function deadlineIn(ms) {
+  return new Date(Date.now() + ms);
+}
+
+/**
+ * SubscribeEvents as an async iterator of `Event` objects. Breaking out of a
+ * `for await` loop (or calling `cancel()`) cancels the RPC; a server error ends the
+ * iteration by throwing a CallrecError.
+ */
+class EventSubscription {
+  constructor(call) {
+    this.call = call;
+    this.cancelled = false;
+  }
+
+  cancel() {
+    if (!this.cancelled) {
+      this.cancelled = true;
+      // The cancellation itself surfaces as a CANCELLED 'error' event: expected, ignore it.
+      this.call.on('error', () => {});
+      this.call.cancel();
+    }
+  }
+
+  async *[Symbol.asyncIterator]() {
+    try {
+      for await (const response of this.call) {
+        yield response.event;
+      }
+    } catch (err) {
+      if (!(this.cancelled && err && err.code === grpc.status.CANCELLED)) {
+        throw toCallrecError('SubscribeEvents', err);
+      }
+    } finally {
+      this.cancel();
+    }
+  }
+}
+
+/**
+ * One MediaService.StreamMedia stream of a gateway: `open` has been sent and
+ * answered by `opened` (in `this.opened`). Every later response is kept in
+ * `this.responses` and emitted to `onResponse` listeners.
+ */
+class GatewayStream {
+  constructor(call, serverCallId, gatewayId) {
+    this.call = call;
+    this.serverCallId = serverCallId;
+    this.gatewayId = gatewayId;
+    this.opened = null;
+    this.responses = [];
+    this.error = null;
+    this.status = null;
+    this.listeners = [];
+    this.done = new Promise((resolve) => {
+      call.on('status', (status) => {
+        this.status = status;
+        resolve(status);
+      });
+    });
+    call.on('data', (response) => {
+      this.responses.push(response);
+      for (const listener of this.listeners) listener(response);
+    });
+    call.on('error', (err) => {
+      this.error = toCallrecError('StreamMedia', err);
+    });
+  }
+
+  /** Calls `listener(response)` for every response from now on. */
+  onResponse(listener) {
+    this.listeners.push(listener);
+  }
+
+  /** Sends one StreamMediaRequest; resolves once it was handed to the transport (back-pressure). */
+  send(request) {
+    return new Promise((resolve, reject) => {
+      if (this.status !== null) {
+        reject(this.error || new Error('StreamMedia: the stream has already ended'));
+        return;
+      }
+      this.call.write(request, (err) => (err ? reject(toCallrecError('StreamMedia', err)) : resolve()));
+    });
+  }
+
+  /** A participant enters; `audioFormat` defaults to PCM16LE 16 kHz mono. */
+  join(participantId, { displayName = '', audioFormat, videoFormat } = {}) {
+    const join = {
+      participant_id: participantId,
+      display_name: displayName || participantId,
+      audio_format: audioFormat || { encoding: 'AUDIO_ENCODING_PCM16LE', sample_rate: 16000, channels: 1 },
+    };
+    if (videoFormat) join.video_format = videoFormat;
+    return this.send({ join });
+  }
+
+  /** One audio frame; `sequence` and `timestampUs` may be numbers or decimal strings. */
+  audio(participantId, sequence, timestampUs, data) {
+    return this.send({
+      audio: { participant_id: participantId, sequence: String(sequence), timestamp_us: String(timestampUs), data },
+    });
+  }
+
+  /** A participant leaves. */
+  leave(participantId) {
+    return this.send({ leave: { participant_id: participantId } });
+  }
+
+  /**
+   * Ends the call for this gateway (`end {reason}`), half-closes, and waits until the
+   * server closed the stream. Rejects with a CallrecError when it closed with an error.
+   */
+  async end(reason = 'hangup', timeoutMs = DEFAULT_TIMEOUT_MS) {
+    if (this.status === null) {
+      await this.send({ end: { reason } });
+      this.call.end();
+    }
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`StreamMedia: the server did not close the stream within ${timeoutMs} ms after end`)), timeoutMs);
+    });
+    try {
+      const status = await Promise.race([this.done, timeout]);
+      if (status.code !== grpc.status.OK) throw new CallrecError('StreamMedia', status.code, status.details);
+      return status;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Drops the stream without `end` (as a crashed gateway would). */
+  cancel() {
+    this.call.cancel();
+  }
+}
+
+/**
+ * Connects to a callrec server at `target` ("host:port", plaintext) and returns an
+ * object with promise-based RecordingService calls, `subscribeEvents` and `openGateway`.
+ */
+function connect(target, { credentials = grpc.credentials.createInsecure(), timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+  const pkg = loadCallrecPackage();
+  const recording = new pkg.RecordingService(target, credentials);
+  // The other clients share the first one's channel (one HTTP/2 connection).
+  const channelOverride = recording.getChannel();
+  const media = new pkg.MediaService(target, credentials, { channelOverride });
+  const events = new pkg.EventService(target, credentials, { channelOverride });
+  const content = new pkg.ContentService(target, credentials, { channelOverride });
+
+  function unary(client, method, request) {
+    return new Promise((resolve, reject) => {
+      client[method](request, { deadline: deadlineIn(timeoutMs) }, (err, response) => {
+        if (err) reject(toCallrecError(method, err));
+        else resolve(response);
+      });
+    });
+  }
+
+  const recordingCall = (method) => async (request) => (await unary(recording, method, request)).recording;
+
+  return {
+    target,
+    /** StartRecording({server_call_id, content_type, channel_type, format, ...}) -> Recording. */
+    startRecording: recordingCall('StartRecording'),
+    /** GetRecordingState({recording_id}) -> Recording. */
+    getRecordingState: recordingCall('GetRecordingState'),
+    /** PauseRecording({recording_id}) -> Recording. */
+    pauseRecording: recordingCall('PauseRecording'),
+    /** ResumeRecording({recording_id}) -> Recording. */
+    resumeRecording: recordingCall('ResumeRecording'),
+    /** StopRecording({recording_id}) -> Recording. */
+    stopRecording: recordingCall('StopRecording'),
+    /** ListRecordings({server_call_id, state, page_size, page_token}) -> {recordings, next_page_token}. */
+    listRecordings: (request = {}) => unary(recording, 'ListRecordings', request),
+
+    /**
+     * SubscribeEvents({event_types, server_call_id, recording_id, after_sequence, from_oldest})
+     * as an async iterator of Event objects (see EventSubscription).
+     */
+    subscribeEvents(filters = {}) {
+      const request = { ...filters };
+      if (request.after_sequence !== undefined && request.after_sequence !== null) {
+        request.after_sequence = String(request.after_sequence);
+      }
+      return new EventSubscription(events.SubscribeEvents(request));
+    },
+
+    /**
+     * Opens a StreamMedia stream for `serverCallId` as gateway `gatewayId`: sends `open`
+     * and resolves with a GatewayStream once the server answered `opened`.
+     */
+    openGateway(serverCallId, gatewayId, { callId = '', timeoutMs: openTimeoutMs = timeoutMs } = {}) {
+      const call = media.StreamMedia();
+      const gateway = new GatewayStream(call, serverCallId, gatewayId);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          call.cancel();
+          reject(new Error(`StreamMedia: no 'opened' within ${openTimeoutMs} ms`));
+        }, openTimeoutMs);
+        gateway.onResponse((response) => {
+          if (response.message === 'opened' && gateway.opened === null) {
+            gateway.opened = response.opened;
+            clearTimeout(timer);
+            resolve(gateway);
+          }
+        });
+        gateway.done.then((status) => {
+          if (gateway.opened === null) {
+            clearTimeout(timer);
+            reject(gateway.error || new CallrecError('StreamMedia', status.code, status.details || 'stream closed before opened'));
+          }
+        });
+        gateway
+          .send({ open: { server_call_id: serverCallId, call_id: callId, gateway_id: gatewayId } })
+          .catch((err) => {
+            clearTimeout(timer);
+            reject(err);
+          });
+      });
+    },
+
+    /** The raw grpc-js clients, for anything not wrapped here (e.g. ContentService). */
+    clients: { recording, media, events, content },
+
+    /** Closes the channel. */
+    close() {
+      for (const client of [content, events, media, recording]) client.close();
+    },
+  };
+}
+
+module.exports = { connect, loadCallrecPackage, CallrecError, EventSubscription, GatewayStream, PROTO_ROOT, LOADER_OPTIONS };

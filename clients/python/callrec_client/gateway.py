@@ -1,0 +1,175 @@
+"""A media gateway's side of MediaService.StreamMedia, for tests, `gateway-sim` and integrators.
+
+`async with GatewayConnection(target, "call-1", gateway_id="gw-1") as gw:` opens the
+stream and waits for `opened`; `join`, `audio`, `video`, `leave` queue messages;
+`end` finishes the call for this gateway. Responses (acks, warnings,
+recording_state) are collected in `responses` and can be awaited with `next_response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from callrec.v1 import media_pb2 as pb
+from callrec.v1 import media_pb2_grpc
+from callrec_client.client import CallrecError
+
+_CLOSE = object()
+
+AUDIO_ENCODINGS = {"pcm16le": pb.AUDIO_ENCODING_PCM16LE, "pcmu": pb.AUDIO_ENCODING_PCMU,
+                   "pcma": pb.AUDIO_ENCODING_PCMA, "opus": pb.AUDIO_ENCODING_OPUS}
+VIDEO_ENCODINGS = {"i420": pb.VIDEO_ENCODING_I420, "h264": pb.VIDEO_ENCODING_H264, "vp8": pb.VIDEO_ENCODING_VP8}
+
+
+class GatewayConnection:
+    """One StreamMedia stream carrying one call's participants."""
+
+    def __init__(
+        self,
+        target: str,
+        server_call_id: str,
+        gateway_id: str = "gateway-1",
+        call_id: str = "",
+        channel: grpc.aio.Channel | None = None,
+        queue_size: int = 500,
+    ) -> None:
+        self._own_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(target)
+        self.stub = media_pb2_grpc.MediaServiceStub(self.channel)
+        self.server_call_id = server_call_id
+        self.gateway_id = gateway_id
+        self.call_id = call_id
+        self._requests: asyncio.Queue[object] = asyncio.Queue(queue_size)
+        self.responses: list[pb.StreamMediaResponse] = []
+        self._new: asyncio.Queue[pb.StreamMediaResponse] = asyncio.Queue()
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.opened: pb.StreamOpened | None = None
+        self.error: CallrecError | None = None
+        self.closed = asyncio.Event()
+
+    async def _request_stream(self) -> AsyncIterator[pb.StreamMediaRequest]:
+        while True:
+            item = await self._requests.get()
+            if item is _CLOSE:
+                return
+            yield item  # type: ignore[misc]
+
+    async def _read(self) -> None:
+        assert self._call is not None
+        try:
+            async for resp in self._call:
+                self.responses.append(resp)
+                await self._new.put(resp)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self.error = CallrecError(exc.code(), exc.details() or "")
+        finally:
+            self.closed.set()
+
+    async def open(self, send_open: bool = True) -> None:
+        """Start the stream; with `send_open`, send `open` and wait for `opened`."""
+        self._call = self.stub.StreamMedia(self._request_stream())
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        if send_open:
+            await self.send(pb.StreamMediaRequest(open=pb.StreamOpen(
+                server_call_id=self.server_call_id, call_id=self.call_id, gateway_id=self.gateway_id)))
+            resp = await self.next_response("opened")
+            self.opened = resp.opened
+
+    async def __aenter__(self) -> GatewayConnection:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, request: pb.StreamMediaRequest) -> None:
+        """Queue one request (waits when the queue is full: back-pressure)."""
+        await self._requests.put(request)
+
+    async def next_response(self, kind: str | None = None, timeout: float = 10.0) -> pb.StreamMediaResponse:
+        """The next response (of `kind` if given); CallrecError if the stream failed first."""
+        async def wait() -> pb.StreamMediaResponse:
+            while True:
+                getter = asyncio.ensure_future(self._new.get())
+                closed = asyncio.ensure_future(self.closed.wait())
+                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    closed.cancel()
+                    resp = getter.result()
+                    if kind is None or resp.WhichOneof("message") == kind:
+                        return resp
+                    continue
+                getter.cancel()
+                if self.error is not None:
+                    raise self.error
+                raise EOFError("the stream ended")
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def join(
+        self,
+        participant_id: str,
+        display_name: str = "",
+        audio: str | None = "pcm16le",
+        sample_rate: int = 16000,
+        channels: int = 1,
+        video: str | None = None,
+        width: int = 0,
+        height: int = 0,
+    ) -> None:
+        """A participant enters."""
+        join = pb.ParticipantJoin(participant_id=participant_id, display_name=display_name or participant_id)
+        if audio is not None:
+            join.audio_format.CopyFrom(pb.AudioFormat(encoding=AUDIO_ENCODINGS[audio], sample_rate=sample_rate,
+                                                      channels=channels))
+        if video is not None:
+            join.video_format.CopyFrom(pb.VideoFormat(encoding=VIDEO_ENCODINGS[video], width=width, height=height))
+        await self.send(pb.StreamMediaRequest(join=join))
+
+    async def audio(self, participant_id: str, sequence: int, timestamp_us: int, data: bytes) -> None:
+        """One audio frame."""
+        await self.send(pb.StreamMediaRequest(audio=pb.AudioFrame(
+            participant_id=participant_id, sequence=sequence, timestamp_us=timestamp_us, data=data)))
+
+    async def video(
+        self, participant_id: str, sequence: int, timestamp_us: int, data: bytes, width: int, height: int,
+        keyframe: bool = False,
+    ) -> None:
+        """One video frame."""
+        await self.send(pb.StreamMediaRequest(video=pb.VideoFrame(
+            participant_id=participant_id, sequence=sequence, timestamp_us=timestamp_us, data=data,
+            width=width, height=height, keyframe=keyframe)))
+
+    async def leave(self, participant_id: str) -> None:
+        """A participant leaves."""
+        await self.send(pb.StreamMediaRequest(leave=pb.ParticipantLeave(participant_id=participant_id)))
+
+    async def end(self, reason: str = "hangup", timeout: float = 30.0) -> None:
+        """End the call for this gateway and wait until the server closed the stream."""
+        await self.send(pb.StreamMediaRequest(end=pb.StreamEnd(reason=reason)))
+        await self._requests.put(_CLOSE)
+        await asyncio.wait_for(self.closed.wait(), timeout)
+
+    async def break_connection(self) -> None:
+        """Drop the stream without `end` (as a crashed gateway would)."""
+        if self._call is not None:
+            self._call.cancel()
+        await self.closed.wait()
+
+    async def close(self) -> None:
+        """Half-close (if not done) and release the channel."""
+        if not self.closed.is_set():
+            with contextlib.suppress(asyncio.QueueFull):
+                self._requests.put_nowait(_CLOSE)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), 5)
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._own_channel:
+            await self.channel.close()

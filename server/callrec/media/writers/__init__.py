@@ -1,0 +1,1 @@
+"""File writers, one module per recording format (wav, mp3, unmixed wav, mp4)."""

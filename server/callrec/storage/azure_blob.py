@@ -1,0 +1,363 @@
+"""`AzureBlobStore`: block blobs in one container (Azure Storage or Azurite) via `azure.storage.blob.aio`.
+
+Why the official aio client: it is native asyncio (no threads), does block uploads with
+`max_block_size`/`max_concurrency`, and speaks every credential form the spec asks for (connection
+string, account URL + key or token credential, SAS).
+
+Integrity, as far as Azure allows: Azure computes no whole-object hash for block blobs committed from
+blocks, so
+- files up to `max_single_put_size` go up in one Put Blob; the service computes Content-MD5 itself
+  and it must equal the local file's MD5 (`verified_by="azure:Content-MD5"`);
+- larger files go up in blocks, each sent with a transactional MD5 that the service checks on receipt
+  (`validate_content`); the blob's size must then equal the file's, and the file's MD5 is stored as the
+  blob's Content-MD5 so readers can check it (`verified_by="azure:block-md5+size"`).
+The SDK reads upload data on the event loop, so the file is handed to it through a reader whose reads
+run in worker threads.
+
+Locations are the blob's URL without any SAS query (never leak credentials into events):
+`https://acct.blob.core.windows.net/container/<prefix>/<key>`, or for Azurite
+`http://127.0.0.1:10000/devstoreaccount1/container/<prefix>/<key>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import aiohttp
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import ContentSettings
+from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
+
+from callrec.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    DEFAULT_PART_SIZE,
+    PIECE_SIZE,
+    ChecksumMismatch,
+    NotFound,
+    ObjectInfo,
+    OutOfRange,
+    PermissionDenied,
+    StorageError,
+    StoredObject,
+    Transient,
+    check_key,
+    check_location,
+    file_digests,
+    join_prefix,
+    normalize_prefix,
+    resolve_range,
+    split_pieces,
+    strip_prefix,
+)
+
+_CHECKSUM_CODES = {"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"}
+
+
+def map_azure_error(exc: BaseException, what: str) -> StorageError:
+    """Translate an azure-core / aiohttp exception into the store's typed error."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        code = str(exc.error_code or "")
+        message = f"{what}: {status} {code}".rstrip()
+        if isinstance(exc, ResourceNotFoundError) or status == 404:
+            if code == "ContainerNotFound":
+                return NotFound(f"{what}: the container does not exist")
+            return NotFound(message)
+        if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+            return PermissionDenied(message)
+        if status == 416 or code == "InvalidRange":
+            return OutOfRange(message)
+        if code in _CHECKSUM_CODES:
+            return ChecksumMismatch(message)
+        if status >= 500 or status in (408, 429):
+            return Transient(message)
+        return StorageError(f"{message}: {exc.message}")
+    if isinstance(exc, ClientAuthenticationError):  # e.g. a token credential that could not get a token
+        return PermissionDenied(f"{what}: {exc.message}")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return Transient(f"{what}: {exc.message}")
+    if isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError):
+        return Transient(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, AzureError):
+        return StorageError(f"{what}: {exc.message}")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        raise map_azure_error(exc, what) from exc
+
+
+class _ThreadedReader:
+    """A file wrapper whose `read` is awaitable: the SDK awaits it, so disk reads leave the event loop.
+
+    It deliberately has no `seek`/`tell`, which keeps the SDK on its read-then-upload block path.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def read(self, size: int = -1) -> Awaitable[bytes]:
+        return asyncio.to_thread(self._f.read, size)
+
+
+class AzureBlobStore:
+    """Block blobs under `prefix` in `container`.
+
+    Give exactly one of `connection_string` or `account_url`; with `account_url`, authenticate with
+    `credential` (account key string, `AzureNamedKeyCredential`, or an azure-identity token credential)
+    or `sas_token`. `max_attempts` bounds the SDK's own retries (its default backoff starts at 15 s,
+    far too slow when the outbox retries anyway).
+    """
+
+    kind: ClassVar[str] = "azure_blob"
+
+    def __init__(
+        self,
+        container: str,
+        *,
+        prefix: str = "",
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        credential: Any = None,
+        sas_token: str | None = None,
+        max_block_size: int = DEFAULT_PART_SIZE,
+        max_single_put_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = 4,
+        max_attempts: int = 3,
+        connection_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        validate_content: bool = True,
+    ) -> None:
+        if not container:
+            raise ValueError("AzureBlobStore needs a container")
+        if bool(connection_string) == bool(account_url):
+            raise ValueError("AzureBlobStore needs exactly one of connection_string or account_url")
+        if credential is not None and sas_token:
+            raise ValueError("AzureBlobStore takes a credential or a sas_token, not both")
+        self.container = container
+        self.prefix = normalize_prefix(prefix)
+        self.max_block_size = max_block_size
+        self.max_single_put_size = max_single_put_size
+        self.max_concurrency = max_concurrency
+        self.validate_content = validate_content
+        options: dict[str, Any] = {
+            "max_block_size": max_block_size,
+            "max_single_put_size": max_single_put_size,
+            "max_single_get_size": 4 * PIECE_SIZE,
+            "max_chunk_get_size": 4 * PIECE_SIZE,
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=max(0, max_attempts - 1)),
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+        }
+        if connection_string:
+            service = BlobServiceClient.from_connection_string(connection_string, **options)
+        else:
+            auth = sas_token.lstrip("?") if sas_token else credential
+            service = BlobServiceClient(str(account_url).rstrip("/"), credential=auth, **options)
+        self._service = service
+        self._container = service.get_container_client(container)
+        url = urlsplit(self._container.url)
+        # The SDK appends a SAS to its URLs: locations must never carry it.
+        self._base = urlunsplit((url.scheme, url.netloc, url.path.rstrip("/"), "", ""))
+
+    def __repr__(self) -> str:
+        return f"AzureBlobStore({join_prefix(self._base, self.prefix) if self.prefix else self._base!r})"
+
+    def _name(self, key: str) -> str:
+        return join_prefix(self.prefix, check_key(key))
+
+    # ------------------------------------------------------------------------------------ locations
+    def location(self, key: str) -> str:
+        """The blob URL without query: `<account endpoint>/<container>/<prefix>/<key>`."""
+        return check_location(f"{self._base}/{quote(self._name(key))}")
+
+    def key_for(self, location: str) -> str | None:
+        """The key of a blob URL in this container (any SAS query on it is ignored)."""
+        try:
+            parts = urlsplit(location)
+            base = urlsplit(self._base)
+        except ValueError:
+            return None
+        if (parts.scheme.lower(), parts.netloc.lower()) != (base.scheme.lower(), base.netloc.lower()):
+            return None
+        head = unquote(base.path) + "/"
+        path = unquote(parts.path)
+        if not path.startswith(head):
+            return None
+        key = strip_prefix(self.prefix, path[len(head) :])
+        if key is None:
+            return None
+        try:
+            return check_key(key)
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------------------------------ put
+    async def put_file(self, key: str, path: Path | str, content_type: str) -> StoredObject:
+        """Put Blob (small) or staged blocks (large), then check size and Content-MD5 against the file."""
+        name = self._name(key)
+        blob = self._container.get_blob_client(name)
+        source = Path(path)
+        digests = await file_digests(source, md5=True)
+        assert digests.md5 is not None
+        single = digests.size <= self.max_single_put_size
+        parts = 1 if single else math.ceil(digests.size / self.max_block_size)
+        verified_by = "azure:Content-MD5" if single else "azure:block-md5+size"
+        if not single and not self.validate_content:
+            verified_by = "azure:size"
+        what = f"{self}: put {key!r}"
+        content_type = content_type or DEFAULT_CONTENT_TYPE
+
+        existing = await self._properties(blob, what)
+        if (
+            existing is not None
+            and existing.size == digests.size
+            and bytes(existing.content_settings.content_md5 or b"") == digests.md5
+        ):
+            return self._stored(key, digests.size, digests.checksum, content_type, verified_by, parts, False)
+
+        settings = ContentSettings(
+            content_type=content_type,
+            # Single put: leave it empty so the service computes it. Blocks: store ours for readers.
+            content_md5=None if single else bytearray(digests.md5),
+        )
+        with _mapped(what):
+            f = await asyncio.to_thread(source.open, "rb")
+            try:
+                await blob.upload_blob(
+                    _ThreadedReader(f),
+                    length=digests.size,
+                    overwrite=True,
+                    content_settings=settings,
+                    metadata={"sha256": digests.sha256.hex()},
+                    validate_content=self.validate_content,
+                    max_concurrency=self.max_concurrency,
+                )
+            finally:
+                f.close()
+
+        props = await self._properties(blob, what)
+        if props is None:
+            raise Transient(f"{what}: the blob is not visible after a successful upload")
+        reported_md5 = bytes(props.content_settings.content_md5 or b"")
+        if props.size != digests.size or reported_md5 != digests.md5:
+            with contextlib.suppress(AzureError):
+                await blob.delete_blob()
+            raise ChecksumMismatch(
+                f"{what}: the store reports {props.size} bytes with Content-MD5 {reported_md5.hex() or '-'}, "
+                f"the local file has {digests.size} bytes with MD5 {digests.md5.hex()}; the blob was removed"
+            )
+        return self._stored(key, digests.size, digests.checksum, content_type, verified_by, parts, True)
+
+    def _stored(
+        self,
+        key: str,
+        size: int,
+        checksum: str,
+        content_type: str,
+        verified_by: str,
+        parts: int,
+        uploaded: bool,
+    ) -> StoredObject:
+        return StoredObject(
+            key=key,
+            size=size,
+            checksum=checksum,
+            location=self.location(key),
+            content_type=content_type,
+            verified_by=verified_by,
+            parts=parts,
+            uploaded=uploaded,
+        )
+
+    # ----------------------------------------------------------------------------------------- read
+    @staticmethod
+    async def _properties(blob: Any, what: str) -> Any | None:
+        try:
+            return await blob.get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if exc.error_code == "ContainerNotFound":
+                raise NotFound(f"{what}: the container does not exist") from exc
+            return None
+        except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise map_azure_error(exc, what) from exc
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Get Blob Properties: size, content type, last modified and metadata, or None."""
+        props = await self._properties(self._container.get_blob_client(self._name(key)), f"{self}: head {key!r}")
+        if props is None:
+            return None
+        return ObjectInfo(
+            key=key,
+            size=int(props.size),
+            content_type=props.content_settings.content_type or DEFAULT_CONTENT_TYPE,
+            last_modified=props.last_modified,
+            metadata=dict(props.metadata or {}),
+        )
+
+    async def open_range(self, key: str, offset: int = 0, length: int = 0) -> AsyncIterator[bytes]:
+        """Properties for the size, then a ranged download whose 4 MiB chunks are cut to ≤ 1 MiB."""
+        blob = self._container.get_blob_client(self._name(key))
+        what = f"{self}: read {key!r}"
+        props = await self._properties(blob, what)
+        if props is None:
+            raise NotFound(f"{what}: no such object")
+        start, end = resolve_range(int(props.size), offset, length)
+        if start == end:
+            return
+        with _mapped(what):
+            downloader = await blob.download_blob(offset=start, length=end - start, max_concurrency=1)
+            chunks = downloader.chunks()
+        while True:
+            with _mapped(what):
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            for piece in split_pieces(chunk):
+                yield piece
+
+    # --------------------------------------------------------------------------------- delete/list
+    async def delete(self, key: str) -> None:
+        """Delete Blob (with its snapshots); NotFound when absent."""
+        with _mapped(f"{self}: delete {key!r}"):
+            await self._container.get_blob_client(self._name(key)).delete_blob(delete_snapshots="include")
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """List Blobs under `<store prefix>/<prefix>`, yielding keys without the store prefix."""
+        full = join_prefix(self.prefix, prefix) if self.prefix else prefix
+        what = f"{self}: list {prefix!r}"
+        with _mapped(what):
+            pages = self._container.list_blobs(name_starts_with=full or None)
+        while True:
+            with _mapped(what):
+                try:
+                    item = await pages.__anext__()
+                except StopAsyncIteration:
+                    return
+            key = strip_prefix(self.prefix, item.name)
+            if key is not None:
+                yield key
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._service.close()

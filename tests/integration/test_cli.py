@@ -1,0 +1,75 @@
+"""The `callrec` command against a real server: --help, human output and --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from callrec_client.gateway import GatewayConnection
+from tests.harness import ROOT, ServerProcess, unique
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "callrec_client.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_lists_every_command_and_serve_option():
+    top = cli("--help").stdout
+    for command in ("serve", "start", "state", "pause", "resume", "stop", "list", "events"):
+        assert command in top
+    serve = cli("serve", "--help").stdout
+    for option in ("--listen", "--data-dir", "--config", "--metrics-listen", "--clock", "--resource-id",
+                   "--log-level", "--log-format", "--insecure", "--reconnect-grace", "--playout-delay-ms",
+                   "--event-retention-h", "--local-retention-h", "--default-storage", "--drain-timeout",
+                   "CALLREC_LISTEN"):
+        assert option in serve, option
+    for command in ("start", "state", "pause", "resume", "stop", "list", "events"):
+        assert "--json" in cli(command, "--help").stdout
+
+
+def test_serve_refuses_bad_config_with_a_clear_message(tmp_path):
+    bad = cli("serve", "--listen", "0.0.0.0:5", "--data-dir", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "pass --insecure" in bad.stderr
+    bad = cli("serve", "--clock", "sundial", "--data-dir", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "clock must be one of realtime, media" in bad.stderr
+
+
+async def test_recording_lifecycle_from_the_cli(server: ServerProcess):
+    call_id = unique("cli")
+    s = ("--server", server.target)
+    async with GatewayConnection(server.target, call_id) as gw:
+        started = json.loads(cli("start", call_id, "--content", "audio", "--format", "wav", "--json", *s).stdout)
+        rid = started["recording_id"]
+        assert started["state"] == "RECORDING_STATE_ACTIVE"
+        text = cli("state", rid, *s).stdout
+        assert f"recording  {rid}" in text and "state      active" in text
+        assert "inactive" in cli("pause", rid, *s).stdout
+        assert json.loads(cli("resume", rid, "--json", *s).stdout)["state"] == "RECORDING_STATE_ACTIVE"
+        stopped = json.loads(cli("stop", rid, "--json", *s).stdout)
+        assert stopped["session_end_reason"] == "StoppedByRequest"
+        listed = [json.loads(line) for line in cli("list", "--call", call_id, "--json", *s).stdout.splitlines()]
+        assert [r["recording_id"] for r in listed] == [rid]
+        assert rid in cli("list", "--call", call_id, *s).stdout
+        lines = cli("events", "--recording", rid, "--json", *s).stdout.splitlines()
+        states = [json.loads(line)["data"]["state"] for line in lines]
+        assert states == ["active", "inactive", "active", "inactive"]
+        assert "RecordingStateChanged" in cli("events", "--recording", rid, *s).stdout
+        await gw.end()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("state", "nope"), "NOT_FOUND: no recording with id 'nope'"),
+    (("start", "no-call", "--content", "audio", "--format", "mp3"), "NOT_FOUND"),
+    (("start", "no-call", "--format", "mp3"), "INVALID_ARGUMENT"),
+    (("start", "no-call", "--format", "flac"), "format must be one of wav, mp3, mp4"),
+])
+def test_cli_errors_are_readable(server: ServerProcess, args, fragment):
+    proc = cli(*args, "--server", server.target, check=False)
+    assert proc.returncode != 0 and fragment in proc.stderr

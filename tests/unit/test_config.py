@@ -1,0 +1,79 @@
+"""Config precedence (defaults < TOML < env/flags) and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callrec.config import ConfigError, Limits, load_config
+
+
+def test_defaults():
+    cfg = load_config()
+    assert cfg.listen == "127.0.0.1:50051" and cfg.data_dir == Path("./data")
+    assert cfg.clock == "realtime" and cfg.reconnect_grace_s == 30 and cfg.event_retention_h == 24
+    assert cfg.default_storage == "local" and cfg.limits == Limits()
+
+
+def test_toml_then_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[server]\nlisten = "127.0.0.1:6000"\nclock = "media"\nresource_id = "/from/toml"\n'
+        '[storage]\ndefault = "archive"\n[storage.targets.archive]\nkind = "s3"\nbucket = "b"\n'
+        "[limits]\nmax_recordings = 3\n"
+    )
+    cfg = load_config({"listen": "127.0.0.1:7000", "clock": None}, toml)
+    assert cfg.listen == "127.0.0.1:7000"  # the flag wins
+    assert cfg.clock == "media" and cfg.resource_id == "/from/toml"  # None = unset: the file's value stays
+    assert cfg.default_storage == "archive" and cfg.storage_targets["archive"]["bucket"] == "b"
+    assert cfg.limits.max_recordings == 3
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("listen = ", "not valid TOML"),
+        ("[bogus]\nx = 1\n", "unknown keys ['bogus']"),
+        ("[limits]\nmax_everything = 1\n", "unknown [limits] keys"),
+        ('[storage]\ndefault = "nowhere"\n', "default storage target 'nowhere' is not defined"),
+        ('[server]\nclock = "sundial"\n', "clock must be one of realtime, media"),
+        ('[server]\nlisten = "nonsense"\n', "listen must be HOST:PORT"),
+        ('[server]\nlisten = "0.0.0.0:50051"\n', "pass --insecure"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, fragment):
+    toml = tmp_path / "c.toml"
+    toml.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config({}, toml)
+    assert fragment in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config({}, tmp_path / "nope.toml")
+
+
+def test_insecure_allows_public_bind():
+    assert load_config({"listen": "0.0.0.0:50051", "insecure": True}).listen == "0.0.0.0:50051"
+
+
+def test_env_var_reaches_serve(tmp_path, monkeypatch):
+    """typer maps CALLREC_* to flags; a flag beats the env var."""
+    from typer.testing import CliRunner
+
+    import callrec.server
+    from callrec_client.cli import app
+
+    seen = {}
+    monkeypatch.setattr(callrec.server, "run", lambda cfg: seen.setdefault("cfg", cfg))
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path)],
+                           env={"CALLREC_CLOCK": "media", "CALLREC_LISTEN": "127.0.0.1:6001"})
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].clock == "media" and seen["cfg"].listen == "127.0.0.1:6001"
+    seen.clear()
+    result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), "--clock", "realtime"],
+                           env={"CALLREC_CLOCK": "media"})
+    assert result.exit_code == 0 and seen["cfg"].clock == "realtime"
