@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from callrec import metrics
 from callrec.api.events import EventServicer
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
@@ -88,7 +89,11 @@ async def build_server(
     """Create every component and bind the port (port 0 picks a free one); call `start` after."""
     db = Database(config.state_db_path)
     repo = RecordingRepository(db)
-    events = EventLog(db, timedelta(hours=config.event_retention_h))
+    events = EventLog(
+        db,
+        timedelta(hours=config.event_retention_h),
+        on_publish=lambda stored: metrics.EVENTS_PUBLISHED.labels(stored.event.event_type.value).inc(),
+    )
     calls = CallRegistry(config.reconnect_grace_s, config.limits.max_participants_per_call)
     registry = RecordingRegistry(
         repo,
@@ -141,9 +146,8 @@ async def start(app: App) -> None:
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
     if config.metrics_listen:
-        from callrec.metrics import start_metrics_server
-
-        start_metrics_server(config.metrics_listen)
+        port = metrics.start_metrics_server(config.metrics_listen)
+        log.info("metrics", listen=config.metrics_listen, port=port)
     app = await build_server(config)
     await start(app)
     stop = asyncio.Event()

@@ -73,3 +73,22 @@ async def test_recording_lifecycle_from_the_cli(server: ServerProcess):
 def test_cli_errors_are_readable(server: ServerProcess, args, fragment):
     proc = cli(*args, "--server", server.target, check=False)
     assert proc.returncode != 0 and fragment in proc.stderr
+
+
+async def test_metrics_endpoint(make_server, tmp_path):
+    import urllib.request
+
+    from tests.harness import free_port
+
+    port = free_port()
+    srv = make_server("--clock", "media", "--metrics-listen", f"127.0.0.1:{port}")
+    async with GatewayConnection(srv.target, "m") as gw:
+        await gw.join("alice")
+        for seq in range(1, 6):
+            await gw.audio("alice", seq, seq * 20_000, b"\0\0" * 320)
+        await gw.audio("alice", 6, 6 * 20_000, b"")
+        await gw.next_response("warning")
+        await gw.end()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'callrec_frames_received_total{kind="audio"} 5.0' in body
+    assert 'callrec_frames_rejected_total{kind="audio",reason="empty_frame"} 1.0' in body

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from callrec import metrics
 from callrec.api import convert
 from callrec.api.errors import status_of
 from callrec.core.calls import Call, CallRegistry, GatewayStream, Participant, RecordingNotice
-from callrec.core.errors import CallrecError, FailedPrecondition, InvalidArgument
+from callrec.core.errors import CallrecError, InvalidArgument
 from callrec.core.ingest import MediaIngest
 from callrec.core.recordings import RecordingRegistry
 from callrec.logs import get_logger
@@ -70,9 +71,11 @@ class _Session:
     def count(self, participant: Participant, reason: str | None, kind: str) -> None:
         assert self.call is not None
         if reason is None:
+            metrics.FRAMES_RECEIVED.labels(kind).inc()
             participant.stats.frames_received += 1
             self.call.stats.frames_received += 1
             return
+        metrics.FRAMES_REJECTED.labels(kind, reason).inc()
         participant.stats.reject(reason)
         self.call.stats.reject(reason)
         self.warn(participant.participant_id, reason, f"{kind} frame rejected: {reason}")
@@ -219,5 +222,3 @@ class _EndOfStream(Exception):
         super().__init__(reason)
         self.reason = reason
 
-
-__all__ = ["FailedPrecondition", "MediaServicer"]
