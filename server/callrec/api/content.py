@@ -1,0 +1,117 @@
+"""ContentService: downloads and deletes stored chunks by the locations events announced."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from callrec.api.errors import streaming, unary
+from callrec.core.errors import CallrecError, ErrorCode, InvalidArgument, NotFound, OutOfRange
+from callrec.state.chunks import ChunkIndex
+from callrec.storage.base import StorageError, Store
+from callrec.storage.resolver import StoreResolver
+from callrec.v1 import content_pb2 as pb
+from callrec.v1 import content_pb2_grpc
+
+PIECE = 1024 * 1024
+METADATA_TYPE = "application/json"
+
+
+def _domain(exc: StorageError, location: str) -> CallrecError:
+    """A store's error as a domain error with a message naming the location."""
+    try:
+        code = ErrorCode(exc.code)
+    except ValueError:
+        code = ErrorCode.INTERNAL if exc.code != "DATA_LOSS" else ErrorCode.UNAVAILABLE
+    if code is ErrorCode.NOT_FOUND:
+        return NotFound(f"{location} no longer exists (deleted or past its retention)")
+    return CallrecError(f"storage error for {location}: {exc}", code)
+
+
+class ContentServicer(content_pb2_grpc.ContentServiceServicer):
+    """DownloadContent / DeleteContent."""
+
+    def __init__(self, index: ChunkIndex, stores: StoreResolver) -> None:
+        self.index = index
+        self.stores = stores
+
+    def _resolve(self, location: str) -> tuple[Store, str, str]:
+        """The store, key and content type of a content or metadata location."""
+        if not location:
+            raise InvalidArgument("location is required: a contentLocation or metadataLocation from an event")
+        found = self.index.by_location(location)
+        if found is not None:
+            chunk, what = found
+            if what == "delete":
+                raise InvalidArgument(f"{location} is a deleteLocation: pass it to DeleteContent, not DownloadContent")
+            store = self.stores(chunk.target)
+            if what == "media":
+                return store, chunk.media_key, chunk.media_type
+            return store, chunk.metadata_key, METADATA_TYPE
+        for store in self.stores.stores():
+            key = store.key_for(location)
+            if key is not None:
+                return store, key, ""
+        raise NotFound(f"no stored file has location {location!r} (unknown, deleted or expired)")
+
+    @streaming
+    async def DownloadContent(
+        self, request: pb.DownloadContentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadContentResponse]:
+        location = request.location
+        store, key, content_type = self._resolve(location)
+        try:
+            info = await store.head(key)
+        except StorageError as exc:
+            raise _domain(exc, location) from None
+        if info is None:
+            raise NotFound(f"{location} no longer exists (deleted or past its retention)")
+        size, offset, length = info.size, request.offset, request.length
+        content_type = content_type or info.content_type
+        if offset > size or (length and offset + length > size):
+            raise OutOfRange(
+                f"range offset={offset} length={length or 'to the end'} is past the end of {location} "
+                f"({size} bytes)"
+            )
+        if offset == size:
+            yield pb.DownloadContentResponse(data=b"", offset=offset, total_size=size, content_type=content_type)
+            return
+        position = offset
+        try:
+            async for piece in store.open_range(key, offset, length):
+                for start in range(0, len(piece), PIECE):
+                    data = piece[start:start + PIECE]
+                    yield pb.DownloadContentResponse(data=data, offset=position, total_size=size,
+                                                     content_type=content_type)
+                    position += len(data)
+        except StorageError as exc:
+            raise _domain(exc, location) from None
+
+    @unary
+    async def DeleteContent(
+        self, request: pb.DeleteContentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteContentResponse:
+        location = request.location
+        if not location:
+            raise InvalidArgument("location is required: a deleteLocation from an event")
+        found = self.index.by_location(location)
+        if found is None:
+            raise NotFound(f"no stored chunk has deleteLocation {location!r} (unknown or already deleted)")
+        chunk, what = found
+        if what != "delete":
+            raise InvalidArgument(
+                f"{location} is a {'content' if what == 'media' else 'metadata'}Location; DeleteContent takes the "
+                "chunk's deleteLocation, which removes both its media and its metadata"
+            )
+        store = self.stores(chunk.target)
+        deleted = []
+        for key, loc in ((chunk.media_key, chunk.content_location), (chunk.metadata_key, chunk.metadata_location)):
+            try:
+                await store.delete(key)
+                deleted.append(loc)
+            except StorageError as exc:
+                if exc.code != "NOT_FOUND":
+                    raise _domain(exc, loc) from None
+        self.index.mark_deleted(chunk.document_id)
+        return pb.DeleteContentResponse(deleted_locations=deleted)
