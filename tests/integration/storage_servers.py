@@ -213,8 +213,6 @@ class AzuriteServer:
                         "127.0.0.1",
                         "--blobPort",
                         str(self.port),
-                        "--location",
-                        str(self.workdir),
                         "--inMemoryPersistence",
                         "--skipApiVersionCheck",
                         "--disableTelemetry",
@@ -223,6 +221,7 @@ class AzuriteServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    cwd=self.workdir,  # anything Azurite writes lands in our temp dir
                     # Custom accounts would disable the well-known one the fixtures rely on.
                     env={k: v for k, v in os.environ.items() if k != "AZURITE_ACCOUNTS"},
                 )

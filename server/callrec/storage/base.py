@@ -259,6 +259,12 @@ class FileDigests:
         """Base64 SHA-256, the form S3's `ChecksumSHA256` uses."""
         return base64.b64encode(self.sha256).decode()
 
+    @property
+    def md5_b64(self) -> str:
+        """Base64 MD5 of the whole file, the form of a `Content-MD5` header."""
+        assert self.md5 is not None, "MD5 was not computed"
+        return base64.b64encode(self.md5).decode()
+
     def composite_sha256_b64(self) -> str:
         """S3's multipart `ChecksumSHA256`: SHA-256 over the concatenated part digests."""
         return base64.b64encode(hashlib.sha256(b"".join(self.part_sha256)).digest()).decode()
@@ -268,7 +274,7 @@ class FileDigests:
         return f"{hashlib.md5(b''.join(self.part_md5)).hexdigest()}-{len(self.part_md5)}"
 
 
-def _digest_file(path: Path, part_size: int | None, md5: bool, part_md5: bool) -> FileDigests:
+def _digest_file(path: Path, part_size: int | None, md5: bool, part_md5: bool, part_sha256: bool) -> FileDigests:
     read_size = part_size or PIECE_SIZE * 4
     whole_sha, whole_md5 = hashlib.sha256(), hashlib.md5() if md5 else None
     parts_sha: list[bytes] = []
@@ -280,10 +286,10 @@ def _digest_file(path: Path, part_size: int | None, md5: bool, part_md5: bool) -
             whole_sha.update(block)
             if whole_md5 is not None:
                 whole_md5.update(block)
-            if part_size:
+            if part_size and part_sha256:
                 parts_sha.append(hashlib.sha256(block).digest())
-                if part_md5:
-                    parts_md5.append(hashlib.md5(block).digest())
+            if part_size and part_md5:
+                parts_md5.append(hashlib.md5(block).digest())
     return FileDigests(
         size=size,
         sha256=whole_sha.digest(),
@@ -295,15 +301,21 @@ def _digest_file(path: Path, part_size: int | None, md5: bool, part_md5: bool) -
 
 
 async def file_digests(
-    path: Path, *, part_size: int | None = None, md5: bool = False, part_md5: bool = False
+    path: Path,
+    *,
+    part_size: int | None = None,
+    md5: bool = False,
+    part_md5: bool = False,
+    part_sha256: bool = True,
 ) -> FileDigests:
     """Hash a file in a worker thread (hashlib releases the GIL), so the event loop keeps mixing audio.
 
-    SHA-256 of the whole file always; whole-file MD5 when `md5`; per-part SHA-256 (and MD5 when
-    `part_md5`) when `part_size` is given. A missing file raises `FileNotFoundError`: that is the
-    caller's problem (its spool file is gone), not the store's, so it is not a `StorageError`.
+    SHA-256 of the whole file always; whole-file MD5 when `md5`; per-part SHA-256 (unless
+    `part_sha256` is false) and MD5 (when `part_md5`) when `part_size` is given. A missing file raises
+    `FileNotFoundError`: that is the caller's problem (its spool file is gone), not the store's, so it
+    is not a `StorageError`.
     """
-    return await asyncio.to_thread(_digest_file, Path(path), part_size, md5, part_md5)
+    return await asyncio.to_thread(_digest_file, Path(path), part_size, md5, part_md5, part_sha256)
 
 
 def check_location(location: str) -> str:

@@ -282,13 +282,6 @@ class LocalStore:
             directory = directory.parent
 
     # --------------------------------------------------------------------------------------- list
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        """Keys starting with `prefix`, sorted; temporary `.part` files are never listed."""
-        with _mapped_os_errors(f"local store {self.root}: list {prefix!r}"):
-            keys = await asyncio.to_thread(self._list_sync, prefix)
-        for key in keys:
-            yield key
-
     def _list_sync(self, prefix: str) -> list[str]:
         base = self.root
         if "/" in prefix:
@@ -308,6 +301,13 @@ class LocalStore:
                     keys.append(key)
         keys.sort()
         return keys
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """Keys starting with `prefix`, sorted; temporary `.part` files are never listed."""
+        with _mapped_os_errors(f"local store {self.root}: list {prefix!r}"):
+            keys = await asyncio.to_thread(self._list_sync, prefix)
+        for key in keys:
+            yield key
 
     # ---------------------------------------------------------------------------------- retention
     async def sweep_expired(self, older_than: timedelta) -> int:

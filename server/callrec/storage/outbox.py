@@ -174,8 +174,9 @@ class Outbox:
             )
             with contextlib.suppress(FileNotFoundError):
                 Path(upload.path).unlink()
-            log.info("uploaded", key=upload.key, size=stored.size, location=stored.location,
-                     attempts=upload.attempts + 1)
+            log.info(
+                "uploaded", key=upload.key, size=stored.size, location=stored.location, attempts=upload.attempts + 1
+            )
         finally:
             self._in_flight.discard(upload.id)
             self._report()
@@ -190,8 +191,9 @@ class Outbox:
             "UPDATE uploads SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
             (attempts, time.time() + delay, error, upload.id),
         )
-        log.warning("upload failed, will retry", key=upload.key, attempt=attempts, retry_in_s=round(delay, 1),
-                    error=error)
+        log.warning(
+            "upload failed, will retry", key=upload.key, attempt=attempts, retry_in_s=round(delay, 1), error=error
+        )
 
     def _finish_failed(self, upload: Upload, error: str) -> None:
         metrics.UPLOADS_FAILED.inc()
@@ -199,8 +201,7 @@ class Outbox:
             "UPDATE uploads SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
             (FAILED, error, upload.id),
         )
-        log.error("upload failed permanently; the spool keeps the file", key=upload.key, path=upload.path,
-                  error=error)
+        log.error("upload failed permanently; the spool keeps the file", key=upload.key, path=upload.path, error=error)
 
     def _report(self) -> None:
         if self.on_change:
