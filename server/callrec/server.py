@@ -14,6 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from callrec import metrics
+from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
@@ -23,9 +24,16 @@ from callrec.core.ingest import CountingIngest, MediaIngest
 from callrec.core.recordings import NoMedia, RecordingMedia, RecordingRegistry, RegistrySettings
 from callrec.events.log import EventLog
 from callrec.logs import get_logger
+from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
+from callrec.storage.local import LocalStore
+from callrec.storage.outbox import Outbox
+from callrec.storage.resolver import StoreResolver
+from callrec.storage.targets import stores_from_config
 from callrec.v1 import (
+    content_pb2,
+    content_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     media_pb2,
@@ -40,6 +48,7 @@ SERVICE_NAMES = (
     recording_pb2.DESCRIPTOR.services_by_name["RecordingService"].full_name,
     media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name,
 )
 HOUSEKEEPING_INTERVAL_S = 60.0
 
@@ -55,19 +64,33 @@ class App:
     calls: CallRegistry
     registry: RecordingRegistry
     ingest: MediaIngest
+    stores: StoreResolver
+    outbox: Outbox
+    chunks: ChunkIndex
     server: grpc.aio.Server
     health: HealthServicer
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def housekeeping(self) -> None:
-        """Prune expired events and idempotency keys, once a minute."""
+        """Prune expired events and idempotency keys, and apply local stores' retention, once a minute."""
         while True:
             pruned = self.events.prune()
             forgotten = self.repo.forget_requests_before(timedelta(hours=self.config.idempotency_window_h))
-            if pruned or forgotten:
-                log.info("housekeeping", events_pruned=pruned, request_ids_forgotten=forgotten)
+            swept = await self.sweep_local_stores()
+            if pruned or forgotten or swept:
+                log.info("housekeeping", events_pruned=pruned, request_ids_forgotten=forgotten, files_expired=swept)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+    async def sweep_local_stores(self) -> int:
+        """Delete recordings older than each local store's retention; their locations become NOT_FOUND."""
+        swept = 0
+        for name, store in self.stores.named.items():
+            if isinstance(store, LocalStore) and store.retention:
+                for chunk in self.chunks.expired(name, store.retention.total_seconds()):
+                    self.chunks.mark_deleted(chunk.document_id)
+                swept += await store.sweep_expired(store.retention)
+        return swept
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, finalise recordings, close the server and the database."""
@@ -79,6 +102,8 @@ class App:
         await self.server.stop(grace=min(timeout, 5.0))
         for task in self.tasks:
             task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.stores.close()
         self.db.close()
         log.info("stopped")
 
@@ -88,6 +113,9 @@ async def build_server(
 ) -> App:
     """Create every component and bind the port (port 0 picks a free one); call `start` after."""
     db = Database(config.state_db_path)
+    stores = build_stores(config)
+    outbox = Outbox(db, stores, on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]))
+    chunks = ChunkIndex(db)
     repo = RecordingRepository(db)
     events = EventLog(
         db,
@@ -118,6 +146,7 @@ async def build_server(
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry), server)
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
+    content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -129,7 +158,19 @@ async def build_server(
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
-    return App(config, db, repo, events, calls, registry, ingest, server, health, bound)
+    return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound)
+
+
+def build_stores(config: ServerConfig) -> StoreResolver:
+    """The configured storage targets; the embedded `local` one keeps `local_retention_h` hours."""
+    targets = {name: dict(target) for name, target in config.storage_targets.items()}
+    local = targets.setdefault("local", {"kind": "local"})
+    if local.get("kind") == "local":
+        local.setdefault("retention_hours", config.local_retention_h)
+    named, default = stores_from_config(
+        {"default": config.default_storage, "targets": targets}, data_dir=config.data_dir
+    )
+    return StoreResolver(named, default)
 
 
 async def start(app: App) -> None:
@@ -138,7 +179,9 @@ async def start(app: App) -> None:
     await app.server.start()
     for name in ("", *SERVICE_NAMES):
         await app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    app.tasks.append(asyncio.get_running_loop().create_task(app.housekeeping()))
+    loop = asyncio.get_running_loop()
+    app.tasks.append(loop.create_task(app.housekeeping()))
+    app.tasks.append(loop.create_task(app.outbox.run()))
     log.info("serving", listen=f"{app.config.host_port()[0]}:{app.port}", data_dir=str(app.config.data_dir),
              clock=app.config.clock)
 

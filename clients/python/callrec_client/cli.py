@@ -98,6 +98,9 @@ def serve(
     configure_logging(cfg.log_level, cfg.log_format)
     try:
         run(cfg)
+    except ValueError as exc:  # a storage target that cannot be built
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
     except OSError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
