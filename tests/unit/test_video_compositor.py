@@ -5,10 +5,9 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-
 from callrec.media.compositor import Compositor, card_colour
 from callrec.media.video_decode import planes_to_frame
-from callrec.media.video_layout import GridSlots, Rect, SpeakerTracker, grid_shape, tile_rects
+from callrec.media.video_layout import GridSlots, Rect, SpeakerTracker, fit_size, grid_shape, tile_rects
 from callrec.media.yuv import planes_to_rgb, rgb_to_yuv
 
 COLOURS = [
@@ -19,7 +18,7 @@ COLOURS = [
 
 def solid(rgb: tuple[int, int, int], w: int = 640, h: int = 360) -> av.VideoFrame:
     """A yuv420p frame of one colour (converted with the compositor's BT.709 matrix)."""
-    y, u, v = (int(round(c)) for c in rgb_to_yuv(np.array(rgb, np.uint8)))
+    y, u, v = (int(np.rint(c)) for c in rgb_to_yuv(np.array(rgb, np.uint8)))
     return planes_to_frame(
         np.full((h, w), y, np.uint8), np.full((h // 2, w // 2), u, np.uint8), np.full((h // 2, w // 2), v, np.uint8)
     )
@@ -166,11 +165,15 @@ def test_name_label_pixels_are_in_the_label_area(name: str) -> None:
     comp.update_video("y", dark, 0.0)
     py, _, _ = comp.compose(0.0)
     cell = tile_rects(2)[0]
-    label = py[cell.y + cell.h - 80 : cell.y + cell.h - 10, cell.x + 10 : cell.x + 260]
+    # A 16:9 picture letterboxed in the tall 2-up tile; the label sits at its bottom left.
+    _, h = fit_size(960, 540, cell.w - 4, cell.h - 4)
+    bottom = cell.y + 2 + (cell.h - 4 - h) // 2 + h
+    label = py[bottom - 90 : bottom - 5, cell.x + 10 : cell.x + 260]
     assert (label > 200).sum() > 150, "white text expected in the label box"
     assert (label < 30).sum() > 500, "dark label box / video expected around the text"
-    middle = py[cell.y + 200 : cell.y + 700, cell.x + 100 : cell.x + 800]
-    assert (middle > 200).sum() == 0, "no text over the picture"
+    middle = py[bottom - h + 50 : bottom - 120, cell.x + 100 : cell.x + 800]
+    assert (middle > 200).sum() == 0, "no text over the middle of the picture"
+    assert (py[bottom + 10 :, cell.x : cell.x + cell.w] > 200).sum() == 0, "nothing on the letterbox bar"
 
 
 def test_label_render_is_cached() -> None:
@@ -186,7 +189,8 @@ def test_participant_without_video_shows_a_name_card() -> None:
     comp = Compositor()
     comp.set_participants([("v", "Has Video", True), ("n", "김민수", False)])
     comp.update_video("v", solid(COLOURS[0]), 0.0)
-    py, pu, pv = planes = comp.compose(0.0)
+    planes = comp.compose(0.0)
+    py = planes[0]
     cell = tile_rects(2)[1]
     assert close(rgb_at(planes, cell.x + cell.w // 2, cell.y + cell.h // 5), card_colour("n"))
     text_band = py[cell.y + cell.h // 2 - 60 : cell.y + cell.h // 2 + 60, cell.x : cell.x + cell.w]

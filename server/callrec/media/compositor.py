@@ -91,8 +91,9 @@ class Compositor:
             flat[ysz : ysz + ysz // 4].reshape(height // 2, width // 2),
             flat[ysz + ysz // 4 :].reshape(height // 2, width // 2),
         )
-        self._last_key: tuple[object, ...] | None = None
-        self._generation = 0  # bumped on any participant change, so compose redraws
+        self._generation = 0  # bumped on any participant change: compose redraws everything
+        self._layout_key: tuple[object, ...] | None = None
+        self._tile_keys: list[tuple[str | None, int, bool] | None] = []
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -150,34 +151,39 @@ class Compositor:
         return self.slots.update(self._order, self.tracker.last_spoke, speaking, t)
 
     def compose(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The grid at call time `t` as (Y, U, V) views, valid until the next compose/slate."""
+        """The grid at call time `t` as (Y, U, V) views, valid until the next compose/slate.
+
+        Only tiles whose content changed (new frame, card, highlight) are redrawn: a static
+        grid costs almost nothing, and a full 3x3 of live video a few milliseconds.
+        """
         slots = self.layout(t)
-        live: list[int] = []
-        for pid in slots:
-            live.append(self._advance(pid, t) if pid is not None else 0)
         highlight = self.tracker.highlighted()
-        key = (tuple(slots), tuple(live), highlight, self._generation)
-        if key == self._last_key:
-            return self._planes
-        self._last_key = key
-        planes = self._planes
-        fill_rect(planes, 0, 0, self.width, self.height, _BACKGROUND)
         rects = tile_rects(len(self.slots.members()), self.width, self.height)
-        for pid, shown, cell in zip(slots, live, rects, strict=False):
+        layout_key = (len(slots), self._generation)
+        if layout_key != self._layout_key:
+            fill_rect(self._planes, 0, 0, self.width, self.height, _BACKGROUND)
+            self._layout_key = layout_key
+            self._tile_keys = [None] * len(slots)
+        for i, (pid, cell) in enumerate(zip(slots, rects, strict=False)):
+            shown = self._advance(pid, t) if pid is not None else 0
+            key = (pid, shown, pid is not None and pid == highlight)
+            if key == self._tile_keys[i]:
+                continue
+            self._tile_keys[i] = key
             tile = cell.inset(_GAP // 2) if len(rects) > 1 else cell
             if pid is None:
-                fill_rect(planes, tile.x, tile.y, tile.w, tile.h, _TILE_BG)
+                fill_rect(self._planes, tile.x, tile.y, tile.w, tile.h, _TILE_BG)
                 continue
-            self._draw_tile(pid, tile, video=shown > 0)
-            if pid == highlight and len(rects) > 1:
-                draw_border(planes, tile.x, tile.y, tile.w, tile.h, min(12, max(6, tile.h // 45)), _HIGHLIGHT)
-        return planes
+            content = self._draw_tile(pid, tile, video=shown > 0)
+            if key[2] and len(rects) > 1:
+                width = min(12, max(6, tile.h // 45))
+                draw_border(self._planes, content.x, content.y, content.w, content.h, width, _HIGHLIGHT)
+        return self._planes
 
     def slate(self, text: str = "Recording paused") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A full-frame slate (pause in silence mode keeps the timeline with this picture)."""
-        key = ("slate", text)
-        if key != self._last_key:
-            self._last_key = key
+        if self._layout_key != ("slate", text):
+            self._layout_key = ("slate", text)
             overlay(self._planes, self.text.slate(text, self.width, self.height), 0, 0)
         return self._planes
 
@@ -195,28 +201,42 @@ class Compositor:
             return 0
         return src.frame_seq
 
-    def _draw_tile(self, pid: str, tile: Rect, video: bool) -> None:
+    def _draw_tile(self, pid: str, tile: Rect, video: bool) -> Rect:
+        """Draw a participant's tile; returns the picture's rectangle (for the highlight)."""
         src = self._sources[pid]
         planes = self._planes
         if video:
-            fill_rect(planes, tile.x, tile.y, tile.w, tile.h, _LETTERBOX)
             sy, su, sv = self._scaled(src, tile.w, tile.h)
             h, w = sy.shape
             x, y = (tile.x + (tile.w - w) // 2) & ~1, (tile.y + (tile.h - h) // 2) & ~1
+            # Letterbox bars only (the picture covers the rest): top, bottom, left, right.
+            for bx, by, bw, bh in (
+                (tile.x, tile.y, tile.w, y - tile.y),
+                (tile.x, y + h, tile.w, tile.y + tile.h - y - h),
+                (tile.x, y, x - tile.x, h),
+                (x + w, y, tile.x + tile.w - x - w, h),
+            ):
+                if bw > 0 and bh > 0:
+                    fill_rect(planes, bx, by, bw, bh, _LETTERBOX)
             planes[0][y : y + h, x : x + w] = sy
             planes[1][y // 2 : (y + h) // 2, x // 2 : (x + w) // 2] = su
             planes[2][y // 2 : (y + h) // 2, x // 2 : (x + w) // 2] = sv
-            self._draw_label(src.display_name, tile)
-        else:
-            # The card already shows the name, centred and large: no label on top of it.
-            card = self.text.name_card(src.display_name, tile.w, tile.h, card_colour(pid))
-            overlay(planes, card, tile.x, tile.y)
+            picture = Rect(x, y, w, h)
+            self._draw_label(src.display_name, tile, picture)
+            return picture
+        # The card already shows the name, centred and large: no label on top of it.
+        card = self.text.name_card(src.display_name, tile.w, tile.h, card_colour(pid))
+        overlay(planes, card, tile.x, tile.y)
+        return tile
 
-    def _draw_label(self, name: str, tile: Rect) -> None:
+    def _draw_label(self, name: str, tile: Rect, picture: Rect) -> None:
+        """The name at the bottom left of the picture (not of the letterbox bars around it)."""
         height = max(24, min(48, tile.h // 10)) & ~1
         margin = max(8, tile.h // 40) & ~1
-        label = self.text.label(name, height, tile.w - 2 * margin)
-        overlay(self._planes, label, tile.x + margin, tile.y + tile.h - margin - height)
+        x = picture.x + margin
+        y = min(picture.y + picture.h, tile.y + tile.h) - margin - height
+        label = self.text.label(name, height, tile.x + tile.w - margin - x)
+        overlay(self._planes, label, x, max(tile.y, y))
 
     def _scaled(self, src: _Source, box_w: int, box_h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The source frame fitted into the box; reused while neither frame nor box change."""
@@ -224,7 +244,7 @@ class Compositor:
         key = (src.frame_seq, box_w, box_h)
         if src.scaled_key != key or src.scaled is None:
             w, h = fit_size(src.frame.width, src.frame.height, box_w, box_h)
-            scaled = src.frame.reformat(width=w, height=h, format="yuv420p", interpolation="BILINEAR")
+            scaled = src.frame.reformat(width=w, height=h, format="yuv420p", interpolation="BILINEAR", threads=1)
             y, u, v = frame_to_planes(scaled)
             src.scaled = (y, u[: h // 2, : w // 2], v[: h // 2, : w // 2])
             src.scaled_key = key

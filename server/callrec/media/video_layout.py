@@ -181,9 +181,10 @@ class GridSlots:
         elif cells > len(self.slots):
             self.slots += [None] * (cells - len(self.slots))
         outside = [p for p in participants if p not in self._entered]
-        # Speakers first, then most recently active, then join order.
         order = {p: i for i, p in enumerate(participants)}
-        outside.sort(key=lambda p: (-last_spoke.get(p, -math.inf), order[p]))
+        if len(participants) > self.max_tiles:
+            # Not everyone fits: free cells go to the most recently active first.
+            outside.sort(key=lambda p: (-last_spoke.get(p, -math.inf), order[p]))
         for pid in outside:
             if None in self.slots and len(self.members()) < shown:
                 self._place(pid, self.slots.index(None), t)

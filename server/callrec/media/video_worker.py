@@ -29,12 +29,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from callrec.core.model import VideoEncoding
 from callrec.media.writers.mp4 import FPS, Mp4Settings
+
+if TYPE_CHECKING:
+    from callrec.core.call_media import MixTick
 
 #: Audio ticks are 20 ms; the backlog is measured in them.
 TICK_S = 0.02
@@ -251,6 +254,10 @@ class VideoWorker:
         pcm = np.asarray(block, dtype=np.int16).tobytes()
         return self._put(("audio", pcm, t, dict(speaking)), kind=1, size=0)
 
+    def on_tick(self, tick: MixTick) -> None:
+        """`TickSink` for `CallMedia.attach`: forwards each mix tick with its call time."""
+        self.audio(tick.mixed, tick.start_us / 1_000_000, tick.speaking)
+
     def pause(self, silence: bool) -> None:
         """Pause: skip mode writes nothing; silence mode writes silence and the slate."""
         self._put(("pause", bool(silence)), kind=0, size=0)
@@ -296,8 +303,9 @@ class VideoWorker:
                 msg, kind, size = self._queue.popleft()
             try:
                 self._cmd.send(msg)
-            except (OSError, ValueError) as exc:
-                self._fail(f"video worker pipe broken: {exc}")
+            except (OSError, ValueError):
+                # The worker is gone; the reader thread reports why (its own last words or
+                # its exit code), which says more than a broken pipe.
                 return
             finally:
                 with self._cond:
@@ -314,7 +322,8 @@ class VideoWorker:
             except (EOFError, OSError):
                 if not self._finished.is_set():
                     code = self._exitcode()
-                    self._fail(f"video worker exited unexpectedly (exit code {code})")
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    self._fail(f"video worker exited unexpectedly ({how})", kill=False)
                 return
             self._handle(msg)
             if msg[0] in ("finished", "failed"):
@@ -339,7 +348,7 @@ class VideoWorker:
         elif kind == "rejected":
             event = FrameRejected(msg[1], msg[2], msg[3])
         elif kind == "failed":
-            self._fail(msg[1])
+            self._fail(msg[1], kill=False)  # it exits by itself; _reap waits for it
             return
         elif kind == "finished":
             self._finished.set()
@@ -347,7 +356,7 @@ class VideoWorker:
         if event is not None:
             self._emit(event)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, kill: bool = True) -> None:
         with self._cond:
             if self.error is not None or self._finished.is_set():
                 return
@@ -355,7 +364,7 @@ class VideoWorker:
             self._queue.clear()
             self._cond.notify_all()
         proc = self._process
-        if proc is not None and proc.poll() is None:
+        if kill and proc is not None and proc.poll() is None:
             proc.kill()
         self._finished.set()
         self._emit(WorkerFailed(message))

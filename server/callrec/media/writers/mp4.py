@@ -12,9 +12,12 @@ second), so a file cut short by a crash still plays up to its last complete frag
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -26,40 +29,54 @@ FPS = 16
 #: Audio samples per video frame: 16000 / 16, an integer, which is what keeps A/V exact.
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 _AAC_FRAME = 1024
+#: Video frames in flight between the compositor and the encoder thread.
+FRAME_POOL = 3
 
 
 @dataclass(frozen=True)
 class Mp4Settings:
-    """Encoder settings; the defaults are what SPEC §2 promises (see bench/video_composite.py)."""
+    """Encoder settings. Defaults measured with bench/video_composite.py on the 2-core dev box.
+
+    superfast + mb-tree (a 10-frame lookahead) gives almost veryfast's quality per bit for
+    ~0.55 core per 9-camera 1080p16 recording; plain superfast fills the 1 Mbps cap with
+    noise for the same picture, veryfast costs ~40 % more CPU, ultrafast ~35 % less CPU but
+    sits at the cap with visibly worse detail.
+    """
 
     width: int = 1920
     height: int = 1080
-    #: x264 preset: `superfast` costs ~1/3 core at 1080p16 for grid content on the dev machine.
     preset: str = "superfast"
-    #: Quality target; `maxrate`/`bufsize` cap busy scenes near 1 Mbps (VBV).
-    crf: int = 26
+    #: Quality target; `maxrate`/`bufsize` cap busy scenes near 1 Mbps (VBV), static grids use less.
+    crf: int = 24
     maxrate: str = "1M"
     bufsize: str = "2M"
     #: Key frame interval in frames: 32 = 2 s, the longest SPEC allows.
     gop: int = 32
-    #: x264 threads; 0 = auto. One worker process per recording: 2 overlaps its frames.
+    #: x264 threads (0 = auto); with the encoder thread below, 2 keeps both cores busy.
     threads: int = 2
     audio_bit_rate: int = 48_000
     #: A new fragment at least this often (µs) besides every key frame: bounds crash loss.
     frag_duration_us: int = 1_000_000
+    #: Encode on a thread of its own (PyAV releases the GIL), overlapping the next composite.
+    encode_thread: bool = True
+    #: Raw x264 options on top of the preset (x264-params syntax).
+    x264_params: str = "mbtree=1:rc-lookahead=10"
     extra_x264: dict[str, str] = field(default_factory=dict)
 
 
 class Mp4Writer:
-    """Writes one mp4 chunk. Not thread-safe: one writer per worker.
+    """Writes one mp4 chunk. Call it from one thread; it encodes on a thread of its own.
 
     Call `write_audio` with each mixed 20 ms block and, while `video_due` is true,
-    `write_video` with the composite for the instant `next_video_time`; then `close()`.
+    `write_video` with the composite for the instant `next_video_offset`; then `close()`.
+    An encoder error surfaces as an exception from the next call or from `close()`.
     """
 
     def __init__(self, path: str | os.PathLike[str], settings: Mp4Settings | None = None) -> None:
         self.path = Path(path)
         self.settings = s = settings or Mp4Settings()
+        # FFmpeg opens the file lazily, at the first packet; fail here, where the caller is.
+        self.path.open("wb").close()
         self._container = av.open(
             str(self.path),
             "w",
@@ -77,12 +94,24 @@ class Mp4Writer:
         except Exception:
             self._container.close()
             raise
-        self._frame = av.VideoFrame(s.width, s.height, "yuv420p")
-        self._frame_planes = [plane_array(self._frame, i) for i in range(3)]
         self._pending = np.zeros(0, np.int16)
         self.samples_written = 0
         self.frames_written = 0
         self.closed = False
+        # Frames cycle between the caller (filling them) and the encoder; the pool's size
+        # bounds how far the encoder thread may lag, and so the memory it holds.
+        self._free: queue.Queue[av.VideoFrame] = queue.Queue()
+        self._planes_of: dict[int, list[np.ndarray]] = {}
+        for _ in range(FRAME_POOL if s.encode_thread else 1):
+            frame = av.VideoFrame(s.width, s.height, "yuv420p")
+            self._planes_of[id(frame)] = [plane_array(frame, i) for i in range(3)]
+            self._free.put(frame)
+        self._error: BaseException | None = None
+        self._jobs: queue.Queue[tuple[str, Any, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        if s.encode_thread:
+            self._thread = threading.Thread(target=self._run, name=f"mp4-encode:{self.path.name}", daemon=True)
+            self._thread.start()
 
     def _add_video(self, s: Mp4Settings) -> av.VideoStream:
         stream = self._container.add_stream("libx264", rate=FPS)
@@ -104,6 +133,7 @@ class Mp4Writer:
             "keyint_min": str(FPS),
             # No scene-cut key frames: keep the GOP regular, fragments predictable.
             "sc_threshold": "0",
+            **({"x264-params": s.x264_params} if s.x264_params else {}),
             **s.extra_x264,
         }
         return stream
@@ -146,55 +176,85 @@ class Mp4Writer:
 
     def write_audio(self, block: np.ndarray) -> None:
         """Append mono int16 samples at 16 kHz (normally one 320-sample mix block)."""
+        self._check()
         samples = np.asarray(block, dtype=np.int16).reshape(-1)
         self.samples_written += samples.size
         self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
         while self._pending.size >= _AAC_FRAME:
-            self._encode_audio(self._pending[:_AAC_FRAME])
+            pts = self.samples_written - self._pending.size
+            self._submit("audio", self._pending[:_AAC_FRAME], pts)
             self._pending = self._pending[_AAC_FRAME:]
 
-    def _encode_audio(self, samples: np.ndarray) -> None:
-        pts = self.samples_written - self._pending.size
-        frame = av.AudioFrame.from_ndarray(
-            (samples.astype(np.float32) / 32768.0).reshape(1, -1), format="fltp", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = pts
-        frame.time_base = Fraction(1, SAMPLE_RATE)
-        self._container.mux(self._audio.encode(frame))
-
     def write_video(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
-        """Encode the next video frame (pts = frames written, i.e. `next_video_offset`)."""
-        dst_y, dst_u, dst_v = self._frame_planes
-        dst_y[:] = y
-        dst_u[:] = u
-        dst_v[:] = v
-        # Reusing one frame is safe: libx264 copies the picture into its own lookahead.
-        frame = self._frame
+        """Encode the next video frame (pts = frames written, i.e. `next_video_offset`).
+
+        The planes are copied before this returns, so the caller may reuse its buffers.
+        """
+        self._check()
+        frame = self._take_frame()
+        for dst, src in zip(self._planes_of[id(frame)], (y, u, v), strict=True):
+            dst[:] = src
         frame.pts = self.frames_written
         frame.time_base = Fraction(1, FPS)
         self.frames_written += 1
-        self._container.mux(self._video.encode(frame))
+        self._submit("video", frame, frame.pts)
 
     def close(self) -> None:
-        """Flush both encoders and finish the file (idempotent)."""
+        """Flush both encoders and finish the file (idempotent). Raises an encoder error."""
         if self.closed:
             return
         self.closed = True
         try:
             if self._pending.size:
                 tail, self._pending = self._pending, np.zeros(0, np.int16)
-                self._pending_tail(tail)
+                self._submit("audio", tail, self.samples_written - tail.size)
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread.join()
+            self._check()
             self._container.mux(self._audio.encode(None))
             self._container.mux(self._video.encode(None))
         finally:
             self._container.close()
 
-    def _pending_tail(self, tail: np.ndarray) -> None:
+    # -- encoding (on the encoder thread when settings.encode_thread) -------------------
+
+    def _submit(self, kind: str, payload: Any, pts: int) -> None:
+        if self._thread is None:
+            self._encode(kind, payload, pts)
+        else:
+            self._jobs.put((kind, payload, pts))
+
+    def _encode(self, kind: str, payload: Any, pts: int) -> None:
+        if kind == "video":
+            self._container.mux(self._video.encode(payload))
+            # libx264 has copied the picture into its own lookahead: the frame is free again.
+            self._free.put(payload)
+            return
         frame = av.AudioFrame.from_ndarray(
-            (tail.astype(np.float32) / 32768.0).reshape(1, -1), format="fltp", layout="mono"
+            (payload.astype(np.float32) / 32768.0).reshape(1, -1), format="fltp", layout="mono"
         )
         frame.sample_rate = SAMPLE_RATE
-        frame.pts = self.samples_written - tail.size
+        frame.pts = pts
         frame.time_base = Fraction(1, SAMPLE_RATE)
         self._container.mux(self._audio.encode(frame))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    self._encode(*job)
+                except BaseException as exc:  # reported to the caller at its next call
+                    self._error = exc
+
+    def _take_frame(self) -> av.VideoFrame:
+        """A free frame from the pool: blocks while the encoder is `FRAME_POOL` frames behind."""
+        while True:
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
