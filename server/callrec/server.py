@@ -20,10 +20,13 @@ from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
 from callrec.config import ServerConfig
 from callrec.core.calls import CallRegistry
-from callrec.core.ingest import CountingIngest, MediaIngest
-from callrec.core.recordings import NoMedia, RecordingMedia, RecordingRegistry, RegistrySettings
+from callrec.core.ingest import MediaIngest
+from callrec.core.recordings import RecordingMedia, RecordingRegistry, RegistrySettings
 from callrec.events.log import EventLog
 from callrec.logs import get_logger
+from callrec.media.decode import PyAVAudioCodecs
+from callrec.media.writers import writer_factory_for
+from callrec.recorder import CallMediaHub, Recorder, make_clock_factory
 from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
@@ -123,11 +126,13 @@ async def build_server(
         on_publish=lambda stored: metrics.EVENTS_PUBLISHED.labels(stored.event.event_type.value).inc(),
     )
     calls = CallRegistry(config.reconnect_grace_s, config.limits.max_participants_per_call)
+    hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms), PyAVAudioCodecs())
+    recorder = Recorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for)
     registry = RecordingRegistry(
         repo,
         events,
         calls,
-        media or NoMedia(),
+        media or recorder,
         RegistrySettings(
             resource_id=config.resource_id,
             idempotency_window=timedelta(hours=config.idempotency_window_h),
@@ -136,7 +141,8 @@ async def build_server(
             destinations=set(config.storage_targets),
         ),
     )
-    ingest = ingest or CountingIngest()
+    calls.on_call_ended(hub.on_call_ended)  # after the registry's: recordings stop first, then media ends
+    ingest = ingest or hub
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),

@@ -39,8 +39,15 @@ async def test_sigterm_drains_and_state_survives_restart(make_server, tmp_path):
         assert len(drained.pause_intervals) == 1 and drained.pause_intervals[0].HasField("duration")
         page = await client.list_recordings("call-r")
         assert [r.recording_id for r in page.recordings] == [live.recording_id, done.recording_id]
-        events = await collect(client, 5, from_oldest=True)
-        assert [e.sequence for e in events] == [1, 2, 3, 4, 5]  # start, stop, start, pause, drain-stop
+        events = await collect(client, 7, from_oldest=True)
+        assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6, 7]
+        kinds = [(e.event_type.rsplit(".", 1)[-1], e.recording_state_changed.recording_id or
+                  e.recording_file_status_updated.recording_id) for e in events]
+        assert kinds == [  # start, stop, files; start, pause, drain-stop, files
+            ("RecordingStateChanged", done.recording_id), ("RecordingStateChanged", done.recording_id),
+            ("RecordingFileStatusUpdated", done.recording_id), ("RecordingStateChanged", live.recording_id),
+            ("RecordingStateChanged", live.recording_id), ("RecordingStateChanged", live.recording_id),
+            ("RecordingFileStatusUpdated", live.recording_id)]
         # idempotency keys survive too; the call must be open for a start
         async with GatewayConnection(second.target, "call-r", gateway_id="gw") as gw2:
             again = await client.start_recording("call-r", content_type="audio", format="wav", request_id="req-1")
@@ -48,7 +55,7 @@ async def test_sigterm_drains_and_state_survives_restart(make_server, tmp_path):
             fresh = await client.start_recording("call-r", content_type="audio", format="wav")
             # sequence numbers continue after the restart
             (event,) = await collect(client, 1, recording_id=fresh.recording_id, from_oldest=True)
-            assert event.sequence == 6
+            assert event.sequence == 8
             await client.stop_recording(fresh.recording_id)
             await gw2.end()
 

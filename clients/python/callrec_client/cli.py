@@ -232,6 +232,51 @@ def events(
         pass
 
 
+@app.command("download")
+def download_(
+    location: Annotated[str, typer.Argument(help="A contentLocation or metadataLocation from an event or `state`.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write [default: the name in "
+                                                "the location].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    server: Server = DEFAULT_TARGET,
+) -> None:
+    """Download a recorded file with a progress bar; an interrupted download resumes where it stopped.
+
+    Example: callrec download file://localhost/.../0-audio.wav -o call.wav
+    """
+    from callrec_client.download import default_name, download
+
+    target = output or Path(default_name(location))
+    try:
+        with _client(server) as c:
+            size = download(c, location, target, show_progress=not quiet)
+    except CallrecError as exc:
+        _fail(exc)
+    except RuntimeError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    typer.echo(f"{target}  {size} bytes")
+
+
+@app.command()
+def delete(
+    location: Annotated[str, typer.Argument(help="A chunk's deleteLocation.")],
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Delete a chunk's media and metadata by its deleteLocation."""
+    try:
+        with _client(server) as c:
+            resp = c.delete(location)
+    except CallrecError as exc:
+        _fail(exc)
+    if json:
+        typer.echo(to_json(resp))
+    else:
+        for loc in resp.deleted_locations:
+            typer.echo(f"deleted {loc}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="callrec")

@@ -197,3 +197,26 @@ class MediaStats:
     def reject(self, reason: str, count: int = 1) -> None:
         """Count a rejected frame under `reason`."""
         self.frames_rejected_by_reason[reason] = self.frames_rejected_by_reason.get(reason, 0) + count
+
+
+class RejectReason(enum.StrEnum):
+    """Why an incoming media frame was not used (keys of `MediaStats.frames_rejected_by_reason`)."""
+
+    EMPTY_FRAME = "empty_frame"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    EARLY = "early"
+    OVERLAP = "overlap"
+    DECODE_ERROR = "decode_error"
+    BUFFER_FULL = "buffer_full"
+    UNKNOWN_PARTICIPANT = "unknown_participant"
+    NO_AUDIO_FORMAT = "no_audio_format"
+
+
+class DecodeError(ValueError):
+    """A media frame cannot be decoded; the frame is rejected and the decoder stays usable.
+
+    Defined here (not in media/) so that core code can catch it without importing PyAV.
+    """
+
+    reason = RejectReason.DECODE_ERROR

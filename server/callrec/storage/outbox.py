@@ -127,14 +127,12 @@ class Outbox:
                 now = time.time()
                 free = self.concurrency - len(running)
                 if free > 0:
-                    placeholders = ",".join("?" * len(self._in_flight)) or "NULL"
                     rows = self.db.conn.execute(
-                        f"SELECT * FROM uploads WHERE state = ? AND next_attempt_at <= ? AND id NOT IN ({placeholders})"
-                        " ORDER BY next_attempt_at, id LIMIT ?",
-                        (PENDING, now, *self._in_flight, free),
+                        "SELECT * FROM uploads WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id",
+                        (PENDING, now),
                     ).fetchall()
-                    for r in rows:
-                        upload = _row(r)
+                    due = [u for u in map(_row, rows) if u.id not in self._in_flight][:free]
+                    for upload in due:
                         self._in_flight.add(upload.id)
                         task = asyncio.get_running_loop().create_task(self._attempt(upload))
                         running.add(task)

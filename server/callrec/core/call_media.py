@@ -1,0 +1,455 @@
+"""`CallMedia`: the audio of one call, mixed once per 20 ms tick for every recording of it.
+
+One `CallMedia` per call. The gRPC layer calls `add_participant` / `push_audio` /
+`remove_participant` as messages arrive (cheap: validation plus a jitter-buffer insert);
+one task runs `run()`, which waits on the call's clock and, per tick:
+
+1. pops every participant's due frames in sequence order, decodes them (stateful Opus
+   needs order) and places them on the call timeline (`core.jitter`);
+2. reads each participant's block at its own rate and resamples all participants of
+   one rate together (`AudioCodecs.resampler_bank`, one swresample call per group);
+3. mixes (`core.mixer`) and hands one `MixTick` to every attached sink
+   (`RecordingMedia`, the video compositor, ...): all outputs share this one pass.
+
+Nothing here imports PyAV or gRPC: decoding and resampling come in through the
+`AudioCodecs` protocol (`callrec.media.decode.PyAVAudioCodecs` in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+
+from callrec.core.clock import TICK_US, Clock, MediaProgress
+from callrec.core.jitter import JitterBuffer
+from callrec.core.mixer import Mixer
+from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioFormat, DecodeError, MediaStats, RejectReason
+
+__all__ = [
+    "TICK_SAMPLES",
+    "AudioCodecs",
+    "BlockResampler",
+    "CallMedia",
+    "FrameDecoder",
+    "MixTick",
+    "TickSink",
+]
+
+log = logging.getLogger(__name__)
+
+#: Samples of 16 kHz output per tick.
+TICK_SAMPLES = OUTPUT_SAMPLE_RATE * TICK_US // 1_000_000
+#: A participant's first frame this far before the playout point, or after it, is re-anchored.
+REANCHOR_BEHIND_US = 1_000_000
+REANCHOR_AHEAD_US = 30_000_000
+
+
+class FrameDecoder(Protocol):
+    """Decodes one participant's frames (see `callrec.media.decode.AudioDecoder`)."""
+
+    sample_rate: int
+
+    def frame_samples(self, data: bytes) -> int:
+        """Validate a frame and return its length in samples; raises `DecodeError`."""
+        ...
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Mono float32 PCM at `sample_rate`; raises `DecodeError` and stays usable."""
+        ...
+
+
+class BlockResampler(Protocol):
+    """Resamples one tick of many streams of one rate (see `media.decode.ResamplerBank`)."""
+
+    def process(self, blocks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One output block per input stream."""
+        ...
+
+    def discard(self, key: str) -> None:
+        """Forget a stream."""
+        ...
+
+
+class AudioCodecs(Protocol):
+    """Factory of decoders and resamplers, injected so that core stays free of PyAV."""
+
+    def decoder(self, audio_format: AudioFormat) -> FrameDecoder:
+        """A decoder for one participant; ValueError if the format is unusable."""
+        ...
+
+    def resampler_bank(self, in_rate: int, out_rate: int, block: int) -> BlockResampler:
+        """A resampler for all participants of one input rate."""
+        ...
+
+
+@dataclass(frozen=True)
+class MixTick:
+    """One 20 ms tick of a call: everything any output needs.
+
+    Arrays are fresh for every tick (sinks may keep references). `participants` holds
+    every participant present during the tick, in join order, video-only ones as silence;
+    `names` is a live read-only view of display names.
+    """
+
+    index: int
+    start_us: int  # call time of the first sample
+    time: datetime  # UTC wall-clock time of the first sample
+    mixed: np.ndarray  # int16, TICK_SAMPLES samples
+    participants: dict[str, np.ndarray]  # participant_id -> int16 block
+    speaking: dict[str, bool]
+    energy_db: dict[str, float]
+    names: Mapping[str, str]
+
+    @property
+    def samples(self) -> int:
+        """Samples per block."""
+        return len(self.mixed)
+
+    @property
+    def end_time(self) -> datetime:
+        """Wall-clock time just after the last sample."""
+        return self.time + timedelta(microseconds=TICK_US)
+
+
+class TickSink(Protocol):
+    """Consumer of ticks; `on_tick` runs on the event loop and must return quickly."""
+
+    def on_tick(self, tick: MixTick) -> None:
+        """Take one tick."""
+        ...
+
+
+@dataclass
+class _Participant:
+    participant_id: str
+    display_name: str
+    gateway_id: str
+    audio_format: AudioFormat | None
+    stats: MediaStats
+    decoder: FrameDecoder | None = None
+    jitter: JitterBuffer | None = None
+    present: bool = True
+    rate: int = field(default=OUTPUT_SAMPLE_RATE)
+    anchor: str = ""  # clock anchor key: the gateway, or the participant if its timestamps disagree
+    placed_any: bool = False
+
+
+class CallMedia:
+    """Audio of one call: ingest, jitter buffers, decode, resample, mix, fan out."""
+
+    def __init__(
+        self,
+        call_id: str,
+        clock: Clock,
+        codecs: AudioCodecs,
+        *,
+        mixer: Mixer | None = None,
+        jitter_capacity: int = 1000,
+        gap_tolerance_ms: float = 5.0,
+        backlog_frames: int = 250,
+        on_rejected: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.clock = clock
+        self._codecs = codecs
+        self._mixer = mixer or Mixer()
+        self._jitter_capacity = jitter_capacity
+        self._gap_tolerance_ms = gap_tolerance_ms
+        self._backlog_frames = backlog_frames
+        self._on_rejected = on_rejected
+        self._participants: dict[str, _Participant] = {}
+        self._stats: dict[str, MediaStats] = {}
+        self._unknown = MediaStats()  # frames for participants this call never had
+        self._names: dict[str, str] = {}
+        self._names_view = types.MappingProxyType(self._names)
+        self._banks: dict[int, BlockResampler] = {}
+        self._sinks: list[TickSink] = []
+        self._next_tick = 0
+        self._running = False
+        self._done = asyncio.Event()
+        clock.start()
+
+    # ------------------------------------------------------------------ participants
+    def add_participant(
+        self,
+        participant_id: str,
+        display_name: str,
+        audio_format: AudioFormat | None,
+        gateway_id: str,
+    ) -> None:
+        """A participant joins; ValueError if already present or the audio format is unusable."""
+        old = self._participants.get(participant_id)
+        if old is not None and old.present:
+            raise ValueError(f"participant {participant_id!r} already joined")
+        decoder = self._codecs.decoder(audio_format) if audio_format is not None else None
+        if old is not None:  # rejoined while its last words were still draining: drop them
+            self._drop(old)
+        stats = self._stats.setdefault(participant_id, MediaStats())
+        participant = _Participant(participant_id, display_name, gateway_id, audio_format, stats, anchor=gateway_id)
+        if decoder is not None:
+            participant.decoder = decoder
+            participant.rate = decoder.sample_rate
+            participant.jitter = JitterBuffer(
+                decoder.sample_rate,
+                stats,
+                capacity=self._jitter_capacity,
+                gap_tolerance_ms=self._gap_tolerance_ms,
+                backlog_frames=self._backlog_frames,
+            )
+        self._participants[participant_id] = participant
+        self._names[participant_id] = display_name
+        self.clock.notify()
+
+    def remove_participant(self, participant_id: str) -> None:
+        """A participant leaves; media already received still plays out. Unknown ids are ignored."""
+        participant = self._participants.get(participant_id)
+        if participant is None or not participant.present:
+            return
+        participant.present = False
+        if participant.jitter is None or participant.jitter.pending_until() is None:
+            self._drop(participant)
+        self.clock.notify()
+
+    def _drop(self, participant: _Participant) -> None:
+        pid = participant.participant_id
+        if self._participants.get(pid) is participant:
+            del self._participants[pid]
+            self._names.pop(pid, None)
+        bank = self._banks.get(participant.rate)
+        if bank is not None:
+            bank.discard(pid)
+        self._mixer.forget(pid)
+
+    @property
+    def participant_ids(self) -> list[str]:
+        """Participants present now, in join order."""
+        return [p.participant_id for p in self._participants.values() if p.present]
+
+    # ------------------------------------------------------------------ ingest
+    def push_audio(self, participant_id: str, sequence: int, timestamp_us: int, data: bytes) -> str | None:
+        """Accept one audio frame; returns None, or the reason it was rejected (already counted)."""
+        participant = self._participants.get(participant_id)
+        if participant is None or not participant.present:
+            # Not a new stats entry per unknown id: a broken gateway must not grow memory.
+            stats = self._stats.get(participant_id) or self._unknown
+            stats.frames_received += 1
+            stats.reject(RejectReason.UNKNOWN_PARTICIPANT)
+            return RejectReason.UNKNOWN_PARTICIPANT
+        stats = participant.stats
+        stats.frames_received += 1
+        if participant.jitter is None or participant.decoder is None:
+            stats.reject(RejectReason.NO_AUDIO_FORMAT)
+            return RejectReason.NO_AUDIO_FORMAT
+        if not data:
+            stats.reject(RejectReason.EMPTY_FRAME)
+            return RejectReason.EMPTY_FRAME
+        try:
+            samples = participant.decoder.frame_samples(data)
+        except DecodeError:
+            stats.reject(RejectReason.DECODE_ERROR)
+            return RejectReason.DECODE_ERROR
+        call_us = self._place(participant, timestamp_us)
+        rate = participant.rate
+        position = (call_us * rate + 500_000) // 1_000_000
+        reason = participant.jitter.push(sequence, position, samples, data)
+        if reason is None:
+            self.clock.notify()
+        return reason
+
+    def _place(self, participant: _Participant, timestamp_us: int) -> int:
+        """Call time of a frame; a participant whose first frame is far off its gateway's clock gets its own.
+
+        SPEC says timestamps are on the gateway's clock, but a gateway that starts every
+        participant at 0 would otherwise put a late joiner seconds in the past (all "late").
+        """
+        call_us = self.clock.place(participant.anchor, timestamp_us)
+        if not participant.placed_any:
+            participant.placed_any = True
+            playout_us = self._next_tick * TICK_US
+            if not playout_us - REANCHOR_BEHIND_US <= call_us <= playout_us + REANCHOR_AHEAD_US:
+                log.warning(
+                    "participant timestamps disagree with its gateway's clock; anchoring it separately",
+                    extra={"call_id": self.call_id, "participant_id": participant.participant_id},
+                )
+                participant.anchor = f"{participant.gateway_id}\x00{participant.participant_id}"
+                call_us = self.clock.place(participant.anchor, timestamp_us)
+        return call_us
+
+    # ------------------------------------------------------------------ sinks and stats
+    def attach(self, sink: TickSink) -> None:
+        """Deliver every following tick to `sink`."""
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+
+    def detach(self, sink: TickSink) -> None:
+        """Stop delivering ticks to `sink` (no error if it was not attached)."""
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def stats(self, participant_id: str) -> MediaStats:
+        """Counters of one participant (also after it left); KeyError if never seen."""
+        return self._stats[participant_id]
+
+    def participant_stats(self) -> dict[str, MediaStats]:
+        """Counters of every participant seen in this call."""
+        return dict(self._stats)
+
+    def call_stats(self) -> MediaStats:
+        """All participants' counters added up."""
+        total = MediaStats()
+        for stats in [*self._stats.values(), self._unknown]:
+            total.frames_received += stats.frames_received
+            total.frames_late += stats.frames_late
+            total.gap_fill_ms += stats.gap_fill_ms
+            for reason, count in stats.frames_rejected_by_reason.items():
+                total.reject(reason, count)
+        return total
+
+    @property
+    def next_tick(self) -> int:
+        """Index of the next tick `run()` will produce."""
+        return self._next_tick
+
+    # ------------------------------------------------------------------ clock interface
+    def media_progress(self, reorder_window_us: int) -> MediaProgress:
+        """Delivery progress of the inputs, for `MediaClock` (see `core.clock`)."""
+        live = 0
+        slowest: int | None = None
+        waiting = False
+        backlogged = False
+        draining_until: int | None = None
+        for p in self._participants.values():
+            jitter = p.jitter
+            if jitter is None:
+                continue
+            rate = p.rate
+            if jitter.backlogged():
+                backlogged = True
+            if p.present:
+                live += 1
+                frontier = jitter.frontier(reorder_window_us * rate // 1_000_000)
+                if frontier is None:
+                    waiting = True
+                else:
+                    frontier_us = frontier * 1_000_000 // rate
+                    slowest = frontier_us if slowest is None else min(slowest, frontier_us)
+            else:
+                pending = jitter.pending_until()
+                if pending is not None:
+                    pending_us = -(-pending * 1_000_000 // rate)
+                    draining_until = pending_us if draining_until is None else max(draining_until, pending_us)
+        return MediaProgress(live, None if waiting else slowest, backlogged, draining_until)
+
+    def _pending_after(self, index: int) -> bool:
+        start_us = index * TICK_US
+        for p in self._participants.values():
+            if p.jitter is None:
+                continue
+            pending = p.jitter.pending_until()
+            if pending is not None and pending * 1_000_000 > start_us * p.rate:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ the tick loop
+    async def run(self) -> None:
+        """Produce ticks until `end()` and the remaining media is played out. Run once."""
+        if self._running:
+            raise RuntimeError("CallMedia.run() is already running")
+        self._running = True
+        self.clock.start()
+        try:
+            while True:
+                index = self._next_tick
+                await self.clock.wait_tick(index, self)
+                if self.clock.ended and not self._pending_after(index):
+                    break
+                tick = self.produce_tick(index)
+                self._next_tick = index + 1
+                self._deliver(tick)
+                # The media clock may never have to wait: let readers and writers run.
+                await asyncio.sleep(0)
+        finally:
+            self._done.set()
+
+    def end(self) -> None:
+        """The call ended: `run()` plays out what is buffered, then returns."""
+        self.clock.end()
+
+    async def close(self) -> None:
+        """`end()` and wait for `run()` to finish (if it runs)."""
+        self.end()
+        if self._running:
+            await self._done.wait()
+
+    def _deliver(self, tick: MixTick) -> None:
+        for sink in tuple(self._sinks):
+            try:
+                sink.on_tick(tick)
+            except Exception:
+                log.exception("tick sink failed; detaching it", extra={"call_id": self.call_id})
+                self.detach(sink)
+
+    def produce_tick(self, index: int) -> MixTick:
+        """Build tick `index` from what is buffered now (`run()` calls this; tests may too)."""
+        ids: list[str] = []
+        blocks: dict[str, np.ndarray] = {}
+        by_rate: dict[int, dict[str, np.ndarray]] = {}
+        drained: list[_Participant] = []
+        for p in list(self._participants.values()):
+            pid = p.participant_id
+            jitter, decoder = p.jitter, p.decoder
+            if jitter is None or decoder is None:
+                if p.present:
+                    ids.append(pid)
+                continue
+            rate = p.rate
+            first, last = index * rate // 50, (index + 1) * rate // 50
+            for frame in jitter.pop_due(last):
+                try:
+                    pcm = decoder.decode(frame.data)
+                except DecodeError:
+                    p.stats.reject(RejectReason.DECODE_ERROR)
+                    if self._on_rejected is not None:
+                        self._on_rejected(pid, RejectReason.DECODE_ERROR)
+                    continue
+                jitter.place(frame, pcm)
+            block = jitter.read(first, last)
+            ids.append(pid)
+            if rate == OUTPUT_SAMPLE_RATE:
+                blocks[pid] = block
+            else:
+                by_rate.setdefault(rate, {})[pid] = block
+            if not p.present and jitter.pending_until() is None:
+                drained.append(p)
+        for rate, native in by_rate.items():
+            bank = self._banks.get(rate)
+            if bank is None:
+                bank = self._codecs.resampler_bank(rate, OUTPUT_SAMPLE_RATE, TICK_SAMPLES)
+                self._banks[rate] = bank
+            blocks.update(bank.process(native))
+        matrix = np.zeros((len(ids), TICK_SAMPLES), dtype=np.float32)
+        for row, pid in enumerate(ids):
+            block = blocks.get(pid)
+            if block is not None:
+                matrix[row] = block
+        result = self._mixer.mix(ids, matrix)
+        tick = MixTick(
+            index=index,
+            start_us=index * TICK_US,
+            time=self.clock.tick_time(index),
+            mixed=result.mixed,
+            participants={pid: result.blocks[row] for row, pid in enumerate(ids)},
+            speaking={pid: bool(result.speaking[row]) for row, pid in enumerate(ids)},
+            energy_db={pid: float(result.energy_db[row]) for row, pid in enumerate(ids)},
+            names=self._names_view,
+        )
+        for p in drained:
+            self._drop(p)
+        return tick

@@ -1,0 +1,309 @@
+"""The one clock of a call: maps gateway timestamps onto the call timeline and paces the ticks.
+
+The mixer never reads the wall clock; it asks its clock when tick k may be produced.
+Call time 0 is when the clock started; tick k covers call time [k*20 ms, (k+1)*20 ms).
+
+* `RealtimeClock` (production): each gateway's first frame is anchored to its arrival
+  time; later frames are placed by their own timestamps, so network jitter does not
+  stretch audio. Tick k is produced `playout_delay` after its end, which leaves that
+  much time for late frames. The anchor keeps following the *fastest* arrivals
+  (minimum of arrival - timestamp over a sliding window), slewed at a bounded rate, so a
+  gateway clock that drifts against ours, or an unlucky first frame, is corrected
+  gradually instead of by a jump.
+* `MediaClock` (tests, `bench/`, `--clock media`): produces tick k as soon as every
+  participant with audio has delivered media past it, so a minute of call is processed
+  in a fraction of a second. A participant that left, or the end of the call, releases it.
+
+Both take a `TimeSource`, so tests run them on fake time (`callrec.testing.FakeTime`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+__all__ = [
+    "TICK_US",
+    "Clock",
+    "MediaClock",
+    "MediaProgress",
+    "ProgressSource",
+    "RealtimeClock",
+    "SystemTime",
+    "TimeSource",
+]
+
+#: Length of one mixer tick.
+TICK_US = 20_000
+
+
+class TimeSource(Protocol):
+    """Where a clock gets time from: the system, or a fake one in tests."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    def now(self) -> datetime:
+        """Current UTC wall-clock time."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this source's time."""
+        ...
+
+
+class SystemTime:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        """`time.monotonic()`."""
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        """`datetime.now(UTC)`."""
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        """`asyncio.sleep`."""
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class MediaProgress:
+    """How far a call's audio inputs have delivered media, in call-time microseconds."""
+
+    live_inputs: int  # participants present with an audio format
+    slowest_us: int | None  # min frontier over live inputs; None while one has sent nothing
+    backlogged: bool  # an input's buffer is filling up behind a silent one: stop waiting
+    draining_until_us: int | None  # end of media still buffered for participants who left
+
+    def ready(self, tick_start_us: int, tick_end_us: int) -> bool:
+        """May the tick [tick_start_us, tick_end_us) be produced without waiting for more media?"""
+        if self.backlogged:
+            return True
+        if self.live_inputs:
+            return self.slowest_us is not None and self.slowest_us >= tick_end_us
+        return self.draining_until_us is not None and self.draining_until_us > tick_start_us
+
+
+class ProgressSource(Protocol):
+    """What a clock asks the call (implemented by `CallMedia`)."""
+
+    def media_progress(self, reorder_window_us: int) -> MediaProgress:
+        """Current delivery progress; `reorder_window_us` bounds the wait for a missing frame."""
+        ...
+
+
+class Clock(Protocol):
+    """The interface `CallMedia` drives."""
+
+    @property
+    def ended(self) -> bool:
+        """True after `end()`: no more media will come, ticks are due at once."""
+        ...
+
+    def start(self) -> None:
+        """Fix call time 0 (idempotent; also done by the first `place`)."""
+        ...
+
+    def place(self, gateway_id: str, timestamp_us: int) -> int:
+        """Call time (µs) of a frame stamped `timestamp_us` by gateway `gateway_id`."""
+        ...
+
+    async def wait_tick(self, index: int, source: ProgressSource) -> None:
+        """Return when tick `index` may be produced."""
+        ...
+
+    def tick_time(self, index: int) -> datetime:
+        """UTC wall-clock time of the start of tick `index`."""
+        ...
+
+    def notify(self) -> None:
+        """Media arrived or a participant left: re-check readiness."""
+        ...
+
+    def end(self) -> None:
+        """The call ended: stop waiting."""
+        ...
+
+
+@dataclass
+class _Anchor:
+    """One gateway's mapping: call_us = timestamp_us + offset_us."""
+
+    offset_us: float
+    target_us: float
+    window_start_us: float
+    window_min_us: float
+    last_slew_us: float
+
+
+class RealtimeClock:
+    """Wall-clock pacing with a playout delay and per-gateway drift correction."""
+
+    def __init__(
+        self,
+        time_source: TimeSource | None = None,
+        *,
+        playout_delay_ms: float = 200.0,
+        drift_window_s: float = 5.0,
+        max_slew_ppm: float = 1000.0,
+        drift_deadband_ms: float = 2.0,
+    ) -> None:
+        self.time = time_source or SystemTime()
+        self.playout_delay_us = round(playout_delay_ms * 1000)
+        self._window_us = drift_window_s * 1e6
+        self._slew = max_slew_ppm / 1e6
+        self._deadband_us = drift_deadband_ms * 1000
+        self._t0: float | None = None
+        self._wall0: datetime | None = None
+        self._anchors: dict[str, _Anchor] = {}
+        self._ended = False
+        self._sleeper: asyncio.Future[None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        """True after `end()`."""
+        return self._ended
+
+    def start(self) -> None:
+        """Fix call time 0 to now."""
+        if self._t0 is None:
+            self._t0 = self.time.monotonic()
+            self._wall0 = self.time.now()
+
+    def _elapsed_us(self) -> float:
+        self.start()
+        assert self._t0 is not None
+        return (self.time.monotonic() - self._t0) * 1e6
+
+    def offset_us(self, gateway_id: str) -> float | None:
+        """Current call_us - timestamp_us of a gateway (None before its first frame)."""
+        anchor = self._anchors.get(gateway_id)
+        return None if anchor is None else anchor.offset_us
+
+    def place(self, gateway_id: str, timestamp_us: int) -> int:
+        """Anchor on first use, then follow the fastest arrivals with a bounded slew."""
+        now = self._elapsed_us()
+        raw = now - timestamp_us  # arrival - capture: constant + network delay + clock drift
+        anchor = self._anchors.get(gateway_id)
+        if anchor is None:
+            anchor = _Anchor(raw, raw, now, raw, now)
+            self._anchors[gateway_id] = anchor
+        else:
+            budget = (now - anchor.last_slew_us) * self._slew
+            anchor.last_slew_us = now
+            error = anchor.target_us - anchor.offset_us
+            anchor.offset_us += max(-budget, min(budget, error))
+            anchor.window_min_us = min(anchor.window_min_us, raw)
+            if now - anchor.window_start_us >= self._window_us:
+                if abs(anchor.window_min_us - anchor.offset_us) > self._deadband_us:
+                    anchor.target_us = anchor.window_min_us
+                else:
+                    anchor.target_us = anchor.offset_us
+                anchor.window_start_us, anchor.window_min_us = now, math.inf
+        return round(timestamp_us + anchor.offset_us)
+
+    async def wait_tick(self, index: int, source: ProgressSource) -> None:
+        """Sleep until the tick's end plus the playout delay (at once after `end()`)."""
+        if self._ended:
+            return
+        self.start()
+        assert self._t0 is not None
+        deadline = self._t0 + ((index + 1) * TICK_US + self.playout_delay_us) / 1e6
+        delay = deadline - self.time.monotonic()
+        if delay <= 0:
+            return
+        self._sleeper = asyncio.ensure_future(self.time.sleep(delay))
+        try:
+            await self._sleeper
+        except asyncio.CancelledError:
+            if not self._ended:  # cancelled from outside, not by end(): propagate
+                raise
+        finally:
+            self._sleeper = None
+
+    def tick_time(self, index: int) -> datetime:
+        """Call time 0 (wall clock at start) plus the tick's offset."""
+        self.start()
+        assert self._wall0 is not None
+        return self._wall0 + timedelta(microseconds=index * TICK_US)
+
+    def notify(self) -> None:
+        """Nothing to do: real time paces this clock."""
+
+    def end(self) -> None:
+        """Stop waiting for wall time; remaining ticks are produced at once."""
+        self._ended = True
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+
+
+class MediaClock:
+    """Paces ticks by media delivery instead of wall time."""
+
+    def __init__(
+        self,
+        start_time: datetime | None = None,
+        *,
+        reorder_window_ms: float = 200.0,
+        time_source: TimeSource | None = None,
+    ) -> None:
+        self.time = time_source or SystemTime()
+        self.reorder_window_us = round(reorder_window_ms * 1000)
+        self._start_time = start_time
+        self._wall0: datetime | None = None
+        self._offsets: dict[str, int] = {}
+        self._next_index = 0
+        self._ended = False
+        self._changed = asyncio.Event()
+
+    @property
+    def ended(self) -> bool:
+        """True after `end()`."""
+        return self._ended
+
+    def start(self) -> None:
+        """Fix the wall-clock time of call time 0 (the given start time, else now)."""
+        if self._wall0 is None:
+            self._wall0 = self._start_time or self.time.now()
+
+    def place(self, gateway_id: str, timestamp_us: int) -> int:
+        """A gateway's first frame lands at the next tick to be produced; later ones follow it."""
+        self.start()
+        offset = self._offsets.get(gateway_id)
+        if offset is None:
+            offset = self._next_index * TICK_US - timestamp_us
+            self._offsets[gateway_id] = offset
+        return timestamp_us + offset
+
+    async def wait_tick(self, index: int, source: ProgressSource) -> None:
+        """Wait until every live input has delivered past the tick (or the call ended)."""
+        self.start()
+        self._next_index = index
+        start_us, end_us = index * TICK_US, (index + 1) * TICK_US
+        while not self._ended:
+            self._changed.clear()
+            if source.media_progress(self.reorder_window_us).ready(start_us, end_us):
+                return
+            await self._changed.wait()
+
+    def tick_time(self, index: int) -> datetime:
+        """Start time plus the tick's offset."""
+        self.start()
+        assert self._wall0 is not None
+        return self._wall0 + timedelta(microseconds=index * TICK_US)
+
+    def notify(self) -> None:
+        """Wake the waiting tick."""
+        self._changed.set()
+
+    def end(self) -> None:
+        """Stop waiting; remaining media is drained at once."""
+        self._ended = True
+        self._changed.set()

@@ -1,0 +1,260 @@
+"""Per-participant jitter buffer: orders frames, drops duplicates and late ones, fills gaps.
+
+Positions are sample indices on the *call* timeline at the participant's own sample rate
+(tick k covers [k*rate/50, (k+1)*rate/50)), computed from the gateway's `timestamp_us`
+by the call's clock. The buffer has two halves:
+
+* encoded frames waiting for their turn, keyed by sequence number (duplicates) and
+  ordered by position (due time). `pop_due(until)` hands out, in sequence order, every
+  frame that starts before `until`, so the caller decodes a stateful codec (Opus) in order;
+* decoded PCM placed on the timeline by `place()`, read one tick at a time by `read()`.
+
+Placement follows the frames' own timestamps, not their arrival (network jitter must not
+stretch audio). A frame that continues the previous one within `gap_tolerance_ms` is
+appended seamlessly (timestamp rounding, decoders that emit a few samples more or less,
+slow clock corrections); a larger jump forward is a gap that stays silent (counted in
+`gap_fill_ms`); a jump backwards trims the overlap (a frame entirely overlapped is
+rejected "overlap"). Frames whose samples were already played out are rejected "late".
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from callrec.core.model import MediaStats, RejectReason
+
+__all__ = ["EncodedFrame", "JitterBuffer"]
+
+
+@dataclass(slots=True)
+class EncodedFrame:
+    """One encoded frame waiting in the buffer."""
+
+    sequence: int
+    position: int  # first sample, call timeline, participant's rate
+    samples: int  # nominal length in samples (from the frame header / byte length)
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        """Position just after the frame's last nominal sample."""
+        return self.position + self.samples
+
+
+class JitterBuffer:
+    """Orders, de-duplicates and places one participant's frames; counts into `stats`."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        stats: MediaStats | None = None,
+        *,
+        capacity: int = 1000,
+        gap_tolerance_ms: float = 5.0,
+        max_early_ms: int = 60_000,
+        history: int = 1024,
+        backlog_frames: int = 250,
+    ) -> None:
+        if sample_rate <= 0:
+            raise ValueError("sample_rate must be positive")
+        self.sample_rate = sample_rate
+        self.stats = stats if stats is not None else MediaStats()
+        self.capacity = capacity
+        self.backlog_frames = backlog_frames
+        self._tolerance = round(gap_tolerance_ms * sample_rate / 1000)
+        self._max_early = max_early_ms * sample_rate // 1000
+        self._frames: dict[int, EncodedFrame] = {}
+        self._due: list[tuple[int, int]] = []  # (position, sequence)
+        self._history: deque[int] = deque(maxlen=history)
+        self._history_set: set[int] = set()
+        self._played: int | None = None  # everything before this position has been read
+        self._cursor: int | None = None  # where the next contiguous frame would start
+        self._gap_samples = 0
+        # Delivery frontier, for the media-driven clock.
+        self._reach: int | None = None
+        self._reach_pending: list[tuple[int, int]] = []
+        self._max_end: int | None = None
+        # Decoded PCM on the timeline: samples [_start, _start + _len) of _buf.
+        self._buf = np.zeros(max(1, sample_rate // 4), dtype=np.float32)
+        self._start = 0
+        self._len = 0
+
+    # ------------------------------------------------------------------ arrival
+    def __len__(self) -> int:
+        """Encoded frames waiting."""
+        return len(self._frames)
+
+    @property
+    def played_until(self) -> int | None:
+        """Position up to which the timeline has been read (None before the first read)."""
+        return self._played
+
+    def push(self, sequence: int, position: int, samples: int, data: bytes) -> RejectReason | None:
+        """Queue an arriving frame; returns None if accepted, else the (counted) reason."""
+        if sequence in self._frames or sequence in self._history_set:
+            return self._reject(RejectReason.DUPLICATE)
+        end = position + samples
+        if self._played is not None:
+            if end <= self._played:
+                self.stats.frames_late += 1
+                return self._reject(RejectReason.LATE)
+            if position > self._played + self._max_early:
+                return self._reject(RejectReason.EARLY)
+        if len(self._frames) >= self.capacity:
+            return self._reject(RejectReason.BUFFER_FULL)
+        self._frames[sequence] = EncodedFrame(sequence, position, samples, data)
+        heapq.heappush(self._due, (position, sequence))
+        self._max_end = end if self._max_end is None else max(self._max_end, end)
+        if self._reach is None:
+            self._reach = end
+        elif position <= self._reach + self._tolerance:
+            self._reach = max(self._reach, end)
+        else:
+            heapq.heappush(self._reach_pending, (position, end))
+        self._absorb()
+        return None
+
+    def _reject(self, reason: RejectReason) -> RejectReason:
+        self.stats.reject(reason)
+        return reason
+
+    def _absorb(self) -> None:
+        pending = self._reach_pending
+        while pending and self._reach is not None and pending[0][0] <= self._reach + self._tolerance:
+            _, end = heapq.heappop(pending)
+            self._reach = max(self._reach, end)
+
+    # ------------------------------------------------------------------ playout
+    def pop_due(self, until: int) -> list[EncodedFrame]:
+        """Remove and return, in sequence order, every frame that starts before `until`."""
+        due = self._due
+        if not due or due[0][0] >= until:
+            return []
+        out: list[EncodedFrame] = []
+        while due and due[0][0] < until:
+            _, sequence = heapq.heappop(due)
+            frame = self._frames.pop(sequence)
+            out.append(frame)
+            if len(self._history) == self._history.maxlen:
+                self._history_set.discard(self._history[0])
+            self._history.append(sequence)
+            self._history_set.add(sequence)
+        if len(out) > 1:
+            out.sort(key=lambda f: f.sequence)
+        return out
+
+    def place(self, frame: EncodedFrame, pcm: np.ndarray) -> None:
+        """Put a popped frame's decoded PCM (float32, participant's rate) on the timeline."""
+        start = frame.position
+        if self._cursor is not None:
+            jump = start - self._cursor
+            if -self._tolerance <= jump <= self._tolerance:
+                start = self._cursor
+            elif jump > 0:
+                self._gap_samples += jump
+                self.stats.gap_fill_ms = self._gap_samples * 1000 // self.sample_rate
+            else:
+                cut = self._cursor - start
+                if cut >= len(pcm):
+                    self._reject(RejectReason.OVERLAP)
+                    return
+                pcm = pcm[cut:]
+                start = self._cursor
+        played = self._played
+        if played is not None and start < played:
+            cut = played - start
+            if cut >= len(pcm):
+                self._cursor = start + len(pcm)
+                self.stats.frames_late += 1
+                self._reject(RejectReason.LATE)
+                return
+            pcm = pcm[cut:]
+            start = played
+        self._cursor = start + len(pcm)
+        self._write(start, pcm)
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Return samples [start, end) (silence where nothing was placed) and drop them."""
+        n = end - start
+        data_start, data_end = self._start, self._start + self._len
+        lo, hi = max(start, data_start), min(end, data_end)
+        if self._len and lo == start and hi == end:
+            out = self._buf[start - data_start : end - data_start].copy()
+        else:
+            out = np.zeros(n, dtype=np.float32)
+            if self._len and lo < hi:
+                out[lo - start : hi - start] = self._buf[lo - data_start : hi - data_start]
+        if self._len:
+            if data_end <= end:
+                self._len = 0
+            elif data_start < end:
+                keep = data_end - end
+                self._buf[:keep] = self._buf[end - data_start : data_end - data_start]
+                self._start, self._len = end, keep
+        self._played = end if self._played is None else max(self._played, end)
+        if self._reach is not None and self._reach < end:
+            self._reach = end
+            self._absorb()
+        return out
+
+    def _write(self, start: int, pcm: np.ndarray) -> None:
+        n = len(pcm)
+        if n == 0:
+            return
+        if self._len == 0:
+            self._ensure(n)
+            self._start, self._len = start, n
+            self._buf[:n] = pcm
+            return
+        if start < self._start:  # a frame placed before buffered data (odd timestamps): shift right
+            shift = self._start - start
+            self._ensure(self._len + shift)
+            self._buf[shift : shift + self._len] = self._buf[: self._len]
+            self._buf[:shift] = 0.0
+            self._start, self._len = start, self._len + shift
+        data_end = self._start + self._len
+        new_end = max(data_end, start + n)
+        self._ensure(new_end - self._start)
+        if start > data_end:
+            self._buf[data_end - self._start : start - self._start] = 0.0
+        self._buf[start - self._start : start - self._start + n] = pcm
+        self._len = new_end - self._start
+
+    def _ensure(self, size: int) -> None:
+        if size > len(self._buf):
+            grown = np.zeros(max(size, 2 * len(self._buf)), dtype=np.float32)
+            grown[: self._len] = self._buf[: self._len]
+            self._buf = grown
+
+    # ------------------------------------------------------------------ progress
+    def frontier(self, reorder_window: int) -> int | None:
+        """How far this participant has delivered media, for the media-driven clock.
+
+        The end of the contiguous run of frames received (in position order), or, when a
+        frame is missing, `reorder_window` samples short of the newest frame's end (so a
+        lost frame delays the clock by at most that much). None until the first frame.
+        """
+        if self._reach is None:
+            return None
+        assert self._max_end is not None
+        return max(self._reach, self._max_end - reorder_window)
+
+    def backlogged(self) -> bool:
+        """Many frames wait although the oldest is due soon: another input is holding the clock."""
+        if len(self._frames) < self.backlog_frames or not self._due:
+            return False
+        horizon = (self._played or 0) + self.sample_rate * 5  # due within 5 s of the playout point
+        return self._due[0][0] <= horizon
+
+    def pending_until(self) -> int | None:
+        """End of the last media not played yet (frames or placed PCM); None when drained."""
+        ends: list[int] = []
+        if self._frames:
+            ends.append(max(f.end for f in self._frames.values()))
+        if self._len:
+            ends.append(self._start + self._len)
+        return max(ends) if ends else None

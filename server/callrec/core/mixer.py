@@ -1,0 +1,142 @@
+"""The audio mixer: sums participants' 20 ms blocks without wrap-around, and rates who speaks.
+
+Why a limiter and not a plain sum or an average: a plain int16 sum wraps (a loud
+crowd becomes noise), an average makes one speaker among ten inaudible. The mixer sums
+in float32, then a gain stage that never boosts gives headroom only when the sum gets
+loud (instant attack, slow release, ramped across the block so it does not click), and
+a tanh knee above -3 dBFS catches what is left: the output can approach but never
+exceed full scale, whatever the number of participants. One speaker at a normal level
+passes untouched (gain 1, below the knee).
+
+All outputs of a call come from one `Mixer.mix` per tick: the mixed block, each
+participant's own block (unmixed recordings) and per-participant energy / speaking
+flags (unmixed channel assignment, active speaker in the video grid).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CEILING", "MixResult", "Mixer", "db_to_linear", "float_to_int16", "soft_limit"]
+
+
+def db_to_linear(db: float) -> float:
+    """dBFS to a linear amplitude (0 dBFS = 1.0)."""
+    return float(10.0 ** (db / 20.0))
+
+
+def float_to_int16(pcm: np.ndarray) -> np.ndarray:
+    """Round float PCM in [-1, 1) to int16, saturating (never wrapping)."""
+    scaled = np.rint(pcm * np.float32(32768.0))
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+#: Ceiling of the limiter: the largest positive int16 value, so the output stays symmetric.
+CEILING = 32767 / 32768
+
+
+def soft_limit(x: np.ndarray, knee: float = db_to_linear(-3.0)) -> np.ndarray:
+    """Identity below `knee`; above it a tanh curve that approaches `CEILING` but never exceeds it.
+
+    Continuous with slope 1 at the knee, so a signal that only grazes it is not distorted.
+    Returns a new float32 array.
+    """
+    y = np.asarray(x, dtype=np.float32)
+    magnitude = np.abs(y)
+    room = np.float32(CEILING - knee)
+    limited = np.float32(knee) + room * np.tanh((magnitude - np.float32(knee)) / room)
+    return np.where(magnitude > knee, np.copysign(limited, y), y).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class MixResult:
+    """One tick of mixer output; arrays are fresh per tick, so sinks may keep them."""
+
+    mixed: np.ndarray  # int16, shape (samples,)
+    blocks: np.ndarray  # int16, shape (participants, samples), rows in the order given to mix()
+    energy_db: np.ndarray  # float32, shape (participants,): RMS level in dBFS
+    speaking: np.ndarray  # bool, shape (participants,)
+
+
+class Mixer:
+    """Stateful mixer of one call (limiter gain and speaking hangovers carry across ticks)."""
+
+    def __init__(
+        self,
+        *,
+        knee_dbfs: float = -3.0,
+        release_ms: float = 300.0,
+        tick_ms: float = 20.0,
+        speech_threshold_dbfs: float = -45.0,
+        speech_hangover_ms: float = 300.0,
+    ) -> None:
+        self.knee = db_to_linear(knee_dbfs)
+        self.speech_threshold_dbfs = speech_threshold_dbfs
+        self._threshold_power = np.float32(10.0 ** (speech_threshold_dbfs / 10.0))
+        self._release = math.exp(-tick_ms / release_ms)
+        self._hangover_ticks = max(0, round(speech_hangover_ms / tick_ms))
+        self._gain = 1.0
+        self._hangover: dict[str, int] = {}
+
+    @property
+    def gain(self) -> float:
+        """Current limiter gain (1.0 = no reduction)."""
+        return self._gain
+
+    def forget(self, participant_id: str) -> None:
+        """Drop a departed participant's speaking state."""
+        self._hangover.pop(participant_id, None)
+
+    def mix(self, ids: Sequence[str], blocks: np.ndarray) -> MixResult:
+        """Mix float32 blocks of shape (len(ids), samples) in [-1, 1)."""
+        if blocks.ndim != 2 or blocks.shape[0] != len(ids):
+            raise ValueError(f"blocks must have shape ({len(ids)}, samples), got {blocks.shape}")
+        samples = blocks.shape[1]
+        if not ids:
+            return MixResult(
+                mixed=np.zeros(samples, dtype=np.int16),
+                blocks=np.zeros((0, samples), dtype=np.int16),
+                energy_db=np.zeros(0, dtype=np.float32),
+                speaking=np.zeros(0, dtype=bool),
+            )
+        total = blocks.sum(axis=0, dtype=np.float32)
+        peak = float(np.abs(total).max())
+        gained, peak = self._apply_gain(total, peak)
+        mixed = soft_limit(gained, self.knee) if peak > self.knee else gained
+
+        mean_square = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float32) / np.float32(samples)
+        loud = mean_square > self._threshold_power
+        energy_db = (10.0 * np.log10(np.maximum(mean_square, np.float32(1e-12)))).astype(np.float32)
+        speaking = loud.copy()
+        hangover = self._hangover
+        for row, participant_id in enumerate(ids):
+            if loud[row]:
+                hangover[participant_id] = self._hangover_ticks
+            else:
+                left = hangover.get(participant_id, 0)
+                if left > 0:
+                    hangover[participant_id] = left - 1
+                    speaking[row] = True
+        return MixResult(
+            mixed=np.rint(mixed * np.float32(32768.0)).astype(np.int16),  # within +-CEILING: no clip needed
+            blocks=float_to_int16(blocks),
+            energy_db=energy_db,
+            speaking=speaking,
+        )
+
+    def _apply_gain(self, total: np.ndarray, peak: float) -> tuple[np.ndarray, float]:
+        """Apply the limiter gain (ramped across the block); returns the block and its new peak bound."""
+        target = 1.0 if peak <= self.knee else self.knee / peak
+        released = 1.0 - (1.0 - self._gain) * self._release
+        new_gain = min(target, released)
+        old_gain = self._gain
+        self._gain = new_gain
+        if old_gain == 1.0 and new_gain == 1.0:
+            return total, peak
+        n = total.shape[0]
+        ramp = old_gain + (new_gain - old_gain) * (np.arange(1, n + 1, dtype=np.float32) / np.float32(n))
+        return total * ramp.astype(np.float32), peak * max(old_gain, new_gain)

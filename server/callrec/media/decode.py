@@ -1,0 +1,366 @@
+"""Audio decoding (PCM16LE, G.711, Opus) and batched resampling to 16 kHz, with PyAV.
+
+Two stages, on purpose:
+
+1. `AudioDecoder` (one per participant) turns one frame into mono float32 PCM at the
+   participant's *own* rate. Placement on the call timeline (jitter, gaps, late frames)
+   happens at that rate in `core/jitter.py`, so every participant becomes one continuous
+   stream, one 20 ms block per tick.
+2. `ResamplerBank` (one per input rate per call) resamples the blocks of *all* participants
+   of that rate in one swresample call per tick, each participant a channel of one packed
+   frame. Measured (PyAV 18, 2-core dev machine, 48 kHz -> 16 kHz, 20 ms blocks): one
+   `AudioResampler` call per participant per tick costs 30-50 µs with the ndarray
+   round trip; the bank costs 15-20 µs per participant with full groups (an swresample
+   call is ~20 µs fixed plus ~2.5 µs per channel).
+
+G.711 is a 256-entry lookup table built once from FFmpeg's own decoders; PCM16 is a
+`numpy.frombuffer`. Only Opus needs a stateful PyAV decoder (native `opus`, ~18 µs/packet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import av
+import av.error
+import numpy as np
+
+from callrec.core.mixer import float_to_int16
+from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioEncoding, AudioFormat, DecodeError
+
+#: Longest frame accepted: the Opus maximum (RFC 6716 §3.2.5).
+MAX_FRAME_MS = 120
+#: Opus always decodes at 48 kHz (RFC 7587: the RTP clock is 48 kHz whatever the source).
+OPUS_RATE = 48_000
+G711_RATE = 8_000
+
+__all__ = [
+    "AudioDecoder",
+    "DecodeError",
+    "PyAVAudioCodecs",
+    "ResamplerBank",
+    "decode_to_16k",
+    "opus_packet_samples",
+]
+
+
+def _g711_table(codec_name: str) -> np.ndarray:
+    """Decode all 256 code words with FFmpeg once: exact FFmpeg semantics, no hand-written G.711."""
+    ctx = av.CodecContext.create(codec_name, "r")
+    ctx.sample_rate = G711_RATE
+    ctx.layout = "mono"
+    frames = ctx.decode(av.Packet(bytes(range(256))))
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    if pcm.shape != (256,):
+        raise RuntimeError(f"unexpected {codec_name} table shape {pcm.shape}")
+    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+_G711_TABLES: dict[AudioEncoding, np.ndarray] = {
+    AudioEncoding.PCMU: _g711_table("pcm_mulaw"),
+    AudioEncoding.PCMA: _g711_table("pcm_alaw"),
+}
+
+# RFC 6716 §3.1: frame duration in 1/400 s units (2.5 ms) for each of the 32 TOC configs.
+_OPUS_FRAME_UNITS = (
+    [4, 8, 16, 24] * 3  # SILK NB/MB/WB: 10, 20, 40, 60 ms
+    + [4, 8] * 2  # Hybrid SWB/FB: 10, 20 ms
+    + [1, 2, 4, 8] * 4  # CELT NB/WB/SWB/FB: 2.5, 5, 10, 20 ms
+)
+
+
+def opus_packet_samples(packet: bytes, rate: int = OPUS_RATE) -> int:
+    """Duration of an Opus packet in samples at `rate`, from its TOC byte (no decoding).
+
+    Why: the jitter buffer needs each frame's length on arrival (to know how far a
+    participant has delivered) long before the frame is decoded in order.
+    Raises `DecodeError` for packets that RFC 6716 §3.4 rules out.
+    """
+    if not packet:
+        raise DecodeError("empty Opus packet")
+    toc = packet[0]
+    units = _OPUS_FRAME_UNITS[toc >> 3]
+    code = toc & 0x3
+    if code == 0:
+        count = 1
+    elif code == 1:
+        if (len(packet) - 1) % 2:
+            raise DecodeError("Opus code-1 packet with an odd payload length")
+        count = 2
+    elif code == 2:
+        if len(packet) < 2:
+            raise DecodeError("truncated Opus code-2 packet")
+        count = 2
+    else:
+        if len(packet) < 2:
+            raise DecodeError("truncated Opus code-3 packet")
+        count = packet[1] & 0x3F
+        if count == 0:
+            raise DecodeError("Opus code-3 packet with zero frames")
+    total_units = units * count
+    if total_units > 48:  # 120 ms
+        raise DecodeError(f"Opus packet of {total_units * 2.5} ms exceeds 120 ms")
+    return total_units * rate // 400
+
+
+def _mono_float(frame: av.AudioFrame) -> np.ndarray:
+    """First plane of a float frame without `to_ndarray` (which costs ~10 µs more per frame)."""
+    if frame.format.name not in ("fltp", "flt"):
+        return frame.to_ndarray().reshape(-1).astype(np.float32)
+    return np.frombuffer(frame.planes[0], dtype=np.float32, count=frame.samples)
+
+
+def _packed_float(frame: av.AudioFrame, channels: int) -> np.ndarray:
+    """A packed float frame as (samples, channels), viewing the frame's buffer."""
+    data = np.frombuffer(frame.planes[0], dtype=np.float32, count=frame.samples * channels)
+    return data.reshape(frame.samples, channels)
+
+
+@dataclass
+class AudioDecoder:
+    """Decodes one participant's frames to mono float32 at the participant's own rate.
+
+    A corrupt frame raises `DecodeError`; the decoder stays usable for the next frame
+    (after an FFmpeg error the Opus context is flushed, never left in EOF state).
+    """
+
+    audio_format: AudioFormat
+    sample_rate: int = field(init=False)
+    _channels: int = field(init=False)
+    _opus: av.AudioCodecContext | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        fmt = self.audio_format
+        channels = fmt.channels or 1
+        if channels not in (1, 2):
+            raise ValueError(f"audio channels must be 1 or 2, got {channels}")
+        self._channels = channels
+        if fmt.encoding == AudioEncoding.PCM16LE:
+            if not 8_000 <= fmt.sample_rate <= 48_000:
+                raise ValueError(f"PCM16LE sample_rate must be 8000-48000, got {fmt.sample_rate}")
+            self.sample_rate = fmt.sample_rate
+        elif fmt.encoding in _G711_TABLES:
+            rate = fmt.sample_rate or G711_RATE
+            if not 8_000 <= rate <= 48_000:
+                raise ValueError(f"G.711 sample_rate must be 8000 (or up to 48000), got {rate}")
+            self.sample_rate = rate
+        elif fmt.encoding == AudioEncoding.OPUS:
+            self.sample_rate = OPUS_RATE
+            self._opus = self._new_opus_context()
+        else:
+            raise ValueError(f"unsupported audio encoding {fmt.encoding!r}")
+
+    def _new_opus_context(self) -> av.AudioCodecContext:
+        ctx = av.CodecContext.create("opus", "r")
+        ctx.sample_rate = OPUS_RATE
+        ctx.layout = "mono"  # the decoder downmixes stereo packets itself
+        return ctx
+
+    @property
+    def max_frame_samples(self) -> int:
+        """Longest accepted frame, in samples at `sample_rate`."""
+        return self.sample_rate * MAX_FRAME_MS // 1000
+
+    def frame_samples(self, data: bytes) -> int:
+        """Validate a frame cheaply and return its duration in samples at `sample_rate`."""
+        if not data:
+            raise DecodeError("empty audio frame")
+        encoding = self.audio_format.encoding
+        if encoding == AudioEncoding.OPUS:
+            return opus_packet_samples(data, self.sample_rate)
+        width = (2 if encoding == AudioEncoding.PCM16LE else 1) * self._channels
+        if len(data) % width:
+            raise DecodeError(f"frame of {len(data)} bytes is not a whole number of {width}-byte samples")
+        samples = len(data) // width
+        if samples > self.max_frame_samples:
+            raise DecodeError(f"frame of {samples} samples is longer than {MAX_FRAME_MS} ms")
+        return samples
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode one frame to mono float32 in [-1, 1) at `sample_rate`."""
+        encoding = self.audio_format.encoding
+        if encoding == AudioEncoding.OPUS:
+            return self._decode_opus(data)
+        self.frame_samples(data)  # validates length
+        if encoding == AudioEncoding.PCM16LE:
+            pcm = np.frombuffer(data, dtype="<i2").astype(np.float32)
+            pcm *= np.float32(1.0 / 32768.0)
+        else:
+            pcm = _G711_TABLES[encoding][np.frombuffer(data, dtype=np.uint8)]
+        if self._channels == 2:
+            pcm = pcm.reshape(-1, 2).mean(axis=1, dtype=np.float32)
+        return pcm
+
+    def _decode_opus(self, data: bytes) -> np.ndarray:
+        opus_packet_samples(data)  # an empty packet would put FFmpeg in EOF state: never send one
+        assert self._opus is not None
+        try:
+            frames = self._opus.decode(av.Packet(data))
+        except av.error.FFmpegError as exc:
+            try:
+                self._opus.flush_buffers()
+            except av.error.FFmpegError:
+                self._opus = self._new_opus_context()
+            raise DecodeError(f"Opus decoder rejected the packet: {exc}") from exc
+        if not frames:
+            return np.zeros(0, dtype=np.float32)
+        arrays = [_mono_float(f) for f in frames]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+@dataclass
+class _Group:
+    """One swresample context carrying up to `capacity` participants as channels."""
+
+    resampler: av.AudioResampler
+    layout: av.AudioLayout
+    capacity: int
+    slots: list[str | None]
+    carry: np.ndarray  # resampled samples beyond the last block, shape (n, capacity)
+
+
+class ResamplerBank:
+    """Resamples many mono streams of one input rate to 16 kHz, one swresample call per group.
+
+    `process` takes one block per stream for the same tick (all the same length) and returns
+    exactly `block` output samples per stream. swresample holds back its filter delay
+    (16-32 samples here) on the first call; the bank pads that once at the front, so each
+    stream comes out delayed by at most 2 ms, consistently, and every later call returns
+    exactly one block. A stream that is not in a call is fed silence (its channel keeps state).
+    """
+
+    def __init__(
+        self,
+        in_rate: int,
+        out_rate: int = OUTPUT_SAMPLE_RATE,
+        block: int = 320,
+        group_size: int = 8,
+        first_group_size: int = 4,
+    ):
+        if group_size < 1 or first_group_size < 1:
+            raise ValueError("group sizes must be at least 1")
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self.block = block
+        self.group_size = group_size
+        self.first_group_size = first_group_size
+        self._groups: list[_Group] = []
+        self._where: dict[str, tuple[_Group, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def _slot(self, key: str) -> tuple[_Group, int]:
+        found = self._where.get(key)
+        if found is not None:
+            return found
+        for group in self._groups:
+            for index, occupant in enumerate(group.slots):
+                if occupant is None:
+                    group.slots[index] = key
+                    self._where[key] = (group, index)
+                    return group, index
+        # Each swresample call costs ~20 µs plus ~2.5 µs per channel: the first group is small
+        # (a 1-3 person call stays cheap), later ones full size.
+        capacity = self.group_size if self._groups else min(self.group_size, self.first_group_size)
+        layout = av.AudioLayout(f"{capacity} channels")
+        group = _Group(
+            resampler=av.AudioResampler(format="flt", layout=layout, rate=self.out_rate),
+            layout=layout,
+            capacity=capacity,
+            slots=[key] + [None] * (capacity - 1),
+            carry=np.zeros((0, capacity), dtype=np.float32),
+        )
+        self._groups.append(group)
+        self._where[key] = (group, 0)
+        return group, 0
+
+    def discard(self, key: str) -> None:
+        """Free a stream's channel (its group is dropped once empty)."""
+        found = self._where.pop(key, None)
+        if found is None:
+            return
+        group, index = found
+        group.slots[index] = None
+        if all(s is None for s in group.slots):
+            self._groups.remove(group)
+
+    def process(self, blocks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Resample one tick of every stream in `blocks`; returns float32 blocks of `block` samples."""
+        if not blocks:
+            return {}
+        lengths = {len(b) for b in blocks.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"blocks of one tick must have one length, got {sorted(lengths)}")
+        n_in = lengths.pop()
+        placed: dict[int, tuple[_Group, np.ndarray, list[tuple[str, int]]]] = {}
+        for key, pcm in blocks.items():
+            group, index = self._slot(key)
+            entry = placed.get(id(group))
+            if entry is None:
+                entry = (group, np.zeros((n_in, group.capacity), dtype=np.float32), [])
+                placed[id(group)] = entry
+            entry[1][:, index] = pcm
+            entry[2].append((key, index))
+        out: dict[str, np.ndarray] = {}
+        for group, interleaved, members in placed.values():
+            resampled = self._run(group, interleaved)
+            for key, index in members:
+                out[key] = resampled[:, index].copy()
+        # Groups with no stream in this call still advance, so their timing stays aligned.
+        for group in self._groups:
+            if id(group) not in placed:
+                self._run(group, np.zeros((n_in, group.capacity), dtype=np.float32))
+        return out
+
+    def _run(self, group: _Group, interleaved: np.ndarray) -> np.ndarray:
+        frame = av.AudioFrame.from_ndarray(interleaved.reshape(1, -1), format="flt", layout=group.layout)
+        frame.sample_rate = self.in_rate
+        produced = [_packed_float(f, group.capacity) for f in group.resampler.resample(frame)]
+        if not len(group.carry) and len(produced) == 1 and len(produced[0]) == self.block:
+            return produced[0]  # steady state: exactly one block out per block in
+        pieces = [group.carry, *produced]
+        available = sum(len(p) for p in pieces)
+        if available < self.block:
+            # First call (filter delay) or a rare short call: pad at the front, once.
+            pieces.insert(0, np.zeros((self.block - available, group.capacity), dtype=np.float32))
+        merged = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        group.carry = merged[self.block :]
+        return merged[: self.block]
+
+
+class PyAVAudioCodecs:
+    """The PyAV implementation of `callrec.core.call_media.AudioCodecs`, injected into `CallMedia`."""
+
+    def __init__(self, group_size: int = 8):
+        self.group_size = group_size
+
+    def decoder(self, audio_format: AudioFormat) -> AudioDecoder:
+        """A decoder for one participant; raises ValueError for an unusable format."""
+        return AudioDecoder(audio_format)
+
+    def resampler_bank(self, in_rate: int, out_rate: int, block: int) -> ResamplerBank:
+        """A bank for all participants of one input rate in one call."""
+        return ResamplerBank(in_rate, out_rate, block, self.group_size)
+
+
+def decode_to_16k(audio_format: AudioFormat, frames: Iterable[bytes]) -> np.ndarray:
+    """Decode consecutive frames and resample the whole stream to 16 kHz mono int16.
+
+    For tools and tests (no jitter handling: frames are taken in the order given); the
+    server's hot path is `AudioDecoder` + `core.jitter` + `ResamplerBank`.
+    """
+    decoder = AudioDecoder(audio_format)
+    pcm = [decoder.decode(f) for f in frames]
+    native = np.concatenate(pcm) if pcm else np.zeros(0, dtype=np.float32)
+    if decoder.sample_rate == OUTPUT_SAMPLE_RATE:
+        out = native
+    else:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_SAMPLE_RATE)
+        frame = av.AudioFrame.from_ndarray(native.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = decoder.sample_rate
+        parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+        out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return float_to_int16(out)

@@ -1,0 +1,218 @@
+"""Clocks on fake time: playout delay, placement by timestamp, drift correction, media-driven pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+from callrec.core.call_media import CallMedia
+from callrec.core.clock import MediaClock, MediaProgress, RealtimeClock
+from callrec.core.model import AudioEncoding, AudioFormat
+from callrec.media.decode import PyAVAudioCodecs
+from callrec.testing import EPOCH, CollectingSink, FakeTime, encode_frames, tone
+
+PCM16 = AudioFormat(AudioEncoding.PCM16LE, 16_000, 1)
+
+
+class FixedProgress:
+    """A ProgressSource whose answer the test sets."""
+
+    def __init__(self) -> None:
+        self.progress = MediaProgress(1, None, False, None)
+
+    def media_progress(self, reorder_window_us: int) -> MediaProgress:
+        return self.progress
+
+
+async def test_realtime_tick_waits_for_its_end_plus_the_playout_delay() -> None:
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=200)
+    clock.start()
+    waiting = asyncio.create_task(clock.wait_tick(0, FixedProgress()))
+    await fake.advance(0.219)
+    assert not waiting.done()
+    await fake.advance(0.002)
+    assert waiting.done()
+    assert clock.tick_time(50) == EPOCH + (clock.tick_time(50) - clock.tick_time(0))
+    assert (clock.tick_time(50) - clock.tick_time(0)).total_seconds() == 1.0
+
+
+async def test_realtime_places_by_timestamp_not_by_arrival() -> None:
+    fake = FakeTime()
+    clock = RealtimeClock(fake)
+    clock.start()
+    await fake.advance(0.5)
+    assert clock.place("gw", 7_000_000) == 500_000  # first frame anchored to its arrival
+    await fake.advance(0.090)  # the next frame arrives 70 ms "late"
+    assert clock.place("gw", 7_020_000) == 520_000  # still right after the first
+    assert clock.place("other", 1_000) == 590_000  # another gateway has its own anchor
+
+
+async def stream_realtime(
+    clock: RealtimeClock, fake: FakeTime, arrivals: list[tuple[float, int, int, bytes]], tail_s: float = 1.0
+) -> tuple[CallMedia, CollectingSink]:
+    """Push (arrival_s, sequence, timestamp_us, data) at their fake arrival times; run the call."""
+    call = CallMedia("c", clock, PyAVAudioCodecs())
+    call.add_participant("a", "A", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    now = 0.0
+    for arrival, sequence, timestamp_us, data in sorted(arrivals, key=lambda a: a[0]):
+        await fake.advance(arrival - now)
+        now = arrival
+        call.push_audio("a", sequence, timestamp_us, data)
+    await fake.advance(tail_s)
+    await call.close()
+    await task
+    return call, sink
+
+
+async def test_network_jitter_does_not_stretch_or_break_audio() -> None:
+    """Delays of 5-150 ms (reordering included) under a 200 ms playout delay: bit-exact audio."""
+    source = tone(440.0, 4.0, start_sample=7)
+    frames = encode_frames(source, PCM16)
+    rng = random.Random(5)
+    arrivals = [
+        (0.1 + i * 0.02 + rng.uniform(0.005, 0.150), i, 9_000_000 + i * 20_000, f) for i, f in enumerate(frames)
+    ]
+    fake = FakeTime()
+    call, sink = await stream_realtime(RealtimeClock(fake), fake, arrivals)
+    stats = call.stats("a")
+    assert stats.frames_rejected_by_reason == {} and stats.frames_late == 0
+    out = sink.participant("a")
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(source)], source)
+    assert not out[start + len(source) :].any()
+
+
+async def test_frames_later_than_the_playout_delay_are_counted_late() -> None:
+    source = tone(440.0, 1.0, start_sample=7)
+    frames = encode_frames(source, PCM16)
+    arrivals = [(0.1 + i * 0.02 + (0.5 if i == 20 else 0.01), i, i * 20_000, f) for i, f in enumerate(frames)]
+    fake = FakeTime()
+    call, _ = await stream_realtime(RealtimeClock(fake), fake, arrivals)
+    stats = call.stats("a")
+    assert stats.frames_late == 1 and stats.frames_rejected_by_reason == {"late": 1}
+    assert stats.gap_fill_ms == 20
+
+
+async def drifting_gateway(max_slew_ppm: float) -> CallMedia:
+    """A gateway whose clock runs 0.5 % slow: without correction, frames end up > 200 ms late."""
+    frames = encode_frames(tone(300.0, 50.0), PCM16)
+    arrivals = [(0.05 + i * 0.02 * 1.005, i, i * 20_000, f) for i, f in enumerate(frames)]
+    fake = FakeTime()
+    clock = RealtimeClock(fake, drift_window_s=2.0, max_slew_ppm=max_slew_ppm)
+    call, _ = await stream_realtime(clock, fake, arrivals)
+    return call
+
+
+async def test_drift_is_corrected_gradually() -> None:
+    corrected = (await drifting_gateway(max_slew_ppm=10_000)).stats("a")
+    assert corrected.frames_late == 0
+    assert 150 <= corrected.gap_fill_ms <= 400  # ~250 ms inserted in small steps, never a jump
+    uncorrected = (await drifting_gateway(max_slew_ppm=0)).stats("a")
+    assert uncorrected.frames_late > 100
+
+
+def test_media_progress_readiness() -> None:
+    assert MediaProgress(2, 40_000, False, None).ready(0, 20_000)
+    assert not MediaProgress(2, 10_000, False, None).ready(0, 20_000)
+    assert not MediaProgress(2, None, False, None).ready(0, 20_000)  # one input has sent nothing
+    assert MediaProgress(2, None, True, None).ready(0, 20_000)  # but others pile up: go on
+    assert MediaProgress(0, None, False, 30_000).ready(20_000, 40_000)  # leavers drain
+    assert not MediaProgress(0, None, False, 20_000).ready(20_000, 40_000)
+    assert not MediaProgress(0, None, False, None).ready(0, 20_000)  # nothing drives the clock
+
+
+async def test_media_clock_waits_for_progress_and_releases_on_end() -> None:
+    clock = MediaClock(start_time=EPOCH)
+    source = FixedProgress()
+    waiting = asyncio.create_task(clock.wait_tick(0, source))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    source.progress = MediaProgress(1, 20_000, False, None)
+    clock.notify()
+    await asyncio.sleep(0)
+    assert waiting.done()
+    waiting = asyncio.create_task(clock.wait_tick(1, source))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    clock.end()
+    await asyncio.sleep(0)
+    assert waiting.done() and clock.ended
+
+
+async def test_media_clock_call_follows_the_slowest_and_continues_after_a_leave() -> None:
+    """B stops after 1 s and leaves: A's remaining 2 s still play; ticks stop at the media's end."""
+    codecs = PyAVAudioCodecs()
+    call = CallMedia("c", MediaClock(start_time=EPOCH), codecs)
+    call.add_participant("a", "A", PCM16, "gw")
+    call.add_participant("b", "B", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    a = encode_frames(tone(300.0, 3.0), PCM16)
+    b = encode_frames(tone(500.0, 1.0), PCM16)
+    for i in range(50):
+        call.push_audio("a", i, i * 20_000, a[i])
+        call.push_audio("b", i, i * 20_000, b[i])
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert 48 <= call.next_tick <= 50  # follows delivery
+    for i in range(50, 100):
+        call.push_audio("a", i, i * 20_000, a[i])
+    await asyncio.sleep(0)
+    assert call.next_tick <= 50  # B is still there and silent: wait for it
+    call.remove_participant("b")
+    for i in range(100, 150):
+        call.push_audio("a", i, i * 20_000, a[i])
+        await asyncio.sleep(0)
+    await call.close()
+    await task
+    assert len(sink.ticks) == 150
+    assert "b" in sink.ticks[49].participants and "b" not in sink.ticks[60].participants
+
+
+async def test_media_clock_does_not_wait_forever_for_a_participant_that_never_sends() -> None:
+    call = CallMedia("c", MediaClock(start_time=EPOCH), PyAVAudioCodecs(), backlog_frames=25)
+    call.add_participant("a", "A", PCM16, "gw")
+    call.add_participant("muted", "M", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    frames = encode_frames(tone(300.0, 2.0), PCM16)
+    for i, frame in enumerate(frames):
+        assert call.push_audio("a", i, i * 20_000, frame) is None
+        await asyncio.sleep(0)
+    assert call.next_tick > 50  # moving although "muted" sent nothing
+    await call.close()
+    await task
+    assert len(sink.ticks) == 100
+    assert call.stats("a").frames_rejected_by_reason == {}
+
+
+async def test_a_participant_whose_timestamps_restart_at_zero_is_anchored_on_its_own() -> None:
+    """B joins 2 s after A on the same gateway but stamps from 0: still recorded, not all late."""
+    fake = FakeTime()
+    call = CallMedia("c", RealtimeClock(fake), PyAVAudioCodecs())
+    call.add_participant("a", "A", PCM16, "gw")
+    call.add_participant("b", "B", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    a = encode_frames(tone(300.0, 4.0), PCM16)
+    b = encode_frames(tone(500.0, 2.0), PCM16)
+    for i, frame in enumerate(a):
+        call.push_audio("a", i, 50_000_000 + i * 20_000, frame)
+        if i >= 100:
+            call.push_audio("b", i - 100, (i - 100) * 20_000, b[i - 100])
+        await fake.advance(0.020)
+    await fake.advance(0.5)
+    await call.close()
+    await task
+    stats = call.stats("b")
+    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}
+    heard = np.flatnonzero(sink.participant("b"))
+    assert abs(heard[-1] - heard[0] + 1 - 2 * 16_000) < 40  # all 2 s of B, in one piece

@@ -1,0 +1,136 @@
+"""Audio decoding: every gateway encoding to 16 kHz mono, corrupt frames, the resampler bank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from callrec.core.model import AudioEncoding, AudioFormat, DecodeError
+from callrec.media.decode import AudioDecoder, ResamplerBank, decode_to_16k, opus_packet_samples
+from callrec.testing import dominant_frequencies, encode_frames, tone, tone_frames
+
+FORMATS = [
+    pytest.param(AudioFormat(AudioEncoding.OPUS, 48_000, 1), id="opus-mono"),
+    pytest.param(AudioFormat(AudioEncoding.OPUS, 48_000, 2), id="opus-stereo"),
+    pytest.param(AudioFormat(AudioEncoding.PCMU, 8_000, 1), id="pcmu"),
+    pytest.param(AudioFormat(AudioEncoding.PCMA, 8_000, 1), id="pcma"),
+    pytest.param(AudioFormat(AudioEncoding.PCM16LE, 48_000, 2), id="pcm16-48k-stereo"),
+    pytest.param(AudioFormat(AudioEncoding.PCM16LE, 44_100, 1), id="pcm16-44k1"),
+    pytest.param(AudioFormat(AudioEncoding.PCM16LE, 16_000, 1), id="pcm16-16k"),
+    pytest.param(AudioFormat(AudioEncoding.PCM16LE, 8_000, 1), id="pcm16-8k"),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_encoding_decodes_to_16k_with_the_right_tone(fmt: AudioFormat) -> None:
+    frames = tone_frames(700.0, 1.0, fmt)
+    assert len(frames) == 50
+    pcm = decode_to_16k(fmt, frames)
+    assert pcm.dtype == np.int16
+    assert abs(len(pcm) - 16_000) <= 32  # 1 s at 16 kHz (resampler edges)
+    peak = dominant_frequencies(pcm[1600:-1600], 16_000)[0]
+    assert abs(peak - 700.0) < 5.0
+    level = np.sqrt(np.mean(pcm[1600:-1600].astype(np.float64) ** 2)) / 32768
+    assert 0.1 < level < 0.35  # a 0.3-amplitude sine has RMS 0.21; codecs stay close
+
+
+def test_decoder_rates_and_frame_lengths() -> None:
+    opus = AudioDecoder(AudioFormat(AudioEncoding.OPUS, 0, 1))
+    assert opus.sample_rate == 48_000
+    for ms in (10, 20, 40, 60):
+        (packet,) = tone_frames(500.0, ms / 1000, AudioFormat(AudioEncoding.OPUS, 48_000, 1), frame_ms=ms)[:1]
+        assert opus.frame_samples(packet) == 48 * ms
+        assert len(opus.decode(packet)) in range(48 * ms - 600, 48 * ms + 600)
+    pcmu = AudioDecoder(AudioFormat(AudioEncoding.PCMU, 0, 1))
+    assert pcmu.sample_rate == 8_000
+    assert pcmu.frame_samples(b"\xff" * 160) == 160
+    stereo = AudioDecoder(AudioFormat(AudioEncoding.PCM16LE, 48_000, 2))
+    assert stereo.frame_samples(b"\x00" * 3840) == 960
+    assert stereo.decode(b"\x00" * 3840).shape == (960,)
+
+
+def test_opus_toc_parsing() -> None:
+    assert opus_packet_samples(bytes([0x78, 0x01])) == 960  # hybrid FB 20 ms, one frame
+    assert opus_packet_samples(bytes([0x7A, 0x01])) == 1920  # code 2: two frames
+    assert opus_packet_samples(bytes([0x7B, 0x03])) == 2880  # code 3: three frames
+    assert opus_packet_samples(bytes([0xF0])) == 480  # CELT FB 10 ms
+    for bad in (b"", bytes([0x7B]), bytes([0x7B, 0x00]), bytes([0x7B, 0x07]), bytes([0x79, 0x01])):
+        with pytest.raises(DecodeError):
+            opus_packet_samples(bad)
+
+
+@pytest.mark.parametrize(
+    "fmt, bad",
+    [
+        (AudioFormat(AudioEncoding.OPUS, 48_000, 1), b"\xff\xff\xff"),  # FFmpeg: invalid data
+        (AudioFormat(AudioEncoding.OPUS, 48_000, 1), b""),  # would be EOF for FFmpeg
+        (AudioFormat(AudioEncoding.OPUS, 48_000, 1), bytes([0x7B, 0x00])),  # code 3, zero frames
+        (AudioFormat(AudioEncoding.PCM16LE, 16_000, 1), b"\x00\x01\x02"),  # odd length
+        (AudioFormat(AudioEncoding.PCM16LE, 48_000, 2), b"\x00" * 6),  # not whole stereo samples
+        (AudioFormat(AudioEncoding.PCM16LE, 8_000, 1), b"\x00" * 2 * 8000),  # 1 s: longer than 120 ms
+        (AudioFormat(AudioEncoding.PCMU, 8_000, 1), b""),
+    ],
+)
+def test_a_corrupt_frame_raises_and_the_decoder_keeps_working(fmt: AudioFormat, bad: bytes) -> None:
+    decoder = AudioDecoder(fmt)
+    good = tone_frames(500.0, 0.2, fmt)
+    first = decoder.decode(good[0])
+    with pytest.raises(DecodeError):
+        decoder.decode(bad)
+    after = [decoder.decode(frame) for frame in good[1:]]
+    assert all(len(pcm) > 0 for pcm in after)
+    assert len(first) > 0
+
+
+def test_unusable_formats_are_refused() -> None:
+    for fmt in (
+        AudioFormat(AudioEncoding.PCM16LE, 96_000, 1),
+        AudioFormat(AudioEncoding.PCM16LE, 16_000, 3),
+        AudioFormat(AudioEncoding.PCMU, 4_000, 1),
+    ):
+        with pytest.raises(ValueError):
+            AudioDecoder(fmt)
+
+
+def test_g711_round_trip_is_faithful() -> None:
+    for encoding in (AudioEncoding.PCMU, AudioEncoding.PCMA):
+        fmt = AudioFormat(encoding, 8_000, 1)
+        source = tone(440.0, 0.5, 8_000)
+        frames = encode_frames(source, fmt)
+        decoder = AudioDecoder(fmt)
+        decoded = np.concatenate([decoder.decode(f) for f in frames]) * 32768
+        error = decoded - source[: len(decoded)]
+        snr = 10 * np.log10(np.mean(source.astype(np.float64) ** 2) / np.mean(error**2))
+        assert snr > 30  # G.711 gives ~38 dB on a sine
+
+
+def test_resampler_bank_keeps_every_stream_separate_and_continuous() -> None:
+    """Ten 48 kHz streams in 8-channel groups: each comes out with its own tone, 320 samples a tick."""
+    bank = ResamplerBank(48_000, group_size=8)
+    freqs = {f"p{i}": 300.0 + 150.0 * i for i in range(10)}
+    sources = {pid: tone(f, 1.0, 48_000).astype(np.float32) / 32768 for pid, f in freqs.items()}
+    outputs: dict[str, list[np.ndarray]] = {pid: [] for pid in freqs}
+    for tick in range(50):
+        blocks = {pid: src[tick * 960 : (tick + 1) * 960] for pid, src in sources.items()}
+        for pid, out in bank.process(blocks).items():
+            assert out.shape == (320,)
+            outputs[pid].append(out)
+    assert len(bank) == 10
+    for pid, f in freqs.items():
+        pcm = np.concatenate(outputs[pid])
+        assert abs(dominant_frequencies(pcm[800:], 16_000)[0] - f) < 3
+        # Continuity: a clean sine has almost no energy off its peak (no clicks at block joins).
+        spectrum = np.abs(np.fft.rfft(pcm[800:] * np.hanning(len(pcm) - 800)))
+        peak = int(np.argmax(spectrum))
+        off_peak = np.delete(spectrum, range(max(0, peak - 8), peak + 9))
+        assert off_peak.max() < spectrum[peak] * 0.01
+    bank.discard("p3")
+    bank.discard("p9")
+    assert len(bank) == 8
+    out = bank.process({"new": np.zeros(960, np.float32), "p0": sources["p0"][:960]})
+    assert set(out) == {"new", "p0"} and len(bank) == 9
+
+
+def test_resampler_bank_rejects_mixed_lengths() -> None:
+    bank = ResamplerBank(8_000)
+    with pytest.raises(ValueError):
+        bank.process({"a": np.zeros(160, np.float32), "b": np.zeros(161, np.float32)})

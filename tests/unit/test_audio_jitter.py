@@ -1,0 +1,149 @@
+"""JitterBuffer: ordering, duplicates, late and early frames, gaps, overlaps, delivery frontier."""
+
+from __future__ import annotations
+
+import numpy as np
+from callrec.core.jitter import JitterBuffer
+from callrec.core.model import MediaStats, RejectReason
+
+RATE = 16_000
+FRAME = 320  # 20 ms
+
+
+def pcm_of(sequence: int, n: int = FRAME) -> np.ndarray:
+    """A frame's PCM that says which frame it was (constant value)."""
+    return np.full(n, (sequence + 1) / 1000, dtype=np.float32)
+
+
+def play(jitter: JitterBuffer, ticks: range) -> np.ndarray:
+    """Pop, 'decode' (the payload is the sequence), place and read tick by tick."""
+    out = []
+    for k in ticks:
+        first, last = k * FRAME, (k + 1) * FRAME
+        for frame in jitter.pop_due(last):
+            jitter.place(frame, pcm_of(frame.sequence, frame.samples))
+        out.append(jitter.read(first, last))
+    return np.concatenate(out)
+
+
+def push(jitter: JitterBuffer, sequence: int, position: int | None = None, samples: int = FRAME) -> str | None:
+    return jitter.push(sequence, sequence * FRAME if position is None else position, samples, b"x")
+
+
+def test_out_of_order_frames_play_in_order() -> None:
+    jitter = JitterBuffer(RATE)
+    for sequence in (0, 2, 1, 4, 3, 5):
+        assert push(jitter, sequence) is None
+    out = play(jitter, range(6))
+    expected = np.concatenate([pcm_of(s) for s in range(6)])
+    np.testing.assert_array_equal(out, expected)
+    assert jitter.stats.frames_rejected_by_reason == {}
+
+
+def test_duplicates_are_dropped_and_counted_before_and_after_playout() -> None:
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats)
+    assert push(jitter, 0) is None
+    assert push(jitter, 0) == RejectReason.DUPLICATE  # still buffered
+    play(jitter, range(1))
+    assert push(jitter, 0) == RejectReason.DUPLICATE  # already played
+    assert stats.frames_rejected_by_reason == {"duplicate": 2}
+    assert stats.frames_late == 0
+
+
+def test_frames_older_than_the_playout_point_are_late() -> None:
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats)
+    push(jitter, 0)
+    push(jitter, 2)
+    play(jitter, range(3))  # frame 1 never came: its slot was played as silence
+    assert push(jitter, 1) == RejectReason.LATE
+    assert stats.frames_late == 1
+    assert stats.frames_rejected_by_reason == {"late": 1}
+
+
+def test_a_frame_partly_in_the_past_keeps_its_future_part() -> None:
+    jitter = JitterBuffer(RATE)
+    push(jitter, 0)
+    play(jitter, range(1))
+    # 40 ms frame starting 10 ms before the playout point: 30 ms remain, at their place.
+    assert jitter.push(7, FRAME - 160, 2 * FRAME, b"x") is None
+    out = play(jitter, range(1, 3))
+    assert np.all(out[: 2 * FRAME - 160] == np.float32(0.008))
+    assert np.all(out[2 * FRAME - 160 :] == 0)
+
+
+def test_gaps_become_silence_and_are_counted() -> None:
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats)
+    for sequence in (0, 1, 4, 5):  # frames 2 and 3 lost
+        push(jitter, sequence)
+    out = play(jitter, range(6))
+    assert np.all(out[2 * FRAME : 4 * FRAME] == 0)
+    np.testing.assert_array_equal(out[4 * FRAME : 5 * FRAME], pcm_of(4))
+    assert stats.gap_fill_ms == 40
+    assert stats.frames_rejected_by_reason == {}
+
+
+def test_small_timestamp_jitter_is_absorbed_without_gaps() -> None:
+    """Placement within the tolerance continues the previous frame exactly (no clicks, no drift)."""
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats, gap_tolerance_ms=5)
+    rng = np.random.default_rng(3)
+    for sequence in range(1, 21):
+        push(jitter, sequence, sequence * FRAME + int(rng.integers(-40, 40)))
+    out = play(jitter, range(23))
+    expected = np.concatenate([pcm_of(s) for s in range(1, 21)])
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(expected)], expected)
+    assert stats.gap_fill_ms == 0
+
+
+def test_overlapping_timestamps_are_trimmed_not_duplicated() -> None:
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats, gap_tolerance_ms=2)
+    push(jitter, 0)
+    push(jitter, 1, FRAME - 160)  # claims to start 10 ms inside frame 0
+    push(jitter, 2, 0, 160)  # entirely inside what was already placed
+    out = play(jitter, range(3))
+    np.testing.assert_array_equal(out[:FRAME], pcm_of(0))
+    np.testing.assert_array_equal(out[FRAME : 2 * FRAME - 160], pcm_of(1)[160:])
+    assert stats.frames_rejected_by_reason == {"overlap": 1}
+
+
+def test_buffer_capacity_and_far_future_frames_are_rejected() -> None:
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats, capacity=3, max_early_ms=1000)
+    for sequence in range(3):
+        assert push(jitter, sequence) is None
+    assert push(jitter, 3) == RejectReason.BUFFER_FULL
+    play(jitter, range(3))
+    assert push(jitter, 100, 100 * FRAME) == RejectReason.EARLY  # 2 s ahead of the playout point
+    assert stats.frames_rejected_by_reason == {"buffer_full": 1, "early": 1}
+
+
+def test_frontier_follows_contiguous_delivery_and_bounds_the_wait_for_a_hole() -> None:
+    jitter = JitterBuffer(RATE)
+    assert jitter.frontier(reorder_window=3200) is None  # nothing yet: the media clock must wait
+    for sequence in (0, 1, 2):
+        push(jitter, sequence)
+    assert jitter.frontier(3200) == 3 * FRAME
+    for sequence in range(4, 20):  # frame 3 missing
+        push(jitter, sequence)
+    assert jitter.frontier(0) == 20 * FRAME  # no patience: newest end
+    assert jitter.frontier(3200) == 20 * FRAME - 3200  # waits 200 ms of media for the hole
+    assert jitter.frontier(10 * 3200) == 3 * FRAME  # would wait longer, but not past the hole
+    push(jitter, 3)
+    assert jitter.frontier(10 * 3200) == 20 * FRAME
+
+
+def test_pending_until_and_backlog() -> None:
+    jitter = JitterBuffer(RATE, backlog_frames=5)
+    assert jitter.pending_until() is None
+    for sequence in range(5):
+        push(jitter, sequence)
+    assert jitter.pending_until() == 5 * FRAME
+    assert jitter.backlogged()
+    play(jitter, range(5))
+    assert jitter.pending_until() is None
+    assert not jitter.backlogged()

@@ -1,0 +1,89 @@
+"""Mixer: no wrap-around with a loud crowd, transparent for one speaker, speaking flags."""
+
+from __future__ import annotations
+
+import numpy as np
+from callrec.core.mixer import CEILING, Mixer, db_to_linear, soft_limit
+
+SAMPLES = 320
+
+
+def sine(freq: float, ticks: int, amplitude: float, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(ticks * SAMPLES) / 16_000
+    return (amplitude * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+def run(mixer: Mixer, streams: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list]:
+    """Mix (participants, samples) tick by tick."""
+    mixed, results = [], []
+    for k in range(streams.shape[1] // SAMPLES):
+        result = mixer.mix(ids, streams[:, k * SAMPLES : (k + 1) * SAMPLES])
+        mixed.append(result.mixed)
+        results.append(result)
+    return np.concatenate(mixed), results
+
+
+def test_twenty_loud_participants_never_wrap() -> None:
+    """20 full-scale voices in phase (worst case: sum 20x full scale) and 20 at random phases."""
+    ids = [f"p{i}" for i in range(20)]
+    in_phase = np.stack([sine(440, 50, 0.999) for _ in ids])
+    rng = np.random.default_rng(1)
+    scattered = np.stack([sine(200 + 37 * i, 50, 0.999, rng.uniform(0, 6.28)) for i in range(20)])
+    for streams in (in_phase, scattered):
+        mixed, _ = run(Mixer(), streams, ids)
+        total = streams.sum(axis=0)
+        assert mixed.dtype == np.int16
+        assert int(np.abs(mixed.astype(np.int32)).max()) <= 32767
+        loud = np.abs(total) > 0.05
+        # Wrap-around would flip signs: the output always keeps the sign of the true sum.
+        assert np.all(np.sign(mixed[loud]) == np.sign(total[loud]))
+        assert np.abs(mixed).max() > 0.5 * 32767  # limited, not muted
+
+
+def test_one_speaker_at_normal_level_passes_bit_exact() -> None:
+    voice = sine(300, 20, 0.3)
+    silent = np.zeros_like(voice)
+    mixed, results = run(Mixer(), np.stack([voice, silent, silent]), ["a", "b", "c"])
+    expected = np.clip(np.rint(voice * 32768), -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(mixed, expected)
+    np.testing.assert_array_equal(np.concatenate([r.blocks[0] for r in results]), expected)
+    assert all(r.blocks.shape == (3, SAMPLES) for r in results)
+
+
+def test_gain_recovers_after_a_loud_burst() -> None:
+    mixer = Mixer(release_ms=100)
+    loud = np.stack([sine(300, 10, 0.9) for _ in range(6)])
+    run(mixer, loud, [f"p{i}" for i in range(6)])
+    assert mixer.gain < 0.2
+    quiet = np.stack([sine(300, 50, 0.2)] + [np.zeros(50 * SAMPLES, np.float32)] * 5)
+    run(mixer, quiet, [f"p{i}" for i in range(6)])
+    assert mixer.gain > 0.99
+
+
+def test_soft_limit_is_identity_below_the_knee_and_bounded_above() -> None:
+    knee = db_to_linear(-3)
+    x = np.linspace(-30, 30, 100_001, dtype=np.float32)
+    y = soft_limit(x, knee)
+    below = np.abs(x) <= knee
+    np.testing.assert_array_equal(y[below], x[below])
+    assert np.all(np.abs(y) <= np.float32(CEILING))
+    assert np.all(np.diff(y) >= 0)  # monotonic: no fold-over
+
+
+def test_speaking_flags_energy_and_hangover() -> None:
+    mixer = Mixer(speech_threshold_dbfs=-45, speech_hangover_ms=100)  # 5 ticks of hangover
+    talk = np.concatenate([sine(300, 10, 0.1), np.zeros(20 * SAMPLES, np.float32)])
+    hum = np.full(30 * SAMPLES, 0.001, dtype=np.float32)  # -60 dBFS
+    _, results = run(mixer, np.stack([talk, hum]), ["talker", "hum"])
+    speaking = [bool(r.speaking[0]) for r in results]
+    assert speaking[:10] == [True] * 10
+    assert speaking[10:15] == [True] * 5  # hangover
+    assert not any(speaking[15:])
+    assert not any(bool(r.speaking[1]) for r in results)
+    assert abs(float(results[0].energy_db[0]) - 20 * np.log10(0.1 / np.sqrt(2))) < 0.5
+    assert abs(float(results[0].energy_db[1]) + 60) < 0.5
+
+
+def test_no_participants_gives_silence() -> None:
+    result = Mixer().mix([], np.zeros((0, SAMPLES), np.float32))
+    assert result.mixed.shape == (SAMPLES,) and not result.mixed.any()
