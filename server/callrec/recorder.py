@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
-from callrec.core.call_media import AudioCodecs, CallMedia, TickSink
+from callrec.core.call_media import AudioCodecs, CallMedia, MixTick, TickSink
 from callrec.core.calls import CALL_ENDED, SERVER_RESTARTED, Call, Participant
 from callrec.core.clock import Clock, MediaClock, RealtimeClock
 from callrec.core.errors import CallrecError, ErrorCode
-from callrec.core.model import ChunkEndReason, ChunkInfo, Format, MediaStats
+from callrec.core.model import ChunkEndReason, ChunkInfo, Format, MediaStats, RecordingOptions, VideoFormat
 from callrec.core.recording import Recording
 from callrec.core.recording_media import AudioWriterFactory, FinishedChunk, RecordingMedia, RecordingMediaError
 from callrec.core.recordings import FinishedMedia
@@ -39,11 +40,29 @@ log = get_logger("recorder")
 CALL_GONE = (CALL_ENDED, SERVER_RESTARTED)
 
 
+class VideoSink(Protocol):
+    """What an mp4 recording needs besides ticks: participants and their video frames."""
+
+    def on_tick(self, tick: MixTick) -> None:
+        """The call's mixed audio and speaking flags, every 20 ms."""
+
+    def join(self, participant_id: str, display_name: str, video: VideoFormat | None) -> None:
+        """A participant is in the call (also called for those present when the recording starts)."""
+
+    def leave(self, participant_id: str) -> None:
+        """A participant left."""
+
+    def video(self, participant_id: str, data: bytes, call_us: int, width: int, height: int,
+              keyframe: bool) -> str | None:
+        """A video frame placed on the call timeline; returns a rejection reason or None."""
+
+
 @dataclass
 class _CallEntry:
     media: CallMedia
     task: asyncio.Task[None]
     ended: bool = False
+    video_sinks: list[VideoSink] = field(default_factory=list)
 
 
 class CallMediaHub:
@@ -85,6 +104,18 @@ class CallMediaHub:
         entry = self._calls.get(server_call_id)
         if entry is not None:
             entry.media.detach(sink)
+            if sink in entry.video_sinks:
+                entry.video_sinks.remove(sink)  # type: ignore[arg-type]
+
+    def attach_video(self, call: Call | None, server_call_id: str, sink: VideoSink) -> None:
+        """Feed a video sink ticks, participants (those present now first) and video frames."""
+        media = self.media(server_call_id)
+        entry = self._calls[server_call_id]
+        if call is not None:
+            for p in call.participants.values():
+                sink.join(p.participant_id, p.display_name, p.video_format)
+        entry.video_sinks.append(sink)
+        media.attach(sink)
 
     def stats(self, server_call_id: str) -> MediaStats | None:
         """The call's media counters so far (None when its pipeline is gone)."""
@@ -122,11 +153,15 @@ class CallMediaHub:
             media.remove_participant(participant.participant_id)
         media.add_participant(participant.participant_id, participant.display_name, participant.audio_format,
                               gateway_id)
+        for sink in self._calls[call.server_call_id].video_sinks:
+            sink.join(participant.participant_id, participant.display_name, participant.video_format)
 
     def left(self, call: Call, participant: Participant) -> None:
         entry = self._calls.get(call.server_call_id)
         if entry is not None:
             entry.media.remove_participant(participant.participant_id)
+            for sink in entry.video_sinks:
+                sink.leave(participant.participant_id)
 
     def audio(self, call: Call, participant: Participant, sequence: int, timestamp_us: int, data: bytes) -> str | None:
         return self.media(call.server_call_id).push_audio(participant.participant_id, sequence, timestamp_us, data)
@@ -146,7 +181,15 @@ class CallMediaHub:
             return "no_video_format"
         if not data:
             return "empty_frame"
-        return None
+        entry = self._calls.get(call.server_call_id)
+        if entry is None or not entry.video_sinks:
+            return None  # counted; no mp4 recording consumes video right now
+        stream = call.streams.get(participant.connection_id)
+        gateway_id = stream.gateway_id if stream is not None else participant.connection_id
+        call_us = entry.media.clock.place(gateway_id, timestamp_us)
+        reasons = [sink.video(participant.participant_id, data, call_us, width, height, keyframe)
+                   for sink in entry.video_sinks]
+        return next((r for r in reasons if r), None)
 
 
 def make_clock_factory(kind: str, playout_delay_ms: int) -> Callable[[], Clock]:
@@ -175,7 +218,8 @@ class Recorder:
         stores: StoreResolver,
         spool_dir: Path,
         resource_id: str,
-        writer_factory_for: Callable[[object], AudioWriterFactory],
+        writer_factory_for: Callable[[RecordingOptions], AudioWriterFactory],
+        video_sink_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.hub = hub
         self.outbox = outbox
@@ -184,6 +228,7 @@ class Recorder:
         self.spool_dir = spool_dir
         self.resource_id = resource_id
         self.writer_factory_for = writer_factory_for
+        self.video_sink_factory = video_sink_factory
         self._active: dict[str, _Active] = {}
 
     @staticmethod
@@ -198,9 +243,9 @@ class Recorder:
             self.stores(target)
         except ValueError as exc:
             raise CallrecError(str(exc), ErrorCode.INVALID_ARGUMENT) from None
-        if rec.options.format is Format.MP4:
+        if rec.options.format is Format.MP4 and self.video_sink_factory is None:
             raise CallrecError(
-                "mp4 (audio_video) recordings are not available in this build yet; record audio as wav or mp3",
+                "mp4 (audio_video) recordings are not available in this build; record audio as wav or mp3",
                 ErrorCode.FAILED_PRECONDITION,
             )
         unique = hashlib.sha256(rec.recording_id.encode()).hexdigest()[:16]
@@ -209,6 +254,16 @@ class Recorder:
         active = _Active(sink=None, keys=keys, target=target)  # type: ignore[arg-type]
         media = self.hub.media(rec.server_call_id)
         start_at = self.hub.media_time(rec.server_call_id, rec.start_time)
+        on_chunk = lambda chunk: self._chunk_finished(rec.recording_id, chunk)  # noqa: E731
+        if rec.options.format is Format.MP4:
+            assert self.video_sink_factory is not None
+            active.sink = self.video_sink_factory(
+                rec.recording_id, rec.call_id, rec.options, self.spool_dir / rec.recording_id, self.resource_id,
+                on_chunk, start_at=start_at, on_error=active.errors.append,
+            )
+            self._active[rec.recording_id] = active
+            self.hub.attach_video(call, rec.server_call_id, active.sink)
+            return
         active.sink = RecordingMedia(
             rec.recording_id,
             rec.call_id,
@@ -216,7 +271,7 @@ class Recorder:
             self.spool_dir / rec.recording_id,
             self.resource_id,
             self.writer_factory_for(rec.options),
-            lambda chunk: self._chunk_finished(rec.recording_id, chunk),
+            on_chunk,
             start_at=start_at,
             on_error=active.errors.append,
         )
