@@ -277,6 +277,62 @@ def delete(
             typer.echo(f"deleted {loc}")
 
 
+@app.command("gateway-sim")
+def gateway_sim(
+    call: Annotated[str, typer.Argument(help="server_call_id to open.")],
+    participants: Annotated[int, typer.Option("--participants", "-n", help="Number of participants.")] = 3,
+    duration: Annotated[float, typer.Option(help="Seconds of media per participant.")] = 10.0,
+    codec: Annotated[str, typer.Option(help="pcm16le, pcmu, pcma or opus.")] = "pcm16le",
+    sample_rate: Annotated[int, typer.Option(help="PCM16LE sample rate (8000-48000).")] = 16000,
+    stereo: Annotated[bool, typer.Option(help="Send 2-channel PCM16LE / Opus.")] = False,
+    speech: Annotated[bool, typer.Option(help="espeak-ng speech instead of tones.")] = False,
+    video: Annotated[bool, typer.Option(help="Also send a moving test pattern per participant.")] = False,
+    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Pace frames in real time, or send "
+                                           "as fast as possible (for a server on --clock media).")] = True,
+    jitter_ms: Annotated[float, typer.Option(help="Random send delay per frame, 0..N ms.")] = 0.0,
+    loss: Annotated[float, typer.Option(help="Probability a frame is lost (0..1).")] = 0.0,
+    reorder: Annotated[float, typer.Option(help="Probability a frame arrives late, after later ones.")] = 0.0,
+    duplicate: Annotated[float, typer.Option(help="Probability a frame is sent twice.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed for the impairments.")] = 1,
+    gateway_id: Annotated[str, typer.Option(help="Gateway id sent in `open`.")] = "gateway-sim",
+    call_id: Annotated[str, typer.Option(help="call_id (correlation id) sent in `open`.")] = "",
+    end: Annotated[bool, typer.Option("--end/--no-end", help="Send `end` at the finish (ends the call).")] = True,
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Stream N synthetic participants of a call: distinct tones (300, 500, 700 Hz ...) or speech.
+
+    Example: callrec gateway-sim call-1 -n 3 --duration 20 --codec opus --jitter-ms 40 --loss 0.01
+    """
+    import json as jsonlib
+
+    from rich.progress import Progress
+
+    from callrec_client.simulator import Impairments, run_simulation
+
+    imp = Impairments(jitter_ms=jitter_ms, loss=loss, reorder=reorder, duplicate=duplicate, seed=seed)
+    try:
+        with Progress(transient=True, disable=json) as progress:
+            task = progress.add_task(f"streaming {call}", total=None)
+            report = asyncio.run(run_simulation(
+                server, call, participants, duration, codec, sample_rate, 2 if stereo else 1, speech, realtime,
+                imp, gateway_id, call_id, video=video, end=end,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            ))
+    except CallrecError as exc:
+        _fail(exc)
+    except (RuntimeError, ValueError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    if json:
+        typer.echo(jsonlib.dumps(report.__dict__))
+        return
+    for pid, sent in report.sent.items():
+        rejected = report.rejected.get(pid, {})
+        typer.echo(f"{pid}: sent {sent} (+{report.duplicated[pid]} duplicates, {report.dropped[pid]} lost), "
+                   f"server accepted {report.received.get(pid, 0)}, rejected {rejected or 0}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="callrec")

@@ -275,7 +275,9 @@ class CallrecClient:
         finally:
             call.cancel()
 
-    def download(self, location: str, offset: int = 0, length: int = 0) -> Iterator[content_pb2.DownloadContentResponse]:
+    def download(
+        self, location: str, offset: int = 0, length: int = 0
+    ) -> Iterator[content_pb2.DownloadContentResponse]:
         """Pieces of a stored file."""
         req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
         try:
