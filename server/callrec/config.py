@@ -66,6 +66,8 @@ class ServerConfig:
     """Hours the built-in local store keeps recordings before deleting them."""
     idempotency_window_h: float = 24.0
     """Hours a StartRecording `request_id` is remembered."""
+    housekeeping_interval_s: float = 60.0
+    """Seconds between retention sweeps (events, idempotency keys, local store files)."""
     drain_timeout_s: float = 60.0
     """On SIGTERM: seconds to finish recordings and uploads before exiting."""
     default_storage: str = "local"
@@ -178,6 +180,7 @@ def validate(config: ServerConfig) -> None:
         ("event_retention_h", config.event_retention_h),
         ("local_retention_h", config.local_retention_h),
         ("drain_timeout_s", config.drain_timeout_s),
+        ("housekeeping_interval_s", config.housekeeping_interval_s),
     ):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0; got {value}")

@@ -53,7 +53,6 @@ SERVICE_NAMES = (
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name,
 )
-HOUSEKEEPING_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -83,7 +82,7 @@ class App:
             swept = await self.sweep_local_stores()
             if pruned or forgotten or swept:
                 log.info("housekeeping", events_pruned=pruned, request_ids_forgotten=forgotten, files_expired=swept)
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            await asyncio.sleep(self.config.housekeeping_interval_s)
 
     async def sweep_local_stores(self) -> int:
         """Delete recordings older than each local store's retention; their locations become NOT_FOUND."""

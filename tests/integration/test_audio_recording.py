@@ -196,3 +196,68 @@ async def test_download_ranges_and_delete(server, tmp_path):
         with pytest.raises(CallrecError) as info:
             await download(client, "file://localhost/etc/passwd")
         assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_local_retention_deletes_old_recordings(make_server, tmp_path):
+    srv = make_server("--clock", "media", "--local-retention-h", "0.0005", "--housekeeping-interval", "0.5")
+    rec = await record_call(srv.target, speakers(seconds=1.0), tmp_path)
+    chunk = rec.recording.chunks[0]
+    stored = srv.data_dir / "recordings"
+    assert any(stored.rglob("0-audio.wav"))
+    import asyncio
+
+    async with AsyncCallrecClient(srv.target) as client:
+        for _ in range(60):  # retention 1.8 s, sweep every 0.5 s
+            try:
+                await download(client, chunk.content_location)
+            except CallrecError as exc:
+                assert exc.code == grpc.StatusCode.NOT_FOUND
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the recording outlived its retention")
+    assert not any(stored.rglob("*.wav")) and not any(stored.rglob("*-metadata.json"))
+
+
+def test_cli_download_resumes_and_gateway_sim(server, tmp_path):
+    """`callrec gateway-sim` streams a call; `callrec download` fetches its chunk, resuming a partial file."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from callrec_client import CallrecClient
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "callrec_client.cli", *args, "--server", server.target],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    sim = threading.Thread(target=lambda: result.setdefault("sim", cli(
+        "gateway-sim", "cli-sim", "-n", "2", "--duration", "3", "--codec", "pcmu", "--duplicate", "0.05",
+        "--json")))
+    sim.start()
+    with CallrecClient(server.target) as client:
+        for _ in range(100):
+            try:
+                rec = client.start_recording("cli-sim", content_type="audio", format="wav")
+                break
+            except CallrecError:
+                time.sleep(0.1)
+        sim.join(60)
+        report = json.loads(result["sim"].stdout)
+        assert report["sent"] == {"participant-1": 150, "participant-2": 150}
+        assert sum(report["rejected"]["participant-1"].values()) == report["duplicated"]["participant-1"]
+        for _ in range(100):
+            state = client.get_recording_state(rec.recording_id)
+            if state.chunks:
+                break
+            time.sleep(0.1)
+    location = state.chunks[0].content_location
+    whole = b"".join(p.data for p in CallrecClient(server.target).download(location))
+    (tmp_path / "call.wav.part").write_bytes(whole[:1000])  # an interrupted earlier download
+    done = cli("download", location, "-o", "call.wav")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "call.wav").read_bytes() == whole and not (tmp_path / "call.wav.part").exists()
+    audio = decode_file(tmp_path / "call.wav")
+    assert peaks(audio.channel(0)[RATE // 2:RATE + RATE // 2], 2) == {300, 500}

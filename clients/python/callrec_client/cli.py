@@ -70,6 +70,8 @@ def serve(
                                  help="Hours the local store keeps recordings [default: 24].")] = None,
     default_storage: Annotated[str | None, typer.Option(envvar="CALLREC_DEFAULT_STORAGE",
                                help="Storage target used when StartRecording names none [default: local].")] = None,
+    housekeeping_interval: Annotated[float | None, typer.Option(envvar="CALLREC_HOUSEKEEPING_INTERVAL",
+                                     help="Seconds between retention sweeps [default: 60].")] = None,
     drain_timeout: Annotated[float | None, typer.Option(envvar="CALLREC_DRAIN_TIMEOUT",
                              help="Seconds SIGTERM waits for recordings to finish [default: 60].")] = None,
 ) -> None:
@@ -89,6 +91,7 @@ def serve(
         "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
         "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
         "default_storage": default_storage, "drain_timeout_s": drain_timeout,
+        "housekeeping_interval_s": housekeeping_interval,
     }
     try:
         cfg = load_config(overrides, config)
