@@ -90,7 +90,7 @@ async def test_pause_skip_cuts_the_span(realtime_server, validate_json, tmp_path
 
 
 async def test_pause_silence_keeps_the_timeline(realtime_server, validate_json, tmp_path):
-    done, audio, meta = await stream_with_commands(realtime_server.target, "silence-call", tmp_path,
+    _, audio, meta = await stream_with_commands(realtime_server.target, "silence-call", tmp_path,
                                                    {2.0: "pause", 4.0: "resume"}, pause_mode="silence")
     validate_json("recording-chunk-metadata", meta)
     (interval,) = meta["pauseResumeIntervals"]
@@ -103,7 +103,7 @@ async def test_pause_silence_keeps_the_timeline(realtime_server, validate_json, 
 
 
 async def test_pause_on_start_then_resume(realtime_server, tmp_path):
-    done, audio, meta = await stream_with_commands(realtime_server.target, "pos-call", tmp_path, {3.0: "resume"},
+    _, audio, _ = await stream_with_commands(realtime_server.target, "pos-call", tmp_path, {3.0: "resume"},
                                                    pause_on_start=True)
     assert abs(audio.duration_s - 3.0) <= 0.06
     samples = audio.channel(0)

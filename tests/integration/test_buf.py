@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from callrec.v1 import content_pb2, events_pb2, media_pb2, recording_pb2
-from callrec_client.gateway import GatewayConnection
 from google.protobuf.descriptor import ServiceDescriptor
 
+from callrec.v1 import content_pb2, events_pb2, media_pb2, recording_pb2
+from callrec_client.gateway import GatewayConnection
 from tests.harness import ROOT, ServerProcess, unique
 
 BUF = ROOT / "tools" / "node_modules" / ".bin" / "buf"

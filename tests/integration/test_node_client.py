@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+
 from callrec.v1 import recording_pb2
 from callrec_client import CallrecClient
-
 from tests.harness import ROOT, ServerProcess
 
 NODE_DIR = ROOT / "clients" / "node"

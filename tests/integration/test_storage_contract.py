@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from callrec.storage import azure_blob, local, s3
 from callrec.storage.base import (
     LOCATION_PATTERN,
@@ -30,7 +31,6 @@ from callrec.storage.base import (
     Transient,
 )
 from callrec.storage.targets import store_from_config
-
 from tests.integration.storage_servers import AZURITE_KEY, TEST_CONTAINER, AzuriteServer, MotoServer, free_port
 
 MIB = 1024 * 1024
