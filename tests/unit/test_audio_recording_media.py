@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -160,3 +161,13 @@ def test_writer_factory_for_each_combination() -> None:
         assert writer_factory_for(opts).content_type == content_type
     with pytest.raises(ValueError):
         writer_factory_for(RecordingOptions())  # mixed audio-video mp4: the compositor's job
+
+
+async def test_finish_at_does_not_wait_long_when_no_ticks_come(tmp_path: Path) -> None:
+    """A media clock without media produces no tick: StopRecording must not hang for the timeout."""
+    rec = RecordingMedia("r", "c", WAV, tmp_path, "res", WavWriterFactory(), lambda c: None, idle_timeout=0.2)
+    rec.on_tick(tick(0))
+    started = time.monotonic()
+    (chunk,) = await rec.finish(at=EPOCH + timedelta(seconds=5), timeout=10)
+    assert time.monotonic() - started < 1.0
+    assert chunk.samples == TICK_SAMPLES

@@ -22,11 +22,13 @@ the upload). Chunks are reported in index order; the last has endReason SessionE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import itertools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -244,6 +246,7 @@ class RecordingMedia:
         batch_ms: int = 1000,
         on_error: Callable[[BaseException], None] | None = None,
         max_pending_jobs: int = 300,
+        idle_timeout: float = 0.5,
     ) -> None:
         self.recording_id = recording_id
         self.call_id = call_id
@@ -255,6 +258,10 @@ class RecordingMedia:
         self._on_error = on_error
         self._executor = executor
         self._max_pending_jobs = max_pending_jobs
+        self._idle_timeout = idle_timeout
+        self._created_at = time.monotonic()
+        self._last_tick_at: float | None = None
+        self._finish_called_at = self._created_at
         self._batch_samples = max(TICK_SAMPLES, OUTPUT_SAMPLE_RATE * batch_ms // 1000)
         self._unmixed = options.channel_type == ChannelType.UNMIXED
         self._assigner = ChannelAssigner(
@@ -365,6 +372,7 @@ class RecordingMedia:
 
     def on_tick(self, tick: MixTick) -> None:
         """Take one tick (called by `CallMedia` on the event loop)."""
+        self._last_tick_at = time.monotonic()
         if self._closing or self._stopped or self._error is not None:
             return
         try:
@@ -681,14 +689,16 @@ class RecordingMedia:
         """Stop (at `at`, else after the last tick taken), close the last chunk, wait for all files.
 
         With `at`, waits up to `timeout` seconds for the ticks that reach `at` (the
-        real-time clock delivers media a playout delay late). Idempotent. Returns every
-        chunk; raises `RecordingMediaError` if writing failed.
+        real-time clock delivers media a playout delay late), or until no tick came for
+        `idle_timeout` (a media clock without media). Idempotent. Returns every chunk;
+        raises `RecordingMediaError` if writing failed.
         """
         if self._finish_task is None:
             self._finish_task = asyncio.ensure_future(self._finish(at, timeout))
         return list(await asyncio.shield(self._finish_task))
 
     async def _finish(self, at: datetime | None, timeout: float) -> list[FinishedChunk]:
+        self._finish_called_at = time.monotonic()
         if at is not None and not self._stopped:
             at = _aware(at)
             self.stop(at)
@@ -698,13 +708,7 @@ class RecordingMedia:
                     extra={"recording_id": self.recording_id},
                 )
             elif self._position_time is None or self._position_time < at:
-                try:
-                    await asyncio.wait_for(self._stop_reached.wait(), timeout)
-                except TimeoutError:
-                    log.warning(
-                        "stopping before the media reached the stop time",
-                        extra={"recording_id": self.recording_id},
-                    )
+                await self._wait_for_stop(timeout)
         self._closing = True
         if not self._started:
             moment = _aware(at) if at is not None else self._start_at or datetime.now(UTC)
@@ -733,6 +737,26 @@ class RecordingMedia:
         if self._error is not None:
             raise RecordingMediaError(f"recording {self.recording_id}: {self._error}") from self._error
         return list(self._done)
+
+    async def _wait_for_stop(self, timeout: float) -> None:
+        """Wait for the ticks that reach the stop time, unless they stopped coming.
+
+        The real-time clock delivers a tick every 20 ms (the stop time is reached a playout
+        delay later); a media clock with no media delivers none, so waiting the whole
+        timeout would only delay StopRecording.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._stop_reached.is_set():
+            now = time.monotonic()
+            last = self._last_tick_at if self._last_tick_at is not None else self._created_at
+            if now >= deadline or now - max(last, self._finish_called_at) >= self._idle_timeout:
+                log.warning(
+                    "stopping before the media reached the stop time",
+                    extra={"recording_id": self.recording_id},
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_reached.wait(), min(0.05, deadline - now))
 
     def _submit_sentinel(self) -> None:
         if self._worker is None:
