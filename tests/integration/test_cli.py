@@ -57,7 +57,8 @@ async def test_recording_lifecycle_from_the_cli(server: ServerProcess):
         listed = [json.loads(line) for line in cli("list", "--call", call_id, "--json", *s).stdout.splitlines()]
         assert [r["recording_id"] for r in listed] == [rid]
         assert rid in cli("list", "--call", call_id, *s).stdout
-        lines = cli("events", "--recording", rid, "--json", *s).stdout.splitlines()
+        lines = cli("events", "--recording", rid, "--type", "Microsoft.Communication.RecordingStateChanged",
+                    "--json", *s).stdout.splitlines()
         states = [json.loads(line)["data"]["state"] for line in lines]
         assert states == ["active", "inactive", "active", "inactive"]
         assert "RecordingStateChanged" in cli("events", "--recording", rid, *s).stdout
