@@ -44,6 +44,7 @@ from callrec.v1 import (
     recording_pb2,
     recording_pb2_grpc,
 )
+from callrec.video_recording import make_video_sink_factory
 
 log = get_logger("server")
 
@@ -126,7 +127,8 @@ async def build_server(
     )
     calls = CallRegistry(config.reconnect_grace_s, config.limits.max_participants_per_call)
     hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms), PyAVAudioCodecs())
-    recorder = Recorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for)
+    recorder = Recorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for,
+                        video_sink_factory=make_video_sink_factory(config.clock))
     registry = RecordingRegistry(
         repo,
         events,
@@ -148,7 +150,7 @@ async def build_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry), server)
+    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry, outbox.group), server)
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
     content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores), server)

@@ -58,6 +58,8 @@ async def test_mixed_wav_three_tones(server, tmp_path, validate_json):
     assert abs(meta["chunkDuration"] - 3000) <= 20
     assert {p["participantId"] for p in meta["participants"]} == set(TONES)
     assert abs(rec.recording.duration.ToMilliseconds() - 3000) <= 20
+    status = rec.recording.upload_status
+    assert (status.stored_files, status.pending_files, status.failed_files) == (2, 0, 0)
     check_event_and_metadata(rec, validate_json, "wav", "mixed")
 
 

@@ -54,6 +54,11 @@ async def test_recording_lifecycle_from_the_cli(server: ServerProcess):
         assert json.loads(cli("resume", rid, "--json", *s).stdout)["state"] == "RECORDING_STATE_ACTIVE"
         stopped = json.loads(cli("stop", rid, "--json", *s).stdout)
         assert stopped["session_end_reason"] == "StoppedByRequest"
+        for _ in range(50):
+            text = cli("state", rid, *s).stdout
+            if "completed" in text:
+                break
+        assert "uploads    2 stored, 0 pending, 0 failed" in text  # the chunk's media + metadata
         listed = [json.loads(line) for line in cli("list", "--call", call_id, "--json", *s).stdout.splitlines()]
         assert [r["recording_id"] for r in listed] == [rid]
         assert rid in cli("list", "--call", call_id, *s).stdout

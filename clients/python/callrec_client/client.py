@@ -10,6 +10,8 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+
 from callrec.v1 import (
     content_pb2,
     content_pb2_grpc,
@@ -18,7 +20,6 @@ from callrec.v1 import (
     recording_pb2,
     recording_pb2_grpc,
 )
-from google.protobuf import duration_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 

@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+
 from callrec.v1 import media_pb2 as pb
 from callrec.v1 import media_pb2_grpc
-
 from callrec_client.client import CallrecError
 
 _CLOSE = object()

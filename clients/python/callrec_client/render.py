@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from callrec.v1 import recording_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+
+from callrec.v1 import recording_pb2
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
@@ -30,7 +31,10 @@ def recording_line(rec: recording_pb2.Recording) -> str:
     fmt = _enum_name(recording_pb2.RecordingFormat, rec.format, "RECORDING_FORMAT_")
     ch = _enum_name(recording_pb2.RecordingChannelType, rec.channel_type, "RECORDING_CHANNEL_TYPE_")
     started = rec.start_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if rec.HasField("start_time") else "-"
-    return f"{rec.recording_id}  {state:<9}  {ch:<7} {fmt:<3}  call={rec.server_call_id}  started={started}Z"
+    up = rec.upload_status
+    uploads = f"  uploads pending={up.pending_files} failed={up.failed_files}" if (
+        up.pending_files or up.failed_files) else ""
+    return f"{rec.recording_id}  {state:<9}  {ch:<7} {fmt:<3}  call={rec.server_call_id}  started={started}Z{uploads}"
 
 
 def recording_text(rec: recording_pb2.Recording) -> str:
@@ -62,6 +66,10 @@ def recording_text(rec: recording_pb2.Recording) -> str:
         lines.append(f"chunk {chunk.index}    {chunk.content_location}")
         lines.append(f"           metadata {chunk.metadata_location}")
         lines.append(f"           delete   {chunk.delete_location}")
+    up = rec.upload_status
+    if up.pending_files or up.stored_files or up.failed_files:
+        line = f"uploads    {up.stored_files} stored, {up.pending_files} pending, {up.failed_files} failed"
+        lines.append(line + (f" (last error: {up.last_error})" if up.last_error else ""))
     stats = rec.media_stats
     rejected = sum(stats.frames_rejected_by_reason.values())
     lines.append(f"media      {stats.frames_received} frames received, {rejected} rejected")

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from callrec.core.model import AudioEncoding, AudioFormat
 from callrec.testing import encode_frames, participant_frequency, tone
-
 from callrec_client.gateway import GatewayConnection
 
 FRAME_MS = 20

@@ -165,7 +165,8 @@ def recording(rec: Recording) -> recording_pb2.Recording:
     )
     if o.external_storage is not None:
         kind = {v: k for k, v in EXTERNAL_KINDS.items()}[o.external_storage.kind]
-        msg.external_storage.CopyFrom(pb.ExternalStorage(kind=kind, container_url=_redact(o.external_storage.container_url)))
+        url = _redact(o.external_storage.container_url)
+        msg.external_storage.CopyFrom(pb.ExternalStorage(kind=kind, container_url=url))
     for p in rec.pause_intervals:
         interval = msg.pause_intervals.add(start_time=timestamp(p.start_time))
         if p.duration is not None:

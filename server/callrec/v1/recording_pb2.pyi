@@ -151,7 +151,7 @@ class MediaStats(_message.Message):
     def __init__(self, frames_received: _Optional[int] = ..., frames_rejected_by_reason: _Optional[_Mapping[str, int]] = ..., frames_late: _Optional[int] = ..., gap_fill_ms: _Optional[int] = ...) -> None: ...
 
 class Recording(_message.Message):
-    __slots__ = ("recording_id", "server_call_id", "call_id", "state", "content_type", "channel_type", "format", "audio_channel_participant_ordering", "channel_affinity", "pause_on_start", "pause_mode", "destination", "external_storage", "chunk_max_duration", "chunk_max_bytes", "request_id", "unmixed_max_channels", "start_time", "pause_intervals", "participants", "chunks", "duration", "session_end_reason", "error", "media_stats", "stop_time", "operation_context")
+    __slots__ = ("recording_id", "server_call_id", "call_id", "state", "content_type", "channel_type", "format", "audio_channel_participant_ordering", "channel_affinity", "pause_on_start", "pause_mode", "destination", "external_storage", "chunk_max_duration", "chunk_max_bytes", "request_id", "unmixed_max_channels", "start_time", "pause_intervals", "participants", "chunks", "duration", "session_end_reason", "error", "media_stats", "stop_time", "operation_context", "upload_status")
     RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class Recording(_message.Message):
     MEDIA_STATS_FIELD_NUMBER: _ClassVar[int]
     STOP_TIME_FIELD_NUMBER: _ClassVar[int]
     OPERATION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_STATUS_FIELD_NUMBER: _ClassVar[int]
     recording_id: str
     server_call_id: str
     call_id: str
@@ -206,7 +207,20 @@ class Recording(_message.Message):
     media_stats: MediaStats
     stop_time: _timestamp_pb2.Timestamp
     operation_context: str
-    def __init__(self, recording_id: _Optional[str] = ..., server_call_id: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[_Union[RecordingState, str]] = ..., content_type: _Optional[_Union[RecordingContentType, str]] = ..., channel_type: _Optional[_Union[RecordingChannelType, str]] = ..., format: _Optional[_Union[RecordingFormat, str]] = ..., audio_channel_participant_ordering: _Optional[_Iterable[str]] = ..., channel_affinity: _Optional[_Iterable[_Union[ChannelAffinity, _Mapping]]] = ..., pause_on_start: _Optional[bool] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ..., destination: _Optional[str] = ..., external_storage: _Optional[_Union[ExternalStorage, _Mapping]] = ..., chunk_max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_max_bytes: _Optional[int] = ..., request_id: _Optional[str] = ..., unmixed_max_channels: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_intervals: _Optional[_Iterable[_Union[PauseInterval, _Mapping]]] = ..., participants: _Optional[_Iterable[_Union[RecordingParticipant, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[RecordingChunk, _Mapping]]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., session_end_reason: _Optional[str] = ..., error: _Optional[_Union[RecordingError, _Mapping]] = ..., media_stats: _Optional[_Union[MediaStats, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation_context: _Optional[str] = ...) -> None: ...
+    upload_status: UploadStatus
+    def __init__(self, recording_id: _Optional[str] = ..., server_call_id: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[_Union[RecordingState, str]] = ..., content_type: _Optional[_Union[RecordingContentType, str]] = ..., channel_type: _Optional[_Union[RecordingChannelType, str]] = ..., format: _Optional[_Union[RecordingFormat, str]] = ..., audio_channel_participant_ordering: _Optional[_Iterable[str]] = ..., channel_affinity: _Optional[_Iterable[_Union[ChannelAffinity, _Mapping]]] = ..., pause_on_start: _Optional[bool] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ..., destination: _Optional[str] = ..., external_storage: _Optional[_Union[ExternalStorage, _Mapping]] = ..., chunk_max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_max_bytes: _Optional[int] = ..., request_id: _Optional[str] = ..., unmixed_max_channels: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_intervals: _Optional[_Iterable[_Union[PauseInterval, _Mapping]]] = ..., participants: _Optional[_Iterable[_Union[RecordingParticipant, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[RecordingChunk, _Mapping]]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., session_end_reason: _Optional[str] = ..., error: _Optional[_Union[RecordingError, _Mapping]] = ..., media_stats: _Optional[_Union[MediaStats, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation_context: _Optional[str] = ..., upload_status: _Optional[_Union[UploadStatus, _Mapping]] = ...) -> None: ...
+
+class UploadStatus(_message.Message):
+    __slots__ = ("pending_files", "stored_files", "failed_files", "last_error")
+    PENDING_FILES_FIELD_NUMBER: _ClassVar[int]
+    STORED_FILES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FILES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    pending_files: int
+    stored_files: int
+    failed_files: int
+    last_error: str
+    def __init__(self, pending_files: _Optional[int] = ..., stored_files: _Optional[int] = ..., failed_files: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class StartRecordingRequest(_message.Message):
     __slots__ = ("server_call_id", "content_type", "channel_type", "format", "audio_channel_participant_ordering", "channel_affinity", "pause_on_start", "pause_mode", "destination", "external_storage", "chunk_max_duration", "chunk_max_bytes", "request_id", "unmixed_max_channels", "operation_context")
