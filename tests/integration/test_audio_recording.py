@@ -198,6 +198,10 @@ async def test_download_ranges_and_delete(server, tmp_path):
         with pytest.raises(CallrecError) as info:
             await download(client, "file://localhost/etc/passwd")
         assert info.value.code == grpc.StatusCode.NOT_FOUND
+        for call in (download(client, ""), client.delete("")):
+            with pytest.raises(CallrecError) as info:
+                await call
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "location is required" in info.value.details
 
 
 async def test_local_retention_deletes_old_recordings(make_server, tmp_path):
@@ -263,3 +267,20 @@ def test_cli_download_resumes_and_gateway_sim(server, tmp_path):
     assert (tmp_path / "call.wav").read_bytes() == whole and not (tmp_path / "call.wav.part").exists()
     audio = decode_file(tmp_path / "call.wav")
     assert peaks(audio.channel(0)[RATE // 2:RATE + RATE // 2], 2) == {300, 500}
+
+
+async def test_corrupt_frames_are_counted_and_harm_nobody(server, tmp_path):
+    """Garbage Opus packets from bob: rejected and counted; alice and bob's good frames recorded."""
+    opus = AudioFormat(AudioEncoding.OPUS, 48000, 1)
+    people = [Speaker("alice", 300, seconds=2.0), Speaker("bob", 700, audio_format=opus, seconds=2.0)]
+    frames = interleave(frames_of(people))
+    bad = 0
+    for i, frame in enumerate(frames):
+        if frame.participant_id == "bob" and i % 20 == 1:
+            frames[i] = type(frame)(frame.participant_id, frame.sequence, frame.timestamp_us, b"\xff" * 7)
+            bad += 1
+    rec = await record_call(server.target, people, tmp_path, frames=frames)
+    audio = rec.decoded()
+    assert abs(audio.duration_s - 2.0) <= 0.02
+    assert peaks(audio.channel(0)[RATE // 2:RATE + RATE // 2], 2) == {300, 700}
+    assert rec.recording.media_stats.frames_rejected_by_reason["decode_error"] == bad
