@@ -15,11 +15,13 @@ into which chunk, and *when*:
   grid is current on resume); SILENCE makes it write silence and a "Recording paused"
   slate, so the file stays aligned with the call.
 - Chunks: rotated at `chunk_max_duration` (exact, counted in samples) or when the
-  projected file size reaches `chunk_max_bytes` (an estimate: the worker reports the real
-  size once per media second and the rate in between is extrapolated, so a chunk may end
-  up a fraction of a second's bytes over or under the limit). The worker reports each
-  closed file (`ChunkWritten`); then the metadata JSON is written, both files fsynced, and
-  `on_chunk_finished` called on the event loop, in chunk order.
+  projected file size reaches `chunk_max_bytes`. The projection is the size the worker
+  last reported (once per media second) plus the media sent since at the encoder's
+  ceiling rate (VBV `maxrate` + AAC), so a chunk stays under the limit (up to the VBV
+  buffer's slack) and ends early rather than late: by about a second's worth on the
+  real-time clock, by more on the media clock where the worker lags far behind. The
+  worker reports each closed file (`ChunkWritten`); then the metadata JSON is written,
+  both files fsynced, and `on_chunk_finished` called on the event loop, in chunk order.
 - Failure: a worker that crashes or falls behind reports `WorkerFailed`; `on_error` is
   called at once and `finish()` raises `RecordingMediaError`, so the recording ends FAILED
   with the worker's reason while the server and every other recording carry on.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import itertools
 import os
@@ -78,7 +81,7 @@ from callrec.media.video_worker import (
     WorkerFailed,
     WorkerProgress,
 )
-from callrec.media.writers.mp4 import FPS, Mp4Settings
+from callrec.media.writers.mp4 import FPS, SAMPLES_PER_FRAME, Mp4Settings
 
 __all__ = [
     "CONTENT_TYPE",
@@ -152,8 +155,13 @@ class _Closed:
     duration_ms: int | float
 
 
-class _Kind:
-    START, PAUSE, RESUME, STOP = range(4)
+class _Kind(enum.IntEnum):
+    """Control events placed on the tick timeline (their order breaks ties at one instant)."""
+
+    START = 0
+    PAUSE = 1
+    RESUME = 2
+    STOP = 3
 
 
 def _aware(moment: datetime) -> datetime:
@@ -206,15 +214,15 @@ class VideoRecordingMedia:
         self._finish_called_at = self._created_at
         self._silence_mode = options.pause_mode == PauseMode.SILENCE
         self._max_samples = max(TICK_SAMPLES, int(options.chunk_max_duration.total_seconds() * OUTPUT_SAMPLE_RATE))
-        self._nominal_bytes_per_sample = (
+        #: Bytes per 16 kHz sample at the encoders' ceiling: what the unreported media can add.
+        self._ceiling_bytes_per_sample = (
             (_bits_per_second(self.settings.maxrate) + self.settings.audio_bit_rate) / 8 / OUTPUT_SAMPLE_RATE
         )
-        self._bytes_per_sample: float | None = None  # measured on the last chunk
         self._progress: WorkerProgress | None = None
         self._stem = _UNSAFE.sub("_", recording_id) or "recording"
         spool_dir.mkdir(parents=True, exist_ok=True)
 
-        self._events: list[tuple[datetime, int, int]] = []
+        self._events: list[tuple[datetime, int, _Kind]] = []
         self._order = itertools.count()
         self._start_at = _aware(start_at) if start_at is not None else None
         if self._start_at is not None:
@@ -274,7 +282,7 @@ class VideoRecordingMedia:
         """Ignore media after `at`; `finish()` closes the last chunk."""
         self._schedule(_aware(at), _Kind.STOP)
 
-    def _schedule(self, at: datetime, kind: int) -> None:
+    def _schedule(self, at: datetime, kind: _Kind) -> None:
         self._events.append((at, next(self._order), kind))
         self._events.sort(key=lambda e: (e[0], e[1]))
 
@@ -398,7 +406,7 @@ class VideoRecordingMedia:
         self._position = tick.index * TICK_SAMPLES + samples
         self._position_time = tick.end_time
 
-    def _apply(self, kind: int, tick: MixTick, offset: int) -> None:
+    def _apply(self, kind: _Kind, tick: MixTick, offset: int) -> None:
         if kind == _Kind.START:
             if not self._started:
                 self._begin(tick, offset)
@@ -495,15 +503,15 @@ class VideoRecordingMedia:
         room = self._max_samples - chunk.samples
         max_bytes = self.options.chunk_max_bytes
         if max_bytes > 0 and chunk.samples >= MIN_BYTE_LIMITED_SAMPLES:
-            rate = self._bytes_per_sample or self._nominal_bytes_per_sample
+            rate = self._ceiling_bytes_per_sample
+            known_bytes, known = 0, 0
             progress = self._progress
-            if progress is not None and progress.path == chunk.media_path and progress.duration_s > 0:
-                known = round(progress.duration_s * OUTPUT_SAMPLE_RATE)
-                rate = progress.bytes_written / known
-                projected = progress.bytes_written + (chunk.samples - known) * rate
-            else:
-                projected = chunk.samples * rate
-            room = min(room, int((max_bytes - projected) / rate))
+            if progress is not None and progress.path == chunk.media_path:
+                known_bytes, known = progress.bytes_written, round(progress.duration_s * OUTPUT_SAMPLE_RATE)
+            projected = known_bytes + max(0, chunk.samples - known) * rate
+            # End on a video frame boundary: the chunk's last frame then lasts as long as its audio.
+            end = (chunk.samples + int((max_bytes - projected) / rate)) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME
+            room = min(room, end - chunk.samples)
         return room
 
     def _note_participants(self, chunk: _Chunk, tick: MixTick) -> None:
@@ -589,8 +597,6 @@ class VideoRecordingMedia:
         closed = self._awaiting.pop(event.path, None)
         if closed is None:
             return
-        if event.duration_s > 0:
-            self._bytes_per_sample = event.bytes_written / (event.duration_s * OUTPUT_SAMPLE_RATE)
         expected = closed.chunk.samples / OUTPUT_SAMPLE_RATE
         if abs(event.duration_s - expected) > 1e-6:
             log.warning("video chunk length differs from what was sent", recording_id=self.recording_id,
@@ -738,7 +744,14 @@ def make_video_sink_factory(
     queued audio there (about 10 MB), with raw video thinned and capped by the worker.
     """
     env = os.environ if environ is None else environ
-    crash_after = env.get(CRASH_AFTER_ENV)
+    raw = env.get(CRASH_AFTER_ENV, "")
+    try:
+        crash_after = float(raw) if raw else None
+    except ValueError:
+        raise ValueError(f"{CRASH_AFTER_ENV} must be a number of seconds, got {raw!r}") from None
+    if crash_after is not None:
+        log.warning("test hook active: every mp4 recording's video worker will be killed", env=CRASH_AFTER_ENV,
+                    after_s=crash_after)
     max_backlog_s = 600.0 if clock == "media" else 10.0
     finish_timeout = 600.0 if clock == "media" else 120.0
 
@@ -756,7 +769,7 @@ def make_video_sink_factory(
         return VideoRecordingMedia(
             recording_id, call_id, options, spool_dir, resource_id, on_chunk_finished,
             start_at=start_at, on_error=on_error, settings=settings, max_backlog_s=max_backlog_s,
-            finish_timeout=finish_timeout, crash_after_s=float(crash_after) if crash_after else None,
+            finish_timeout=finish_timeout, crash_after_s=crash_after,
         )
 
     return factory

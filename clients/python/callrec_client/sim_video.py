@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -107,15 +108,18 @@ class VideoPattern:
         self._cache: dict[int, bytes] = {}
         self._flash = i420_from_rgb(np.full((height, width, 3), 255, np.uint8))
 
+    def _band(self) -> tuple[int, int]:
+        """Font size and height of the name band at the top (the server labels the bottom left)."""
+        size = max(10, self.height // 8)
+        return size, size + 2 * max(3, size // 4)
+
     def _render_base(self) -> np.ndarray:
         """Background and name, drawn once (RGB); the bar is added per frame."""
         img = Image.new("RGB", (self.width, self.height), self.colour)
         draw = ImageDraw.Draw(img)
-        size = max(10, self.height // 8)
-        font = _font(size)
-        pad = max(3, size // 4)
-        draw.rectangle((0, self.height - size - 2 * pad, self.width, self.height), fill=(0, 0, 0))
-        draw.text((pad, self.height - pad - size // 2), self.name, font=font, fill=(255, 255, 255), anchor="lm")
+        size, band = self._band()
+        draw.rectangle((0, 0, self.width, band), fill=(0, 0, 0))
+        draw.text((self.width // 2, band // 2), self.name, font=_font(size), fill=(255, 255, 255), anchor="mm")
         return np.asarray(img, dtype=np.uint8)
 
     def is_flash(self, t: float) -> bool:
@@ -136,10 +140,12 @@ class VideoPattern:
     def _render(self, phase: int) -> bytes:
         rgb = self._base.copy()
         bar_w = max(2, self.width // 10) & ~1
-        label_top = self.height - max(10, self.height // 8) - 2 * max(3, self.height // 32)
+        _, band = self._band()
+        # Each participant's bar runs at its own phase: tiles visibly differ in motion too.
+        phase = (phase + 3 * self.participant_index) % self._frames_per_period
         x = round((self.width - bar_w) * phase / self._frames_per_period) & ~1
         lighter = tuple(min(255, c + 90) for c in self.colour)
-        rgb[:label_top, x : x + bar_w] = lighter
+        rgb[band:, x : x + bar_w] = lighter
         return i420_from_rgb(rgb)
 
 
@@ -176,10 +182,11 @@ class VideoEncoder:
     def __init__(self, codec: str, width: int, height: int, fps: float = 15.0, gop: int | None = None,
                  bit_rate: int = 300_000) -> None:
         import av
+        from av.video.codeccontext import VideoCodecContext
 
         self.width, self.height = width, height
         name = {"h264": "libx264", "vp8": "libvpx"}[codec]
-        ctx = av.CodecContext.create(name, "w")
+        ctx = cast(VideoCodecContext, av.CodecContext.create(name, "w"))
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         rate = Fraction(fps).limit_denominator(1000)
         ctx.time_base, ctx.framerate = 1 / rate, rate
@@ -195,14 +202,8 @@ class VideoEncoder:
 
     def encode(self, i420: bytes) -> tuple[bytes, bool]:
         """Encode one frame; returns (packet data, is key frame). Empty data: nothing out yet."""
-        frame = self._av.VideoFrame(self.width, self.height, "yuv420p")
-        offset = 0
-        for index, (w, h) in enumerate(((self.width, self.height),) + ((self.width // 2, self.height // 2),) * 2):
-            plane = frame.planes[index]
-            src = np.frombuffer(i420, np.uint8, count=w * h, offset=offset).reshape(h, w)
-            dst = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-            dst[:, :w] = src
-            offset += w * h
+        packed = np.frombuffer(i420, np.uint8).reshape(self.height * 3 // 2, self.width)
+        frame = self._av.VideoFrame.from_ndarray(packed, format="yuv420p")
         frame.pts = self._pts
         self._pts += 1
         packets = self._ctx.encode(frame)
