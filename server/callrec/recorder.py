@@ -229,7 +229,20 @@ class Recorder:
         self.resource_id = resource_id
         self.writer_factory_for = writer_factory_for
         self.video_sink_factory = video_sink_factory
+        self.on_media_error: Callable[[str, BaseException], None] | None = None
         self._active: dict[str, _Active] = {}
+
+    def _error_handler(self, recording_id: str, active: _Active) -> Callable[[BaseException], None]:
+        """Record a sink's failure and report it at once (sinks may call this from a worker thread)."""
+        loop = asyncio.get_running_loop()
+
+        def failed(exc: BaseException) -> None:
+            active.errors.append(exc)
+            log.error("recording media failed", recording_id=recording_id, error=str(exc))
+            if self.on_media_error is not None:
+                loop.call_soon_threadsafe(self.on_media_error, recording_id, exc)
+
+        return failed
 
     @staticmethod
     def target_of(rec: Recording) -> str:
@@ -259,7 +272,7 @@ class Recorder:
             assert self.video_sink_factory is not None
             active.sink = self.video_sink_factory(
                 rec.recording_id, rec.call_id, rec.options, self.spool_dir / rec.recording_id, self.resource_id,
-                on_chunk, start_at=start_at, on_error=active.errors.append,
+                on_chunk, start_at=start_at, on_error=self._error_handler(rec.recording_id, active),
             )
             self._active[rec.recording_id] = active
             self.hub.attach_video(call, rec.server_call_id, active.sink)
@@ -273,7 +286,7 @@ class Recorder:
             self.writer_factory_for(rec.options),
             on_chunk,
             start_at=start_at,
-            on_error=active.errors.append,
+            on_error=self._error_handler(rec.recording_id, active),
         )
         self._active[rec.recording_id] = active
         media.attach(active.sink)
@@ -334,6 +347,9 @@ class Recorder:
                 self._active.pop(rec.recording_id, None)
             participants = active.sink.participants
             stats = stats or self.hub.stats(rec.server_call_id)
+            for reason, count in getattr(active.sink, "frames_rejected_by_reason", {}).items():
+                if stats is not None:  # video frames the worker could not decode
+                    stats.reject(reason, count)
         else:
             finished, participants = [], []
         try:

@@ -48,6 +48,9 @@ from callrec.video_recording import make_video_sink_factory
 
 log = get_logger("server")
 
+#: sessionEndReason of a recording whose media pipeline failed (it ends FAILED with the error).
+MEDIA_FAILED = "MediaFailed"
+
 SERVICE_NAMES = (
     recording_pb2.DESCRIPTOR.services_by_name["RecordingService"].full_name,
     media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
@@ -142,6 +145,8 @@ async def build_server(
             destinations=set(config.storage_targets),
         ),
     )
+    recorder.on_media_error = lambda recording_id, exc: asyncio.get_running_loop().create_task(
+        registry.stop(recording_id, MEDIA_FAILED))  # finalising then fails it with the media's error
     calls.on_call_ended(hub.on_call_ended)  # after the registry's: recordings stop first, then media ends
     ingest = ingest or hub
     options = [

@@ -519,6 +519,7 @@ async def test_crashed_worker_fails_only_its_recording(make_server, tmp_path, va
     srv = make_server("--clock", "media", "--reconnect-grace", "2", env={CRASH_AFTER_ENV: "1"})
     rec = await record(srv.target, people(2), 3.0, tmp_path, expect=pb.RECORDING_STATE_FAILED)
     assert "video worker exited unexpectedly (killed by signal 9)" in rec.recording.error.message
+    assert rec.recording.session_end_reason == "MediaFailed"  # failed at once, not when the call ended
     failure = [e for e in rec.events if e.event_type == FAILED_EVENT]
     assert failure and "video worker" in json.loads(failure[0].json)["data"]["resultInformation"]["message"]
     # the server is unharmed: another recording on it completes

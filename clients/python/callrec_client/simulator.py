@@ -86,13 +86,18 @@ def speech_pcm(text: str, rate: int, seconds: float, voice: str = "en") -> np.nd
     return np.resize(unit, total)
 
 
-def participant_audio(index: int, fmt: AudioFormat, seconds: float, speech: bool) -> list[bytes]:
-    """The frames of one participant: a distinct tone, or speech."""
+def participant_audio(index: int, fmt: AudioFormat, seconds: float, speech: bool, beeps: bool = False) -> list[bytes]:
+    """The frames of one participant: a distinct tone, or speech; with `beeps`, the once-a-second
+    beep that pairs with the video's flash (so A/V sync can be measured in the recording)."""
     rate = native_rate(fmt)
     if speech:
         pcm = speech_pcm(SPEECH_LINES[index % len(SPEECH_LINES)].format(n=index + 1), rate, seconds)
     else:
         pcm = tone(participant_frequency(index), seconds, rate)
+    if beeps:
+        from callrec_client.sim_video import add_beeps
+
+        pcm = add_beeps(pcm, rate)
     if (fmt.channels or 1) == 2:
         pcm = np.repeat(pcm.reshape(-1, 1), 2, axis=1)
     return encode_frames(pcm, AudioFormat(fmt.encoding, rate, fmt.channels or 1), FRAME_MS)
@@ -147,7 +152,7 @@ async def run_simulation(
     fmt = AudioFormat(AudioEncoding(codec), sample_rate, channels)
     ids = [f"participant-{i + 1}" for i in range(participants)]
     display = names or [f"Participant {i + 1}" for i in range(participants)]
-    frames = {pid: participant_audio(i, fmt, seconds, speech) for i, pid in enumerate(ids)}
+    frames = {pid: participant_audio(i, fmt, seconds, speech, beeps=video) for i, pid in enumerate(ids)}
     report = SimReport()
     start_us = int(time.time() * 1e6)
     plan = schedule(frames, start_us, imp, report)
@@ -162,10 +167,10 @@ async def run_simulation(
                           video="i420" if video_plan else None,
                           width=video_plan.width if video_plan else 0,
                           height=video_plan.height if video_plan else 0)
-        events = list(plan)
+        events: list[tuple] = list(plan)
         if video_plan is not None:
             events += video_plan.schedule()
-            events.sort(key=lambda e: e[0])
+            events.sort(key=lambda e: (e[0], len(e) == 5))  # at equal times video first, as a camera would
         t0 = time.monotonic()
         for count, event in enumerate(events, 1):
             due, pid, seq, ts, data = event[:5]
@@ -174,8 +179,8 @@ async def run_simulation(
                 if wait > 0:
                     await asyncio.sleep(wait)
             if len(event) > 5:
-                width, height = event[5], event[6]
-                await gw.video(pid, seq, ts, data, width, height, keyframe=True)
+                width, height, keyframe = event[5], event[6], event[7]
+                await gw.video(pid, seq, ts, data, width, height, keyframe=keyframe)
             else:
                 await gw.audio(pid, seq, ts, data)
             if on_progress is not None and count % 50 == 0:
