@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import numpy as np
+
 from callrec.core.call_media import CallMedia
 from callrec.core.clock import MediaClock, MediaProgress, RealtimeClock
 from callrec.core.model import AudioEncoding, AudioFormat

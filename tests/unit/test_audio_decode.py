@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from callrec.core.model import AudioEncoding, AudioFormat, DecodeError
 from callrec.media.decode import AudioDecoder, ResamplerBank, decode_to_16k, opus_packet_samples
 from callrec.testing import dominant_frequencies, encode_frames, tone, tone_frames

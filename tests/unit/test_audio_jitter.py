@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from callrec.core.jitter import JitterBuffer
 from callrec.core.model import MediaStats, RejectReason
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from callrec.core.mixer import CEILING, Mixer, db_to_linear, soft_limit
 
 SAMPLES = 320

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+
 from callrec.core.call_media import CallMedia
 from callrec.core.clock import MediaClock, RealtimeClock
 from callrec.core.metadata import SCHEMAS_DIR
@@ -45,7 +47,6 @@ from callrec.testing import (
     interleave,
     tone,
 )
-from jsonschema import Draft202012Validator, FormatChecker
 
 RATE = 16_000
 SECONDS = 6.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from callrec.core.call_media import TICK_SAMPLES, MixTick
 from callrec.core.model import (
     ChannelPin,

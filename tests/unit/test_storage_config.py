@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
 from callrec.storage.azure_blob import AzureBlobStore
 from callrec.storage.base import OutOfRange, resolve_range
 from callrec.storage.keys import ChunkKeys, safe_segment

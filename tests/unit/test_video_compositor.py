@@ -5,6 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+
 from callrec.media.compositor import Compositor, card_colour
 from callrec.media.video_decode import planes_to_frame
 from callrec.media.video_layout import GridSlots, Rect, SpeakerTracker, fit_size, grid_shape, tile_rects

@@ -7,6 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+
 from callrec.core.model import VideoEncoding
 from callrec.media.video_decode import (
     VideoDecodeError,

@@ -7,6 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from callrec.media.video_decode import i420_size
 from callrec.media.video_session import VideoSession
 from callrec.media.writers.mp4 import Mp4Settings, Mp4Writer

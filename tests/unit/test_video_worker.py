@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from callrec.core.call_media import MixTick
 from callrec.core.model import VideoEncoding
 from callrec.media.video_decode import i420_size

@@ -58,7 +58,8 @@ def validate_options(options: RecordingOptions, known_destinations: Collection[s
         if not 0 <= pin.channel < options.unmixed_max_channels:
             raise InvalidArgument(
                 f"channel_affinity channel {pin.channel} for {pin.participant_id!r} is out of range: "
-                f"channels are 0..{options.unmixed_max_channels - 1} (unmixed_max_channels={options.unmixed_max_channels})"
+                f"channels are 0..{options.unmixed_max_channels - 1} "
+                f"(unmixed_max_channels={options.unmixed_max_channels})"
             )
         if pin.channel in channels_seen:
             raise InvalidArgument(f"channel_affinity pins two participants to channel {pin.channel}")

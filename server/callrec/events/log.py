@@ -91,8 +91,9 @@ class EventLog:
         """Every matching event after `after`, then new ones as they are appended, forever."""
         cursor = after
         while True:
+            seen = cursor
             async with self._grew:
-                await self._grew.wait_for(lambda: self.last_sequence() > cursor)
+                await self._grew.wait_for(lambda seen=seen: self.last_sequence() > seen)
             while True:
                 batch, cursor = self.read_after(cursor, flt)
                 for stored in batch:
