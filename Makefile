@@ -9,7 +9,7 @@ TOOLS_STAMP := tools/node_modules/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core
 
-.PHONY: run test test-deps proto proto-check lint bench clean apt-deps
+.PHONY: run test test-deps proto lint bench clean apt-deps apt-install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,10 @@ $(NODE_STAMP): clients/node/package.json
 
 ## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts); skipped when present
 apt-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -52,8 +55,10 @@ lint: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/ruff check .
 	tools/node_modules/.bin/buf lint
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+## bench: the performance table of SPEC §7 (--quick for a smoke run: make bench ARGS=--quick)
+bench: $(STAMP) apt-deps
+	@$(MAKE) --no-print-directory apt-install PACKAGES="ffmpeg"
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) tools/node_modules clients/node/node_modules

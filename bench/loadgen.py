@@ -1,0 +1,182 @@
+"""Load generator: N calls of synthetic participants streamed to a server in real time.
+
+Runs in a process of its own (so the client does not share the server's event loop):
+
+    python -m bench.loadgen '<json config>'
+
+and talks to the bench over stdin/stdout, one JSON object per line:
+
+1. prepares every participant's frames (a distinct tone per participant, encoded in the
+   configured codec; optional I420 video from `callrec_client.sim_video`), opens one
+   `GatewayConnection` per call, joins the participants, prints `{"event": "ready"}`;
+2. waits for `go` on stdin (the bench starts recordings in between), streams every call in
+   real time (one 20 ms audio frame per participant per tick, video frames as they fall due),
+   prints `{"event": "streamed", ...}` with how far the sender slipped behind its schedule and
+   its own CPU use;
+3. waits (at most 5 s) for the acks to count every frame, ends the calls and prints
+   `{"event": "report", ...}` with sent / received / rejected counts per call.
+
+Every wait is bounded; only the configured (loopback) target is contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import bench  # noqa: F401  (sys.path)
+from callrec.core.model import AudioEncoding, AudioFormat
+from callrec.v1 import media_pb2 as pb
+from callrec_client.gateway import GatewayConnection
+from callrec_client.simulator import native_rate, participant_audio
+
+TICK_S = 0.02
+GO_TIMEOUT_S = 180.0
+ACK_WAIT_S = 5.0
+END_TIMEOUT_S = 60.0
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class Call:
+    """One call: its connection, its participants and what was sent."""
+
+    def __init__(self, call_id: str, gw: GatewayConnection, pids: list[str]) -> None:
+        self.call_id = call_id
+        self.gw = gw
+        self.pids = pids
+        self.sent: dict[str, int] = dict.fromkeys(pids, 0)
+
+    def last_ack(self) -> dict[str, tuple[int, dict[str, int]]]:
+        for resp in reversed(self.gw.responses):
+            if resp.WhichOneof("message") == "ack":
+                return {p.participant_id: (p.received, dict(p.rejected_by_reason)) for p in resp.ack.participants}
+        return {}
+
+    def settled(self) -> bool:
+        ack = self.last_ack()
+        return all(pid in ack and ack[pid][0] + sum(ack[pid][1].values()) >= self.sent[pid] for pid in self.pids)
+
+
+async def read_line(timeout: float) -> str:
+    loop = asyncio.get_running_loop()
+    return (await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), timeout)).strip()
+
+
+async def main(cfg: dict[str, Any]) -> None:
+    target: str = cfg["target"]
+    call_ids: list[str] = cfg["calls"]
+    participants: int = cfg["participants"]
+    seconds: float = cfg["seconds"]
+    codec: str = cfg.get("codec", "opus")
+    video: dict[str, Any] | None = cfg.get("video")
+
+    fmt = AudioFormat(AudioEncoding(codec), 48_000 if codec == "opus" else 16_000, 1)
+    rate = native_rate(fmt)
+    # The same tones in every call: participant i of each call speaks tone i.
+    audio = [participant_audio(i, fmt, seconds, speech=False) for i in range(participants)]
+    ticks = min(len(a) for a in audio)
+    patterns = []
+    if video:
+        from callrec_client.sim_video import VideoPattern
+
+        patterns = [VideoPattern(i, f"Participant {i + 1}", video["width"], video["height"], video["fps"])
+                    for i in range(participants)]
+        for p in patterns:  # render the looping clip now, not while streaming
+            for k in range(int(video["fps"] * 2)):
+                p.frame(k / video["fps"])
+
+    calls: list[Call] = []
+    for n, call_id in enumerate(call_ids):
+        gw = GatewayConnection(target, call_id, gateway_id=f"bench-gw-{n}", queue_size=2000)
+        await asyncio.wait_for(gw.open(), 30)
+        pids = [f"p{i + 1}" for i in range(participants)]
+        for i, pid in enumerate(pids):
+            await gw.join(pid, f"Participant {i + 1}", audio=codec, sample_rate=rate, channels=1,
+                          video="i420" if video else None,
+                          width=video["width"] if video else 0, height=video["height"] if video else 0)
+        calls.append(Call(call_id, gw, pids))
+    emit("ready", ticks=ticks)
+
+    if await read_line(GO_TIMEOUT_S) != "go":
+        emit("error", message="expected go")
+        return
+
+    cpu0 = time.process_time()
+    start_us = int(time.time() * 1e6)
+    t0 = time.monotonic()
+    slips: list[float] = []
+    next_video = 0
+    fps = video["fps"] if video else 0.0
+    for k in range(ticks):
+        due = t0 + k * TICK_S
+        wait = due - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        slips.append(time.monotonic() - due)
+        ts = start_us + k * 20_000
+        for call in calls:
+            for i, pid in enumerate(call.pids):
+                await call.gw.send(pb.StreamMediaRequest(audio=pb.AudioFrame(
+                    participant_id=pid, sequence=k + 1, timestamp_us=ts, data=audio[i][k])))
+                call.sent[pid] += 1
+        while video and next_video / fps < (k + 1) * TICK_S:
+            t = next_video / fps
+            vts = start_us + round(t * 1e6)
+            for call in calls:
+                for i, pid in enumerate(call.pids):
+                    await call.gw.send(pb.StreamMediaRequest(video=pb.VideoFrame(
+                        participant_id=pid, sequence=next_video + 1, timestamp_us=vts,
+                        data=patterns[i].frame(t), width=video["width"], height=video["height"], keyframe=True)))
+                    call.sent[pid] += 1
+            next_video += 1
+    wall = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    slips.sort()
+    emit("streamed", wall_s=wall, media_s=ticks * TICK_S, cpu_s=cpu,
+         slip_max_ms=1000 * slips[-1], slip_p99_ms=1000 * slips[int(0.99 * (len(slips) - 1))])
+
+    deadline = time.monotonic() + ACK_WAIT_S
+    while time.monotonic() < deadline and not all(c.settled() for c in calls):
+        await asyncio.sleep(0.1)
+    report = []
+    for call in calls:
+        ack = call.last_ack()
+        rejected: dict[str, int] = {}
+        for _, (_, reasons) in ack.items():
+            for reason, count in reasons.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        report.append({
+            "call": call.call_id,
+            "sent": sum(call.sent.values()),
+            "received": sum(r for r, _ in ack.values()),
+            "rejected": rejected,
+            "warnings": sum(1 for r in call.gw.responses if r.WhichOneof("message") == "warning"),
+            "error": str(call.gw.error) if call.gw.error else "",
+        })
+    emit("acked", calls=report)
+
+    async def end(call: Call) -> None:
+        try:
+            await call.gw.end(timeout=END_TIMEOUT_S)
+        except Exception as exc:  # report, do not hang
+            emit("warning", message=f"{call.call_id}: end failed: {exc!r}")
+        await call.gw.close()
+
+    await asyncio.gather(*(end(c) for c in calls))
+    emit("done")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    asyncio.run(main(json.loads(sys.argv[1])))
