@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "server"))
 
 from callrec.storage.base import Store  # noqa: E402
 from callrec.storage.targets import store_from_config  # noqa: E402
-
 from tests.integration.storage_servers import TEST_BUCKET, TEST_CONTAINER, AzuriteServer, MotoServer  # noqa: E402
 
 

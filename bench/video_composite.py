@@ -23,6 +23,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from callrec.media.compositor import Compositor
 from callrec.media.video_decode import i420_size, planes_to_frame
 from callrec.media.video_session import VideoSession
