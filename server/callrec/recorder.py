@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,15 @@ from callrec.core.call_media import AudioCodecs, CallMedia, MixTick, TickSink
 from callrec.core.calls import CALL_ENDED, SERVER_RESTARTED, Call, Participant
 from callrec.core.clock import Clock, MediaClock, RealtimeClock
 from callrec.core.errors import CallrecError, ErrorCode
-from callrec.core.model import ChunkEndReason, ChunkInfo, Format, MediaStats, RecordingOptions, VideoFormat
+from callrec.core.model import (
+    ChunkEndReason,
+    ChunkInfo,
+    Format,
+    MediaStats,
+    ParticipantInfo,
+    RecordingOptions,
+    VideoFormat,
+)
 from callrec.core.recording import Recording
 from callrec.core.recording_media import AudioWriterFactory, FinishedChunk, RecordingMedia, RecordingMediaError
 from callrec.core.recordings import FinishedMedia
@@ -321,6 +331,8 @@ class Recorder:
             content_location=store.location(media_key),
             metadata_location=store.location(metadata_key),
             delete_location=store.location(f"{active.keys.directory}/{chunk.index}-"),
+            samples=chunk.samples,
+            participants=json.dumps([dataclasses.asdict(p) for p in chunk.participants]),
         ))
         self.outbox.enqueue(recording_id, active.target, media_key, chunk.media_path, chunk.content_type)
         self.outbox.enqueue(recording_id, active.target, metadata_key, chunk.metadata_path, "application/json")
@@ -339,7 +351,7 @@ class Recorder:
             else:  # media clock: "now" is whatever has been mixed so far
                 at = None
             try:
-                finished = await active.sink.finish(at)
+                await active.sink.finish(at)  # the last chunk reaches the index through on_chunk
             except RecordingMediaError as exc:
                 raise CallrecError(f"writing the recording failed: {exc}", ErrorCode.INTERNAL) from exc
             finally:
@@ -351,18 +363,24 @@ class Recorder:
                 if stats is not None:  # video frames the worker could not decode
                     stats.reject(reason, count)
         else:
-            finished, participants = [], []
+            participants = []  # finalised by a process that wrote none of the chunks (after a restart)
         try:
             await self.outbox.wait_group(rec.recording_id)
         except UploadFailed as exc:
             raise CallrecError(f"{exc} ({describe_target(self.target_of(rec))})", ErrorCode.UNAVAILABLE) from exc
         stored = self.index.for_recording(rec.recording_id)
+        if active is None:  # after a restart: what the index kept of each chunk
+            seen: dict[str, ParticipantInfo] = {}
+            for c in stored:
+                for p in json.loads(c.participants):
+                    seen.setdefault(p["participant_id"], ParticipantInfo(**p))
+            participants = list(seen.values())
         chunks = [
             ChunkInfo(c.document_id, c.chunk_index, ChunkEndReason(c.end_reason), c.metadata_location,
                       c.content_location, c.delete_location)
             for c in stored
         ]
-        duration = timedelta(milliseconds=sum(c.samples for c in finished) / 16)
+        duration = timedelta(milliseconds=sum(c.samples for c in stored) / 16)  # all chunks, any process
         if stats is not None:
             rec.media_stats = stats
         return FinishedMedia(chunks=chunks, duration=duration, participants=participants)

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
 from callrec.storage.azure_blob import AzureBlobStore
 from callrec.storage.s3 import S3Store
 from callrec.storage.targets import store_from_config
-
 from tests.integration.storage_servers import TEST_BUCKET, TEST_CONTAINER, AzuriteServer, MotoServer
 
 

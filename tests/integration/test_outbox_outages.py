@@ -284,13 +284,6 @@ async def test_kill_9_with_uploads_pending_completes_after_restart(
     assert "uploaded" in second.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="server bug: Recorder.finish (server/callrec/recorder.py) takes duration and participants from "
-    "the chunks this process wrote; a recording finalised after a restart has none, so its duration, "
-    "recordingDurationMs and participants come out 0 / empty",
-)
 async def test_duration_and_participants_survive_a_restart_before_the_uploads(moto_server, make_server, tmp_path):
     s3 = Bucket("s3", moto_server)
     forward = PortForward(moto_server.port)

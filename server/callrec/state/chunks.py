@@ -23,6 +23,10 @@ class StoredChunk:
     content_location: str
     metadata_location: str
     delete_location: str
+    samples: int = 0
+    """Audio samples at 16 kHz (the chunk's recorded duration)."""
+    participants: str = "[]"
+    """JSON list of the chunk's participants ({participant_id, display_name, channel})."""
 
 
 def _chunk(row: object) -> StoredChunk:

@@ -78,7 +78,8 @@ def map_azure_error(exc: BaseException, what: str) -> StorageError:
         return exc
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
-        code = str(getattr(exc, "error_code", None) or "")  # set by the storage SDK
+        raw = getattr(exc, "error_code", None)  # set by the storage SDK, often a StorageErrorCode enum
+        code = str(getattr(raw, "value", raw) or "")
         message = f"{what}: {status} {code}".rstrip()
         if isinstance(exc, ResourceNotFoundError) or status == 404:
             if code == "ContainerNotFound":

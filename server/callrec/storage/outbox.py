@@ -121,6 +121,9 @@ class Outbox:
     async def run(self) -> None:
         """Upload due files, `concurrency` at a time, until cancelled."""
         running: set[asyncio.Task[None]] = set()
+        # after a restart, pending files are due now: the backoff was about a store that may be back
+        self.db.conn.execute("UPDATE uploads SET next_attempt_at = ? WHERE state = ?", (time.time(), PENDING))
+        self._report()
         try:
             while True:
                 self._wake.clear()
@@ -161,7 +164,7 @@ class Outbox:
                 self._finish_failed(upload, str(exc))
         except ValueError as exc:  # a malformed target or key: retrying cannot help
             self._finish_failed(upload, str(exc))
-        except Exception as exc:  # noqa: BLE001 - unknown errors are retried, never dropped
+        except Exception as exc:
             log.exception("upload error", key=upload.key)
             self._retry_later(upload, f"{type(exc).__name__}: {exc}")
         else:
@@ -169,6 +172,11 @@ class Outbox:
                 "UPDATE uploads SET state = ?, location = ?, size = ?, checksum = ?, attempts = attempts + 1,"
                 " last_error = '', done_at = ? WHERE id = ?",
                 (DONE, stored.location, stored.size, stored.checksum, time.time(), upload.id),
+            )
+            # the target works (again): its other files waiting out a backoff are due now
+            self.db.conn.execute(
+                "UPDATE uploads SET next_attempt_at = ? WHERE target = ? AND state = ? AND next_attempt_at > ?",
+                (time.time(), upload.target, PENDING, time.time()),
             )
             with contextlib.suppress(FileNotFoundError):
                 Path(upload.path).unlink()
@@ -188,6 +196,12 @@ class Outbox:
         self.db.conn.execute(
             "UPDATE uploads SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
             (attempts, time.time() + delay, error, upload.id),
+        )
+        # the target is failing: its other files wait too, so a dead store costs one probe per backoff
+        # instead of occupying every upload slot (other targets keep uploading)
+        self.db.conn.execute(
+            "UPDATE uploads SET next_attempt_at = MAX(next_attempt_at, ?) WHERE target = ? AND state = ? AND id != ?",
+            (time.time() + delay, upload.target, PENDING, upload.id),
         )
         log.warning(
             "upload failed, will retry", key=upload.key, attempt=attempts, retry_in_s=round(delay, 1), error=error
