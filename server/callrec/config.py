@@ -66,6 +66,10 @@ class ServerConfig:
     """Hours the built-in local store keeps recordings before deleting them."""
     idempotency_window_h: float = 24.0
     """Hours a StartRecording `request_id` is remembered."""
+    upload_backoff_max_s: float = 30.0
+    """Longest wait between two upload attempts of a file while its store is failing."""
+    upload_concurrency: int = 2
+    """Files uploaded at once by the outbox."""
     housekeeping_interval_s: float = 60.0
     """Seconds between retention sweeps (events, idempotency keys, local store files)."""
     drain_timeout_s: float = 60.0
@@ -181,9 +185,12 @@ def validate(config: ServerConfig) -> None:
         ("local_retention_h", config.local_retention_h),
         ("drain_timeout_s", config.drain_timeout_s),
         ("housekeeping_interval_s", config.housekeeping_interval_s),
+        ("upload_backoff_max_s", config.upload_backoff_max_s),
     ):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0; got {value}")
+    if config.upload_concurrency < 1:
+        raise ConfigError(f"upload_concurrency must be >= 1; got {config.upload_concurrency}")
     if config.default_storage != "local" and config.default_storage not in config.storage_targets:
         raise ConfigError(
             f"default storage target {config.default_storage!r} is not defined; "

@@ -120,7 +120,13 @@ async def build_server(
     """Create every component and bind the port (port 0 picks a free one); call `start` after."""
     db = Database(config.state_db_path)
     stores = build_stores(config)
-    outbox = Outbox(db, stores, on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]))
+    outbox = Outbox(
+        db,
+        stores,
+        concurrency=config.upload_concurrency,
+        backoff_max_s=config.upload_backoff_max_s,
+        on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]),
+    )
     chunks = ChunkIndex(db)
     repo = RecordingRepository(db)
     events = EventLog(

@@ -28,6 +28,7 @@ def test_help_lists_every_command_and_serve_option():
     for option in ("--listen", "--data-dir", "--config", "--metrics-listen", "--clock", "--resource-id",
                    "--log-level", "--log-format", "--insecure", "--reconnect-grace", "--playout-delay-ms",
                    "--event-retention-h", "--local-retention-h", "--default-storage", "--drain-timeout",
+                   "--upload-backoff-max", "--upload-concurrency", "--housekeeping-interval",
                    "CALLREC_LISTEN"):
         assert option in serve, option
     for command in ("start", "state", "pause", "resume", "stop", "list", "events"):

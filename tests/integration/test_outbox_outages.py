@@ -59,8 +59,10 @@ from tests.integration.test_storage_e2e import (
     write_config,
 )
 
-DOWN_S = 12.0
-"""How long the store stays unreachable after the first failed upload attempt."""
+DOWN_S = 30.0
+"""How long the store stays unreachable after the first failed upload attempt (the issue's 30 s)."""
+BACKOFF_MAX_S = "2"
+"""`--upload-backoff-max` for the outage test, so the upload follows soon after the store is back."""
 
 
 class PortForward:
@@ -222,11 +224,12 @@ async def check_completed_once(client, bucket, prefix, recording_id, tmp_path, v
 async def test_store_down_at_stop_then_back_uploads_everything_once(
     bucket: Bucket, forward: PortForward, make_server, tmp_path, validate_json
 ):
-    """`max_attempts = 1`: no SDK-level retries, so every failed attempt is the outbox's own (1, 2, 4, 8 s...)."""
+    """`max_attempts = 1`: no SDK-level retries, so every failed attempt is the outbox's own (1, 2, 2, 2 s...)."""
     prefix = new_prefix("outage")
     metrics_port = free_port()
     config = vault_config(bucket, tmp_path, prefix, endpoint_port=forward.port, max_attempts=1)
-    srv = make_server(*server_args(config, "--metrics-listen", f"127.0.0.1:{metrics_port}"))
+    srv = make_server(*server_args(config, "--metrics-listen", f"127.0.0.1:{metrics_port}",
+                                   "--upload-backoff-max", BACKOFF_MAX_S))
     async with AsyncCallrecClient(srv.target) as client:
         rec = await stream_call(srv.target)
         down_since = time.monotonic()

@@ -70,6 +70,10 @@ def serve(
                                  help="Hours the local store keeps recordings [default: 24].")] = None,
     default_storage: Annotated[str | None, typer.Option(envvar="CALLREC_DEFAULT_STORAGE",
                                help="Storage target used when StartRecording names none [default: local].")] = None,
+    upload_backoff_max: Annotated[float | None, typer.Option(envvar="CALLREC_UPLOAD_BACKOFF_MAX",
+                                  help="Longest wait in seconds between upload retries [default: 30].")] = None,
+    upload_concurrency: Annotated[int | None, typer.Option(envvar="CALLREC_UPLOAD_CONCURRENCY",
+                                  help="Files uploaded at once [default: 2].")] = None,
     housekeeping_interval: Annotated[float | None, typer.Option(envvar="CALLREC_HOUSEKEEPING_INTERVAL",
                                      help="Seconds between retention sweeps [default: 60].")] = None,
     drain_timeout: Annotated[float | None, typer.Option(envvar="CALLREC_DRAIN_TIMEOUT",
@@ -91,7 +95,8 @@ def serve(
         "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
         "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
         "default_storage": default_storage, "drain_timeout_s": drain_timeout,
-        "housekeeping_interval_s": housekeeping_interval,
+        "housekeeping_interval_s": housekeeping_interval, "upload_backoff_max_s": upload_backoff_max,
+        "upload_concurrency": upload_concurrency,
     }
     try:
         cfg = load_config(overrides, config)
