@@ -40,6 +40,53 @@ def _dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
+def _cloud_event(
+    event_type: EventType,
+    *,
+    recording_id: str,
+    server_call_id: str,
+    call_id: str,
+    call_connection_id: str,
+    data: dict[str, Any],
+    operation_context: str,
+    payload: dict[str, Any],
+    now: datetime | None,
+) -> NewEvent:
+    """A Call Automation CloudEvent about a recording: the common data fields plus `data`."""
+    now = now or datetime.now(UTC)
+    event_id = str(uuid.uuid4())
+    where = f"calling/recordings/{server_call_id}/recordingId/{recording_id}"
+    body: dict[str, Any] = {
+        "callConnectionId": call_connection_id,
+        "serverCallId": server_call_id,
+        "correlationId": call_id,
+        "recordingId": recording_id,
+        **data,
+    }
+    if operation_context:
+        body["operationContext"] = operation_context
+    doc = {
+        "id": event_id,
+        "source": f"{where}/{event_type.value.rsplit('.', 1)[-1]}",
+        "type": event_type.value,
+        "data": body,
+        "time": acs_time(now),
+        "specversion": "1.0",
+        "datacontenttype": "application/json",
+        "subject": where,
+    }
+    return NewEvent(
+        id=event_id,
+        event_type=event_type,
+        subject=recording_subject(call_id, server_call_id, recording_id),
+        server_call_id=server_call_id,
+        recording_id=recording_id,
+        event_time=now,
+        payload=payload,
+        json=_dumps(doc),
+    )
+
+
 def recording_state_changed(
     *,
     recording_id: str,
@@ -52,47 +99,27 @@ def recording_state_changed(
     now: datetime | None = None,
 ) -> NewEvent:
     """Microsoft.Communication.RecordingStateChanged (CloudEvent), on start, pause, resume and stop."""
-    now = now or datetime.now(UTC)
-    event_id = str(uuid.uuid4())
-    where = f"calling/recordings/{server_call_id}/recordingId/{recording_id}"
-    data: dict[str, Any] = {
-        "callConnectionId": call_connection_id,
-        "serverCallId": server_call_id,
-        "correlationId": call_id,
-        "recordingId": recording_id,
-        "state": "active" if active else "inactive",
-        "startDateTime": acs_time(start_time),
-        "recordingKind": "azureCommunicationServices",
-    }
-    if operation_context:
-        data["operationContext"] = operation_context
-    doc = {
-        "id": event_id,
-        "source": f"{where}/RecordingStateChanged",
-        "type": EventType.RECORDING_STATE_CHANGED.value,
-        "data": data,
-        "time": acs_time(now),
-        "specversion": "1.0",
-        "datacontenttype": "application/json",
-        "subject": where,
-    }
-    payload = {
-        "recording_id": recording_id,
-        "server_call_id": server_call_id,
-        "call_connection_id": call_connection_id,
-        "correlation_id": call_id,
-        "active": active,
-        "start_time": start_time.isoformat(),
-    }
-    return NewEvent(
-        id=event_id,
-        event_type=EventType.RECORDING_STATE_CHANGED,
-        subject=recording_subject(call_id, server_call_id, recording_id),
-        server_call_id=server_call_id,
+    return _cloud_event(
+        EventType.RECORDING_STATE_CHANGED,
         recording_id=recording_id,
-        event_time=now,
-        payload=payload,
-        json=_dumps(doc),
+        server_call_id=server_call_id,
+        call_id=call_id,
+        call_connection_id=call_connection_id,
+        data={
+            "state": "active" if active else "inactive",
+            "startDateTime": acs_time(start_time),
+            "recordingKind": "azureCommunicationServices",
+        },
+        operation_context=operation_context,
+        payload={
+            "recording_id": recording_id,
+            "server_call_id": server_call_id,
+            "call_connection_id": call_connection_id,
+            "correlation_id": call_id,
+            "active": active,
+            "start_time": start_time.isoformat(),
+        },
+        now=now,
     )
 
 
@@ -175,42 +202,20 @@ def recording_failed(
     now: datetime | None = None,
 ) -> NewEvent:
     """Microsoft.Communication.StartRecordingFailed (CloudEvent): a recording could not be made."""
-    now = now or datetime.now(UTC)
-    event_id = str(uuid.uuid4())
-    where = f"calling/recordings/{server_call_id}/recordingId/{recording_id}"
-    data: dict[str, Any] = {
-        "callConnectionId": call_connection_id,
-        "serverCallId": server_call_id,
-        "correlationId": call_id,
-        "recordingId": recording_id,
-        "resultInformation": {"code": 500, "subCode": int(code), "message": message},
-    }
-    if operation_context:
-        data["operationContext"] = operation_context
-    doc = {
-        "id": event_id,
-        "source": f"{where}/StartRecordingFailed",
-        "type": EventType.RECORDING_FAILED.value,
-        "data": data,
-        "time": acs_time(now),
-        "specversion": "1.0",
-        "datacontenttype": "application/json",
-        "subject": where,
-    }
-    payload = {
-        "recording_id": recording_id,
-        "server_call_id": server_call_id,
-        "call_id": call_id,
-        "code": int(code),
-        "message": message,
-    }
-    return NewEvent(
-        id=event_id,
-        event_type=EventType.RECORDING_FAILED,
-        subject=recording_subject(call_id, server_call_id, recording_id),
-        server_call_id=server_call_id,
+    return _cloud_event(
+        EventType.RECORDING_FAILED,
         recording_id=recording_id,
-        event_time=now,
-        payload=payload,
-        json=_dumps(doc),
+        server_call_id=server_call_id,
+        call_id=call_id,
+        call_connection_id=call_connection_id,
+        data={"resultInformation": {"code": 500, "subCode": int(code), "message": message}},
+        operation_context=operation_context,
+        payload={
+            "recording_id": recording_id,
+            "server_call_id": server_call_id,
+            "call_id": call_id,
+            "code": int(code),
+            "message": message,
+        },
+        now=now,
     )
