@@ -7,9 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := tools/node_modules/.installed
 NODE_STAMP := clients/node/node_modules/.installed
-APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core
+# Debian packages the server needs at run time: the font of the names in mp4 recordings
+RUN_APT_PACKAGES := fonts-noto-cjk
+APT_PACKAGES := $(RUN_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
 
-.PHONY: run test test-deps proto lint bench clean apt-deps apt-install
+.PHONY: run run-deps test test-deps proto lint bench clean apt-deps apt-install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 ## run: start the server on 127.0.0.1:50051 with SQLite + local storage under ./data
-run: $(STAMP)
+run: $(STAMP) run-deps
 	$(BIN)/callrec serve --listen 127.0.0.1:50051 --data-dir ./data
 
 $(TOOLS_STAMP): tools/package.json
@@ -28,6 +30,12 @@ $(TOOLS_STAMP): tools/package.json
 $(NODE_STAMP): clients/node/package.json
 	cd clients/node && npm install --no-audit --no-fund --loglevel=error
 	touch $@
+
+## run-deps: Debian packages the server uses (the CJK font); without them it still serves,
+## with a fallback font and a warning at start-up
+run-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(RUN_APT_PACKAGES)" || \
+	  echo "warning: could not install $(RUN_APT_PACKAGES): names in mp4 recordings use a fallback font"
 
 ## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts); skipped when present
 apt-deps:

@@ -19,14 +19,18 @@ from callrec.api.events import EventServicer
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
 from callrec.config import ServerConfig
-from callrec.core.calls import CallRegistry
-from callrec.core.ingest import MediaIngest
-from callrec.core.recordings import RecordingMedia, RecordingRegistry, RegistrySettings
+from callrec.core.call_hub import CallMediaHub, make_clock_factory
+from callrec.core.call_registry import CallRegistry
+from callrec.core.media_recorder import MediaRecorder
+from callrec.core.ports import MediaIngest, MediaRecorderPort
+from callrec.core.recording_registry import RecordingRegistry, RegistrySettings
 from callrec.events.log import EventLog
+from callrec.events.recording_events import AcsRecordingEvents
 from callrec.logs import get_logger
 from callrec.media.decode import PyAVAudioCodecs
+from callrec.media.video_output import make_video_recording_factory
+from callrec.media.video_text import check_font_at_startup
 from callrec.media.writers import writer_factory_for
-from callrec.recorder import CallMediaHub, Recorder, make_clock_factory
 from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
@@ -44,7 +48,6 @@ from callrec.v1 import (
     recording_pb2,
     recording_pb2_grpc,
 )
-from callrec.video_recording import make_video_sink_factory
 
 log = get_logger("server")
 
@@ -115,7 +118,7 @@ class App:
 
 
 async def build_server(
-    config: ServerConfig, media: RecordingMedia | None = None, ingest: MediaIngest | None = None
+    config: ServerConfig, media: MediaRecorderPort | None = None, ingest: MediaIngest | None = None
 ) -> App:
     """Create every component and bind the port (port 0 picks a free one); call `start` after."""
     db = Database(config.state_db_path)
@@ -136,11 +139,16 @@ async def build_server(
     )
     calls = CallRegistry(config.reconnect_grace_s, config.limits.max_participants_per_call)
     hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms), PyAVAudioCodecs())
-    recorder = Recorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for,
-                        video_sink_factory=make_video_sink_factory(config.clock))
+    def media_failed(recording_id: str, exc: BaseException) -> None:
+        """A recording's media failed: stop it; finalising then fails it with the media's error."""
+        asyncio.get_running_loop().create_task(registry.stop(recording_id, MEDIA_FAILED))
+
+    recorder = MediaRecorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for,
+                             video_recording_factory=make_video_recording_factory(config.clock),
+                             on_media_error=media_failed)
     registry = RecordingRegistry(
         repo,
-        events,
+        AcsRecordingEvents(events, config.resource_id),
         calls,
         media or recorder,
         RegistrySettings(
@@ -151,8 +159,6 @@ async def build_server(
             destinations=set(config.storage_targets),
         ),
     )
-    recorder.on_media_error = lambda recording_id, exc: asyncio.get_running_loop().create_task(
-        registry.stop(recording_id, MEDIA_FAILED))  # finalising then fails it with the media's error
     calls.on_call_ended(hub.on_call_ended)  # after the registry's: recordings stop first, then media ends
     ingest = ingest or hub
     options = [
@@ -193,6 +199,7 @@ def build_stores(config: ServerConfig) -> StoreResolver:
 
 async def start(app: App) -> None:
     """Recover persisted recordings, start serving and mark every service healthy."""
+    check_font_at_startup(log)
     await app.registry.recover()
     await app.server.start()
     for name in ("", *SERVICE_NAMES):

@@ -12,7 +12,7 @@ file runs in about 35 s on two cores (the output is always 1920x1080); the 60 s 
 marked slow (~25 s).
 
 The crash test sets `CALLREC_TEST_VIDEO_WORKER_CRASH_AFTER_S` in its server's environment: each
-mp4 recording then SIGKILLs its own video worker after that much media (`callrec.video_recording`).
+mp4 recording then SIGKILLs its own video worker after that much media (`callrec.media.video_output`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import av
 import numpy as np
 import pytest
 
+from callrec.media.video_output import CRASH_AFTER_ENV
 from callrec.testing import dominant_frequencies, participant_frequency, tone
 from callrec.v1 import events_pb2 as epb
 from callrec.v1 import recording_pb2 as pb
-from callrec.video_recording import CRASH_AFTER_ENV
 from callrec_client import AsyncCallrecClient
 from callrec_client.gateway import GatewayConnection
 from callrec_client.sim_video import COLOURS, VideoEncoder, VideoPattern, add_beeps, i420_from_rgb, solid_i420

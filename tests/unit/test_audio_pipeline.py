@@ -1,4 +1,4 @@
-"""End to end on a MediaClock: gateway frames -> CallMedia -> RecordingMedia -> files, decoded back.
+"""End to end on a MediaClock: gateway frames -> CallMedia -> AudioRecording -> files, decoded back.
 
 One synthetic call (three participants, three encodings, distinct tones, each starting
 to speak at a different time) is recorded by many recordings at once; every output is
@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from callrec.core.audio_recording import AudioRecording
 from callrec.core.call_media import CallMedia
+from callrec.core.chunker import FinishedChunk
 from callrec.core.clock import MediaClock, RealtimeClock
 from callrec.core.metadata import SCHEMAS_DIR
 from callrec.core.model import (
@@ -33,7 +35,6 @@ from callrec.core.model import (
     PauseMode,
     RecordingOptions,
 )
-from callrec.core.recording_media import FinishedChunk, RecordingMedia
 from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.writers import writer_factory_for
 from callrec.testing import (
@@ -100,8 +101,8 @@ MIXED_WAV = {"channel_type": ChannelType.MIXED, "format": Format.WAV}
 MIXED_MP3 = {"channel_type": ChannelType.MIXED, "format": Format.MP3}
 UNMIXED = {"channel_type": ChannelType.UNMIXED, "format": Format.WAV}
 
-#: name -> (options, commands applied to the RecordingMedia before media flows)
-RECORDINGS: dict[str, tuple[RecordingOptions, Callable[[RecordingMedia], None]]] = {
+#: name -> (options, commands applied to the AudioRecording before media flows)
+RECORDINGS: dict[str, tuple[RecordingOptions, Callable[[AudioRecording], None]]] = {
     "wav": (options(**MIXED_WAV), lambda r: None),
     "mp3": (options(**MIXED_MP3), lambda r: None),
     "unmixed": (options(**UNMIXED), lambda r: None),
@@ -160,7 +161,7 @@ def record(tmp: Path, impairments: dict | None = None, names: list[str] | None =
                 assert chunk.media_path.exists() and chunk.metadata_path.exists()
                 seen.append(chunk.index)
 
-            rec = RecordingMedia(f"rec-{name}", "call-1", opts, tmp / name, "res-1", writer_factory_for(opts), on_chunk)
+            rec = AudioRecording(f"rec-{name}", "call-1", opts, tmp / name, "res-1", writer_factory_for(opts), on_chunk)
             commands(rec)
             call.attach(rec)
             recordings[name] = rec
@@ -424,7 +425,7 @@ async def test_realtime_pause_resume_and_stop_apply_to_what_was_heard_then(tmp_p
     call.add_participant("p", "P", fmt, "gw")
     opts = options(**MIXED_WAV)
     done: list[FinishedChunk] = []
-    rec = RecordingMedia("r", "call-1", opts, tmp_path, "res-1", writer_factory_for(opts), done.append)
+    rec = AudioRecording("r", "call-1", opts, tmp_path, "res-1", writer_factory_for(opts), done.append)
     call.attach(rec)
     task = asyncio.create_task(call.run())
     finishing = None

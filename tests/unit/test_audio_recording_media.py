@@ -1,4 +1,4 @@
-"""RecordingMedia on hand-made ticks: edge cases, failures, and core's independence from PyAV/gRPC."""
+"""AudioRecording on hand-made ticks: edge cases, failures, and core's independence from PyAV/gRPC."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callrec.core.audio_recording import AudioRecording, ChannelAssigner
 from callrec.core.call_media import TICK_SAMPLES, MixTick
+from callrec.core.chunker import FinishedChunk, RecordingMediaError
 from callrec.core.model import (
     ChannelPin,
     ChannelType,
@@ -21,7 +23,6 @@ from callrec.core.model import (
     PauseMode,
     RecordingOptions,
 )
-from callrec.core.recording_media import ChannelAssigner, FinishedChunk, RecordingMedia, RecordingMediaError
 from callrec.media.writers import Mp3WriterFactory, UnmixedWavWriter, writer_factory_for
 from callrec.media.writers.wav import WavWriterFactory
 from callrec.testing import EPOCH, decode_file
@@ -46,7 +47,8 @@ def tick(index: int, value: int = 1000, participants: dict[str, int] | None = No
 def test_core_imports_neither_pyav_nor_grpc() -> None:
     code = (
         "import sys\n"
-        "import callrec.core.call_media, callrec.core.recording_media, callrec.core.clock\n"
+        "import callrec.core.call_media, callrec.core.audio_recording, callrec.core.video_recording\n"
+        "import callrec.core.media_recorder, callrec.core.recording_registry, callrec.core.clock\n"
         "import callrec.core.jitter, callrec.core.mixer, callrec.core.metadata\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('av', 'grpc') or m.startswith('callrec.media')]\n"
         "assert not bad, bad\n"
@@ -56,7 +58,7 @@ def test_core_imports_neither_pyav_nor_grpc() -> None:
 
 async def test_a_recording_without_media_still_yields_a_decodable_chunk(tmp_path: Path) -> None:
     for factory, opts in ((WavWriterFactory(), WAV), (Mp3WriterFactory(), WAV)):
-        rec = RecordingMedia("r", "c", opts, tmp_path / factory.extension, "res", factory, lambda c: None)
+        rec = AudioRecording("r", "c", opts, tmp_path / factory.extension, "res", factory, lambda c: None)
         (chunk,) = await rec.finish()
         assert chunk.end_reason == ChunkEndReason.SESSION_ENDED
         assert chunk.samples == TICK_SAMPLES  # one tick of silence, not an unreadable empty file
@@ -64,7 +66,7 @@ async def test_a_recording_without_media_still_yields_a_decodable_chunk(tmp_path
 
 
 async def test_start_at_and_stop_cut_inside_ticks(tmp_path: Path) -> None:
-    rec = RecordingMedia(
+    rec = AudioRecording(
         "r", "c", WAV, tmp_path, "res", WavWriterFactory(), lambda c: None, start_at=EPOCH + timedelta(milliseconds=25)
     )
     rec.stop(EPOCH + timedelta(milliseconds=95))
@@ -90,7 +92,7 @@ async def test_tiny_chunks_never_lose_or_repeat_samples(tmp_path: Path) -> None:
     async def on_chunk(chunk: FinishedChunk) -> None:
         seen.append(chunk)
 
-    rec = RecordingMedia("r", "c", opts, tmp_path, "res", WavWriterFactory(), on_chunk, batch_ms=20)
+    rec = AudioRecording("r", "c", opts, tmp_path, "res", WavWriterFactory(), on_chunk, batch_ms=20)
     stream = np.arange(20 * TICK_SAMPLES, dtype=np.int16)
     for k in range(20):
         t = tick(k)
@@ -112,7 +114,7 @@ async def test_writer_failure_surfaces_from_finish(tmp_path: Path) -> None:
         def open(self, path: Path):
             raise OSError(28, "No space left on device")
 
-    rec = RecordingMedia("r", "c", WAV, tmp_path, "res", Broken(), lambda c: None, on_error=errors.append)
+    rec = AudioRecording("r", "c", WAV, tmp_path, "res", Broken(), lambda c: None, on_error=errors.append)
     for k in range(3):
         rec.on_tick(tick(k))
     with pytest.raises(RecordingMediaError, match="No space left"):
@@ -121,7 +123,7 @@ async def test_writer_failure_surfaces_from_finish(tmp_path: Path) -> None:
 
 
 async def test_finish_is_idempotent_and_later_ticks_are_ignored(tmp_path: Path) -> None:
-    rec = RecordingMedia("r", "c", WAV, tmp_path, "res", WavWriterFactory(), lambda c: None)
+    rec = AudioRecording("r", "c", WAV, tmp_path, "res", WavWriterFactory(), lambda c: None)
     rec.on_tick(tick(0))
     first = await rec.finish()
     rec.on_tick(tick(1))
@@ -166,7 +168,7 @@ def test_writer_factory_for_each_combination() -> None:
 
 async def test_finish_at_does_not_wait_long_when_no_ticks_come(tmp_path: Path) -> None:
     """A media clock without media produces no tick: StopRecording must not hang for the timeout."""
-    rec = RecordingMedia("r", "c", WAV, tmp_path, "res", WavWriterFactory(), lambda c: None, idle_timeout=0.2)
+    rec = AudioRecording("r", "c", WAV, tmp_path, "res", WavWriterFactory(), lambda c: None, idle_timeout=0.2)
     rec.on_tick(tick(0))
     started = time.monotonic()
     (chunk,) = await rec.finish(at=EPOCH + timedelta(seconds=5), timeout=10)

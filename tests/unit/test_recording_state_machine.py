@@ -8,7 +8,7 @@ import pytest
 
 from callrec.core.errors import FailedPrecondition
 from callrec.core.model import RecordingError, RecordingOptions, RecordingState
-from callrec.core.recording import TRANSITIONS, Recording, new_recording_id
+from callrec.core.recording_state import TRANSITIONS, Recording, new_recording_id
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from callrec.core.object_keys import ChunkKeys, safe_segment
 from callrec.storage.azure_blob import AzureBlobStore
 from callrec.storage.base import OutOfRange, resolve_range
-from callrec.storage.keys import ChunkKeys, safe_segment
 from callrec.storage.local import LocalStore
 from callrec.storage.s3 import S3Store
 from callrec.storage.targets import store_from_config, store_from_external, stores_from_config

@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 
 from callrec.core.call_media import MixTick
-from callrec.core.model import VideoEncoding
-from callrec.media.video_decode import i420_size
-from callrec.media.video_worker import (
+from callrec.core.model import VideoEncoding, i420_size
+from callrec.core.ports import (
     ChunkWritten,
     FrameRejected,
-    VideoWorker,
     VideoWorkerError,
-    WorkerEvent,
+    VideoWorkerEvent,
     WorkerFailed,
     WorkerProgress,
 )
+from callrec.media.video_worker import VideoWorker
 from callrec.media.writers.mp4 import Mp4Settings
 
 FAST = Mp4Settings(preset="ultrafast")
@@ -48,10 +47,10 @@ class Events:
     """Collects worker events (they arrive on the worker's reader thread)."""
 
     def __init__(self) -> None:
-        self.items: list[WorkerEvent] = []
+        self.items: list[VideoWorkerEvent] = []
         self.failed = threading.Event()
 
-    def __call__(self, event: WorkerEvent) -> None:
+    def __call__(self, event: VideoWorkerEvent) -> None:
         self.items.append(event)
         if isinstance(event, WorkerFailed):
             self.failed.set()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from callrec.core.call_registry import Call, GatewayStream, RecordingNotice
 from callrec.core.errors import InvalidArgument
 from callrec.core.model import (
     AudioEncoding,
@@ -21,7 +22,7 @@ from callrec.core.model import (
     VideoEncoding,
     VideoFormat,
 )
-from callrec.core.recording import Recording
+from callrec.core.recording_state import Recording
 from callrec.events.model import EventType, StoredEvent
 from callrec.v1 import events_pb2, media_pb2, recording_pb2
 
@@ -278,3 +279,44 @@ def event(stored: StoredEvent) -> events_pb2.Event:
             )
         )
     return msg
+
+
+# -- MediaService responses ----------------------------------------------------------------------
+
+
+def opened(server_call_id: str, connection_id: str, in_progress: Recording | None) -> media_pb2.StreamMediaResponse:
+    """`opened`: the stream's call connection id and the call's recording in progress, if any."""
+    return media_pb2.StreamMediaResponse(opened=media_pb2.StreamOpened(
+        server_call_id=server_call_id,
+        call_connection_id=connection_id,
+        recordings=[recording(in_progress)] if in_progress else [],
+    ))
+
+
+def ack(call: Call, stream: GatewayStream) -> media_pb2.StreamMediaResponse:
+    """`ack`: per participant of the stream, the last sequences and the receive counters."""
+    acks = []
+    for pid in sorted(stream.participant_ids):
+        p = call.participants.get(pid)
+        if p is None:
+            continue
+        acks.append(media_pb2.ParticipantAck(
+            participant_id=pid,
+            last_audio_sequence=p.last_audio_sequence,
+            last_video_sequence=p.last_video_sequence,
+            received=p.stats.frames_received,
+            rejected_by_reason=p.stats.frames_rejected_by_reason,
+        ))
+    return media_pb2.StreamMediaResponse(ack=media_pb2.MediaAck(participants=acks))
+
+
+def warning(participant_id: str, code: str, message: str) -> media_pb2.StreamMediaResponse:
+    """`warning`: one rejected frame or a problem the gateway should know of."""
+    return media_pb2.StreamMediaResponse(
+        warning=media_pb2.MediaWarning(participant_id=participant_id, code=code, message=message))
+
+
+def recording_state(notice: RecordingNotice) -> media_pb2.StreamMediaResponse:
+    """`recording_state`: a recording of the call changed state."""
+    return media_pb2.StreamMediaResponse(recording_state=media_pb2.RecordingStateUpdate(
+        recording_id=notice.recording_id, state=STATES[notice.state]))

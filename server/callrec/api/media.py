@@ -18,10 +18,10 @@ import grpc
 from callrec import metrics
 from callrec.api import convert
 from callrec.api.errors import status_of
-from callrec.core.calls import Call, CallRegistry, GatewayStream, Participant, RecordingNotice
+from callrec.core.call_registry import Call, CallParticipant, CallRegistry, GatewayStream, RecordingNotice
 from callrec.core.errors import CallrecError, InvalidArgument
-from callrec.core.ingest import MediaIngest
-from callrec.core.recordings import RecordingRegistry
+from callrec.core.ports import MediaIngest
+from callrec.core.recording_registry import RecordingRegistry
 from callrec.logs import get_logger
 from callrec.v1 import media_pb2 as pb
 from callrec.v1 import media_pb2_grpc
@@ -65,10 +65,9 @@ class _Session:
             return
         self.warnings_in_window += 1
         with contextlib.suppress(asyncio.QueueFull):
-            self.out.put_nowait(pb.StreamMediaResponse(
-                warning=pb.MediaWarning(participant_id=participant_id, code=code, message=message)))
+            self.out.put_nowait(convert.warning(participant_id, code, message))
 
-    def count(self, participant: Participant, reason: str | None, kind: str) -> None:
+    def count(self, participant: CallParticipant, reason: str | None, kind: str) -> None:
         assert self.call is not None
         if reason is None:
             metrics.FRAMES_RECEIVED.labels(kind).inc()
@@ -82,19 +81,7 @@ class _Session:
 
     def ack(self) -> pb.StreamMediaResponse:
         assert self.call is not None and self.stream is not None
-        acks = []
-        for pid in sorted(self.stream.participant_ids):
-            p = self.call.participants.get(pid)
-            if p is None:
-                continue
-            acks.append(pb.ParticipantAck(
-                participant_id=pid,
-                last_audio_sequence=p.last_audio_sequence,
-                last_video_sequence=p.last_video_sequence,
-                received=p.stats.frames_received,
-                rejected_by_reason=p.stats.frames_rejected_by_reason,
-            ))
-        return pb.StreamMediaResponse(ack=pb.MediaAck(participants=acks))
+        return convert.ack(self.call, self.stream)
 
 
 class MediaServicer(media_pb2_grpc.MediaServiceServicer):
@@ -115,11 +102,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             o = req.open
             s.call, s.stream = self.calls.open(o.server_call_id, o.call_id, o.gateway_id)
             in_progress = self.recordings.in_progress_for_call(o.server_call_id)
-            s.out.put_nowait(pb.StreamMediaResponse(opened=pb.StreamOpened(
-                server_call_id=o.server_call_id,
-                call_connection_id=s.stream.connection_id,
-                recordings=[convert.recording(in_progress)] if in_progress else [],
-            )))
+            s.out.put_nowait(convert.opened(o.server_call_id, s.stream.connection_id, in_progress))
             return
         assert s.stream is not None
         call, stream = s.call, s.stream
@@ -164,8 +147,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             await asyncio.sleep(0.05)
         while True:
             notice: RecordingNotice = await s.stream.notices.get()
-            await s.out.put(pb.StreamMediaResponse(recording_state=pb.RecordingStateUpdate(
-                recording_id=notice.recording_id, state=convert.STATES[notice.state])))
+            await s.out.put(convert.recording_state(notice))
 
     async def StreamMedia(
         self, request_iterator: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext

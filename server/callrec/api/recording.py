@@ -8,8 +8,8 @@ import grpc
 
 from callrec.api import convert
 from callrec.api.errors import unary
-from callrec.core.recording import Recording
-from callrec.core.recordings import RecordingRegistry
+from callrec.core.recording_registry import RecordingRegistry
+from callrec.core.recording_state import Recording
 from callrec.storage.outbox import Upload
 from callrec.v1 import recording_pb2 as pb
 from callrec.v1 import recording_pb2_grpc

@@ -18,7 +18,6 @@ Nothing here imports PyAV or gRPC: decoding and resampling come in through the
 from __future__ import annotations
 
 import asyncio
-import logging
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,64 +28,20 @@ import numpy as np
 
 from callrec.core.clock import TICK_US, Clock, MediaProgress
 from callrec.core.jitter import JitterBuffer
+from callrec.core.log import get_logger
 from callrec.core.mixer import Mixer
 from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioFormat, DecodeError, MediaStats, RejectReason
+from callrec.core.ports import AudioCodecs, BlockResampler, FrameDecoder
 
-__all__ = [
-    "TICK_SAMPLES",
-    "AudioCodecs",
-    "BlockResampler",
-    "CallMedia",
-    "FrameDecoder",
-    "MixTick",
-    "TickSink",
-]
+__all__ = ["TICK_SAMPLES", "CallMedia", "MixTick", "ParticipantInput", "TickSink"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Samples of 16 kHz output per tick.
 TICK_SAMPLES = OUTPUT_SAMPLE_RATE * TICK_US // 1_000_000
 #: A participant's first frame this far before the playout point, or after it, is re-anchored.
 REANCHOR_BEHIND_US = 1_000_000
 REANCHOR_AHEAD_US = 30_000_000
-
-
-class FrameDecoder(Protocol):
-    """Decodes one participant's frames (see `callrec.media.decode.AudioDecoder`)."""
-
-    sample_rate: int
-
-    def frame_samples(self, data: bytes) -> int:
-        """Validate a frame and return its length in samples; raises `DecodeError`."""
-        ...
-
-    def decode(self, data: bytes) -> np.ndarray:
-        """Mono float32 PCM at `sample_rate`; raises `DecodeError` and stays usable."""
-        ...
-
-
-class BlockResampler(Protocol):
-    """Resamples one tick of many streams of one rate (see `media.decode.ResamplerBank`)."""
-
-    def process(self, blocks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One output block per input stream."""
-        ...
-
-    def discard(self, key: str) -> None:
-        """Forget a stream."""
-        ...
-
-
-class AudioCodecs(Protocol):
-    """Factory of decoders and resamplers, injected so that core stays free of PyAV."""
-
-    def decoder(self, audio_format: AudioFormat) -> FrameDecoder:
-        """A decoder for one participant; ValueError if the format is unusable."""
-        ...
-
-    def resampler_bank(self, in_rate: int, out_rate: int, block: int) -> BlockResampler:
-        """A resampler for all participants of one input rate."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +82,9 @@ class TickSink(Protocol):
 
 
 @dataclass
-class _Participant:
+class ParticipantInput:
+    """A participant's media in the call: decoder, jitter buffer and where its clock sits on the timeline."""
+
     participant_id: str
     display_name: str
     gateway_id: str
@@ -164,7 +121,7 @@ class CallMedia:
         self._gap_tolerance_ms = gap_tolerance_ms
         self._backlog_frames = backlog_frames
         self._on_rejected = on_rejected
-        self._participants: dict[str, _Participant] = {}
+        self._participants: dict[str, ParticipantInput] = {}
         self._stats: dict[str, MediaStats] = {}
         self._unknown = MediaStats()  # frames for participants this call never had
         self._names: dict[str, str] = {}
@@ -192,7 +149,7 @@ class CallMedia:
         if old is not None:  # rejoined while its last words were still draining: drop them
             self._drop(old)
         stats = self._stats.setdefault(participant_id, MediaStats())
-        participant = _Participant(participant_id, display_name, gateway_id, audio_format, stats, anchor=gateway_id)
+        participant = ParticipantInput(participant_id, display_name, gateway_id, audio_format, stats, anchor=gateway_id)
         if decoder is not None:
             participant.decoder = decoder
             participant.rate = decoder.sample_rate
@@ -217,7 +174,7 @@ class CallMedia:
             self._drop(participant)
         self.clock.notify()
 
-    def _drop(self, participant: _Participant) -> None:
+    def _drop(self, participant: ParticipantInput) -> None:
         pid = participant.participant_id
         if self._participants.get(pid) is participant:
             del self._participants[pid]
@@ -263,11 +220,23 @@ class CallMedia:
             self.clock.notify()
         return reason
 
-    def _place(self, participant: _Participant, timestamp_us: int) -> int:
+    def place_video(self, participant_id: str, timestamp_us: int) -> int | None:
+        """Call time of a participant's video frame (None for a participant not in the call).
+
+        The same placement as its audio (`_place`): a participant whose capture clock is
+        off its gateway's gets its own anchor for both, so picture and voice stay together.
+        """
+        participant = self._participants.get(participant_id)
+        if participant is None or not participant.present:
+            return None
+        return self._place(participant, timestamp_us)
+
+    def _place(self, participant: ParticipantInput, timestamp_us: int) -> int:
         """Call time of a frame; a participant whose first frame is far off its gateway's clock gets its own.
 
         SPEC says timestamps are on the gateway's clock, but a gateway that starts every
         participant at 0 would otherwise put a late joiner seconds in the past (all "late").
+        The one place where a participant's media (audio and video) meets the call timeline.
         """
         call_us = self.clock.place(participant.anchor, timestamp_us)
         if not participant.placed_any:
@@ -276,7 +245,7 @@ class CallMedia:
             if not playout_us - REANCHOR_BEHIND_US <= call_us <= playout_us + REANCHOR_AHEAD_US:
                 log.warning(
                     "participant timestamps disagree with its gateway's clock; anchoring it separately",
-                    extra={"call_id": self.call_id, "participant_id": participant.participant_id},
+                    call_id=self.call_id, participant_id=participant.participant_id,
                 )
                 participant.anchor = f"{participant.gateway_id}\x00{participant.participant_id}"
                 call_us = self.clock.place(participant.anchor, timestamp_us)
@@ -393,7 +362,7 @@ class CallMedia:
             try:
                 sink.on_tick(tick)
             except Exception:
-                log.exception("tick sink failed; detaching it", extra={"call_id": self.call_id})
+                log.exception("tick sink failed; detaching it", call_id=self.call_id)
                 self.detach(sink)
 
     def produce_tick(self, index: int) -> MixTick:
@@ -401,7 +370,7 @@ class CallMedia:
         ids: list[str] = []
         blocks: dict[str, np.ndarray] = {}
         by_rate: dict[int, dict[str, np.ndarray]] = {}
-        drained: list[_Participant] = []
+        drained: list[ParticipantInput] = []
         for p in list(self._participants.values()):
             pid = p.participant_id
             jitter, decoder = p.jitter, p.decoder

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from callrec.core.ports import TimeSource
+
 __all__ = [
     "TICK_US",
     "Clock",
@@ -34,27 +36,10 @@ __all__ = [
     "ProgressSource",
     "RealtimeClock",
     "SystemTime",
-    "TimeSource",
 ]
 
 #: Length of one mixer tick.
 TICK_US = 20_000
-
-
-class TimeSource(Protocol):
-    """Where a clock gets time from: the system, or a fake one in tests."""
-
-    def monotonic(self) -> float:
-        """Seconds on a monotonic clock."""
-        ...
-
-    def now(self) -> datetime:
-        """Current UTC wall-clock time."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait `seconds` of this source's time."""
-        ...
 
 
 class SystemTime:

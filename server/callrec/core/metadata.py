@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from callrec.core.model import ChannelType, ContentType, Format, ParticipantInfo
+from callrec.core.model import ChannelType, ContentType, Format, RecordedParticipant
 
 __all__ = [
     "SCHEMAS_DIR",
@@ -76,7 +76,7 @@ def chunk_metadata(
     sample_rate: int,
     bit_rate: int,
     channels: int,
-    participants: Sequence[ParticipantInfo],
+    participants: Sequence[RecordedParticipant],
     video: VideoConfiguration | None = None,
 ) -> dict[str, Any]:
     """The metadata document of one chunk; participants carry `channel` when unmixed."""

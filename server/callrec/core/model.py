@@ -92,6 +92,18 @@ VALID_COMBINATIONS: tuple[tuple[ChannelType, ContentType, Format], ...] = (
 OUTPUT_SAMPLE_RATE = 16_000
 #: Nominal mp3 bit rate (SPEC §2).
 MP3_BIT_RATE = 48_000
+#: Video frame rate of mp4 recordings (SPEC §2: 16 fps).
+VIDEO_FPS = 16
+#: Audio samples per video frame: 16000 / 16, an integer, which is what keeps A/V exact.
+SAMPLES_PER_VIDEO_FRAME = OUTPUT_SAMPLE_RATE // VIDEO_FPS
+#: Largest width or height of a participant's video frame.
+MAX_VIDEO_DIMENSION = 4096
+
+
+def i420_size(width: int, height: int) -> int:
+    """Byte length of a packed I420 image (chroma planes round odd sizes up)."""
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    return width * height + 2 * cw * ch
 
 
 @dataclass(frozen=True)
@@ -169,8 +181,12 @@ class ChunkInfo:
 
 
 @dataclass(frozen=True)
-class ParticipantInfo:
-    """A participant captured by a recording; channel -1 when mixed/unassigned."""
+class RecordedParticipant:
+    """A participant as a recording lists it (metadata, events); channel -1 when mixed/unassigned.
+
+    The other participant types, one per layer: `core.call_registry.CallParticipant` (as its
+    gateway announced it) and `core.call_media.ParticipantInput` (its media on the call timeline).
+    """
 
     participant_id: str
     display_name: str = ""

@@ -12,10 +12,10 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from callrec.core.model import VideoEncoding
+from callrec.core.model import MAX_VIDEO_DIMENSION, VideoEncoding, i420_size
 
 #: Largest width/height accepted from a gateway; bounds memory per frame (4K DCI).
-MAX_DIMENSION = 4096
+MAX_DIMENSION = MAX_VIDEO_DIMENSION
 
 
 class VideoDecodeError(Exception):
@@ -25,12 +25,6 @@ class VideoDecodeError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
-
-
-def i420_size(width: int, height: int) -> int:
-    """Byte length of a packed I420 image (chroma planes round odd sizes up)."""
-    cw, ch = (width + 1) // 2, (height + 1) // 2
-    return width * height + 2 * cw * ch
 
 
 def plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:

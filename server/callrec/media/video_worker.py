@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from callrec.core.model import VideoEncoding
+from callrec.core.ports import (
+    ChunkWritten,
+    FrameRejected,
+    VideoWorkerError,
+    VideoWorkerEvent,
+    WorkerFailed,
+    WorkerProgress,
+)
 from callrec.media.writers.mp4 import FPS, Mp4Settings
 
 if TYPE_CHECKING:
@@ -41,51 +48,6 @@ if TYPE_CHECKING:
 
 #: Audio ticks are 20 ms; the backlog is measured in them.
 TICK_S = 0.02
-
-
-# -- events seen by the parent -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkWritten:
-    """A chunk file was closed (by `rotate` or `finish`): it is complete and playable."""
-
-    path: Path
-    bytes_written: int
-    duration_s: float
-    video_frames: int
-
-
-@dataclass(frozen=True)
-class WorkerProgress:
-    """Sent once per second of media: size and duration of the open chunk (for chunk limits)."""
-
-    path: Path
-    bytes_written: int
-    duration_s: float
-
-
-@dataclass(frozen=True)
-class FrameRejected:
-    """A participant's video frame could not be decoded (count it under `reason`)."""
-
-    participant_id: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class WorkerFailed:
-    """The worker failed or died; the recording cannot continue."""
-
-    message: str
-
-
-WorkerEvent = ChunkWritten | WorkerProgress | FrameRejected | WorkerFailed
-
-
-class VideoWorkerError(Exception):
-    """The video worker failed; the message says why (shown in the recording's `error`)."""
 
 
 # -- parent side ---------------------------------------------------------------------------
@@ -103,11 +65,19 @@ class VideoWorker:
         path: str | os.PathLike[str],
         settings: Mp4Settings | None = None,
         *,
-        on_event: Callable[[WorkerEvent], None] | None = None,
+        on_event: Callable[[VideoWorkerEvent], None] | None = None,
         max_backlog_s: float = 10.0,
         max_video_backlog_bytes: int = 64 << 20,
+        crash_after_s: float | None = None,
     ) -> None:
+        """`crash_after_s` is a test hook: SIGKILL the worker once that much audio was sent.
+
+        From the parent's side that is exactly what an FFmpeg segfault looks like;
+        integration tests use it to prove that a crashed worker fails only its recording.
+        """
         self.path = Path(path)
+        self._crash_after_s = crash_after_s
+        self._audio_sent_s = 0.0
         self.settings = settings or Mp4Settings()
         self.on_event = on_event
         self.max_backlog_s = max_backlog_s
@@ -252,7 +222,14 @@ class VideoWorker:
     def audio(self, block: np.ndarray, t: float, speaking: Mapping[str, bool]) -> bool:
         """One 20 ms mix tick: 320 int16 samples, its call time `t` and who is speaking."""
         pcm = np.asarray(block, dtype=np.int16).tobytes()
-        return self._put(("audio", pcm, t, dict(speaking)), kind=1, size=0)
+        sent = self._put(("audio", pcm, t, dict(speaking)), kind=1, size=0)
+        if self._crash_after_s is not None:
+            self._audio_sent_s += len(pcm) / 2 / 16_000
+            if self._audio_sent_s >= self._crash_after_s and self._process is not None:
+                self._crash_after_s = None
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._process.pid, signal.SIGKILL)
+        return sent
 
     def on_tick(self, tick: MixTick) -> None:
         """`TickSink` for `CallMedia.attach`: forwards each mix tick with its call time."""
@@ -266,7 +243,7 @@ class VideoWorker:
         """Resume writing into the same chunk."""
         self._put(("resume",), kind=0, size=0)
 
-    def rotate(self, new_path: str | os.PathLike[str]) -> None:
+    def rotate(self, new_path: Path) -> None:
         """Close the current chunk (a `ChunkWritten` follows) and continue in `new_path`."""
         self._put(("rotate", str(new_path)), kind=0, size=0)
 
@@ -339,7 +316,7 @@ class VideoWorker:
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        event: WorkerEvent | None = None
+        event: VideoWorkerEvent | None = None
         if kind == "chunk":
             event = ChunkWritten(Path(msg[1]), msg[2], msg[3], msg[4])
             self.chunks.append(event)
@@ -369,7 +346,7 @@ class VideoWorker:
         self._finished.set()
         self._emit(WorkerFailed(message))
 
-    def _emit(self, event: WorkerEvent) -> None:
+    def _emit(self, event: VideoWorkerEvent) -> None:
         if self.on_event is not None:
             with contextlib.suppress(Exception):  # a faulty callback must not stop this thread
                 self.on_event(event)

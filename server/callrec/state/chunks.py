@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from dataclasses import dataclass
 
+from callrec.core.ports import StoredChunk
 from callrec.state.db import Database
 
 
-@dataclass(frozen=True)
-class StoredChunk:
-    """One chunk as stored: locations, keys and the target that holds them."""
-
-    document_id: str
-    recording_id: str
-    chunk_index: int
-    end_reason: str
-    target: str
-    media_key: str
-    metadata_key: str
-    media_type: str
-    content_location: str
-    metadata_location: str
-    delete_location: str
-    samples: int = 0
-    """Audio samples at 16 kHz (the chunk's recorded duration)."""
-    participants: str = "[]"
-    """JSON list of the chunk's participants ({participant_id, display_name, channel})."""
-
-
-def _chunk(row: object) -> StoredChunk:
-    return StoredChunk(**{k: row[k] for k in StoredChunk.__dataclass_fields__})  # type: ignore[index]
+def _chunk(row: sqlite3.Row) -> StoredChunk:
+    return StoredChunk(**{k: row[k] for k in StoredChunk.__dataclass_fields__})
 
 
 class ChunkIndex:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import time
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,14 +19,14 @@ from callrec.core.model import (
     ExternalStorage,
     Format,
     MediaStats,
-    ParticipantInfo,
     PauseInterval,
     PauseMode,
+    RecordedParticipant,
     RecordingError,
     RecordingOptions,
     RecordingState,
 )
-from callrec.core.recording import Recording
+from callrec.core.recording_state import Recording
 from callrec.state.db import Database
 
 
@@ -125,7 +127,7 @@ def recording_from_dict(d: dict[str, Any]) -> Recording:
             PauseInterval(_parse_dt(s) or start, timedelta(seconds=dur) if dur is not None else None)
             for s, dur in d["pause_intervals"]
         ],
-        participants=[ParticipantInfo(p, n, c) for p, n, c in d["participants"]],
+        participants=[RecordedParticipant(p, n, c) for p, n, c in d["participants"]],
         chunks=[ChunkInfo(c[0], c[1], ChunkEndReason(c[2]), c[3], c[4], c[5]) for c in d["chunks"]],
         duration=timedelta(seconds=d["duration_s"]),
         session_end_reason=d["session_end_reason"],
@@ -157,6 +159,10 @@ class RecordingRepository:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Everything saved inside commits together (a recording and its request id)."""
+        return self.db.transaction()
 
     def save(self, rec: Recording) -> None:
         """Insert or update the recording (whole row)."""

@@ -51,6 +51,23 @@ class StoreResolver:
             return store
         raise ValueError(f"storage target {target!r} is not configured (have: {', '.join(sorted(self.named))})")
 
+    # -- core's StorageTargetsPort ---------------------------------------------------------------
+    def external_target(self, kind: str, container_url: str) -> str:
+        """The target string of a bring-your-own-storage container."""
+        return external_target(kind, container_url)
+
+    def check(self, target: str) -> None:
+        """ValueError when the target cannot be used (not configured, or a bad external container)."""
+        self(target)
+
+    def location(self, target: str, key: str) -> str:
+        """The store's location of an object (what events announce)."""
+        return self(target).location(key)
+
+    def describe(self, target: str) -> str:
+        """The target for humans (no credentials)."""
+        return describe_target(target)
+
     def stores(self) -> list[Store]:
         """Every store built so far (for resolving locations)."""
         return [*self.named.values(), *self._external.values()]

@@ -1,6 +1,6 @@
 """What every audio writer shares: the writer protocols (defined in core) and file helpers.
 
-The protocols live in `callrec.core.recording_media` so that core, which drives writers,
+The protocols live in `callrec.core.audio_recording` so that core, which drives writers,
 imports nothing from media (and so nothing from PyAV); they are re-exported here for
 writer implementations.
 """
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from callrec.core.recording_media import AudioWriter, AudioWriterFactory
+from callrec.core.ports import AudioWriter, AudioWriterFactory
 
 __all__ = ["WAV_HEADER_BYTES", "AudioWriter", "AudioWriterFactory", "fsync_close", "remove_quietly", "wav_bytes"]
 

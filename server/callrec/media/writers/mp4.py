@@ -22,12 +22,12 @@ from typing import Any
 import av
 import numpy as np
 
+from callrec.core.model import OUTPUT_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VIDEO_FPS
 from callrec.media.video_decode import plane_array
 
-SAMPLE_RATE = 16_000
-FPS = 16
-#: Audio samples per video frame: 16000 / 16, an integer, which is what keeps A/V exact.
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+SAMPLE_RATE = OUTPUT_SAMPLE_RATE
+FPS = VIDEO_FPS
+SAMPLES_PER_FRAME = SAMPLES_PER_VIDEO_FRAME
 _AAC_FRAME = 1024
 #: Video frames in flight between the compositor and the encoder thread.
 FRAME_POOL = 3

@@ -367,10 +367,10 @@ def measure_audio_pipeline(
     """
     import tempfile
 
+    from callrec.core.audio_recording import AudioRecording
     from callrec.core.call_media import CallMedia
     from callrec.core.clock import MediaClock
     from callrec.core.model import ChannelType, ContentType, Format, RecordingOptions
-    from callrec.core.recording_media import RecordingMedia
     from callrec.media.decode import PyAVAudioCodecs
     from callrec.media.writers import writer_factory_for
 
@@ -397,7 +397,7 @@ def measure_audio_pipeline(
         for name in recordings:
             channel_type, file_format = kinds[name]
             options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=channel_type, format=file_format)
-            rec = RecordingMedia(name, "bench", options, spool, "bench", writer_factory_for(options), _ignore)
+            rec = AudioRecording(name, "bench", options, spool, "bench", writer_factory_for(options), _ignore)
             call.attach(rec)
             attached.append(rec)
         task = asyncio.create_task(call.run())

@@ -11,8 +11,8 @@ from callrec.core.errors import FailedPrecondition
 from callrec.core.model import (
     ChunkInfo,
     MediaStats,
-    ParticipantInfo,
     PauseInterval,
+    RecordedParticipant,
     RecordingError,
     RecordingOptions,
     RecordingState,
@@ -46,7 +46,7 @@ class Recording:
     state: RecordingState
     start_time: datetime
     pause_intervals: list[PauseInterval] = field(default_factory=list)
-    participants: list[ParticipantInfo] = field(default_factory=list)
+    participants: list[RecordedParticipant] = field(default_factory=list)
     chunks: list[ChunkInfo] = field(default_factory=list)
     duration: timedelta = timedelta(0)
     session_end_reason: str = ""

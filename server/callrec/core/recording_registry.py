@@ -4,12 +4,11 @@ events on every change, and recovery after a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
-from callrec.core.calls import SERVER_RESTARTED, Call, CallRegistry, RecordingNotice
+from callrec.core.call_registry import SERVER_RESTARTED, Call, CallRegistry, RecordingNotice
 from callrec.core.errors import (
     RPC_CODE_NUMBERS,
     CallrecError,
@@ -19,9 +18,8 @@ from callrec.core.errors import (
     NotFound,
     ResourceExhausted,
 )
+from callrec.core.log import get_logger
 from callrec.core.model import (
-    ChunkInfo,
-    ParticipantInfo,
     PauseInterval,
     PauseMode,
     RecordingError,
@@ -29,41 +27,13 @@ from callrec.core.model import (
     RecordingState,
 )
 from callrec.core.options import validate_options
-from callrec.core.recording import Recording, new_recording_id
-from callrec.events import acs
-from callrec.events.log import EventLog
-from callrec.logs import get_logger
-from callrec.state.recordings import RecordingRepository
+from callrec.core.ports import FinishedMedia, MediaRecorderPort, RecordingEventsPort, RecordingRepositoryPort
+from callrec.core.recording_state import Recording, new_recording_id
 
-log = get_logger("recordings")
+log = get_logger(__name__)
 
 STOPPED_BY_REQUEST = "StoppedByRequest"
 SERVER_SHUTDOWN = "ServerShutdown"
-
-
-@dataclass(frozen=True)
-class FinishedMedia:
-    """What the media side reports when a recording's files are all stored."""
-
-    chunks: Sequence[ChunkInfo]
-    duration: timedelta
-    participants: Sequence[ParticipantInfo] = ()
-
-
-class RecordingMedia(Protocol):
-    """The media side of recordings, as the registry drives it."""
-
-    async def start(self, recording: Recording, call: Call | None) -> None:
-        """Begin writing the recording (paused already when pause_on_start)."""
-
-    def pause(self, recording: Recording, at: datetime) -> None:
-        """Stop writing media (skip) or write silence (silence mode)."""
-
-    def resume(self, recording: Recording, at: datetime) -> None:
-        """Write media again."""
-
-    async def finish(self, recording: Recording) -> FinishedMedia:
-        """Finalise the last chunk and store every chunk; raise CallrecError on failure."""
 
 
 class NoMedia:
@@ -102,10 +72,10 @@ class RecordingRegistry:
 
     def __init__(
         self,
-        repo: RecordingRepository,
-        events: EventLog,
+        repo: RecordingRepositoryPort,
+        events: RecordingEventsPort,
         calls: CallRegistry,
-        media: RecordingMedia,
+        media: MediaRecorderPort,
         settings: RegistrySettings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -200,7 +170,7 @@ class RecordingRegistry:
             if options.pause_on_start:
                 rec.pause_intervals.append(PauseInterval(start_time=now))
             self._live[rec.recording_id] = rec
-            with self.repo.db.transaction():
+            with self.repo.transaction():
                 self.repo.save(rec)
                 if options.request_id:
                     self.repo.remember_request(options.request_id, rec.recording_id)
@@ -278,32 +248,7 @@ class RecordingRegistry:
         if finished.participants:
             rec.participants = list(finished.participants)
         if rec.chunks:
-            opts = rec.options
-            await self.events.append(
-                acs.recording_file_status_updated(
-                    topic=self.settings.resource_id,
-                    recording_id=rec.recording_id,
-                    server_call_id=rec.server_call_id,
-                    call_id=rec.call_id,
-                    chunks=[
-                        {
-                            "documentId": c.document_id,
-                            "index": c.index,
-                            "endReason": c.end_reason.value,
-                            "metadataLocation": c.metadata_location,
-                            "contentLocation": c.content_location,
-                            "deleteLocation": c.delete_location,
-                        }
-                        for c in rec.chunks
-                    ],
-                    start_time=rec.start_time,
-                    duration_ms=int(rec.duration.total_seconds() * 1000),
-                    session_end_reason=rec.session_end_reason,
-                    content_type=opts.content_type.value,
-                    channel_type=opts.channel_type.value,
-                    format=opts.format.value,
-                )
-            )
+            await self.events.file_status_updated(rec)
         rec.transition(RecordingState.COMPLETED)
         self.repo.save(rec)
         self._live.pop(rec.recording_id, None)
@@ -317,31 +262,11 @@ class RecordingRegistry:
         self.repo.save(rec)
         self._live.pop(rec.recording_id, None)
         log.error("recording failed", recording_id=rec.recording_id, error=exc.message)
-        await self.events.append(
-            acs.recording_failed(
-                recording_id=rec.recording_id,
-                server_call_id=rec.server_call_id,
-                call_id=rec.call_id,
-                call_connection_id=rec.call_connection_id,
-                code=code,
-                message=exc.message,
-                operation_context=rec.options.operation_context,
-            )
-        )
+        await self.events.failed(rec, code, exc.message)
         self.calls.notify(rec.server_call_id, RecordingNotice(rec.recording_id, rec.state))
 
     async def _state_changed(self, rec: Recording, active: bool) -> None:
-        await self.events.append(
-            acs.recording_state_changed(
-                recording_id=rec.recording_id,
-                server_call_id=rec.server_call_id,
-                call_id=rec.call_id,
-                call_connection_id=rec.call_connection_id,
-                active=active,
-                start_time=rec.start_time,
-                operation_context=rec.options.operation_context,
-            )
-        )
+        await self.events.state_changed(rec, active)
         self.calls.notify(rec.server_call_id, RecordingNotice(rec.recording_id, rec.state))
 
     async def _on_call_ended(self, call: Call, reason: str) -> None:

@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from callrec.core.clock import SystemTime
 from callrec.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from callrec.core.log import get_logger
 from callrec.core.model import AudioFormat, MediaStats, RecordingState, VideoFormat
-from callrec.logs import get_logger
+from callrec.core.ports import TimeSource
 
-log = get_logger("calls")
+log = get_logger(__name__)
 
 CALL_ENDED = "CallEnded"
 SERVER_RESTARTED = "ServerRestarted"
@@ -33,8 +35,8 @@ class RecordingNotice:
 
 
 @dataclass
-class Participant:
-    """A participant as its gateway announced it, with receive counters."""
+class CallParticipant:
+    """A participant as its gateway announced it (control plane), with receive counters."""
 
     participant_id: str
     display_name: str
@@ -64,7 +66,7 @@ class Call:
     call_id: str
     first_connection_id: str
     streams: dict[str, GatewayStream] = field(default_factory=dict)
-    participants: dict[str, Participant] = field(default_factory=dict)
+    participants: dict[str, CallParticipant] = field(default_factory=dict)
     stats: MediaStats = field(default_factory=MediaStats)
     grace_task: asyncio.Task[None] | None = None
 
@@ -75,8 +77,10 @@ CallEndedHandler = Callable[[Call, str], Awaitable[None]]
 class CallRegistry:
     """All calls currently open on this server, by server_call_id."""
 
-    def __init__(self, reconnect_grace_s: float, max_participants_per_call: int) -> None:
+    def __init__(self, reconnect_grace_s: float, max_participants_per_call: int,
+                 time: TimeSource | None = None) -> None:
         self.reconnect_grace_s = reconnect_grace_s
+        self.time: TimeSource = time or SystemTime()
         self.max_participants = max_participants_per_call
         self._calls: dict[str, Call] = {}
         self._on_ended: list[CallEndedHandler] = []
@@ -133,7 +137,7 @@ class CallRegistry:
         display_name: str,
         audio_format: AudioFormat | None,
         video_format: VideoFormat | None,
-    ) -> Participant:
+    ) -> CallParticipant:
         """A participant enters (a repeated join updates it)."""
         if not participant_id:
             raise InvalidArgument("join.participant_id is required")
@@ -143,7 +147,7 @@ class CallRegistry:
                 f"call {call.server_call_id} already has {self.max_participants} participants "
                 "(limits.max_participants_per_call)"
             )
-        participant = Participant(participant_id, display_name, audio_format, video_format, stream.connection_id)
+        participant = CallParticipant(participant_id, display_name, audio_format, video_format, stream.connection_id)
         if existing is not None:
             participant.stats = existing.stats
             participant.last_audio_sequence = existing.last_audio_sequence
@@ -155,7 +159,7 @@ class CallRegistry:
         stream.participant_ids.add(participant_id)
         return participant
 
-    def participant(self, call: Call, stream: GatewayStream, participant_id: str, what: str) -> Participant:
+    def participant(self, call: Call, stream: GatewayStream, participant_id: str, what: str) -> CallParticipant:
         """The participant a frame names; FailedPrecondition when it has not joined on this stream."""
         if participant_id not in stream.participant_ids:
             raise FailedPrecondition(
@@ -164,7 +168,7 @@ class CallRegistry:
             )
         return call.participants[participant_id]
 
-    def leave(self, call: Call, stream: GatewayStream, participant_id: str) -> Participant:
+    def leave(self, call: Call, stream: GatewayStream, participant_id: str) -> CallParticipant:
         """A participant leaves."""
         participant = self.participant(call, stream, participant_id, "leave")
         stream.participant_ids.discard(participant_id)
@@ -189,7 +193,7 @@ class CallRegistry:
 
     def _start_grace(self, call: Call, reason: str) -> None:
         async def expire() -> None:
-            await asyncio.sleep(self.reconnect_grace_s)
+            await self.time.sleep(self.reconnect_grace_s)
             call.grace_task = None
             if not call.streams:
                 log.info("reconnect grace period over", server_call_id=call.server_call_id, reason=reason)

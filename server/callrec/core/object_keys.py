@@ -1,4 +1,5 @@
-"""Object names of recording chunks (SPEC §3), built from plain strings so storage knows no call types.
+"""Object names of recording chunks (SPEC §3): naming by call and recording is core's business, so storage
+only ever sees finished keys.
 
     {prefix}/{YYYYMMDD}/{callId}/{first 8 of recordingId}-{unique id}/{chunkIndex}-{audio|video}.{ext}
     {prefix}/{YYYYMMDD}/{callId}/{first 8 of recordingId}-{unique id}/{chunkIndex}-metadata.json
@@ -16,8 +17,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
-
-from callrec.storage.base import check_key
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_SEGMENT = 96
@@ -77,8 +76,10 @@ class ChunkKeys:
         unique = safe_segment(unique_id) if unique_id else uuid.uuid4().hex
         session = f"{safe_segment(recording_id[:8])}-{unique}"
         parts = [p for p in prefix.strip("/").split("/") if p] if prefix else []
+        if any(p in (".", "..") or "\\" in p for p in parts):
+            raise ValueError(f"prefix must not have '.' or '..' segments or backslashes: {prefix!r}")
         directory = "/".join([*parts, day_segment(started), safe_segment(call_id), session])
-        return cls(check_key(directory))
+        return cls(directory)  # every segment is safe by construction; stores check keys again
 
     def media(self, chunk_index: int, kind: MediaKind, ext: str) -> str:
         """`.../{chunkIndex}-{audio|video}.{ext}`: `video` for audio-video mp4, `audio` otherwise."""

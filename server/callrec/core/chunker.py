@@ -1,0 +1,456 @@
+"""`Chunker`: cuts a recording's media into chunks, each a media file plus its metadata JSON.
+
+Why one module: audio and video recordings rotate, count, name and describe their chunks
+the same way; only the file writing differs, and that is behind `ChunkOutput` (the audio
+writer jobs in `core.audio_recording`, the video worker in `core.video_recording`).
+
+- Rotation: a chunk ends at `chunk_max_duration` (exact, counted in 16 kHz samples) or
+  where the output's size estimate says `chunk_max_bytes` would be passed. The cut falls
+  inside a tick when it must: no sample is lost or repeated across chunks.
+- Each chunk has its index, a fresh document id, the participants recorded in it, its
+  pauses (a SILENCE pause that spans a rotation continues in the next chunk) and its
+  metadata document (`core.metadata`), fixed when the chunk closes.
+- In-order completion: blocking work (file I/O, encoding, metadata) runs one job at a
+  time, in order, in an executor (`SerialJobs`); finished chunks are reported to
+  `on_chunk_finished` on the event loop in index order, the last with SessionEnded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from callrec.core.call_media import TICK_SAMPLES, MixTick
+from callrec.core.log import get_logger
+from callrec.core.metadata import (
+    VideoConfiguration,
+    chunk_metadata,
+    milliseconds,
+    new_document_id,
+    write_json_atomically,
+)
+from callrec.core.model import (
+    OUTPUT_SAMPLE_RATE,
+    ChunkEndReason,
+    PauseInterval,
+    PauseMode,
+    RecordedParticipant,
+    RecordingOptions,
+)
+from callrec.core.timeline import Mark, PauseSpan
+
+__all__ = [
+    "ChunkOutput",
+    "Chunker",
+    "ClosedChunk",
+    "FinishedChunk",
+    "OnChunkFinished",
+    "OpenChunk",
+    "RecordingMediaError",
+    "SerialJobs",
+    "spool_stem",
+]
+
+log = get_logger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def spool_stem(recording_id: str) -> str:
+    """The file name stem of a recording's chunks in the spool (`{stem}-{index}.{ext}`)."""
+    return _UNSAFE.sub("_", recording_id) or "recording"
+
+
+class RecordingMediaError(RuntimeError):
+    """Writing the recording's media failed (e.g. disk full); the recording should fail."""
+
+
+@dataclass(frozen=True)
+class FinishedChunk:
+    """A complete chunk in the spool: media file plus metadata JSON."""
+
+    index: int
+    end_reason: ChunkEndReason
+    media_path: Path
+    metadata_path: Path
+    document_id: str
+    start_time: datetime
+    duration_ms: int  # rounded; `samples` is exact
+    participants: tuple[RecordedParticipant, ...]
+    content_type: str
+    samples: int
+    channels: int
+    size_bytes: int
+    pause_intervals: tuple[PauseInterval, ...]
+
+
+OnChunkFinished = Callable[[FinishedChunk], Awaitable[None] | None]
+
+
+@dataclass
+class OpenChunk:
+    """The chunk being written; only the event loop touches it."""
+
+    index: int
+    document_id: str
+    start_time: datetime
+    media_path: Path
+    metadata_path: Path
+    samples: int = 0
+    channels: int = 0  # unmixed audio: width so far; otherwise 1
+    participants: dict[str, RecordedParticipant] = field(default_factory=dict)
+    pauses: list[PauseSpan] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClosedChunk:
+    """A chunk whose media is complete on the loop's side; its metadata is fixed."""
+
+    chunk: OpenChunk
+    reason: ChunkEndReason
+    channels: int
+    document: dict[str, Any]
+    pause_intervals: tuple[PauseInterval, ...]
+    duration_ms: int | float
+    participants: tuple[RecordedParticipant, ...]
+
+
+class ChunkOutput(Protocol):
+    """What writes a recording's chunk files: audio writer jobs, or the video worker."""
+
+    extension: str
+    content_type: str
+    video: VideoConfiguration | None
+
+    def open(self, chunk: OpenChunk) -> None:
+        """Start writing `chunk` (the previous one was closed just before)."""
+        ...
+
+    def set_paused(self, paused: bool) -> None:
+        """The recording pauses or resumes (between two `write`s)."""
+        ...
+
+    def width(self, tick: MixTick, chunk: OpenChunk, silent: bool) -> int:
+        """Channels the chunk needs for this tick (1 unless unmixed)."""
+        ...
+
+    def cap(self, chunk: OpenChunk, channels: int, max_bytes: int, limit: int) -> int:
+        """Most samples (up to `limit`) `chunk` may hold before its file passes `max_bytes`.
+
+        The output's own size estimate: a writer's projection for audio, the worker's
+        reported size plus the encoder's ceiling rate for video.
+        """
+        ...
+
+    def write(self, tick: MixTick, start: int, end: int, chunk: OpenChunk, channels: int, silent: bool) -> None:
+        """Write samples [start, end) of the tick (silence when `silent`) into the chunk."""
+        ...
+
+    def skip(self, tick: MixTick, start: int, end: int) -> None:
+        """Samples [start, end) are cut by a SKIP pause (the output may still look at them)."""
+        ...
+
+    def pad(self, chunk: OpenChunk, paused: bool, position: int) -> None:
+        """Write one tick of silence at `position` into an empty chunk: every chunk is a decodable file."""
+        ...
+
+    def channel_of(self, participant_id: str) -> int | None:
+        """The participant's channel in the metadata (-1 mixed), None while it is not recorded."""
+        ...
+
+    def bit_rate(self, channels: int) -> int:
+        """`audioConfiguration.bitRate` of a chunk with `channels` channels."""
+        ...
+
+    def close(self, closed: ClosedChunk, complete: Callable[[Callable[[], Path]], None]) -> None:
+        """Finish the chunk's file; then call `complete(finish_file)` (at once, or when the worker is done).
+
+        `finish_file` runs in the job queue, closes or fsyncs the media file and returns its path.
+        """
+        ...
+
+    async def drain(self) -> None:
+        """Wait until every closed chunk's file is written (and `complete` was called for it)."""
+        ...
+
+
+class SerialJobs:
+    """Blocking jobs run one at a time, in order, in an executor; each may continue on the loop.
+
+    Bounded: a queue longer than `max_pending` means the disk or the encoder cannot keep
+    up, and the recording fails instead of growing memory. After a failure, jobs are
+    skipped (the recording is over) but the queue still drains.
+    """
+
+    def __init__(
+        self,
+        executor: Executor | None,
+        max_pending: int,
+        on_error: Callable[[BaseException], None],
+        failed: Callable[[], bool],
+        log_fields: dict[str, str],
+    ) -> None:
+        self._executor = executor
+        self._max_pending = max_pending
+        self._on_error = on_error
+        self._failed = failed
+        self._log_fields = log_fields
+        self._queue: asyncio.Queue[tuple[Callable[[], Any], Callable[[Any], Awaitable[None] | None] | None] | None]
+        self._queue = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting (about one per second of media for audio): a lag metric."""
+        return self._queue.qsize()
+
+    def submit(self, run: Callable[[], Any], then: Callable[[Any], Awaitable[None] | None] | None = None) -> None:
+        """Queue `run` (in the executor), then `then(result)` on the loop."""
+        self._ensure_task()
+        if self._queue.qsize() >= self._max_pending and not self._failed():
+            self._on_error(RecordingMediaError(f"writer is {self._queue.qsize()} jobs behind; giving up"))
+        self._queue.put_nowait((run, then))
+
+    async def join(self) -> None:
+        """Run what is queued, then stop."""
+        self._ensure_task()
+        self._queue.put_nowait(None)
+        assert self._task is not None
+        await self._task
+
+    def _ensure_task(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (job := await self._queue.get()) is not None:
+            if self._failed():
+                continue
+            run, then = job
+            try:
+                result = await loop.run_in_executor(self._executor, run)
+            except Exception as exc:
+                log.exception("recording media writer failed", **self._log_fields)
+                self._on_error(exc)
+                continue
+            if then is not None:
+                outcome = then(result)
+                if inspect.isawaitable(outcome):
+                    await outcome
+
+
+class Chunker:
+    """Rotation, chunk bookkeeping and in-order completion of one recording (module docstring).
+
+    It is the `TimelineListener` of the recording's `RecordingTimeline`.
+    """
+
+    def __init__(
+        self,
+        *,
+        recording_id: str,
+        call_id: str,
+        resource_id: str,
+        options: RecordingOptions,
+        spool_dir: Path,
+        output: ChunkOutput,
+        jobs: SerialJobs,
+        on_chunk_finished: OnChunkFinished,
+        log_fields: dict[str, str],
+    ) -> None:
+        self.recording_id = recording_id
+        self.call_id = call_id
+        self.resource_id = resource_id
+        self.options = options
+        self.spool_dir = spool_dir
+        self.output = output
+        self.jobs = jobs
+        self._on_chunk_finished = on_chunk_finished
+        self._log_fields = log_fields
+        self._skip_pauses = options.pause_mode == PauseMode.SKIP
+        self._max_samples = max(TICK_SAMPLES, int(options.chunk_max_duration.total_seconds() * OUTPUT_SAMPLE_RATE))
+        self._stem = spool_stem(recording_id)
+        self._paused = False
+        self.current: OpenChunk | None = None
+        self.total_samples = 0
+        self.participants: dict[str, RecordedParticipant] = {}
+        self.done: list[FinishedChunk] = []
+        spool_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ TimelineListener
+    def began(self, mark: Mark, paused: bool) -> None:
+        """Open chunk 0 at the recording's first sample."""
+        self._paused = paused
+        self._open(0, mark.time)
+        if paused:
+            self.output.set_paused(True)
+            self._chunk().pauses.append(PauseSpan(mark.time, mark.position))
+
+    def paused(self, mark: Mark) -> None:
+        """A pause starts: it is listed in the open chunk."""
+        self._paused = True
+        self.output.set_paused(True)
+        self._chunk().pauses.append(PauseSpan(mark.time, mark.position))
+
+    def resumed(self, mark: Mark) -> None:
+        """The pause ends."""
+        self._paused = False
+        self.output.set_paused(False)
+        for pause in self._chunk().pauses:
+            pause.close(mark.position)
+
+    def media(self, tick: MixTick, start: int, end: int, paused: bool) -> None:
+        """Write samples [start, end) of `tick`, rotating wherever a chunk is full."""
+        if paused and self._skip_pauses:
+            self.output.skip(tick, start, end)
+            return
+        position = start
+        while position < end:
+            chunk = self._chunk()
+            channels = self.output.width(tick, chunk, paused)
+            room = self._room(chunk, channels)
+            if room <= 0:
+                self._rotate(tick, position)
+                continue
+            take = min(end - position, room)
+            self.output.write(tick, position, position + take, chunk, channels, paused)
+            chunk.samples += take
+            chunk.channels = channels
+            self.total_samples += take
+            if not paused:
+                self._note_participants(chunk, tick)
+            position += take
+
+    # ------------------------------------------------------------------ rotation
+    def _chunk(self) -> OpenChunk:
+        assert self.current is not None, "no chunk is open: the recording has not begun"
+        return self.current
+
+    def _room(self, chunk: OpenChunk, channels: int) -> int:
+        limit = self._max_samples
+        if self.options.chunk_max_bytes > 0:
+            limit = min(limit, self.output.cap(chunk, channels, self.options.chunk_max_bytes, limit))
+        return limit - chunk.samples
+
+    def _rotate(self, tick: MixTick, offset: int) -> None:
+        old = self._chunk()
+        position = tick.index * TICK_SAMPLES + offset
+        moment = tick.time + timedelta(seconds=offset / OUTPUT_SAMPLE_RATE)
+        for pause in old.pauses:
+            pause.close(position)
+        self._close(old, ChunkEndReason.CHUNK_MAXIMUM_SIZE_EXCEEDED)
+        self._open(old.index + 1, moment)
+        if self._paused:  # SILENCE mode: the pause goes on in the new chunk
+            self._chunk().pauses.append(PauseSpan(moment, position))
+
+    def _open(self, index: int, start_time: datetime) -> None:
+        stem = f"{self._stem}-{index}"
+        self.current = OpenChunk(
+            index=index,
+            document_id=new_document_id(),
+            start_time=start_time,
+            media_path=self.spool_dir / f"{stem}.{self.output.extension}",
+            metadata_path=self.spool_dir / f"{stem}-metadata.json",
+        )
+        self.output.open(self.current)
+
+    def _note_participants(self, chunk: OpenChunk, tick: MixTick) -> None:
+        for participant_id in tick.participants:
+            if participant_id in chunk.participants:
+                continue
+            channel = self.output.channel_of(participant_id)
+            if channel is None:
+                continue
+            info = RecordedParticipant(participant_id, tick.names.get(participant_id, ""), channel)
+            chunk.participants[participant_id] = info
+            self.participants.setdefault(participant_id, info)
+
+    # ------------------------------------------------------------------ closing
+    def close_last(self, end_position: int) -> None:
+        """The recording ends at `end_position`: close the open chunk (never empty) as SessionEnded."""
+        chunk = self._chunk()
+        if chunk.samples == 0:
+            self.output.pad(chunk, self._paused, end_position)
+            chunk.samples = TICK_SAMPLES
+            self.total_samples += TICK_SAMPLES
+        for pause in chunk.pauses:
+            pause.close(end_position)
+        self._close(chunk, ChunkEndReason.SESSION_ENDED)
+
+    def _close(self, chunk: OpenChunk, reason: ChunkEndReason) -> None:
+        channels = max(1, chunk.channels)
+        participants = sorted(chunk.participants.values(), key=lambda p: p.channel)
+        pauses = [(p.start_time, p.duration_ms) for p in chunk.pauses]
+        duration = milliseconds(chunk.samples, OUTPUT_SAMPLE_RATE)
+        document = chunk_metadata(
+            resource_id=self.resource_id,
+            call_id=self.call_id,
+            document_id=chunk.document_id,
+            index=chunk.index,
+            start_time=chunk.start_time,
+            duration_ms=duration,
+            pauses=pauses,
+            content_type=self.options.content_type,
+            channel_type=self.options.channel_type,
+            format=self.options.format,
+            sample_rate=OUTPUT_SAMPLE_RATE,
+            bit_rate=self.output.bit_rate(channels),
+            channels=channels,
+            participants=participants,
+            video=self.output.video,
+        )
+        intervals = tuple(PauseInterval(start, timedelta(milliseconds=ms)) for start, ms in pauses)
+        closed = ClosedChunk(chunk, reason, channels, document, intervals, duration, tuple(participants))
+        self.output.close(closed, lambda finish_file: self._complete(closed, finish_file))
+
+    def _complete(self, closed: ClosedChunk, finish_file: Callable[[], Path]) -> None:
+        """Queue the chunk's last job: `finish_file()` (close / fsync the media), then its metadata.
+
+        The job queue keeps chunk order, so chunks are announced in index order.
+        """
+        chunk = closed.chunk
+        content_type = self.output.content_type
+
+        def finish() -> FinishedChunk:
+            path = finish_file()
+            write_json_atomically(chunk.metadata_path, closed.document)
+            return FinishedChunk(
+                index=chunk.index,
+                end_reason=closed.reason,
+                media_path=path,
+                metadata_path=chunk.metadata_path,
+                document_id=chunk.document_id,
+                start_time=chunk.start_time,
+                duration_ms=round(closed.duration_ms),
+                participants=closed.participants,
+                content_type=content_type,
+                samples=chunk.samples,
+                channels=closed.channels,
+                size_bytes=path.stat().st_size,
+                pause_intervals=closed.pause_intervals,
+            )
+
+        self.jobs.submit(finish, self._announce)
+
+    async def _announce(self, finished: FinishedChunk) -> None:
+        self.done.append(finished)
+        try:
+            result = self._on_chunk_finished(finished)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_chunk_finished failed", chunk_index=finished.index, **self._log_fields)
+
+    async def drain(self) -> list[FinishedChunk]:
+        """Wait for every chunk's files; returns the chunks finished."""
+        await self.output.drain()
+        await self.jobs.join()
+        return list(self.done)

@@ -1,0 +1,427 @@
+"""Ports: the small protocols through which core reaches everything outside it.
+
+Why: `core/` holds the recording logic and imports only `callrec.core`, the standard
+library and numpy (tests/unit/test_architecture.py enforces it). Codecs and writers
+(PyAV), the video worker process, the SQLite repositories, the event log and the
+stores live in the outer packages, which implement these protocols; the composition
+root (`callrec.server`) plugs implementations in. A test can plug in fakes instead.
+
+Implementations: `media.decode.PyAVAudioCodecs` (AudioCodecs), `media.writers`
+(AudioWriterFactory), `media.video_worker.VideoWorker` (VideoWorkerPort),
+`state.recordings.RecordingRepository` (RecordingRepositoryPort),
+`state.chunks.ChunkIndex` (ChunkIndexPort), `events.recording_events.AcsRecordingEvents`
+(RecordingEventsPort), `storage.outbox.Outbox` (UploadQueuePort),
+`storage.resolver.StoreResolver` (StorageTargetsPort).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from callrec.core.model import AudioFormat, ChunkInfo, RecordedParticipant, RecordingState, VideoEncoding
+
+if TYPE_CHECKING:
+    from callrec.core.call_registry import Call, CallParticipant
+    from callrec.core.recording_state import Recording
+
+__all__ = [
+    "AudioCodecs",
+    "AudioWriter",
+    "AudioWriterFactory",
+    "BlockResampler",
+    "ChunkIndexPort",
+    "ChunkWritten",
+    "FinishedMedia",
+    "FrameDecoder",
+    "FrameRejected",
+    "MediaIngest",
+    "MediaRecorderPort",
+    "RecordingEventsPort",
+    "RecordingRepositoryPort",
+    "StorageTargetsPort",
+    "StoredChunk",
+    "TimeSource",
+    "UploadQueuePort",
+    "VideoWorkerError",
+    "VideoWorkerEvent",
+    "VideoWorkerPort",
+    "WorkerFailed",
+    "WorkerProgress",
+]
+
+
+# -- time --------------------------------------------------------------------------------------
+
+
+class TimeSource(Protocol):
+    """Where core gets time from: the system (`core.clock.SystemTime`) or `testing.FakeTime`."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    def now(self) -> datetime:
+        """Current UTC wall-clock time."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this source's time."""
+        ...
+
+
+# -- audio codecs and writers (media/) ---------------------------------------------------------
+
+
+class FrameDecoder(Protocol):
+    """Decodes one participant's frames (see `callrec.media.decode.AudioDecoder`)."""
+
+    sample_rate: int
+
+    def frame_samples(self, data: bytes) -> int:
+        """Validate a frame and return its length in samples; raises `DecodeError`."""
+        ...
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Mono float32 PCM at `sample_rate`; raises `DecodeError` and stays usable."""
+        ...
+
+
+class BlockResampler(Protocol):
+    """Resamples one tick of many streams of one rate (see `media.decode.ResamplerBank`)."""
+
+    def process(self, blocks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One output block per input stream."""
+        ...
+
+    def discard(self, key: str) -> None:
+        """Forget a stream."""
+        ...
+
+
+class AudioCodecs(Protocol):
+    """Factory of decoders and resamplers."""
+
+    def decoder(self, audio_format: AudioFormat) -> FrameDecoder:
+        """A decoder for one participant; ValueError if the format is unusable."""
+        ...
+
+    def resampler_bank(self, in_rate: int, out_rate: int, block: int) -> BlockResampler:
+        """A resampler for all participants of one input rate."""
+        ...
+
+
+class AudioWriter(Protocol):
+    """Writes one chunk's media file (implementations in `callrec.media.writers`)."""
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the file so far."""
+        ...
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append int16 samples: shape (n,) for mono, (n, channels) for unmixed (channels may grow)."""
+        ...
+
+    def close(self) -> Path:
+        """Finish and fsync the file; returns its path."""
+        ...
+
+
+class AudioWriterFactory(Protocol):
+    """Opens writers of one format and answers the questions rotation and metadata ask."""
+
+    content_type: str  # MIME type, e.g. "audio/wav"
+    extension: str  # file extension without dot
+
+    def open(self, path: Path) -> AudioWriter:
+        """A writer for a new chunk file (called in a worker thread)."""
+        ...
+
+    def bit_rate(self, channels: int) -> int:
+        """`audioConfiguration.bitRate` of a chunk with `channels` channels."""
+        ...
+
+    def projected_bytes(self, samples: int, channels: int) -> int:
+        """File size (upper bound) once `samples` frames are written and the file closed."""
+        ...
+
+
+# -- the video worker process (media/video_worker.py) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkWritten:
+    """A chunk file was closed (by `rotate` or `finish`): it is complete and playable."""
+
+    path: Path
+    bytes_written: int
+    duration_s: float
+    video_frames: int
+
+
+@dataclass(frozen=True)
+class WorkerProgress:
+    """Sent once per second of media: size and duration of the open chunk (for chunk limits)."""
+
+    path: Path
+    bytes_written: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class FrameRejected:
+    """A participant's video frame could not be decoded (count it under `reason`)."""
+
+    participant_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """The worker failed or died; the recording cannot continue."""
+
+    message: str
+
+
+VideoWorkerEvent = ChunkWritten | WorkerProgress | FrameRejected | WorkerFailed
+
+
+class VideoWorkerError(Exception):
+    """The video worker failed; the message says why (shown in the recording's `error`)."""
+
+
+class VideoWorkerPort(Protocol):
+    """One mp4 recording's compositor and encoder, in a process of its own.
+
+    Commands are cheap and never block (safe on the event loop); `finish` blocks (run
+    it in a thread). Events arrive through the callback given at construction.
+    """
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (None before start / after it ended)."""
+        ...
+
+    @property
+    def video_frames_dropped(self) -> int:
+        """Raw frames thinned or dropped under load."""
+        ...
+
+    def join(self, participant_id: str, display_name: str, video: VideoEncoding | None,
+             width: int = 0, height: int = 0) -> None:
+        """A participant entered (video None: audio only, shown as a name card)."""
+        ...
+
+    def leave(self, participant_id: str) -> None:
+        """A participant left: their tile is freed."""
+        ...
+
+    def video(self, participant_id: str, data: bytes, t: float | None = None, *,
+              width: int = 0, height: int = 0, raw: bool = False) -> bool:
+        """A frame to show from call time `t` (seconds); False when dropped."""
+        ...
+
+    def audio(self, block: np.ndarray, t: float, speaking: Mapping[str, bool]) -> bool:
+        """Mixed audio from call time `t` and who is speaking."""
+        ...
+
+    def pause(self, silence: bool) -> None:
+        """Pause: skip mode writes nothing; silence mode writes silence and a slate."""
+        ...
+
+    def resume(self) -> None:
+        """Resume writing into the same chunk."""
+        ...
+
+    def rotate(self, new_path: Path) -> None:
+        """Close the current chunk (a `ChunkWritten` follows) and continue in `new_path`."""
+        ...
+
+    def finish(self, timeout: float = 60.0) -> list[ChunkWritten]:
+        """Close the last chunk and stop; every chunk written; raises `VideoWorkerError`."""
+        ...
+
+
+# -- media ingest (driven by api/media.py) -----------------------------------------------------
+
+
+class MediaIngest(Protocol):
+    """Receives a call's participants and frames; returns a rejection reason or None."""
+
+    def joined(self, call: Call, participant: CallParticipant) -> None:
+        """A participant entered (or re-joined)."""
+        ...
+
+    def left(self, call: Call, participant: CallParticipant) -> None:
+        """A participant left."""
+        ...
+
+    def audio(self, call: Call, participant: CallParticipant, sequence: int, timestamp_us: int,
+              data: bytes) -> str | None:
+        """An audio frame; None when accepted, else why it was rejected."""
+        ...
+
+    def video(self, call: Call, participant: CallParticipant, sequence: int, timestamp_us: int, data: bytes,
+              keyframe: bool, width: int, height: int) -> str | None:
+        """A video frame; None when accepted, else why it was rejected."""
+        ...
+
+
+# -- the media side of recordings (core.media_recorder) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class FinishedMedia:
+    """What the media side reports when a recording's files are all stored."""
+
+    chunks: Sequence[ChunkInfo]
+    duration: timedelta
+    participants: Sequence[RecordedParticipant] = ()
+
+
+class MediaRecorderPort(Protocol):
+    """The media side of recordings, as the recording registry drives it."""
+
+    async def start(self, recording: Recording, call: Call | None) -> None:
+        """Begin writing the recording (paused already when pause_on_start)."""
+        ...
+
+    def pause(self, recording: Recording, at: datetime) -> None:
+        """Stop writing media (skip) or write silence (silence mode)."""
+        ...
+
+    def resume(self, recording: Recording, at: datetime) -> None:
+        """Write media again."""
+        ...
+
+    async def finish(self, recording: Recording) -> FinishedMedia:
+        """Finalise the last chunk and store every chunk; raise CallrecError on failure."""
+        ...
+
+
+# -- state (state/) ----------------------------------------------------------------------------
+
+
+class RecordingRepositoryPort(Protocol):
+    """Durable recordings and idempotency keys."""
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """Everything saved inside commits together."""
+        ...
+
+    def save(self, rec: Recording) -> None:
+        """Insert or update a recording."""
+        ...
+
+    def get(self, recording_id: str) -> Recording | None:
+        """A recording by id."""
+        ...
+
+    def in_progress(self) -> list[Recording]:
+        """Recordings that were active, paused or stopping (for recovery)."""
+        ...
+
+    def list(self, server_call_id: str, state: RecordingState | None, page_size: int,
+             page_token: str) -> tuple[list[Recording], str]:
+        """A page, newest first; ValueError for a bad token."""
+        ...
+
+    def remember_request(self, request_id: str, recording_id: str) -> None:
+        """Remember which recording a StartRecording request_id created."""
+        ...
+
+    def recall_request(self, request_id: str, window: timedelta) -> str | None:
+        """The recording a request_id created within `window`, if any."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """One chunk as stored: locations, keys and the target that holds them."""
+
+    document_id: str
+    recording_id: str
+    chunk_index: int
+    end_reason: str
+    target: str
+    media_key: str
+    metadata_key: str
+    media_type: str
+    content_location: str
+    metadata_location: str
+    delete_location: str
+    samples: int = 0
+    """Audio samples at 16 kHz (the chunk's recorded duration)."""
+    participants: str = "[]"
+    """JSON list of the chunk's participants ({participant_id, display_name, channel})."""
+
+
+class ChunkIndexPort(Protocol):
+    """Which chunks a recording has and where they are stored."""
+
+    def add(self, chunk: StoredChunk) -> None:
+        """Index a chunk (before its upload starts)."""
+        ...
+
+    def for_recording(self, recording_id: str) -> list[StoredChunk]:
+        """A recording's chunks in index order."""
+        ...
+
+
+# -- events and storage (events/, storage/) ----------------------------------------------------
+
+
+class RecordingEventsPort(Protocol):
+    """Publishes a recording's events (ACS shapes, durable log: `events.recording_events`)."""
+
+    async def state_changed(self, rec: Recording, active: bool) -> None:
+        """RecordingStateChanged."""
+        ...
+
+    async def file_status_updated(self, rec: Recording) -> None:
+        """RecordingFileStatusUpdated: every chunk is stored."""
+        ...
+
+    async def failed(self, rec: Recording, code: int, message: str) -> None:
+        """The recording failed (code is a google.rpc code number)."""
+        ...
+
+
+class UploadQueuePort(Protocol):
+    """The durable upload outbox: files go in, the stores receive them with retries."""
+
+    def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
+        """Queue one file of a group (a recording id); returns its upload id."""
+        ...
+
+    async def wait_stored(self, group_id: str) -> str | None:
+        """Wait until every file of the group is stored: None, or why some failed for good."""
+        ...
+
+
+class StorageTargetsPort(Protocol):
+    """Storage targets by name (configured) or by external container (bring-your-own-storage)."""
+
+    def external_target(self, kind: str, container_url: str) -> str:
+        """The target string of an external container."""
+        ...
+
+    def check(self, target: str) -> None:
+        """ValueError (with a message for the user) when the target cannot be used."""
+        ...
+
+    def location(self, target: str, key: str) -> str:
+        """The location an object of `key` has in the target (what events announce)."""
+        ...
+
+    def describe(self, target: str) -> str:
+        """The target for humans (no credentials)."""
+        ...
