@@ -24,9 +24,9 @@ from callrec.storage.base import (
     PIECE_SIZE,
     ChecksumMismatch,
     FileDigests,
-    NotFound,
-    OutOfRange,
+    ObjectNotFound,
     PermissionDenied,
+    RangeNotSatisfiable,
     Store,
     Transient,
 )
@@ -169,12 +169,12 @@ async def test_ranged_reads_are_byte_exact(store: Store, tmp_path: Path, offset:
 async def test_range_past_the_end_is_out_of_range(store: Store, tmp_path: Path, offset: int, length: int) -> None:
     write(tmp_path / "r.bin", SMALL)
     await store.put_file("r/r.bin", tmp_path / "r.bin", "application/octet-stream")
-    with pytest.raises(OutOfRange):
+    with pytest.raises(RangeNotSatisfiable):
         await read_all(store, "r/r.bin", offset, length)
 
 
 async def test_reading_a_missing_object_is_not_found(store: Store) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         await read_all(store, "no/such/object.wav")
 
 
@@ -200,9 +200,9 @@ async def test_delete_then_not_found(store: Store, tmp_path: Path) -> None:
     await store.delete("d/0-metadata.json")
 
     assert await store.head("d/0-metadata.json") is None
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         await store.delete("d/0-metadata.json")
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         await read_all(store, "d/0-metadata.json")
 
 
@@ -271,7 +271,7 @@ async def test_empty_file(store: Store, tmp_path: Path) -> None:
     stored = await store.put_file("e/empty.json", tmp_path / "empty", "application/json")
     assert stored.size == 0
     assert await read_all(store, "e/empty.json") == b""
-    with pytest.raises(OutOfRange):
+    with pytest.raises(RangeNotSatisfiable):
         await read_all(store, "e/empty.json", 1, 0)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from callrec.core.object_keys import ChunkKeys, safe_segment
 from callrec.storage.azure_blob import AzureBlobStore
-from callrec.storage.base import OutOfRange, resolve_range
+from callrec.storage.base import RangeNotSatisfiable, resolve_range
 from callrec.storage.local import LocalStore
 from callrec.storage.s3 import S3Store
 from callrec.storage.targets import store_from_config, store_from_external, stores_from_config
@@ -62,7 +62,7 @@ def test_resolve_range() -> None:
     assert resolve_range(10, 10, 0) == (10, 10)
     assert resolve_range(0, 0, 0) == (0, 0)
     for offset, length in [(11, 0), (5, 6), (-1, 0), (0, -1)]:
-        with pytest.raises(OutOfRange):
+        with pytest.raises(RangeNotSatisfiable):
             resolve_range(10, offset, length)
 
 

@@ -29,12 +29,12 @@ from callrec.core.metadata import milliseconds
 from callrec.core.model import OUTPUT_SAMPLE_RATE, PauseInterval
 from callrec.core.ports import TimeSource
 
-__all__ = ["Command", "Mark", "PauseSpan", "RecordingTimeline", "TimelineListener", "aware"]
+__all__ = ["CommandKind", "Mark", "PauseSpan", "RecordingTimeline", "TimelineListener", "aware"]
 
 log = get_logger(__name__)
 
 
-class Command(enum.IntEnum):
+class CommandKind(enum.IntEnum):
     """Control commands; at one instant they apply in this order."""
 
     START = 0
@@ -114,11 +114,11 @@ class RecordingTimeline:
         self._time = time
         self._idle_timeout = idle_timeout
         self._log_fields = log_fields or {}
-        self._commands: list[tuple[datetime, int, Command]] = []
+        self._commands: list[tuple[datetime, int, CommandKind]] = []
         self._order = itertools.count()
         self._start_at = aware(start_at) if start_at is not None else None
         if self._start_at is not None:
-            self._schedule(self._start_at, Command.START)
+            self._schedule(self._start_at, CommandKind.START)
         self._paused = pause_on_start
         self._requested_paused = pause_on_start
         self._started = False
@@ -136,18 +136,18 @@ class RecordingTimeline:
     def pause(self, at: datetime) -> None:
         """Pause at `at` (no-op if already paused then)."""
         self._requested_paused = True
-        self._schedule(aware(at), Command.PAUSE)
+        self._schedule(aware(at), CommandKind.PAUSE)
 
     def resume(self, at: datetime) -> None:
         """Resume at `at` (no-op if not paused then)."""
         self._requested_paused = False
-        self._schedule(aware(at), Command.RESUME)
+        self._schedule(aware(at), CommandKind.RESUME)
 
     def stop(self, at: datetime) -> None:
         """Ignore media after `at`. Schedule it before the ticks pass `at`: media taken cannot be cut."""
-        self._schedule(aware(at), Command.STOP)
+        self._schedule(aware(at), CommandKind.STOP)
 
-    def _schedule(self, at: datetime, command: Command) -> None:
+    def _schedule(self, at: datetime, command: CommandKind) -> None:
         self._commands.append((at, next(self._order), command))
         self._commands.sort(key=lambda c: (c[0], c[1]))
 
@@ -223,18 +223,18 @@ class RecordingTimeline:
         self._position = tick.index * TICK_SAMPLES + samples
         self._position_time = tick.end_time
 
-    def _apply(self, command: Command, mark: Mark, listener: TimelineListener) -> None:
-        if command is Command.START:
+    def _apply(self, command: CommandKind, mark: Mark, listener: TimelineListener) -> None:
+        if command is CommandKind.START:
             if not self._started:
                 self._begin(mark, listener)
-        elif command is Command.STOP:
+        elif command is CommandKind.STOP:
             self._stopped = True
             self._end_pos = mark.position
             if self._started:
                 self._position, self._position_time = mark.position, mark.time
             self._stop_reached.set()
         else:
-            paused = command is Command.PAUSE
+            paused = command is CommandKind.PAUSE
             if paused == self._paused:
                 return
             self._paused = paused

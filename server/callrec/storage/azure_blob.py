@@ -52,10 +52,10 @@ from callrec.storage.base import (
     PIECE_SIZE,
     ChecksumMismatch,
     FileDigests,
-    NotFound,
     ObjectInfo,
-    OutOfRange,
+    ObjectNotFound,
     PermissionDenied,
+    RangeNotSatisfiable,
     StorageError,
     StoredObject,
     Transient,
@@ -83,12 +83,12 @@ def map_azure_error(exc: BaseException, what: str) -> StorageError:
         message = f"{what}: {status} {code}".rstrip()
         if isinstance(exc, ResourceNotFoundError) or status == 404:
             if code == "ContainerNotFound":
-                return NotFound(f"{what}: the container does not exist")
-            return NotFound(message)
+                return ObjectNotFound(f"{what}: the container does not exist")
+            return ObjectNotFound(message)
         if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
             return PermissionDenied(message)
         if status == 416 or code == "InvalidRange":
-            return OutOfRange(message)
+            return RangeNotSatisfiable(message)
         text = str(exc.message or "").lower()
         if code in _CHECKSUM_CODES or (status == 400 and "md5" in text and "match" in text):
             # Azure says Md5Mismatch; Azurite says InvalidOperation "Provided contentMD5 doesn't match".
@@ -343,7 +343,7 @@ class AzureBlobStore:
             return await blob.get_blob_properties()
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
-                raise NotFound(f"{what}: the container does not exist") from exc
+                raise ObjectNotFound(f"{what}: the container does not exist") from exc
             return None
         except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise map_azure_error(exc, what) from exc
@@ -367,7 +367,7 @@ class AzureBlobStore:
         what = f"{self}: read {key!r}"
         props = await self._properties(blob, what)
         if props is None:
-            raise NotFound(f"{what}: no such object")
+            raise ObjectNotFound(f"{what}: no such object")
         start, end = resolve_range(int(props.size), offset, length)
         if start == end:
             return
@@ -385,7 +385,7 @@ class AzureBlobStore:
 
     # --------------------------------------------------------------------------------- delete/list
     async def delete(self, key: str) -> None:
-        """Delete Blob (with its snapshots); NotFound when absent."""
+        """Delete Blob (with its snapshots); ObjectNotFound when absent."""
         with _mapped(f"{self}: delete {key!r}"):
             await self._container.get_blob_client(self._name(key)).delete_blob(delete_snapshots="include")
 

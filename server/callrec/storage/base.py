@@ -46,7 +46,7 @@ class StorageError(Exception):
     retryable: ClassVar[bool] = False
 
 
-class NotFound(StorageError):
+class ObjectNotFound(StorageError):
     """The object (or the bucket/container holding it) does not exist."""
 
     code = "NOT_FOUND"
@@ -72,7 +72,7 @@ class ChecksumMismatch(StorageError):
     retryable = True
 
 
-class OutOfRange(StorageError):
+class RangeNotSatisfiable(StorageError):
     """A read asked for bytes past the end of the object."""
 
     code = "OUT_OF_RANGE"
@@ -135,7 +135,7 @@ class Store(Protocol):
     def open_range(self, key: str, offset: int = 0, length: int = 0) -> AsyncIterator[bytes]:
         """Yield the bytes `[offset, offset + length)` in pieces of at most `PIECE_SIZE`.
 
-        `length` 0 means to the end. Raises `NotFound`, or `OutOfRange` when the range does not lie
+        `length` 0 means to the end. Raises `ObjectNotFound`, or `RangeNotSatisfiable` when the range does not lie
         within the object (`offset == size` with `length` 0 is an empty read, not an error).
         """
         ...
@@ -145,7 +145,7 @@ class Store(Protocol):
         ...
 
     async def delete(self, key: str) -> None:
-        """Remove the object; `NotFound` when it does not exist."""
+        """Remove the object; `ObjectNotFound` when it does not exist."""
         ...
 
     def location(self, key: str) -> str:
@@ -212,15 +212,15 @@ def resolve_range(size: int, offset: int, length: int) -> tuple[int, int]:
     """Turn a request `(offset, length)` into `(start, end_exclusive)` for an object of `size` bytes.
 
     Strict on purpose: a range that does not lie within the object is a caller bug (or a stale
-    resume offset) and surfaces as `OutOfRange` instead of a silently short read.
+    resume offset) and surfaces as `RangeNotSatisfiable` instead of a silently short read.
     """
     if offset < 0 or length < 0:
-        raise OutOfRange(f"offset and length must not be negative (offset={offset}, length={length})")
+        raise RangeNotSatisfiable(f"offset and length must not be negative (offset={offset}, length={length})")
     if offset > size:
-        raise OutOfRange(f"offset {offset} is past the end of the object ({size} bytes)")
+        raise RangeNotSatisfiable(f"offset {offset} is past the end of the object ({size} bytes)")
     end = size if length == 0 else offset + length
     if end > size:
-        raise OutOfRange(f"range {offset}+{length} goes past the end of the object ({size} bytes)")
+        raise RangeNotSatisfiable(f"range {offset}+{length} goes past the end of the object ({size} bytes)")
     return offset, end
 
 

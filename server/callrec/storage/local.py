@@ -31,8 +31,8 @@ from callrec.storage.base import (
     DEFAULT_CONTENT_TYPE,
     PIECE_SIZE,
     ChecksumMismatch,
-    NotFound,
     ObjectInfo,
+    ObjectNotFound,
     PermissionDenied,
     StorageError,
     StoredObject,
@@ -56,11 +56,11 @@ def _mapped_os_errors(what: str) -> Iterator[None]:
     except StorageError:
         raise
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise NotFound(f"{what}: no such object") from exc
+        raise ObjectNotFound(f"{what}: no such object") from exc
     except PermissionError as exc:
         raise PermissionDenied(f"{what}: {exc.strerror}") from exc
     except IsADirectoryError as exc:
-        raise NotFound(f"{what}: is a directory, not an object") from exc
+        raise ObjectNotFound(f"{what}: is a directory, not an object") from exc
     except OSError as exc:
         # Disk full, I/O errors, too many open files: the outbox retries these later.
         raise Transient(f"{what}: {exc.strerror or exc}") from exc
@@ -260,14 +260,14 @@ class LocalStore:
 
     # ------------------------------------------------------------------------------------- delete
     async def delete(self, key: str) -> None:
-        """Remove the file (NotFound when absent) and any directories it leaves empty."""
+        """Remove the file (ObjectNotFound when absent) and any directories it leaves empty."""
         target = self._path(key)
         with _mapped_os_errors(f"local store {self.root}: delete {key!r}"):
             await asyncio.to_thread(self._delete_sync, target)
 
     def _delete_sync(self, target: Path) -> None:
         if target.is_dir():
-            raise NotFound(f"local store {self.root}: {target} is a directory, not an object")
+            raise ObjectNotFound(f"local store {self.root}: {target} is a directory, not an object")
         target.unlink()
         self._prune_empty_dirs(target.parent)
 

@@ -43,10 +43,10 @@ from callrec.storage.base import (
     PIECE_SIZE,
     ChecksumMismatch,
     FileDigests,
-    NotFound,
     ObjectInfo,
-    OutOfRange,
+    ObjectNotFound,
     PermissionDenied,
+    RangeNotSatisfiable,
     StorageError,
     StoredObject,
     Transient,
@@ -104,13 +104,13 @@ def map_s3_error(exc: BaseException, what: str) -> StorageError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         message = f"{what}: {code or status} {error.get('Message', '')}".rstrip()
         if code == "NoSuchBucket":
-            return NotFound(f"{what}: the bucket does not exist")
+            return ObjectNotFound(f"{what}: the bucket does not exist")
         if code in _NOT_FOUND_CODES:
-            return NotFound(message)
+            return ObjectNotFound(message)
         if code in _DENIED_CODES or status in (401, 403):
             return PermissionDenied(message)
         if code == "InvalidRange" or status == 416:
-            return OutOfRange(message)
+            return RangeNotSatisfiable(message)
         if code in _CHECKSUM_CODES:
             return ChecksumMismatch(message)
         if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
@@ -401,7 +401,7 @@ class S3Store:
         what = f"{self}: read {key!r}"
         head = await self._head_raw(name, what)
         if head is None:
-            raise NotFound(f"{what}: no such object")
+            raise ObjectNotFound(f"{what}: no such object")
         start, end = resolve_range(int(head["ContentLength"]), offset, length)
         if start == end:
             return
@@ -425,10 +425,10 @@ class S3Store:
 
     # --------------------------------------------------------------------------------- delete/list
     async def delete(self, key: str) -> None:
-        """DeleteObject; S3 deletes are silent on missing keys, so HEAD first to report NotFound."""
+        """DeleteObject; S3 deletes are silent on missing keys, so HEAD first to report ObjectNotFound."""
         name = self._name(key)
         if await self._head_raw(name, f"{self}: delete {key!r}") is None:
-            raise NotFound(f"{self}: delete {key!r}: no such object")
+            raise ObjectNotFound(f"{self}: delete {key!r}: no such object")
         await self._call(f"delete {key!r}", "delete_object", Bucket=self.bucket, Key=name)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
