@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from callrec.core.call_registry import Call, GatewayStream, RecordingNotice
 from callrec.core.errors import InvalidArgument
@@ -71,10 +74,14 @@ VIDEO_ENCODINGS = {
 }
 
 
-def _enum(table: dict[int, object], value: int, field: str, enum_type: object) -> object:
+_PbEnum = TypeVar("_PbEnum", bound=int)
+_CoreValue = TypeVar("_CoreValue")
+
+
+def _enum(table: Mapping[_PbEnum, _CoreValue], value: _PbEnum, field: str, enum_type: EnumTypeWrapper) -> _CoreValue:
     """Look up an enum value, rejecting numbers this server does not know."""
     if value not in table:
-        names = ", ".join(n for n, v in enum_type.items() if v in table)  # type: ignore[attr-defined]
+        names = ", ".join(n for n, v in enum_type.items() if v in table)
         raise InvalidArgument(f"{field}: unknown value {value}; expected one of {names}")
     return table[value]
 
@@ -107,13 +114,13 @@ def start_options(req: recording_pb2.StartRecordingRequest) -> RecordingOptions:
     if req.HasField("chunk_max_duration"):
         chunk_max = req.chunk_max_duration.ToTimedelta()
     return RecordingOptions(
-        content_type=_enum(CONTENT_TYPES, req.content_type, "content_type", pb.RecordingContentType),  # type: ignore[arg-type]
-        channel_type=_enum(CHANNEL_TYPES, req.channel_type, "channel_type", pb.RecordingChannelType),  # type: ignore[arg-type]
-        format=_enum(FORMATS, req.format, "format", pb.RecordingFormat),  # type: ignore[arg-type]
+        content_type=_enum(CONTENT_TYPES, req.content_type, "content_type", pb.RecordingContentType),
+        channel_type=_enum(CHANNEL_TYPES, req.channel_type, "channel_type", pb.RecordingChannelType),
+        format=_enum(FORMATS, req.format, "format", pb.RecordingFormat),
         audio_channel_participant_ordering=tuple(req.audio_channel_participant_ordering),
         channel_affinity=tuple(ChannelPin(a.channel, a.participant_id) for a in req.channel_affinity),
         pause_on_start=req.pause_on_start,
-        pause_mode=_enum(PAUSE_MODES, req.pause_mode, "pause_mode", pb.PauseMode),  # type: ignore[arg-type]
+        pause_mode=_enum(PAUSE_MODES, req.pause_mode, "pause_mode", pb.PauseMode),
         destination=req.destination,
         external_storage=external,
         chunk_max_duration=chunk_max,
@@ -124,7 +131,7 @@ def start_options(req: recording_pb2.StartRecordingRequest) -> RecordingOptions:
     )
 
 
-def state_filter(value: int) -> RecordingState | None:
+def state_filter(value: recording_pb2.RecordingState) -> RecordingState | None:
     """ListRecordingsRequest.state -> filter (None = any)."""
     if value == pb.RECORDING_STATE_UNSPECIFIED:
         return None
@@ -215,13 +222,13 @@ def audio_format(msg: media_pb2.AudioFormat) -> AudioFormat:
         rate = msg.sample_rate or 8000
         if rate != 8000 or channels != 1:
             raise InvalidArgument("join.audio_format: PCMU/PCMA are 8000 Hz mono (sample_rate 8000 or 0, channels 1)")
-    return AudioFormat(encoding, rate, channels)  # type: ignore[arg-type]
+    return AudioFormat(encoding, rate, channels)
 
 
 def video_format(msg: media_pb2.VideoFormat) -> VideoFormat:
     """join.video_format -> VideoFormat."""
     encoding = _enum(VIDEO_ENCODINGS, msg.encoding, "join.video_format.encoding", media_pb2.VideoEncoding)
-    return VideoFormat(encoding, msg.width, msg.height)  # type: ignore[arg-type]
+    return VideoFormat(encoding, msg.width, msg.height)
 
 
 def event(stored: StoredEvent) -> events_pb2.Event:

@@ -39,7 +39,9 @@ log = get_logger(__name__)
 
 #: Samples of 16 kHz output per tick.
 TICK_SAMPLES = OUTPUT_SAMPLE_RATE * TICK_US // 1_000_000
-#: A participant's first frame this far before the playout point, or after it, is re-anchored.
+#: A participant's first frame this far from its gateway's latest frame is on a clock of its own.
+REANCHOR_TOLERANCE_US = 1_000_000
+#: ... and, for a gateway's first participant, this far before the playout point, or after it.
 REANCHOR_BEHIND_US = 1_000_000
 REANCHOR_AHEAD_US = 30_000_000
 
@@ -126,6 +128,7 @@ class CallMedia:
         self._unknown = MediaStats()  # frames for participants this call never had
         self._names: dict[str, str] = {}
         self._names_view = types.MappingProxyType(self._names)
+        self._gateway_latest_us: dict[str, int] = {}  # newest call time placed on each gateway's own clock
         self._banks: dict[int, BlockResampler] = {}
         self._sinks: list[TickSink] = []
         self._next_tick = 0
@@ -241,14 +244,23 @@ class CallMedia:
         call_us = self.clock.place(participant.anchor, timestamp_us)
         if not participant.placed_any:
             participant.placed_any = True
-            playout_us = self._next_tick * TICK_US
-            if not playout_us - REANCHOR_BEHIND_US <= call_us <= playout_us + REANCHOR_AHEAD_US:
+            latest = self._gateway_latest_us.get(participant.gateway_id)
+            if latest is not None:  # its gateway's other participants say where "now" is
+                agrees = abs(call_us - latest) <= REANCHOR_TOLERANCE_US
+            else:
+                playout_us = self._next_tick * TICK_US
+                agrees = playout_us - REANCHOR_BEHIND_US <= call_us <= playout_us + REANCHOR_AHEAD_US
+            if not agrees:
                 log.warning(
                     "participant timestamps disagree with its gateway's clock; anchoring it separately",
                     call_id=self.call_id, participant_id=participant.participant_id,
                 )
                 participant.anchor = f"{participant.gateway_id}\x00{participant.participant_id}"
                 call_us = self.clock.place(participant.anchor, timestamp_us)
+        if participant.anchor == participant.gateway_id:
+            latest = self._gateway_latest_us.get(participant.gateway_id)
+            if latest is None or call_us > latest:
+                self._gateway_latest_us[participant.gateway_id] = call_us
         return call_us
 
     # ------------------------------------------------------------------ sinks and stats
@@ -405,9 +417,8 @@ class CallMedia:
             blocks.update(bank.process(native))
         matrix = np.zeros((len(ids), TICK_SAMPLES), dtype=np.float32)
         for row, pid in enumerate(ids):
-            block = blocks.get(pid)
-            if block is not None:
-                matrix[row] = block
+            if (decoded := blocks.get(pid)) is not None:
+                matrix[row] = decoded
         result = self._mixer.mix(ids, matrix)
         tick = MixTick(
             index=index,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from callrec.core.call_media import TICK_SAMPLES, MixTick
-from callrec.core.log import get_logger
+from callrec.core.log import LogFields, get_logger
 from callrec.core.metadata import (
     VideoConfiguration,
     chunk_metadata,
@@ -195,7 +195,7 @@ class SerialJobs:
         max_pending: int,
         on_error: Callable[[BaseException], None],
         failed: Callable[[], bool],
-        log_fields: dict[str, str],
+        log_fields: LogFields,
     ) -> None:
         self._executor = executor
         self._max_pending = max_pending
@@ -264,7 +264,7 @@ class Chunker:
         output: ChunkOutput,
         jobs: SerialJobs,
         on_chunk_finished: OnChunkFinished,
-        log_fields: dict[str, str],
+        log_fields: LogFields,
     ) -> None:
         self.recording_id = recording_id
         self.call_id = call_id

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TypeAlias
+from typing import TypeAlias, TypedDict
 
-__all__ = ["FIELD_PREFIX", "ExcInfo", "KeywordLogger", "get_logger"]
+__all__ = ["FIELD_PREFIX", "ExcInfo", "KeywordLogger", "LogFields", "get_logger"]
 
 ExcInfo: TypeAlias = (
     bool
@@ -27,6 +27,17 @@ ExcInfo: TypeAlias = (
     | None
 )
 """What `logging` accepts as `exc_info`."""
+
+
+class LogFields(TypedDict, total=False):
+    """The ids a recording's parts add to each of their lines (`log.info("...", **fields)`).
+
+    A TypedDict, not `dict[str, str]`: unpacked into a `KeywordLogger` method, a plain dict could
+    carry `exc_info` or `stack_info` as far as the type checker knows; these keys cannot.
+    """
+
+    recording_id: str
+    call_id: str
 
 FIELD_PREFIX = "field_"
 """Prepended to a field name that `logging` reserves (`name` -> `field_name`)."""

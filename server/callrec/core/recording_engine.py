@@ -25,7 +25,7 @@ from pathlib import Path
 from callrec.core.call_media import MixTick
 from callrec.core.chunker import Chunker, ChunkOutput, FinishedChunk, OnChunkFinished, RecordingMediaError, SerialJobs
 from callrec.core.clock import SystemTime
-from callrec.core.log import get_logger
+from callrec.core.log import LogFields, get_logger
 from callrec.core.metadata import milliseconds
 from callrec.core.model import OUTPUT_SAMPLE_RATE, PauseInterval, RecordedParticipant, RecordingOptions
 from callrec.core.ports import TimeSource
@@ -65,7 +65,7 @@ class RecordingEngine:
         self._error: BaseException | None = None
         self._closing = False
         self._finish_task: asyncio.Future[list[FinishedChunk]] | None = None
-        self.log_fields = {"recording_id": recording_id, "call_id": call_id}
+        self.log_fields: LogFields = {"recording_id": recording_id, "call_id": call_id}
         self.timeline = RecordingTimeline(
             pause_on_start=options.pause_on_start,
             start_at=start_at,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from callrec.core.call_media import TICK_SAMPLES, MixTick
-from callrec.core.log import get_logger
+from callrec.core.log import LogFields, get_logger
 from callrec.core.metadata import milliseconds
 from callrec.core.model import OUTPUT_SAMPLE_RATE, PauseInterval
 from callrec.core.ports import TimeSource
@@ -109,7 +109,7 @@ class RecordingTimeline:
         start_at: datetime | None,
         time: TimeSource,
         idle_timeout: float = 0.5,
-        log_fields: dict[str, str] | None = None,
+        log_fields: LogFields | None = None,
     ) -> None:
         self._time = time
         self._idle_timeout = idle_timeout

@@ -91,9 +91,13 @@ class EventLog:
         """Every matching event after `after`, then new ones as they are appended, forever."""
         cursor = after
         while True:
-            seen = cursor
+
+            def grown(seen: int = cursor) -> bool:
+                """Whether an event was appended after those already read."""
+                return self.last_sequence() > seen
+
             async with self._grew:
-                await self._grew.wait_for(lambda seen=seen: self.last_sequence() > seen)
+                await self._grew.wait_for(grown)
             while True:
                 batch, cursor = self.read_after(cursor, flt)
                 for stored in batch:

@@ -191,7 +191,8 @@ class RecordingRepository:
         self, server_call_id: str = "", state: RecordingState | None = None, page_size: int = 50, page_token: str = ""
     ) -> tuple[list[Recording], str]:
         """A page of recordings, newest first, and the next page's token ("" on the last page)."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[str | int] = []
         if server_call_id:
             clauses.append("server_call_id = ?")
             params.append(server_call_id)

@@ -27,11 +27,15 @@ from callrec.core.mixer import float_to_int16
 from callrec.core.model import AudioEncoding, AudioFormat
 
 __all__ = [
+    "CallResult",
     "CollectingSink",
+    "Command",
     "DecodedAudio",
     "FakeTime",
     "GatewayFrame",
     "ParticipantStream",
+    "RecordingResult",
+    "SimParticipant",
     "decode_file",
     "dominant_frequencies",
     "encode_frames",
@@ -39,6 +43,7 @@ __all__ = [
     "interleave",
     "measure_audio_pipeline",
     "participant_frequency",
+    "run_call",
     "tone",
     "tone_frames",
 ]
@@ -433,3 +438,7 @@ class _CountingSink:
 
     def on_tick(self, tick: MixTick) -> None:
         self.count += 1
+
+
+# The in-process call harness builds on the helpers above (it imports them lazily).
+from callrec.testing.call import CallResult, Command, RecordingResult, SimParticipant, run_call  # noqa: E402

@@ -167,9 +167,10 @@ class CallResult:
 
 @dataclass(order=True)
 class _Message:
-    ts_us: int
+    at_us: int  # when it is captured (sent in this order, as a live gateway would)
     kind: int  # 0 video before 1 audio at one instant: the media clock mixes a tick once its audio is in
     order: int
+    ts_us: int = field(compare=False)  # the timestamp it carries: the participant's capture clock
     pid: str = field(compare=False)
     sequence: int = field(compare=False)
     data: bytes = field(compare=False)
@@ -209,7 +210,8 @@ def _messages(cast: Sequence[SimParticipant], seconds: float, start_us: int) -> 
             if p.loss and rng.random() < p.loss:
                 continue
             count += 1
-            out.append(_Message(_capture_us(p, (first + k) / 50, start_us), 1, count, p.participant_id, k + 1, data))
+            t = (first + k) / 50
+            out.append(_Message(round(t * 1e6), 1, count, _capture_us(p, t, start_us), p.participant_id, k + 1, data))
         if not p.has_video:
             continue
         w, h = p.video_size
@@ -228,7 +230,8 @@ def _messages(cast: Sequence[SimParticipant], seconds: float, start_us: int) -> 
                 if not data:
                     continue
             count += 1
-            out.append(_Message(_capture_us(p, t, start_us), 0, count, p.participant_id, i + 1, data, (w, h), key))
+            out.append(_Message(round(t * 1e6), 0, count, _capture_us(p, t, start_us), p.participant_id, i + 1, data,
+                                (w, h), key))
     out.sort()
     return out
 
@@ -332,11 +335,10 @@ async def run_call(
             join(p)
     pending_joins = sorted((p for p in participants if p.join_at > 0), key=lambda p: p.join_at)
     leaves = sorted((p for p in participants if p.leave_at is not None), key=lambda p: p.leave_at or 0.0)
-    by_id = {p.participant_id: p for p in participants}
-    start_us = 1_000_000
+    start_us = 10_000_000  # room for capture clocks up to 10 s behind their gateway's
     for count, m in enumerate(_messages(participants, seconds, start_us), 1):
-        t = (m.ts_us - start_us) / 1e6
-        while pending_joins and pending_joins[0].join_at <= t + by_id[pending_joins[0].participant_id].clock_offset_s:
+        t = m.at_us / 1e6
+        while pending_joins and pending_joins[0].join_at <= t:
             join(pending_joins.pop(0))
         while leaves and (leaves[0].leave_at or 0.0) <= t:
             gone = leaves.pop(0)
@@ -346,6 +348,13 @@ async def run_call(
         member = joined.get(m.pid)
         if member is None:
             continue
+        # Stay in step with the mixer, as a live gateway does: a video frame then reaches the
+        # worker just before the audio of its instant, not seconds ahead of it (the compositor
+        # keeps only a few frames waiting for their time).
+        for _ in range(200):
+            if media.next_tick * 0.02 >= t - 0.1:
+                break
+            await asyncio.sleep(0)
         if m.kind == 1:
             hub.audio(call, member, m.sequence, m.ts_us, m.data)
         else:
@@ -353,7 +362,6 @@ async def run_call(
         if count % yield_every == 0:
             await asyncio.sleep(0)
     await hub.end_call(call.server_call_id)
-    del media
     results: dict[str, RecordingResult] = {}
     for name, sink in sinks.items():
         error = None
