@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from callrec.core.audio_recording import AudioRecording
 from callrec.core.call_media import CallMedia
 from callrec.core.chunker import FinishedChunk
-from callrec.core.clock import MediaClock, RealtimeClock
+from callrec.core.clock import RealtimeClock
 from callrec.core.metadata import SCHEMAS_DIR
 from callrec.core.model import (
     AudioEncoding,
@@ -39,15 +38,17 @@ from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.writers import writer_factory_for
 from callrec.testing import (
     EPOCH,
+    Command,
     FakeTime,
-    ParticipantStream,
+    Impairments,
+    SimParticipant,
     decode_file,
     dominant_frequencies,
     encode_frames,
-    feed,
-    interleave,
+    run_call,
     tone,
 )
+from callrec.testing.call import Action
 
 RATE = 16_000
 SECONDS = 6.0
@@ -73,19 +74,6 @@ SPEAKERS = [
 ALICE, BOB, CHEN = (s.participant_id for s in SPEAKERS)
 
 
-def streams() -> list[ParticipantStream]:
-    out = []
-    for speaker in SPEAKERS:
-        fmt = speaker.audio_format
-        rate = 48_000 if fmt.encoding == AudioEncoding.OPUS else fmt.sample_rate or 8_000
-        silent = round(speaker.starts_s * rate)
-        pcm = tone(speaker.frequency, SECONDS, rate, channels=fmt.channels)
-        pcm[:silent] = 0
-        out.append(ParticipantStream(speaker.participant_id, fmt, encode_frames(pcm, fmt), start_us=5_000_000))
-    return out
-
-
-STREAMS = streams()
 
 
 def at(seconds: float):
@@ -101,35 +89,28 @@ MIXED_WAV = {"channel_type": ChannelType.MIXED, "format": Format.WAV}
 MIXED_MP3 = {"channel_type": ChannelType.MIXED, "format": Format.MP3}
 UNMIXED = {"channel_type": ChannelType.UNMIXED, "format": Format.WAV}
 
-#: name -> (options, commands applied to the AudioRecording before media flows)
-RECORDINGS: dict[str, tuple[RecordingOptions, Callable[[AudioRecording], None]]] = {
-    "wav": (options(**MIXED_WAV), lambda r: None),
-    "mp3": (options(**MIXED_MP3), lambda r: None),
-    "unmixed": (options(**UNMIXED), lambda r: None),
-    "skip": (options(**MIXED_WAV), lambda r: (r.pause(at(2.0)), r.resume(at(3.0)))),
-    "silence": (
-        options(**MIXED_WAV, pause_mode=PauseMode.SILENCE),
-        lambda r: (r.pause(at(2.0)), r.resume(at(3.0))),
-    ),
-    "chunked": (options(**MIXED_WAV, chunk_max_duration=timedelta(seconds=1)), lambda r: None),
+def commands(*pairs: tuple[float, Action]) -> tuple[Command, ...]:
+    return tuple(Command(t, action) for t, action in pairs)
+
+
+#: name -> (options, control commands at media times)
+RECORDINGS: dict[str, tuple[RecordingOptions, tuple[Command, ...]]] = {
+    "wav": (options(**MIXED_WAV), ()),
+    "mp3": (options(**MIXED_MP3), ()),
+    "unmixed": (options(**UNMIXED), ()),
+    "skip": (options(**MIXED_WAV), commands((2.0, "pause"), (3.0, "resume"))),
+    "silence": (options(**MIXED_WAV, pause_mode=PauseMode.SILENCE), commands((2.0, "pause"), (3.0, "resume"))),
+    "chunked": (options(**MIXED_WAV, chunk_max_duration=timedelta(seconds=1)), ()),
     "chunked_bytes_silence": (
         options(**MIXED_WAV, chunk_max_bytes=44 + 2 * 20_800, pause_mode=PauseMode.SILENCE),
-        lambda r: (r.pause(at(2.0)), r.resume(at(3.0))),
+        commands((2.0, "pause"), (3.0, "resume")),
     ),
-    "mp3_chunked": (options(**MIXED_MP3, chunk_max_bytes=20_000), lambda r: None),
-    "unmixed_chunked": (options(**UNMIXED, chunk_max_duration=timedelta(seconds=1.2)), lambda r: None),
-    "pinned": (
-        options(**UNMIXED, unmixed_max_channels=2, channel_affinity=(ChannelPin(0, CHEN),)),
-        lambda r: None,
-    ),
-    "pause_on_start": (
-        options(**MIXED_WAV, pause_on_start=True),
-        lambda r: (r.resume(at(1.0)), r.stop(at(5.0))),
-    ),
-    "double_pause": (  # pausing a paused recording and resuming an active one are no-ops
-        options(**MIXED_WAV),
-        lambda r: (r.pause(at(1.0)), r.pause(at(1.5)), r.resume(at(2.0)), r.resume(at(2.5))),
-    ),
+    "mp3_chunked": (options(**MIXED_MP3, chunk_max_bytes=20_000), ()),
+    "unmixed_chunked": (options(**UNMIXED, chunk_max_duration=timedelta(seconds=1.2)), ()),
+    "pinned": (options(**UNMIXED, unmixed_max_channels=2, channel_affinity=(ChannelPin(0, CHEN),)), ()),
+    "pause_on_start": (options(**MIXED_WAV, pause_on_start=True), commands((1.0, "resume"), (5.0, "stop"))),
+    # pausing a paused recording and resuming an active one are no-ops
+    "double_pause": (options(**MIXED_WAV), commands((1.0, "pause"), (1.5, "pause"), (2.0, "resume"), (2.5, "resume"))),
 }
 
 
@@ -139,44 +120,22 @@ class Run:
 
     chunks: dict[str, list[FinishedChunk]] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
-    callbacks: dict[str, list[int]] = field(default_factory=dict)
     sent: int = 0
 
 
-def record(tmp: Path, impairments: dict | None = None, names: list[str] | None = None) -> Run:
-    """Stream the call (optionally impaired) into the chosen recordings; wait for every file."""
-    run = Run()
-
-    async def main() -> None:
-        call = CallMedia("call", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
-        for speaker in SPEAKERS:
-            call.add_participant(speaker.participant_id, speaker.name, speaker.audio_format, "gw-1")
-        recordings = {}
-        for name in names or list(RECORDINGS):
-            opts, commands = RECORDINGS[name]
-            seen: list[int] = []
-            run.callbacks[name] = seen
-
-            async def on_chunk(chunk: FinishedChunk, seen: list[int] = seen) -> None:
-                assert chunk.media_path.exists() and chunk.metadata_path.exists()
-                seen.append(chunk.index)
-
-            rec = AudioRecording(f"rec-{name}", "call-1", opts, tmp / name, "res-1", writer_factory_for(opts), on_chunk)
-            commands(rec)
-            call.attach(rec)
-            recordings[name] = rec
-        task = asyncio.create_task(call.run())
-        frames = interleave(STREAMS, **(impairments or {}))
-        run.sent = len(frames)
-        await feed(call, frames)
-        await call.close()
-        await task
-        for name, rec in recordings.items():
-            run.chunks[name] = await rec.finish()
-        run.stats = call.participant_stats()
-
-    asyncio.run(main())
-    return run
+def record(tmp: Path, impairments: Impairments | None = None, names: list[str] | None = None) -> Run:
+    """Stream the call (optionally impaired) into the chosen recordings with `run_call`."""
+    chosen = names or list(RECORDINGS)
+    cast = [SimParticipant(s.participant_id, s.name, tone_hz=s.frequency, audio_format=s.audio_format,
+                           speaks=lambda t, s=s: t >= s.starts_s) for s in SPEAKERS]
+    result = asyncio.run(run_call(
+        cast, SECONDS, {f"rec-{name}": RECORDINGS[name][0] for name in chosen},
+        commands=[Command(c.at, c.action, f"rec-{name}") for name in chosen for c in RECORDINGS[name][1]],
+        spool_dir=tmp, impairments=impairments, call_id="call-1", resource_id="res-1",
+    ))
+    for name in chosen:
+        assert result[f"rec-{name}"].error is None
+    return Run({name: result[f"rec-{name}"].chunks for name in chosen}, result.stats, result.audio_frames_sent)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +262,7 @@ def test_duration_chunks_are_continuous(clean: Run) -> None:
     starts = [json.loads(c.metadata_path.read_text())["chunkStartTime"] for c in chunks]
     assert starts == [f"2024-05-14T09:00:0{i}.000000Z" for i in range(6)]
     assert len({c.document_id for c in chunks}) == 6
-    assert clean.callbacks["chunked"] == list(range(6))
+    assert [c.index for c in clean.chunks["chunked"]] == list(range(6))  # announced in order
 
 
 def test_byte_chunks_split_a_silence_pause_between_them(clean: Run) -> None:
@@ -383,12 +342,11 @@ def test_every_chunk_metadata_validates_and_tells_the_truth(clean: Run) -> None:
 
 
 def test_reordered_and_duplicated_input_gives_the_identical_recording(clean: Run, tmp_path: Path) -> None:
-    impaired = record(
-        tmp_path, {"duplicate": 0.05, "reorder_window": 6, "seed": 7}, names=["wav", "unmixed", "chunked"]
-    )
+    impaired = record(tmp_path, Impairments(duplicate=0.05, reorder_window=6, seed=7),
+                      names=["wav", "unmixed", "chunked"])
     for name in ("wav", "unmixed", "chunked"):
         np.testing.assert_array_equal(samples(impaired.chunks[name]), samples(clean.chunks[name]))
-    duplicates = impaired.sent - sum(len(s.frames) for s in STREAMS)
+    duplicates = impaired.sent - clean.sent
     assert duplicates > 20
     counted = sum(s.frames_rejected_by_reason.get("duplicate", 0) for s in impaired.stats.values())
     assert counted == duplicates
@@ -396,8 +354,8 @@ def test_reordered_and_duplicated_input_gives_the_identical_recording(clean: Run
 
 
 def test_lossy_input_keeps_time_and_fills_gaps_with_silence(clean: Run, tmp_path: Path) -> None:
-    impaired = record(tmp_path, {"loss": 0.03, "reorder_window": 3, "seed": 11}, names=["wav", "unmixed"])
-    lost = sum(len(s.frames) for s in STREAMS) - impaired.sent
+    impaired = record(tmp_path, Impairments(loss=0.03, reorder_window=3, seed=11), names=["wav", "unmixed"])
+    lost = clean.sent - impaired.sent
     assert lost > 10
     (chunk,) = impaired.chunks["wav"]
     audio = decode_file(chunk.media_path)

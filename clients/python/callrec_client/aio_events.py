@@ -20,7 +20,7 @@ async def print_events(
         stream = client.subscribe_events(
             event_types=types, server_call_id=call, recording_id=recording, after_sequence=after,
             from_oldest=after is None,
-        ).__aiter__()
+        )
         while True:
             try:
                 event = await (stream.__anext__() if follow else asyncio.wait_for(stream.__anext__(), IDLE_S))

@@ -7,7 +7,6 @@ prints readable text by default and one JSON object per line with --json.
 from __future__ import annotations
 
 import asyncio
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -347,4 +346,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -5,7 +5,7 @@ Errors come back as `CallrecError` with the gRPC status code and the server's me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -49,7 +49,7 @@ class CallrecError(Exception):
 
 
 def _wrap(exc: grpc.RpcError) -> CallrecError:
-    return CallrecError(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+    return CallrecError(exc.code(), exc.details() or "")
 
 
 def start_request(
@@ -171,12 +171,14 @@ class AsyncCallrecClient:
     ) -> recording_pb2.ListRecordingsResponse:
         """One page of recordings, newest first."""
         req = recording_pb2.ListRecordingsRequest(
-            server_call_id=server_call_id, state=STATES[state] if state else 0, page_size=page_size,
+            server_call_id=server_call_id,
+            state=STATES[state] if state else recording_pb2.RECORDING_STATE_UNSPECIFIED,
+            page_size=page_size,
             page_token=page_token,
         )
         return await self._call(self.recordings.ListRecordings, req)
 
-    async def subscribe_events(self, **filters: Any) -> AsyncIterator[events_pb2.Event]:
+    async def subscribe_events(self, **filters: Any) -> AsyncGenerator[events_pb2.Event, None]:
         """Events as they happen; filters as in `subscribe_request`. Cancel the iteration to stop."""
         call = self.events.SubscribeEvents(subscribe_request(**filters))
         try:
@@ -259,7 +261,9 @@ class CallrecClient:
     ) -> recording_pb2.ListRecordingsResponse:
         """One page of recordings, newest first."""
         req = recording_pb2.ListRecordingsRequest(
-            server_call_id=server_call_id, state=STATES[state] if state else 0, page_size=page_size,
+            server_call_id=server_call_id,
+            state=STATES[state] if state else recording_pb2.RECORDING_STATE_UNSPECIFIED,
+            page_size=page_size,
             page_token=page_token,
         )
         return self._call(self.recordings.ListRecordings, req)
@@ -271,7 +275,7 @@ class CallrecClient:
             for resp in call:
                 yield resp.event
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            if exc.code() != grpc.StatusCode.CANCELLED:
                 raise _wrap(exc) from None
         finally:
             call.cancel()

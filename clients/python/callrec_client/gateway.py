@@ -18,8 +18,6 @@ from callrec.v1 import media_pb2 as pb
 from callrec.v1 import media_pb2_grpc
 from callrec_client.client import CallrecError
 
-_CLOSE = object()
-
 AUDIO_ENCODINGS = {"pcm16le": pb.AUDIO_ENCODING_PCM16LE, "pcmu": pb.AUDIO_ENCODING_PCMU,
                    "pcma": pb.AUDIO_ENCODING_PCMA, "opus": pb.AUDIO_ENCODING_OPUS}
 VIDEO_ENCODINGS = {"i420": pb.VIDEO_ENCODING_I420, "h264": pb.VIDEO_ENCODING_H264, "vp8": pb.VIDEO_ENCODING_VP8}
@@ -43,7 +41,7 @@ class GatewayConnection:
         self.server_call_id = server_call_id
         self.gateway_id = gateway_id
         self.call_id = call_id
-        self._requests: asyncio.Queue[object] = asyncio.Queue(queue_size)
+        self._requests: asyncio.Queue[pb.StreamMediaRequest | None] = asyncio.Queue(queue_size)  # None: half-close
         self.responses: list[pb.StreamMediaResponse] = []
         self._new: asyncio.Queue[pb.StreamMediaResponse] = asyncio.Queue()
         self._call: grpc.aio.StreamStreamCall | None = None
@@ -55,9 +53,9 @@ class GatewayConnection:
     async def _request_stream(self) -> AsyncIterator[pb.StreamMediaRequest]:
         while True:
             item = await self._requests.get()
-            if item is _CLOSE:
+            if item is None:
                 return
-            yield item  # type: ignore[misc]
+            yield item
 
     async def _read(self) -> None:
         assert self._call is not None
@@ -153,7 +151,7 @@ class GatewayConnection:
     async def end(self, reason: str = "hangup", timeout: float = 30.0) -> None:
         """End the call for this gateway and wait until the server closed the stream."""
         await self.send(pb.StreamMediaRequest(end=pb.StreamEnd(reason=reason)))
-        await self._requests.put(_CLOSE)
+        await self._requests.put(None)
         await asyncio.wait_for(self.closed.wait(), timeout)
 
     async def break_connection(self) -> None:
@@ -166,7 +164,7 @@ class GatewayConnection:
         """Half-close (if not done) and release the channel."""
         if not self.closed.is_set():
             with contextlib.suppress(asyncio.QueueFull):
-                self._requests.put_nowait(_CLOSE)
+                self._requests.put_nowait(None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closed.wait(), 5)
         if self._reader is not None:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,7 +146,7 @@ async def run_simulation(
     names: list[str] | None = None,
     video: bool = False,
     end: bool = True,
-    on_progress: object = None,
+    on_progress: Callable[[int, int], object] | None = None,
 ) -> SimReport:
     """Stream the call; returns what was sent and the server's last counters."""
     imp = impairments or Impairments()
@@ -184,7 +185,7 @@ async def run_simulation(
             else:
                 await gw.audio(pid, seq, ts, data)
             if on_progress is not None and count % 50 == 0:
-                on_progress(count, len(events))  # type: ignore[operator]
+                on_progress(count, len(events))
         # a final ack with the server's counters
         deadline = time.monotonic() + 5
         expected = {pid: n + report.duplicated[pid] for pid, n in report.sent.items()}

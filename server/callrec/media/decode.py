@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import av
 import av.error
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-def _g711_table(codec_name: str) -> np.ndarray:
+def _g711_table(codec_name: Literal["pcm_mulaw", "pcm_alaw"]) -> np.ndarray:
     """Decode all 256 code words with FFmpeg once: exact FFmpeg semantics, no hand-written G.711."""
     ctx = av.CodecContext.create(codec_name, "r")
     ctx.sample_rate = G711_RATE
@@ -108,12 +109,12 @@ def _mono_float(frame: av.AudioFrame) -> np.ndarray:
     """First plane of a float frame without `to_ndarray` (which costs ~10 µs more per frame)."""
     if frame.format.name not in ("fltp", "flt"):
         return frame.to_ndarray().reshape(-1).astype(np.float32)
-    return np.frombuffer(frame.planes[0], dtype=np.float32, count=frame.samples)
+    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
 
 
 def _packed_float(frame: av.AudioFrame, channels: int) -> np.ndarray:
     """A packed float frame as (samples, channels), viewing the frame's buffer."""
-    data = np.frombuffer(frame.planes[0], dtype=np.float32, count=frame.samples * channels)
+    data = np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples * channels)
     return data.reshape(frame.samples, channels)
 
 

@@ -9,6 +9,8 @@ per reason) and leaves the decoder usable for the frames after it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import av
 import numpy as np
 
@@ -30,7 +32,7 @@ class VideoDecodeError(Exception):
 def plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:
     """A writable (height, width) numpy view of one plane, skipping the line padding."""
     plane = frame.planes[index]
-    buf = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    buf = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
     return buf[:, : plane.width]
 
 
@@ -113,12 +115,12 @@ class VideoDecoder:
         self.skipped = 0
         self.errors = 0
         self._started = encoding is VideoEncoding.I420
-        self._ctx: av.CodecContext | None = None
+        self._ctx: av.VideoCodecContext | None = None
         if encoding is not VideoEncoding.I420:
             self._ctx = self._new_context()
 
-    def _new_context(self) -> av.CodecContext:
-        name = "h264" if self.encoding is VideoEncoding.H264 else "vp8"
+    def _new_context(self) -> av.VideoCodecContext:
+        name: Literal["h264", "vp8"] = "h264" if self.encoding is VideoEncoding.H264 else "vp8"
         ctx = av.CodecContext.create(name, "r")
         # One thread: frame threading would delay every output by a frame per thread, and
         # a recording worker has other decoders and an encoder to share its core with.

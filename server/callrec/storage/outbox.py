@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,8 +60,8 @@ def _jitter() -> float:
     return random.uniform(0.8, 1.2)
 
 
-def _row(r: object) -> Upload:
-    return Upload(**{k: r[k] for k in Upload.__dataclass_fields__})  # type: ignore[index]
+def _row(r: sqlite3.Row) -> Upload:
+    return Upload(**{k: r[k] for k in Upload.__dataclass_fields__})
 
 
 class Outbox:

@@ -11,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 
-from callrec.core.call_media import MixTick
+from callrec.core.call_media import CallMedia, MixTick
 from callrec.core.mixer import float_to_int16
 from callrec.core.model import AudioEncoding, AudioFormat
+from callrec.testing.impairments import Impairments
 
 __all__ = [
     "CallResult",
@@ -33,6 +34,7 @@ __all__ = [
     "DecodedAudio",
     "FakeTime",
     "GatewayFrame",
+    "Impairments",
     "ParticipantStream",
     "RecordingResult",
     "SimParticipant",
@@ -100,7 +102,7 @@ def encode_frames(pcm: np.ndarray, audio_format: AudioFormat, frame_ms: int = 20
     if encoding == AudioEncoding.PCM16LE:
         return [samples[i * per_frame : (i + 1) * per_frame].astype("<i2").tobytes() for i in range(count)]
     if encoding in (AudioEncoding.PCMU, AudioEncoding.PCMA):
-        name = "pcm_mulaw" if encoding == AudioEncoding.PCMU else "pcm_alaw"
+        name: Literal["pcm_mulaw", "pcm_alaw"] = "pcm_mulaw" if encoding == AudioEncoding.PCMU else "pcm_alaw"
         ctx = av.CodecContext.create(name, "w")
         ctx.sample_rate, ctx.layout, ctx.format = rate, "mono" if channels == 1 else "stereo", "s16"
         ctx.open()
@@ -319,32 +321,14 @@ def interleave(
     duplicate: float = 0.0,
     reorder_window: int = 0,
 ) -> list[GatewayFrame]:
-    """All streams' frames in capture order, with optional impairments.
-
-    `loss`: probability a frame is dropped; `duplicate`: probability it is sent again a
-    few frames later; `reorder_window`: frames are shuffled within windows of that many
-    positions (network reordering / jitter as a media-clock test sees it).
-    """
-    rng = random.Random(seed)
+    """All streams' frames in capture order, with optional impairments (see `Impairments`)."""
     frames = sorted((f for s in streams for f in s.gateway_frames()), key=lambda f: (f.timestamp_us, f.participant_id))
-    out: list[GatewayFrame] = []
-    for frame in frames:
-        if loss and rng.random() < loss:
-            continue
-        out.append(frame)
-    if duplicate:
-        for index in range(len(out) - 1, -1, -1):
-            if rng.random() < duplicate:
-                out.insert(min(len(out), index + rng.randint(1, 6)), out[index])
-    if reorder_window > 1:
-        keyed = [(i + rng.uniform(0, reorder_window), f) for i, f in enumerate(out)]
-        out = [f for _, f in sorted(keyed, key=lambda pair: pair[0])]
-    return out
+    return Impairments(loss, duplicate, reorder_window, seed).apply(frames)
 
 
-async def feed(call_media: object, frames: Iterable[GatewayFrame], yield_every: int = 8) -> list[str | None]:
+async def feed(call_media: CallMedia, frames: Iterable[GatewayFrame], yield_every: int = 8) -> list[str | None]:
     """Push frames into a `CallMedia`, yielding to the loop now and then; returns each result."""
-    push = call_media.push_audio  # type: ignore[attr-defined]
+    push = call_media.push_audio
     results: list[str | None] = []
     for count, frame in enumerate(frames, 1):
         results.append(push(frame.participant_id, frame.sequence, frame.timestamp_us, frame.data))

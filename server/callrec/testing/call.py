@@ -51,6 +51,7 @@ from callrec.core.model import (
     AudioEncoding,
     AudioFormat,
     Format,
+    MediaStats,
     RecordingOptions,
     VideoEncoding,
     VideoFormat,
@@ -60,8 +61,9 @@ from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.video_output import make_video_recording_factory
 from callrec.media.writers import writer_factory_for
 from callrec.media.writers.mp4 import Mp4Settings
+from callrec.testing.impairments import Impairments
 
-__all__ = ["CallResult", "Command", "DecodedVideo", "RecordingResult", "SimParticipant", "decode_video",
+__all__ = ["Action", "CallResult", "Command", "DecodedVideo", "RecordingResult", "SimParticipant", "decode_video",
            "rgb_to_yuv", "run_call", "solid_i420"]
 
 RATE = OUTPUT_SAMPLE_RATE
@@ -91,15 +93,16 @@ class SimParticipant:
 
     Clock faults: `clock_offset_s` shifts its capture timestamps against its gateway's
     (a participant whose clock started elsewhere), `clock_drift` makes them run fast
-    (0.001 = 0.1 %). Impairments: `loss` drops that fraction of audio frames.
+    (0.001 = 0.1 %). Audio is generated at the format's own rate and channel count
+    (Opus: 48 kHz) and encoded as the gateway would send it.
     """
 
     participant_id: str
     display_name: str = ""
     tone_hz: float | None = None  # default: 300, 500, 700, ... by position
-    audio: Callable[[float, int], np.ndarray] | None = None  # int16 PCM at 16 kHz for [t, t + n)
+    audio: Callable[[float, int], np.ndarray] | None = None  # int16 PCM at the format's rate for [t, t + n)
     speaks: Callable[[float], bool] = lambda t: True
-    encoding: AudioEncoding = AudioEncoding.PCM16LE
+    audio_format: AudioFormat = field(default_factory=lambda: AudioFormat(AudioEncoding.PCM16LE, RATE, 1))
     colour: tuple[int, int, int] | None = None  # RGB; None and no `frames`: no video
     frames: Callable[[float], bytes] | None = None  # I420 frame at time t
     video_size: tuple[int, int] = (160, 90)
@@ -109,7 +112,6 @@ class SimParticipant:
     leave_at: float | None = None
     clock_offset_s: float = 0.0
     clock_drift: float = 0.0
-    loss: float = 0.0
     gateway_id: str = "gw"
 
     @property
@@ -118,12 +120,16 @@ class SimParticipant:
         return self.colour is not None or self.frames is not None
 
 
+#: What a control command does.
+Action = Literal["pause", "resume", "stop"]
+
+
 @dataclass(frozen=True)
 class Command:
     """A control command at media time `at` (seconds) for one recording, or all (`recording` None)."""
 
     at: float
-    action: Literal["pause", "resume", "stop"]
+    action: Action
     recording: str | None = None
 
 
@@ -157,9 +163,11 @@ class RecordingResult:
 
 @dataclass
 class CallResult:
-    """Every recording of the call by name."""
+    """Every recording of the call by name, and the call's media counters."""
 
     recordings: dict[str, RecordingResult]
+    stats: dict[str, MediaStats]  # per participant: received, rejected by reason, late, gap fill
+    audio_frames_sent: int
 
     def __getitem__(self, name: str) -> RecordingResult:
         return self.recordings[name]
@@ -183,65 +191,85 @@ def _capture_us(p: SimParticipant, t: float, start_us: int) -> int:
     return start_us + round((p.clock_offset_s + t * (1.0 + p.clock_drift)) * 1e6)
 
 
-def _messages(cast: Sequence[SimParticipant], seconds: float, start_us: int) -> list[_Message]:
+def _native_rate(fmt: AudioFormat) -> int:
+    if fmt.encoding == AudioEncoding.OPUS:
+        return 48_000
+    return fmt.sample_rate or 8_000
+
+
+def _audio_messages(p: SimParticipant, index: int, seconds: float, start_us: int) -> list[_Message]:
     from callrec.testing import encode_frames, tone
 
-    rng = np.random.default_rng(7)
-    out: list[_Message] = []
-    count = 0
-    for index, p in enumerate(cast):
-        until = seconds if p.leave_at is None else min(seconds, p.leave_at)
-        first = round(p.join_at * 50)
-        blocks = []
-        for i in range(first, round(until * 50)):
-            t = i / 50
-            if p.audio is not None:
-                pcm = p.audio(t, RATE // 50)
-            elif p.speaks(t):
-                pcm = tone(p.tone_hz or 300.0 + 200.0 * index, 0.02, RATE, start_sample=i * (RATE // 50))
-            else:
-                pcm = np.zeros(RATE // 50, np.int16)
-            blocks.append(pcm)
-        fmt = AudioFormat(p.encoding, RATE if p.encoding == AudioEncoding.PCM16LE else 0, 1)
-        frames = encode_frames(np.concatenate(blocks), fmt) if blocks and fmt.encoding != AudioEncoding.OPUS else []
-        if fmt.encoding == AudioEncoding.OPUS and blocks:  # Opus runs at 48 kHz
-            frames = encode_frames(np.repeat(np.concatenate(blocks), 3), fmt)
-        for k, data in enumerate(frames):
-            if p.loss and rng.random() < p.loss:
-                continue
-            count += 1
-            t = (first + k) / 50
-            out.append(_Message(round(t * 1e6), 1, count, _capture_us(p, t, start_us), p.participant_id, k + 1, data))
-        if not p.has_video:
-            continue
-        w, h = p.video_size
-        encoder = None
-        if p.video_codec != "i420":
-            from callrec_client.sim_video import VideoEncoder
+    fmt = p.audio_format
+    rate, channels = _native_rate(fmt), fmt.channels or 1
+    per_frame = rate // 50
+    until = seconds if p.leave_at is None else min(seconds, p.leave_at)
+    first = round(p.join_at * 50)
+    blocks = []
+    for i in range(first, round(until * 50)):
+        t = i / 50
+        if p.audio is not None:
+            pcm = p.audio(t, per_frame)
+        elif p.speaks(t):
+            pcm = tone(p.tone_hz or 300.0 + 200.0 * index, 0.02, rate, channels=channels, start_sample=i * per_frame)
+        else:
+            pcm = np.zeros((per_frame, channels) if channels > 1 else per_frame, np.int16)
+        blocks.append(pcm)
+    frames = encode_frames(np.concatenate(blocks), fmt) if blocks else []
+    return [_Message(round((first + k) / 50 * 1e6), 1, 0, _capture_us(p, (first + k) / 50, start_us),
+                     p.participant_id, k + 1, data) for k, data in enumerate(frames)]
 
-            encoder = VideoEncoder(p.video_codec, w, h, p.fps)
-        colour = rgb_to_yuv(p.colour) if p.colour is not None else (16, 128, 128)
-        for i in range(int(p.join_at * p.fps), int(until * p.fps)):
-            t = i / p.fps
-            data = p.frames(t) if p.frames is not None else solid_i420(w, h, colour)
-            key = True
-            if encoder is not None:
-                data, key = encoder.encode(data)
-                if not data:
-                    continue
-            count += 1
-            out.append(_Message(round(t * 1e6), 0, count, _capture_us(p, t, start_us), p.participant_id, i + 1, data,
-                                (w, h), key))
-    out.sort()
+
+def _video_messages(p: SimParticipant, seconds: float, start_us: int) -> list[_Message]:
+    if not p.has_video:
+        return []
+    w, h = p.video_size
+    encoder = None
+    if p.video_codec != "i420":
+        from callrec_client.sim_video import VideoEncoder
+
+        encoder = VideoEncoder(p.video_codec, w, h, p.fps)
+    colour = rgb_to_yuv(p.colour) if p.colour is not None else (16, 128, 128)
+    until = seconds if p.leave_at is None else min(seconds, p.leave_at)
+    out = []
+    for i in range(int(p.join_at * p.fps), int(until * p.fps)):
+        t = i / p.fps
+        data = p.frames(t) if p.frames is not None else solid_i420(w, h, colour)
+        key = True
+        if encoder is not None:
+            data, key = encoder.encode(data)
+            if not data:
+                continue
+        out.append(_Message(round(t * 1e6), 0, 0, _capture_us(p, t, start_us), p.participant_id, i + 1, data,
+                            (w, h), key))
     return out
 
 
-def _audio_format(p: SimParticipant) -> AudioFormat:
-    if p.encoding == AudioEncoding.PCM16LE:
-        return AudioFormat(p.encoding, RATE, 1)
-    if p.encoding == AudioEncoding.OPUS:
-        return AudioFormat(p.encoding, 48_000, 1)
-    return AudioFormat(p.encoding, 8_000, 1)
+def _messages(cast: Sequence[SimParticipant], seconds: float, start_us: int,
+              impairments: Impairments | None) -> tuple[list[_Message], int]:
+    """Every message of the call in sending order (audio impaired), and how many audio frames were sent."""
+    audio = sorted(m for index, p in enumerate(cast) for m in _audio_messages(p, index, seconds, start_us))
+    if impairments is not None:
+        audio = impairments.apply(audio)
+    for order, m in enumerate(audio):  # keep the impaired order among messages of one instant
+        m.order = order
+    video = [m for p in cast for m in _video_messages(p, seconds, start_us)]
+    merged = sorted([*audio, *video], key=lambda m: (m.at_us, m.kind, m.order)) if impairments is None \
+        else _merge(audio, sorted(video))
+    return merged, len(audio)
+
+
+def _merge(audio: list[_Message], video: list[_Message]) -> list[_Message]:
+    """Impaired audio keeps its (shuffled) order; each video frame goes before the first audio past it."""
+    out: list[_Message] = []
+    v = 0
+    for m in audio:
+        while v < len(video) and video[v].at_us <= m.at_us:
+            out.append(video[v])
+            v += 1
+        out.append(m)
+    out.extend(video[v:])
+    return out
 
 
 def _video_format(p: SimParticipant) -> VideoFormat | None:
@@ -284,18 +312,21 @@ async def run_call(
     spool_dir: Path | None = None,
     mp4: Mp4Settings = TEST_MP4,
     keep_frames: Callable[[int], bool] = lambda i: False,
+    impairments: Impairments | None = None,
+    call_id: str = "sim-call",
+    resource_id: str = "sim-resource",
     yield_every: int = 16,
 ) -> CallResult:
     """Run a call of `seconds` with `participants`, making `recordings`; see the module docstring.
 
     Recordings start with the call (t = 0). A recording that fails is returned with its
-    `error` and whatever chunks it finished.
+    `error` and whatever chunks it finished. `impairments` apply to the audio frames.
     """
     from callrec.testing import EPOCH, decode_file
 
     spool = spool_dir or Path(tempfile.mkdtemp(prefix="callrec-run-call-"))
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
-    call = Call("sim-call", "sim-call", "conn-0")
+    call = Call(call_id, call_id, "conn-0")
     for gateway_id in dict.fromkeys(p.gateway_id for p in participants):
         call.streams[gateway_id] = GatewayStream(connection_id=gateway_id, gateway_id=gateway_id)
     media = hub.media(call.server_call_id)
@@ -305,11 +336,11 @@ async def run_call(
     for name, options in recordings.items():
         on_chunk = finished[name].append
         if options.format is Format.MP4:
-            video = make_video(name, call.call_id, options, spool / name, "sim-resource", on_chunk, start_at=EPOCH)
+            video = make_video(name, call.call_id, options, spool / name, resource_id, on_chunk, start_at=EPOCH)
             hub.attach_video(call, call.server_call_id, video)
             sinks[name] = video
         else:
-            audio = AudioRecording(name, call.call_id, options, spool / name, "sim-resource",
+            audio = AudioRecording(name, call.call_id, options, spool / name, resource_id,
                                    writer_factory_for(options), on_chunk, start_at=EPOCH)
             hub.attach(call.server_call_id, audio)
             sinks[name] = audio
@@ -322,7 +353,7 @@ async def run_call(
     joined: dict[str, CallParticipant] = {}
 
     def join(p: SimParticipant) -> CallParticipant:
-        member = CallParticipant(p.participant_id, p.display_name or p.participant_id, _audio_format(p),
+        member = CallParticipant(p.participant_id, p.display_name or p.participant_id, p.audio_format,
                                  _video_format(p), p.gateway_id)
         call.participants[p.participant_id] = member
         call.streams[p.gateway_id].participant_ids.add(p.participant_id)
@@ -336,7 +367,8 @@ async def run_call(
     pending_joins = sorted((p for p in participants if p.join_at > 0), key=lambda p: p.join_at)
     leaves = sorted((p for p in participants if p.leave_at is not None), key=lambda p: p.leave_at or 0.0)
     start_us = 10_000_000  # room for capture clocks up to 10 s behind their gateway's
-    for count, m in enumerate(_messages(participants, seconds, start_us), 1):
+    messages, audio_sent = _messages(participants, seconds, start_us, impairments)
+    for count, m in enumerate(messages, 1):
         t = m.at_us / 1e6
         while pending_joins and pending_joins[0].join_at <= t:
             join(pending_joins.pop(0))
@@ -381,4 +413,4 @@ async def run_call(
             audio = np.concatenate([np.pad(d, ((0, 0), (0, width - d.shape[1]))) for d in decoded]) if decoded \
                 else np.zeros((0, 1), np.int16)
         results[name] = RecordingResult(chunks, metadata, audio, videos, error)
-    return CallResult(results)
+    return CallResult(results, media.participant_stats(), audio_sent)
