@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import boto3
@@ -60,6 +60,10 @@ from callrec.storage.base import (
 )
 
 T = TypeVar("T")
+
+AddressingStyle = Literal["auto", "path", "virtual"]
+"""botocore's `s3.addressing_style`: virtual-hosted (`bucket.host`), path (`host/bucket`) or its choice."""
+ADDRESSING_STYLES: tuple[AddressingStyle, ...] = ("auto", "path", "virtual")
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _DENIED_CODES = {
@@ -164,7 +168,7 @@ class S3Store:
         max_attempts: int = 3,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
-        addressing_style: str | None = None,
+        addressing_style: AddressingStyle | None = None,
         checksum_algorithm: str | None = "SHA256",
     ) -> None:
         if not bucket:
@@ -214,7 +218,14 @@ class S3Store:
 
     def _make_client(self) -> Any:
         # Building a session loads botocore's service model (~100 ms): done in a thread, once.
-        session = boto3.session.Session(**{k: v for k, v in self._session_args.items() if v})
+        args = self._session_args  # empty values are left to the AWS chain, as if not given
+        session = boto3.session.Session(
+            aws_access_key_id=args["aws_access_key_id"] or None,
+            aws_secret_access_key=args["aws_secret_access_key"] or None,
+            aws_session_token=args["aws_session_token"] or None,
+            profile_name=args["profile_name"] or None,
+            region_name=args["region_name"] or None,
+        )
         return session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
 
     async def _s3(self) -> Any:

@@ -24,12 +24,13 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from callrec.storage.base import Store
 
 MIB = 1024 * 1024
+_Choice = TypeVar("_Choice", bound=str)
 KINDS = ("local", "s3", "azure_blob")
 
 _COMMON = {"kind", "prefix"}
@@ -108,11 +109,11 @@ class _Fields:
             raise self.error(f"field {field!r} must be true or false, got {value!r}")
         return value
 
-    def choice(self, field: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, field: str, default: _Choice, choices: tuple[_Choice, ...]) -> _Choice:
         value = (self.text(field, default=default) or default).lower()
         if value not in choices:
             raise self.error(f"field {field!r} must be one of {', '.join(choices)}, got {value!r}")
-        return value
+        return choices[choices.index(value)]  # the same string, typed as one of `choices`
 
 
 def store_from_config(name: str, config: Mapping[str, Any], *, data_dir: Path | str | None = None) -> Store:
@@ -152,7 +153,7 @@ def _local(fields: _Fields, data_dir: Path | None) -> Store:
 
 
 def _s3(fields: _Fields, _data_dir: Path | None) -> Store:
-    from callrec.storage.s3 import S3Store
+    from callrec.storage.s3 import ADDRESSING_STYLES, S3Store
 
     access_key_id = fields.text("access_key_id")
     secret_access_key = fields.text("secret_access_key")
@@ -162,7 +163,7 @@ def _s3(fields: _Fields, _data_dir: Path | None) -> Store:
         raise fields.error("give explicit keys or 'profile', not both")
     # Unset: path style for custom endpoints (MinIO, moto...), botocore's choice for AWS.
     addressing_style = (
-        fields.choice("addressing_style", "auto", ("auto", "path", "virtual"))
+        fields.choice("addressing_style", "auto", ADDRESSING_STYLES)
         if fields.text("addressing_style")
         else None
     )

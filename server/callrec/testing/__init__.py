@@ -347,21 +347,17 @@ def measure_audio_pipeline(
 ) -> dict[str, float]:
     """CPU cost of one call: ingest + jitter + decode + resample + mix (+ recordings' writers).
 
-    Runs a call of `participants` tones on a `MediaClock` (encoding the input is not
-    timed). `recordings` may name "wav", "mp3" and "unmixed" recordings to attach (their
-    writer threads are included: `time.process_time` counts every thread). For bench/
-    and the design notes:
+    Runs a call of `participants` tones through `run_call` on a `MediaClock`; encoding the
+    gateway frames is done first and not timed, nor is decoding the output. `recordings`
+    may name "wav", "mp3" and "unmixed" recordings (their writer threads are included:
+    `time.process_time` counts every thread). For bench/ and the design notes:
 
         python -c "from callrec.testing import measure_audio_pipeline as m; print(m(10, 60))"
     """
     import tempfile
 
-    from callrec.core.audio_recording import AudioRecording
-    from callrec.core.call_media import CallMedia
-    from callrec.core.clock import MediaClock
     from callrec.core.model import ChannelType, ContentType, Format, RecordingOptions
-    from callrec.media.decode import PyAVAudioCodecs
-    from callrec.media.writers import writer_factory_for
+    from callrec.testing.call import SimParticipant, run_call, script_call
 
     kinds = {
         "wav": (ChannelType.MIXED, Format.WAV),
@@ -369,59 +365,26 @@ def measure_audio_pipeline(
         "unmixed": (ChannelType.UNMIXED, Format.WAV),
     }
     fmt = AudioFormat(encoding, sample_rate, 1)
-    streams = []
-    for i in range(participants):
-        frames = tone_frames(participant_frequency(i % 20), seconds, fmt)
-        streams.append(ParticipantStream(f"p{i}", fmt, frames))
-    ordered = interleave(streams)
+    cast = [SimParticipant(f"p{i}", tone_hz=participant_frequency(i % 20), audio_format=fmt)
+            for i in range(participants)]
+    script = script_call(cast, seconds)
+    options = {
+        name: RecordingOptions(content_type=ContentType.AUDIO, channel_type=kinds[name][0], format=kinds[name][1])
+        for name in recordings
+    }
     spool = spool_dir or Path(tempfile.mkdtemp(prefix="callrec-measure-"))
-
-    async def run() -> int:
-        call = CallMedia("bench", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
-        for s in streams:
-            call.add_participant(s.participant_id, s.participant_id, fmt, "gw")
-        sink = _CountingSink()
-        call.attach(sink)
-        attached = []
-        for name in recordings:
-            channel_type, file_format = kinds[name]
-            options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=channel_type, format=file_format)
-            rec = AudioRecording(name, "bench", options, spool, "bench", writer_factory_for(options), _ignore)
-            call.attach(rec)
-            attached.append(rec)
-        task = asyncio.create_task(call.run())
-        await feed(call, ordered, yield_every=participants)
-        await call.close()
-        await task
-        for rec in attached:
-            await rec.finish()
-        return sink.count
-
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    ticks = asyncio.run(run())
+    asyncio.run(run_call(script, seconds, options, spool_dir=spool, decode=False, yield_every=participants))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     participant_minutes = participants * seconds / 60.0
     return {
         "participants": participants,
         "seconds": seconds,
-        "ticks": ticks,
         "cpu_s": cpu,
         "wall_s": wall,
         "cpu_s_per_participant_minute": cpu / participant_minutes,
         "realtime_factor": seconds / wall,
     }
-
-
-def _ignore(chunk: object) -> None:
-    """on_chunk_finished that does nothing."""
-
-
-class _CountingSink:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_tick(self, tick: MixTick) -> None:
-        self.count += 1
 
 
 # The in-process call harness builds on the helpers above (it imports them lazily).

@@ -63,8 +63,8 @@ from callrec.media.writers import writer_factory_for
 from callrec.media.writers.mp4 import Mp4Settings
 from callrec.testing.impairments import Impairments
 
-__all__ = ["Action", "CallResult", "Command", "DecodedVideo", "RecordingResult", "SimParticipant", "decode_video",
-           "rgb_to_yuv", "run_call", "solid_i420"]
+__all__ = ["Action", "CallResult", "CallScript", "Command", "DecodedVideo", "RecordingResult", "SimParticipant",
+           "decode_video", "rgb_to_yuv", "run_call", "script_call", "solid_i420"]
 
 RATE = OUTPUT_SAMPLE_RATE
 #: Fast settings for tests: a small grid, the fastest preset.
@@ -245,6 +245,27 @@ def _video_messages(p: SimParticipant, seconds: float, start_us: int) -> list[_M
     return out
 
 
+#: Gateway timestamps start here: room for capture clocks up to 10 s behind their gateway's.
+START_US = 10_000_000
+
+
+@dataclass(frozen=True)
+class CallScript:
+    """A call's gateway messages, encoded in advance (`script_call`): benchmarks time only the run."""
+
+    participants: tuple[SimParticipant, ...]
+    seconds: float
+    messages: tuple[_Message, ...]
+    audio_frames: int
+
+
+def script_call(participants: Sequence[SimParticipant], seconds: float,
+                impairments: Impairments | None = None) -> CallScript:
+    """Encode every participant's frames as its gateway would send them (impairments on the audio)."""
+    messages, audio = _messages(participants, seconds, START_US, impairments)
+    return CallScript(tuple(participants), seconds, tuple(messages), audio)
+
+
 def _messages(cast: Sequence[SimParticipant], seconds: float, start_us: int,
               impairments: Impairments | None) -> tuple[list[_Message], int]:
     """Every message of the call in sending order (audio impaired), and how many audio frames were sent."""
@@ -304,10 +325,11 @@ def decode_video(path: Path, keep: Callable[[int], bool] = lambda i: False) -> D
 
 
 async def run_call(
-    participants: Sequence[SimParticipant],
+    participants: Sequence[SimParticipant] | CallScript,
     seconds: float,
     recordings: Mapping[str, RecordingOptions],
     *,
+    decode: bool = True,
     commands: Sequence[Command] = (),
     spool_dir: Path | None = None,
     mp4: Mp4Settings = TEST_MP4,
@@ -321,9 +343,14 @@ async def run_call(
 
     Recordings start with the call (t = 0). A recording that fails is returned with its
     `error` and whatever chunks it finished. `impairments` apply to the audio frames.
+    `participants` may be a `script_call` made in advance (then `impairments` is its own);
+    `decode=False` leaves the files undecoded (benchmarks).
     """
     from callrec.testing import EPOCH, decode_file
 
+    script = participants if isinstance(participants, CallScript) else \
+        script_call(participants, seconds, impairments)
+    participants = script.participants
     spool = spool_dir or Path(tempfile.mkdtemp(prefix="callrec-run-call-"))
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
     call = Call(call_id, call_id, "conn-0")
@@ -366,9 +393,7 @@ async def run_call(
             join(p)
     pending_joins = sorted((p for p in participants if p.join_at > 0), key=lambda p: p.join_at)
     leaves = sorted((p for p in participants if p.leave_at is not None), key=lambda p: p.leave_at or 0.0)
-    start_us = 10_000_000  # room for capture clocks up to 10 s behind their gateway's
-    messages, audio_sent = _messages(participants, seconds, start_us, impairments)
-    for count, m in enumerate(messages, 1):
+    for count, m in enumerate(script.messages, 1):
         t = m.at_us / 1e6
         while pending_joins and pending_joins[0].join_at <= t:
             join(pending_joins.pop(0))
@@ -403,7 +428,9 @@ async def run_call(
             error = str(exc)
         chunks = finished[name]
         metadata = [json.loads(c.metadata_path.read_text()) for c in chunks]
-        if recordings[name].format is Format.MP4:
+        if not decode:
+            videos, audio = [], np.zeros((0, 1), np.int16)
+        elif recordings[name].format is Format.MP4:
             videos = [decode_video(c.media_path, keep_frames) for c in chunks]
             audio = np.zeros((0, 1), np.int16)
         else:
@@ -413,4 +440,4 @@ async def run_call(
             audio = np.concatenate([np.pad(d, ((0, 0), (0, width - d.shape[1]))) for d in decoded]) if decoded \
                 else np.zeros((0, 1), np.int16)
         results[name] = RecordingResult(chunks, metadata, audio, videos, error)
-    return CallResult(results, media.participant_stats(), audio_sent)
+    return CallResult(results, media.participant_stats(), script.audio_frames)
