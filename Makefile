@@ -59,8 +59,10 @@ test: test-deps
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=server --grpc_python_out=server --pyi_out=server protos/callrec/v1/*.proto
 
+## lint: ruff, mypy (the configuration of both in pyproject.toml) and buf; `make test` runs ruff and mypy too
 lint: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	tools/node_modules/.bin/buf lint
 
 ## bench: the performance table of SPEC §7 (--quick for a smoke run: make bench ARGS=--quick)

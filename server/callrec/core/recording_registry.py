@@ -100,6 +100,13 @@ class RecordingRegistry:
             raise NotFound(f"no recording with id {recording_id!r}; ListRecordings shows the known ones")
         return rec
 
+    async def finalized(self, recording_id: str) -> Recording:
+        """The recording once its finalising (files stored, events published) is over."""
+        task = self._finalizers.get(recording_id)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.get(recording_id)
+
     def in_progress_for_call(self, server_call_id: str) -> Recording | None:
         """The call's active or paused recording, if any."""
         for rec in self._live.values():

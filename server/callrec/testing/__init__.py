@@ -245,6 +245,8 @@ class FakeTime:
         clock) keeps up with fake time instead of lagging behind it.
         """
         target = self._mono + seconds
+        for _ in range(3):  # tasks created just now start, and their sleeps count from now
+            await asyncio.sleep(0)
         while self._sleepers and self._sleepers[0][0] <= target:
             when, _, future = heapq.heappop(self._sleepers)
             self._mono = max(self._mono, when)
