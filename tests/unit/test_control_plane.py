@@ -237,7 +237,7 @@ async def test_a_recording_whose_media_fails_to_start_fails_with_an_event() -> N
     registry, events = registry_with(recorder, calls, fake)
     calls.open("c1", "", "gw")
     opts = RecordingOptions(content_type=ContentType.AUDIO_VIDEO, channel_type=ChannelType.MIXED, format=Format.MP4)
-    with pytest.raises(Exception, match="mp4 .* not available in this build"):
+    with pytest.raises(Exception, match=r"mp4 .* not available in this build"):
         await registry.start("c1", opts)
     (failed,) = [e for e in events.seen if e[0] == "failed"]
     assert "not available" in str(failed[2])
@@ -287,7 +287,7 @@ async def test_a_store_that_refuses_fails_the_recording_naming_the_target(tmp_pa
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
     recorder = MediaRecorder(hub, MemoryUploads(failure="upload to 'local' failed: 403"), MemoryIndex(), Targets(),
                              tmp_path, "res-1", writer_factory_for)
-    registry, events = registry_with(recorder, calls, fake)
+    registry, _ = registry_with(recorder, calls, fake)
     calls.open("c1", "", "gw")
     rec = await registry.start("c1", WAV)
     await registry.stop(rec.recording_id)
