@@ -9,7 +9,7 @@ one task runs `run()`, which waits on the call's clock and, per tick:
 2. reads each participant's block at its own rate and resamples all participants of
    one rate together (`AudioCodecs.resampler_bank`, one swresample call per group);
 3. mixes (`core.mixer`) and hands one `MixTick` to every attached sink
-   (`RecordingMedia`, the video compositor, ...): all outputs share this one pass.
+   (`AudioRecording`, `VideoRecording`, ...): all outputs share this one pass.
 
 Nothing here imports PyAV or gRPC: decoding and resampling come in through the
 `AudioCodecs` protocol (`callrec.media.decode.PyAVAudioCodecs` in production).

@@ -3,7 +3,7 @@
 Field names and spellings follow `schemas/recording-chunk-metadata.schema.json` (ACS's
 metadata file, stricter): enums in camelCase / lower case, times RFC 3339 in UTC,
 durations in milliseconds. Values must be the true ones of the file they describe:
-`RecordingMedia` passes the sample counts it wrote, not nominal durations.
+the `Chunker` passes the sample counts it wrote, not nominal durations.
 """
 
 from __future__ import annotations

@@ -367,10 +367,10 @@ async def run_call(
             hub.attach_video(call, call.server_call_id, video)
             sinks[name] = video
         else:
-            audio = AudioRecording(name, call.call_id, options, spool / name, resource_id,
-                                   writer_factory_for(options), on_chunk, start_at=EPOCH)
-            hub.attach(call.server_call_id, audio)
-            sinks[name] = audio
+            audio_recording = AudioRecording(name, call.call_id, options, spool / name, resource_id,
+                                             writer_factory_for(options), on_chunk, start_at=EPOCH)
+            hub.attach(call.server_call_id, audio_recording)
+            sinks[name] = audio_recording
     for command in commands:
         at = EPOCH + np.timedelta64(round(command.at * 1e6), "us").item()
         for name, sink in sinks.items():

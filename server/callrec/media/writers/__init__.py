@@ -1,6 +1,6 @@
 """Audio writers: mixed wav, mixed mp3 and unmixed wav, each writing into the spool as media comes.
 
-`writer_factory_for(options)` picks the factory a `RecordingMedia` needs.
+`writer_factory_for(options)` picks the factory an `AudioRecording` needs.
 """
 
 from __future__ import annotations
