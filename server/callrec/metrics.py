@@ -12,6 +12,8 @@ EVENTS_PUBLISHED = Counter("callrec_events_published_total", "Events appended to
 RECORDINGS_IN_PROGRESS = Gauge("callrec_recordings_in_progress", "Recordings active or paused")
 UPLOADS_PENDING = Gauge("callrec_uploads_pending", "Chunks waiting in the upload outbox")
 UPLOADS_FAILED = Counter("callrec_uploads_failed_total", "Upload attempts that failed")
+CALLS_OPEN = Gauge("callrec_calls_open", "Calls open (a gateway stream, or a broken one within its grace period)")
+CALL_MEDIA_TASKS = Gauge("callrec_call_media_tasks", "Call media (mixer) tasks running, ending ones included")
 
 
 def start_metrics_server(listen: str) -> int:

@@ -31,6 +31,7 @@ from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.video_output import make_video_recording_factory
 from callrec.media.video_text import check_font_at_startup
 from callrec.media.writers import writer_factory_for
+from callrec.media.writers.repair import SpoolRepair
 from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
@@ -145,7 +146,7 @@ async def build_server(
 
     recorder = MediaRecorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for,
                              video_recording_factory=make_video_recording_factory(config.clock),
-                             on_media_error=media_failed)
+                             on_media_error=media_failed, repair=SpoolRepair())
     registry = RecordingRegistry(
         repo,
         AcsRecordingEvents(events, config.resource_id),
@@ -160,6 +161,8 @@ async def build_server(
         ),
     )
     calls.on_call_ended(hub.on_call_ended)  # after the registry's: recordings stop first, then media ends
+    metrics.CALLS_OPEN.set_function(lambda: len(calls.calls()))
+    metrics.CALL_MEDIA_TASKS.set_function(hub.running_tasks)
     ingest = ingest or hub
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),

@@ -6,7 +6,7 @@ what is audio's own is here: the writer jobs (`AudioWriterFactory`, implemented 
 estimate that rotation by `chunk_max_bytes` asks for.
 
 Threading: `on_tick` runs on the event loop and only slices arrays (3 µs mixed, ~20 µs
-unmixed with 5 channels). Media is batched (1 s by default) and every writer call (file
+unmixed with 5 channels). Media is batched (0.5 s by default) and every writer call (file
 I/O, mp3 encoding, unmixed assembly, metadata) runs in an executor thread, one job at a
 time per recording, in order. A crash therefore loses at most the batch in flight. The
 job queue is bounded (`max_pending_jobs`, ~5 min of media): a writer that cannot keep up
@@ -227,11 +227,13 @@ class AudioRecording(RecordingEngine):
         *,
         start_at: datetime | None = None,
         executor: Executor | None = None,
-        batch_ms: int = 1000,
+        batch_ms: int = 500,
         on_error: Callable[[BaseException], None] | None = None,
         max_pending_jobs: int = 300,
         idle_timeout: float = 0.5,
         time: TimeSource | None = None,
+        first_index: int = 0,
+        start_paused: bool | None = None,
     ) -> None:
         self.writer_factory = writer_factory
         self._batch_samples = max(TICK_SAMPLES, OUTPUT_SAMPLE_RATE * batch_ms // 1000)
@@ -243,7 +245,7 @@ class AudioRecording(RecordingEngine):
         super().__init__(
             recording_id, call_id, options, spool_dir, resource_id, on_chunk_finished, start_at=start_at,
             executor=executor, on_error=on_error, max_pending_jobs=max_pending_jobs, idle_timeout=idle_timeout,
-            time=time,
+            time=time, first_index=first_index, start_paused=start_paused,
         )
 
     def _make_output(self) -> ChunkOutput:

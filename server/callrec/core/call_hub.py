@@ -66,6 +66,7 @@ class CallMediaHub:
         self.make_clock = make_clock
         self.codecs = codecs
         self._calls: dict[str, _CallEntry] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def media(self, server_call_id: str) -> CallMedia:
         """The call's media pipeline (started on first use)."""
@@ -73,9 +74,15 @@ class CallMediaHub:
         if entry is None or entry.ended:
             media = CallMedia(server_call_id, self.make_clock(), self.codecs)
             task = asyncio.get_running_loop().create_task(media.run(), name=f"call-media-{server_call_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             entry = _CallEntry(media, task)
             self._calls[server_call_id] = entry
         return entry.media
+
+    def running_tasks(self) -> int:
+        """How many calls' media tasks are running (a metric: 0 once every call has ended)."""
+        return len(self._tasks)
 
     def is_realtime(self, server_call_id: str) -> bool:
         """True when the call's pipeline runs on the real-time clock."""

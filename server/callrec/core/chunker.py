@@ -13,11 +13,18 @@ writer jobs in `core.audio_recording`, the video worker in `core.video_recording
 - In-order completion: blocking work (file I/O, encoding, metadata) runs one job at a
   time, in order, in an executor (`SerialJobs`); finished chunks are reported to
   `on_chunk_finished` on the event loop in index order, the last with SessionEnded.
+- Crash safety: while a chunk is open, its journal (`{stem}-{index}.journal.json`: the
+  metadata document so far, participants, pauses with their call-timeline positions,
+  the last position taken) is rewritten through the same job queue, after the media it
+  describes, whenever it changed and at least once per second of media. After a
+  `kill -9`, `core.chunk_recovery` finishes the chunk from its journal and whatever
+  media reached the disk. A finished chunk's journal is removed once it is announced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable
@@ -34,6 +41,7 @@ from callrec.core.metadata import (
     chunk_metadata,
     milliseconds,
     new_document_id,
+    rfc3339,
     write_json_atomically,
 )
 from callrec.core.model import (
@@ -61,6 +69,15 @@ __all__ = [
 log = get_logger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+#: The journal is rewritten at least this often (16 kHz samples of call time) while its chunk is open.
+JOURNAL_EVERY_SAMPLES = OUTPUT_SAMPLE_RATE
+
+
+def journal_path(media_path: Path) -> Path:
+    """The journal beside a chunk's media file."""
+    return media_path.with_name(media_path.stem + ".journal.json")
 
 
 def spool_stem(recording_id: str) -> str:
@@ -265,7 +282,11 @@ class Chunker:
         jobs: SerialJobs,
         on_chunk_finished: OnChunkFinished,
         log_fields: LogFields,
+        first_index: int = 0,
+        journal_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """`first_index` continues a recording recovered after a restart (its earlier chunks are stored);
+        `journal_extra` adds fields to each journal (the video worker's pid)."""
         self.recording_id = recording_id
         self.call_id = call_id
         self.resource_id = resource_id
@@ -283,22 +304,31 @@ class Chunker:
         self.total_samples = 0
         self.participants: dict[str, RecordedParticipant] = {}
         self.done: list[FinishedChunk] = []
+        self._first_index = first_index
+        self._journal_extra = journal_extra
+        self._journal_dirty = False
+        self._journaled_position = 0
+        self._position = 0  # call timeline position after the last sample taken
+        self._chunk_start_position = 0
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ TimelineListener
     def began(self, mark: Mark, paused: bool) -> None:
-        """Open chunk 0 at the recording's first sample."""
+        """Open the first chunk at the recording's first sample."""
         self._paused = paused
-        self._open(0, mark.time)
+        self._position = mark.position
+        self._open(self._first_index, mark.time, mark.position)
         if paused:
             self.output.set_paused(True)
             self._chunk().pauses.append(PauseSpan(mark.time, mark.position))
+        self._journal()
 
     def paused(self, mark: Mark) -> None:
         """A pause starts: it is listed in the open chunk."""
         self._paused = True
         self.output.set_paused(True)
         self._chunk().pauses.append(PauseSpan(mark.time, mark.position))
+        self._journal_dirty = True
 
     def resumed(self, mark: Mark) -> None:
         """The pause ends."""
@@ -306,9 +336,11 @@ class Chunker:
         self.output.set_paused(False)
         for pause in self._chunk().pauses:
             pause.close(mark.position)
+        self._journal_dirty = True
 
     def media(self, tick: MixTick, start: int, end: int, paused: bool) -> None:
         """Write samples [start, end) of `tick`, rotating wherever a chunk is full."""
+        self._position = tick.index * TICK_SAMPLES + end
         if paused and self._skip_pauses:
             self.output.skip(tick, start, end)
             return
@@ -328,6 +360,8 @@ class Chunker:
             if not paused:
                 self._note_participants(chunk, tick)
             position += take
+        if self._journal_dirty or self._position - self._journaled_position >= JOURNAL_EVERY_SAMPLES:
+            self._journal()
 
     # ------------------------------------------------------------------ rotation
     def _chunk(self) -> OpenChunk:
@@ -347,12 +381,14 @@ class Chunker:
         for pause in old.pauses:
             pause.close(position)
         self._close(old, ChunkEndReason.CHUNK_MAXIMUM_SIZE_EXCEEDED)
-        self._open(old.index + 1, moment)
+        self._open(old.index + 1, moment, position)
         if self._paused:  # SILENCE mode: the pause goes on in the new chunk
             self._chunk().pauses.append(PauseSpan(moment, position))
+        self._journal()
 
-    def _open(self, index: int, start_time: datetime) -> None:
+    def _open(self, index: int, start_time: datetime, position: int) -> None:
         stem = f"{self._stem}-{index}"
+        self._chunk_start_position = position
         self.current = OpenChunk(
             index=index,
             document_id=new_document_id(),
@@ -372,6 +408,7 @@ class Chunker:
             info = RecordedParticipant(participant_id, tick.names.get(participant_id, ""), channel)
             chunk.participants[participant_id] = info
             self.participants.setdefault(participant_id, info)
+            self._journal_dirty = True
 
     # ------------------------------------------------------------------ closing
     def close_last(self, end_position: int) -> None:
@@ -385,19 +422,18 @@ class Chunker:
             pause.close(end_position)
         self._close(chunk, ChunkEndReason.SESSION_ENDED)
 
-    def _close(self, chunk: OpenChunk, reason: ChunkEndReason) -> None:
+    def _document(self, chunk: OpenChunk) -> dict[str, Any]:
+        """The chunk's metadata document as of now."""
         channels = max(1, chunk.channels)
         participants = sorted(chunk.participants.values(), key=lambda p: p.channel)
-        pauses = [(p.start_time, p.duration_ms) for p in chunk.pauses]
-        duration = milliseconds(chunk.samples, OUTPUT_SAMPLE_RATE)
-        document = chunk_metadata(
+        return chunk_metadata(
             resource_id=self.resource_id,
             call_id=self.call_id,
             document_id=chunk.document_id,
             index=chunk.index,
             start_time=chunk.start_time,
-            duration_ms=duration,
-            pauses=pauses,
+            duration_ms=milliseconds(chunk.samples, OUTPUT_SAMPLE_RATE),
+            pauses=[(p.start_time, p.duration_ms) for p in chunk.pauses],
             content_type=self.options.content_type,
             channel_type=self.options.channel_type,
             format=self.options.format,
@@ -407,8 +443,36 @@ class Chunker:
             participants=participants,
             video=self.output.video,
         )
-        intervals = tuple(PauseInterval(start, timedelta(milliseconds=ms)) for start, ms in pauses)
-        closed = ClosedChunk(chunk, reason, channels, document, intervals, duration, tuple(participants))
+
+    def _journal(self) -> None:
+        """Queue a rewrite of the open chunk's journal, after the media queued so far."""
+        chunk = self._chunk()
+        self._journal_dirty = False
+        self._journaled_position = self._position
+        journal: dict[str, Any] = {
+            "recording_id": self.recording_id,
+            "index": chunk.index,
+            "media_file": chunk.media_path.name,
+            "content_type": self.output.content_type,
+            "samples": chunk.samples,
+            "position": self._position,
+            "start_position": self._chunk_start_position,
+            "paused": self._paused,
+            "skip_pauses": self._skip_pauses,
+            "pauses": [{"start_time": rfc3339(p.start_time), "start_pos": p.start_pos, "end_pos": p.end_pos}
+                       for p in chunk.pauses],
+            "participants": [dataclasses.asdict(p) for p in chunk.participants.values()],
+            "document": self._document(chunk),
+            **(self._journal_extra() if self._journal_extra is not None else {}),
+        }
+        path = journal_path(chunk.media_path)
+        self.jobs.submit(lambda: write_json_atomically(path, journal, durable=False))
+
+    def _close(self, chunk: OpenChunk, reason: ChunkEndReason) -> None:
+        participants = tuple(sorted(chunk.participants.values(), key=lambda p: p.channel))
+        intervals = tuple(PauseInterval(p.start_time, timedelta(milliseconds=p.duration_ms)) for p in chunk.pauses)
+        closed = ClosedChunk(chunk, reason, max(1, chunk.channels), self._document(chunk), intervals,
+                             milliseconds(chunk.samples, OUTPUT_SAMPLE_RATE), participants)
         self.output.close(closed, lambda finish_file: self._complete(closed, finish_file))
 
     def _complete(self, closed: ClosedChunk, finish_file: Callable[[], Path]) -> None:
@@ -448,6 +512,8 @@ class Chunker:
                 await result
         except Exception:
             log.exception("on_chunk_finished failed", chunk_index=finished.index, **self._log_fields)
+            return  # the journal stays: recovery will index the chunk
+        journal_path(finished.media_path).unlink(missing_ok=True)
 
     async def drain(self) -> list[FinishedChunk]:
         """Wait for every chunk's files; returns the chunks finished."""

@@ -22,14 +22,24 @@ from typing import Protocol
 from callrec.core.audio_recording import AudioRecording
 from callrec.core.call_hub import CallMediaHub
 from callrec.core.call_registry import CALL_ENDED, SERVER_RESTARTED, Call
+from callrec.core.chunk_recovery import forget_journal, recover_chunks
 from callrec.core.chunker import FinishedChunk, OnChunkFinished, RecordingMediaError
 from callrec.core.errors import CallrecError, ErrorCode
 from callrec.core.log import get_logger
-from callrec.core.model import ChunkEndReason, ChunkInfo, Format, MediaStats, RecordedParticipant, RecordingOptions
+from callrec.core.model import (
+    ChunkEndReason,
+    ChunkInfo,
+    Format,
+    MediaStats,
+    RecordedParticipant,
+    RecordingOptions,
+    RecordingState,
+)
 from callrec.core.object_keys import ChunkKeys
 from callrec.core.ports import (
     AudioWriterFactory,
     ChunkIndexPort,
+    ChunkRepairPort,
     FinishedMedia,
     StorageTargetsPort,
     StoredChunk,
@@ -52,7 +62,8 @@ class VideoRecordingFactory(Protocol):
 
     def __call__(self, recording_id: str, call_id: str, options: RecordingOptions, spool_dir: Path,
                  resource_id: str, on_chunk_finished: OnChunkFinished, *, start_at: datetime | None = None,
-                 on_error: Callable[[BaseException], None] | None = None) -> VideoRecording:
+                 on_error: Callable[[BaseException], None] | None = None, first_index: int = 0,
+                 start_paused: bool | None = None) -> VideoRecording:
         """A started recording (its worker process running)."""
         ...
 
@@ -79,6 +90,7 @@ class MediaRecorder:
         writer_factory_for: Callable[[RecordingOptions], AudioWriterFactory],
         video_recording_factory: VideoRecordingFactory | None = None,
         on_media_error: Callable[[str, BaseException], None] | None = None,
+        repair: ChunkRepairPort | None = None,
     ) -> None:
         self.hub = hub
         self.uploads = uploads
@@ -89,6 +101,7 @@ class MediaRecorder:
         self.writer_factory_for = writer_factory_for
         self.video_recording_factory = video_recording_factory
         self.on_media_error = on_media_error
+        self.repair = repair
         self._active: dict[str, _Active] = {}
 
     def _error_handler(self, recording_id: str, active: _Active) -> Callable[[BaseException], None]:
@@ -121,13 +134,14 @@ class MediaRecorder:
                 "mp4 (audio_video) recordings are not available in this build; record audio as wav or mp3",
                 ErrorCode.FAILED_PRECONDITION,
             )
-        unique = hashlib.sha256(rec.recording_id.encode()).hexdigest()[:16]
-        keys = ChunkKeys.for_recording(started=rec.start_time, call_id=rec.call_id, recording_id=rec.recording_id,
-                                       unique_id=unique)
-        active = _Active(keys=keys, target=target)
+        active = _Active(keys=self._keys(rec), target=target)
         start_at = self.hub.media_time(rec.server_call_id, rec.start_time)
         spool = self.spool_dir / rec.recording_id
         on_error = self._error_handler(rec.recording_id, active)
+        # A recording recovered after a restart goes on after its stored chunks, paused if it was.
+        stored = self.index.for_recording(rec.recording_id)
+        first_index = 1 + max(c.chunk_index for c in stored) if stored else 0
+        paused = rec.state is RecordingState.INACTIVE
 
         def on_chunk(chunk: FinishedChunk) -> None:
             self._chunk_finished(rec.recording_id, chunk)
@@ -136,7 +150,8 @@ class MediaRecorder:
             assert self.video_recording_factory is not None
             try:
                 sink = self.video_recording_factory(rec.recording_id, rec.call_id, rec.options, spool,
-                                                    self.resource_id, on_chunk, start_at=start_at, on_error=on_error)
+                                                    self.resource_id, on_chunk, start_at=start_at, on_error=on_error,
+                                                    first_index=first_index, start_paused=paused)
             except OSError as exc:
                 raise CallrecError(f"could not start the video worker: {exc}", ErrorCode.INTERNAL) from exc
             active.sink = sink
@@ -144,7 +159,8 @@ class MediaRecorder:
             self.hub.attach_video(call, rec.server_call_id, sink)
             return
         audio = AudioRecording(rec.recording_id, rec.call_id, rec.options, spool, self.resource_id,
-                               self.writer_factory_for(rec.options), on_chunk, start_at=start_at, on_error=on_error)
+                               self.writer_factory_for(rec.options), on_chunk, start_at=start_at, on_error=on_error,
+                               first_index=first_index, start_paused=paused)
         active.sink = audio
         self._active[rec.recording_id] = active
         self.hub.attach(rec.server_call_id, audio)
@@ -161,32 +177,67 @@ class MediaRecorder:
         if active is not None and active.sink is not None:
             active.sink.resume(self.hub.media_time(rec.server_call_id, at))
 
+    @staticmethod
+    def _keys(rec: Recording) -> ChunkKeys:
+        """The recording's object names (the same in every process: chunk indexes keep them apart)."""
+        unique = hashlib.sha256(rec.recording_id.encode()).hexdigest()[:16]
+        return ChunkKeys.for_recording(started=rec.start_time, call_id=rec.call_id, recording_id=rec.recording_id,
+                                       unique_id=unique)
+
     def _chunk_finished(self, recording_id: str, chunk: FinishedChunk) -> None:
         """Index the chunk and queue its two files; runs in chunk order."""
         active = self._active[recording_id]
+        self._index_and_queue(recording_id, active.keys, active.target, chunk)
+
+    def _index_and_queue(self, recording_id: str, keys: ChunkKeys, target: str, chunk: FinishedChunk) -> None:
         ext = chunk.media_path.suffix.lstrip(".")
-        media_key = active.keys.media(chunk.index, "video" if ext == "mp4" else "audio", ext)
-        metadata_key = active.keys.metadata(chunk.index)
+        media_key = keys.media(chunk.index, "video" if ext == "mp4" else "audio", ext)
+        metadata_key = keys.metadata(chunk.index)
         location = self.targets.location
         self.index.add(StoredChunk(
             document_id=chunk.document_id,
             recording_id=recording_id,
             chunk_index=chunk.index,
             end_reason=chunk.end_reason.value,
-            target=active.target,
+            target=target,
             media_key=media_key,
             metadata_key=metadata_key,
             media_type=chunk.content_type,
-            content_location=location(active.target, media_key),
-            metadata_location=location(active.target, metadata_key),
-            delete_location=location(active.target, f"{active.keys.directory}/{chunk.index}-"),
+            content_location=location(target, media_key),
+            metadata_location=location(target, metadata_key),
+            delete_location=location(target, f"{keys.directory}/{chunk.index}-"),
             samples=chunk.samples,
             participants=json.dumps([dataclasses.asdict(p) for p in chunk.participants]),
         ))
-        self.uploads.enqueue(recording_id, active.target, media_key, chunk.media_path, chunk.content_type)
-        self.uploads.enqueue(recording_id, active.target, metadata_key, chunk.metadata_path, "application/json")
+        self.uploads.enqueue(recording_id, target, media_key, chunk.media_path, chunk.content_type)
+        self.uploads.enqueue(recording_id, target, metadata_key, chunk.metadata_path, "application/json")
         log.info("chunk finished", recording_id=recording_id, index=chunk.index, end_reason=chunk.end_reason.value,
                  duration_ms=chunk.duration_ms, bytes=chunk.size_bytes)
+
+    async def recover(self, rec: Recording) -> None:
+        """After a crash: finish the chunks the last process left open, index and queue them.
+
+        Raises CallrecError when the recording's storage target is gone from the config
+        (the registry then fails the recording, and the server starts all the same).
+        """
+        spool = self.spool_dir / rec.recording_id
+        if self.repair is None or not spool.is_dir():
+            return
+        target = self.target_of(rec)
+        try:
+            self.targets.check(target)
+        except ValueError as exc:
+            raise CallrecError(f"cannot recover the recording's files: {exc}", ErrorCode.FAILED_PRECONDITION) \
+                from None
+        indexed = {c.chunk_index for c in self.index.for_recording(rec.recording_id)}
+        factory = None if rec.options.format is Format.MP4 else self.writer_factory_for(rec.options)
+        repair = self.repair
+        chunks = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: recover_chunks(spool, indexed, repair, factory.bit_rate if factory else None))
+        keys = self._keys(rec)
+        for chunk in chunks:
+            self._index_and_queue(rec.recording_id, keys, target, chunk)
+            forget_journal(chunk)
 
     async def finish(self, rec: Recording) -> FinishedMedia:
         """Close the recording's last chunk and wait until every chunk is stored."""

@@ -23,6 +23,7 @@ __all__ = [
     "SCHEMAS_DIR",
     "VideoConfiguration",
     "chunk_metadata",
+    "fsync_directory",
     "milliseconds",
     "new_document_id",
     "rfc3339",
@@ -113,12 +114,29 @@ def chunk_metadata(
     }
 
 
-def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Write `.part`, fsync, rename: a reader never sees half a metadata file."""
+def write_json_atomically(path: Path, document: dict[str, Any], *, durable: bool = True) -> None:
+    """Write `.part`, rename: a reader (or a restart after a crash) never sees half a file.
+
+    `durable`: fsync the file before the rename and the directory after it, so the new
+    content survives a power cut too (metadata); journals, rewritten every second and
+    needed only after a process crash, skip both.
+    """
     part = path.with_name(path.name + ".part")
     with open(part, "w", encoding="utf-8") as handle:
         json.dump(document, handle, ensure_ascii=False, indent=2)
         handle.write("\n")
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
     os.replace(part, path)
+    if durable:
+        fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -61,6 +61,8 @@ class ChunkEndReason(enum.StrEnum):
 
     SESSION_ENDED = "SessionEnded"
     CHUNK_MAXIMUM_SIZE_EXCEEDED = "ChunkMaximumSizeExceeded"
+    #: The server died with the chunk open; it was finished from its spool at the next start.
+    SERVER_RESTARTED = "ServerRestarted"
 
 
 class AudioEncoding(enum.StrEnum):

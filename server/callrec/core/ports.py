@@ -37,6 +37,7 @@ __all__ = [
     "AudioWriterFactory",
     "BlockResampler",
     "ChunkIndexPort",
+    "ChunkRepairPort",
     "ChunkWritten",
     "FinishedMedia",
     "FrameDecoder",
@@ -45,6 +46,7 @@ __all__ = [
     "MediaRecorderPort",
     "RecordingEventsPort",
     "RecordingRepositoryPort",
+    "RepairedMedia",
     "StorageTargetsPort",
     "StoredChunk",
     "TimeSource",
@@ -150,6 +152,22 @@ class AudioWriterFactory(Protocol):
 
     def projected_bytes(self, samples: int, channels: int) -> int:
         """File size (upper bound) once `samples` frames are written and the file closed."""
+        ...
+
+
+@dataclass(frozen=True)
+class RepairedMedia:
+    """A crashed chunk's media file, made valid: how much media it holds."""
+
+    samples: int  # 16 kHz samples (video: frames x 1000)
+    channels: int
+
+
+class ChunkRepairPort(Protocol):
+    """Makes a chunk file that a crash left open valid, up to what reached the disk (`media.writers.repair`)."""
+
+    def repair(self, media_path: Path, journal: Mapping[str, object]) -> RepairedMedia | None:
+        """Fix the file in place (blocking: run it in a thread); None when it holds no media."""
         ...
 
 
@@ -304,6 +322,10 @@ class MediaRecorderPort(Protocol):
 
     async def finish(self, recording: Recording) -> FinishedMedia:
         """Finalise the last chunk and store every chunk; raise CallrecError on failure."""
+        ...
+
+    async def recover(self, recording: Recording) -> None:
+        """After a crash: finish the chunks the last process left open and queue them for upload."""
         ...
 
 

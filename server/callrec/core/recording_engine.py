@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from callrec.core.call_media import MixTick
 from callrec.core.chunker import Chunker, ChunkOutput, FinishedChunk, OnChunkFinished, RecordingMediaError, SerialJobs
@@ -54,7 +55,11 @@ class RecordingEngine:
         max_pending_jobs: int = 300,
         idle_timeout: float = 0.5,
         time: TimeSource | None = None,
+        first_index: int = 0,
+        start_paused: bool | None = None,
     ) -> None:
+        """`first_index` and `start_paused` continue a recording recovered after a restart: its
+        chunk indexes go on after the stored ones, paused if it was paused (else `pause_on_start`)."""
         self.recording_id = recording_id
         self.call_id = call_id
         self.options = options
@@ -67,7 +72,7 @@ class RecordingEngine:
         self._finish_task: asyncio.Future[list[FinishedChunk]] | None = None
         self.log_fields: LogFields = {"recording_id": recording_id, "call_id": call_id}
         self.timeline = RecordingTimeline(
-            pause_on_start=options.pause_on_start,
+            pause_on_start=options.pause_on_start if start_paused is None else start_paused,
             start_at=start_at,
             time=self.time,
             idle_timeout=idle_timeout,
@@ -87,7 +92,13 @@ class RecordingEngine:
             jobs=self.jobs,
             on_chunk_finished=on_chunk_finished,
             log_fields=self.log_fields,
+            first_index=first_index,
+            journal_extra=self._journal_fields,
         )
+
+    def _journal_fields(self) -> dict[str, Any]:
+        """Extra fields for the open chunk's journal (what recovery needs of the output)."""
+        return {}
 
     def _make_output(self) -> ChunkOutput:
         """The writer side (audio writer jobs, video worker); called once, at the end of `__init__`."""

@@ -4,6 +4,7 @@ events on every change, and recovery after a restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -20,14 +21,24 @@ from callrec.core.errors import (
 )
 from callrec.core.log import get_logger
 from callrec.core.model import (
+    ChunkEndReason,
+    ChunkInfo,
     PauseInterval,
     PauseMode,
+    RecordedParticipant,
     RecordingError,
     RecordingOptions,
     RecordingState,
 )
 from callrec.core.options import validate_options
-from callrec.core.ports import FinishedMedia, MediaRecorderPort, RecordingEventsPort, RecordingRepositoryPort
+from callrec.core.ports import (
+    ChunkIndexPort,
+    FinishedMedia,
+    MediaRecorderPort,
+    RecordingEventsPort,
+    RecordingRepositoryPort,
+    UploadQueuePort,
+)
 from callrec.core.recording_state import Recording, new_recording_id
 
 log = get_logger(__name__)
@@ -46,6 +57,9 @@ class NoMedia:
         return None
 
     def resume(self, recording: Recording, at: datetime) -> None:
+        return None
+
+    async def recover(self, recording: Recording) -> None:
         return None
 
     async def finish(self, recording: Recording) -> FinishedMedia:
@@ -288,12 +302,22 @@ class RecordingRegistry:
         reconnect grace period, after which they stop with ServerRestarted."""
         for rec in self.repo.in_progress():
             self._live[rec.recording_id] = rec
-            if rec.state is RecordingState.STOPPING:
-                self._finalizers[rec.recording_id] = asyncio.get_running_loop().create_task(self._finalize(rec))
-            else:
+            try:
+                await self.media.recover(rec)  # the chunks the crash left open, finished and queued
+                if rec.state is RecordingState.STOPPING:
+                    self._finalizers[rec.recording_id] = asyncio.get_running_loop().create_task(self._finalize(rec))
+                    continue
                 self.calls.adopt(rec.server_call_id, rec.call_id, rec.call_connection_id, SERVER_RESTARTED)
                 await self.media.start(rec, None)
-                log.info("recording recovered", recording_id=rec.recording_id, state=rec.state.value)
+            except CallrecError as exc:  # never a crash loop: this recording fails, the server starts
+                log.error("recording could not be recovered", recording_id=rec.recording_id, error=exc.message)
+                await self._fail(rec, CallrecError(f"could not recover after a restart: {exc.message}", exc.code))
+                continue
+            except Exception as exc:
+                log.exception("recording could not be recovered", recording_id=rec.recording_id)
+                await self._fail(rec, CallrecError(f"could not recover after a restart: {exc}"))
+                continue
+            log.info("recording recovered", recording_id=rec.recording_id, state=rec.state.value)
 
     async def drain(self, timeout: float) -> None:
         """Stop every recording in progress and wait for them to be finalised (SIGTERM)."""
@@ -304,3 +328,39 @@ class RecordingRegistry:
         pending = list(self._finalizers.values())
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+
+    async def uploads_retried(self, recording_id: str, uploads: UploadQueuePort, index: ChunkIndexPort) -> Recording:
+        """After RetryUploads re-queued a recording's failed files: wait until they are stored.
+
+        A FAILED recording whose files all end up stored gets its chunks (from the chunk index),
+        its duration and participants when the failure left them unset, and one
+        RecordingFileStatusUpdated; it stays FAILED (terminal) and keeps its `error`. A recording
+        still in progress or stopping needs nothing here: its own finalising waits for the files.
+        """
+        rec = self.get(recording_id)
+        if rec.state is not RecordingState.FAILED:
+            return rec
+        failure = await uploads.wait_stored(recording_id)
+        rec = self.get(recording_id)
+        if failure is not None:
+            log.warning("retried uploads failed again", recording_id=recording_id, error=failure)
+            return rec
+        stored = index.for_recording(recording_id)
+        rec.chunks = [
+            ChunkInfo(c.document_id, c.chunk_index, ChunkEndReason(c.end_reason), c.metadata_location,
+                      c.content_location, c.delete_location)
+            for c in stored
+        ]
+        if not rec.duration:
+            rec.duration = timedelta(milliseconds=sum(c.samples for c in stored) / 16)  # 16 kHz samples
+        if not rec.participants:
+            seen: dict[str, RecordedParticipant] = {}
+            for c in stored:
+                for p in json.loads(c.participants):
+                    seen.setdefault(p["participant_id"], RecordedParticipant(**p))
+            rec.participants = list(seen.values())
+        self.repo.save(rec)
+        if rec.chunks:
+            await self.events.file_status_updated(rec)
+        log.info("retried uploads stored", recording_id=recording_id, chunks=len(rec.chunks))
+        return rec

@@ -32,6 +32,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -223,8 +224,11 @@ class VideoRecording(RecordingEngine):
         finish_timeout: float = 120.0,
         idle_timeout: float = 0.5,
         time: TimeSource | None = None,
+        first_index: int = 0,
+        start_paused: bool | None = None,
     ) -> None:
         self.spec = spec
+        self._first_index = first_index
         self.executor = executor
         self.finish_timeout = finish_timeout
         self._worker_factory = worker_factory
@@ -232,15 +236,20 @@ class VideoRecording(RecordingEngine):
         self._formats: dict[str, VideoFormat] = {}
         super().__init__(
             recording_id, call_id, options, spool_dir, resource_id, on_chunk_finished, start_at=start_at,
-            executor=executor, on_error=on_error, idle_timeout=idle_timeout, time=time,
+            executor=executor, on_error=on_error, idle_timeout=idle_timeout, time=time, first_index=first_index,
+            start_paused=start_paused,
         )
 
     def _make_output(self) -> ChunkOutput:
-        first_path = self.spool_dir / f"{spool_stem(self.recording_id)}-0.mp4"
+        first_path = self.spool_dir / f"{spool_stem(self.recording_id)}-{self._first_index}.mp4"
         self.worker = self._worker_factory(first_path, self._from_worker_thread)
         self._output = _VideoOutput(self, self.worker, first_path)
         log.info("video worker started", pid=self.worker.pid, **self.log_fields)
         return self._output
+
+    def _journal_fields(self) -> dict[str, Any]:
+        """Recovery waits for this worker, which finishes its file when the server dies."""
+        return {"worker_pid": self.worker.pid}
 
     # ------------------------------------------------------------------ participants and video
     def join(self, participant_id: str, display_name: str, video: VideoFormat | None) -> None:

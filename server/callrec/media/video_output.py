@@ -88,11 +88,13 @@ def make_video_recording_factory(
         *,
         start_at: datetime | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        first_index: int = 0,
+        start_paused: bool | None = None,
     ) -> VideoRecording:
         return VideoRecording(
             recording_id, call_id, options, spool_dir, resource_id, on_chunk_finished,
             worker_factory=start_worker, spec=output_spec(settings), start_at=start_at, on_error=on_error,
-            finish_timeout=finish_timeout,
+            finish_timeout=finish_timeout, first_index=first_index, start_paused=start_paused,
         )
 
     return factory

@@ -2,23 +2,35 @@
 
 Why a queue and not a direct upload: a store may be down for minutes, and the
 server may be killed meanwhile. Every finished file is enqueued first; the worker
-retries transient failures with exponential backoff (forever: nothing is dropped
-because a store was down), deletes the spool copy only once the store confirmed,
-and picks up where it left off after a restart. Permanent failures (bad
-credentials, missing bucket) stop retrying and keep the spool copy.
+retries transient failures with exponential backoff, deletes the spool copy only
+once the store confirmed, and picks up where it left off after a restart. Permanent
+failures (bad credentials, missing bucket) stop retrying and keep the spool copy.
+
+Why per target and with timeouts: one store must never hold the others hostage.
+`concurrency` counts per target, so a black-holed store (connections that accept and
+never answer) fills only its own slots; every attempt has a timeout (a timed-out
+attempt is a transient failure, retried with backoff); and an upload still not stored
+`deadline_s` after it was queued ends FAILED with a reason naming the target and the
+deadline (its file stays in the spool, `retry_failed` re-queues it). A 4 h mp4 chunk
+is ~1.8 GB, so an attempt may also take `ATTEMPT_SECONDS_PER_MIB` per MiB on top of
+`attempt_timeout_s` (1 MiB/s: slower than any link a recording server should have).
 
 The outbox knows files, keys and opaque group ids (a recording id), nothing of calls.
 Its time source (wall clock, sleep, backoff jitter) is injected, so tests run the backoff
-schedule on fake time (`callrec.testing.FakeTime`) with no real sleeps.
+schedule, the timeouts and the deadline on fake time (`callrec.testing.FakeTime`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
 import random
+import shutil
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +39,20 @@ from callrec import metrics
 from callrec.logs import get_logger
 from callrec.state.db import Database
 from callrec.storage.base import StorageError, Store
+from callrec.storage.resolver import describe_target
 
 log = get_logger("outbox")
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+STATES = (PENDING, DONE, FAILED)
+
+ATTEMPT_SECONDS_PER_MIB = 1.0
+"""Time an attempt may take per MiB of its file, on top of `attempt_timeout_s`."""
 
 
 @dataclass(frozen=True)
 class Upload:
-    """One row of the outbox."""
+    """One row of the outbox; times are the outbox clock's seconds (wall clock: epoch seconds)."""
 
     id: int
     group_id: str
@@ -49,10 +66,37 @@ class Upload:
     location: str
     size: int
     checksum: str
+    next_attempt_at: float
+    created_at: float
+    queued_at: float
+    """When the upload was queued, or re-queued by `retry_failed`: its deadline counts from here."""
+    done_at: float | None
+    failed_at: float | None
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What `retry_failed` did: uploads re-queued, and failed ones whose spool file is gone."""
+
+    retried: list[Upload]
+    missing: list[Upload]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What `prune` deleted."""
+
+    done_rows: int
+    failed_rows: int
+    failed_files: int
 
 
 class UploadFailed(Exception):
     """A group has uploads that failed permanently; the message names target, key and cause."""
+
+
+class AttemptTimedOut(Exception):
+    """An upload attempt took longer than its timeout (a transient failure)."""
 
 
 def _jitter() -> float:
@@ -64,13 +108,38 @@ def _row(r: sqlite3.Row) -> Upload:
     return Upload(**{k: r[k] for k in Upload.__dataclass_fields__})
 
 
+def span(seconds: float) -> str:
+    """A duration for messages: "24 h", "90 min", "7.5 s"."""
+    if seconds >= 3600 and seconds % 360 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 6 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _encode_token(upload_id: int) -> str:
+    return base64.urlsafe_b64encode(f"upload:{upload_id}".encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> int:
+    """The cursor in a page token; ValueError when it is not one of ours."""
+    padded = token + "=" * (-len(token) % 4)
+    text = base64.urlsafe_b64decode(padded.encode()).decode()
+    if not text.startswith("upload:"):
+        raise ValueError("not an uploads page token")
+    return int(text[len("upload:"):])
+
+
 class Outbox:
     """Durable upload queue with a worker task; `resolve` maps a target string to its Store.
 
     The n-th failed attempt of a file waits `min(backoff_max_s, backoff_base_s * 2 ** (n - 1))`
-    seconds times `jitter()`. The keyword-only arguments are the time source, real by default:
-    `clock` gives wall-clock seconds (stored in the database, so they must mean the same after a
-    restart), `sleep` waits that many seconds, `jitter` returns the factor applied to each backoff.
+    seconds times `jitter()`. At most `concurrency` files of one target are uploaded at once
+    (targets do not share slots). An attempt is abandoned (and retried) after `attempt_timeout_s`
+    plus `ATTEMPT_SECONDS_PER_MIB` per MiB; an upload not stored `deadline_s` after it was queued
+    fails (0: never). The keyword-only arguments are the time source, real by default: `clock`
+    gives wall-clock seconds (stored in the database, so they must mean the same after a restart),
+    `sleep` waits that many seconds, `jitter` returns the factor applied to each backoff.
     """
 
     def __init__(
@@ -82,6 +151,8 @@ class Outbox:
         backoff_max_s: float = 30.0,
         on_change: Callable[[dict[str, int]], None] | None = None,
         *,
+        attempt_timeout_s: float = 300.0,
+        deadline_s: float = 24 * 3600.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = _jitter,
@@ -91,22 +162,27 @@ class Outbox:
         self.concurrency = concurrency
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.deadline_s = deadline_s
         self.on_change = on_change
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}  # upload id -> its attempt
+        self._targets: dict[int, str] = {}  # upload id -> target, while in flight
+        self._expires: dict[int, float] = {}  # upload id -> when its attempt times out
+        self._timed_out: set[int] = set()
 
     # ---- queue ---------------------------------------------------------------------------------
     def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
         """Add a file to store; durable once this returns."""
         now = self._clock()
         cur = self.db.conn.execute(
-            "INSERT INTO uploads (group_id, target, key, path, content_type, state, next_attempt_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (group_id, target, key, str(path), content_type, PENDING, now, now),
+            "INSERT INTO uploads (group_id, target, key, path, content_type, state, next_attempt_at, created_at,"
+            " queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (group_id, target, key, str(path), content_type, PENDING, now, now, now),
         )
         self._wake.set()
         self._report()
@@ -124,6 +200,39 @@ class Outbox:
         counts.update({r["state"]: int(r["n"]) for r in rows})
         return counts
 
+    def list_page(
+        self, state: str | None = None, group_id: str = "", page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[Upload], str]:
+        """A page of uploads, newest first, and the next page's token ("" on the last page).
+
+        ValueError for an unknown state or a page token this outbox did not make.
+        """
+        clauses: list[str] = []
+        params: list[str | int] = []
+        if state is not None:
+            if state not in STATES:
+                raise ValueError(f"unknown upload state {state!r}")
+            clauses.append("state = ?")
+            params.append(state)
+        if group_id:
+            clauses.append("group_id = ?")
+            params.append(group_id)
+        if page_token:
+            clauses.append("id < ?")
+            params.append(_decode_token(page_token))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.db.conn.execute(
+            f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT ?", (*params, page_size + 1)
+        ).fetchall()
+        page = [_row(r) for r in rows[:page_size]]
+        return page, _encode_token(page[-1].id) if len(rows) > page_size else ""
+
+    def deadline_of(self, upload: Upload) -> float | None:
+        """When a pending upload fails unless stored (None: no deadline, or not pending)."""
+        if upload.state != PENDING or self.deadline_s <= 0:
+            return None
+        return upload.queued_at + self.deadline_s
+
     async def wait_group(self, group_id: str) -> list[Upload]:
         """Wait until no upload of the group is pending; UploadFailed if one failed permanently."""
         async with self._changed:
@@ -134,7 +243,8 @@ class Outbox:
             first = failed[0]
             raise UploadFailed(
                 f"upload to storage target {first.target.split('|', 1)[0]!r} failed: {first.last_error} "
-                f"({len(failed)} file(s) kept in the spool, e.g. {first.path})"
+                f"({len(failed)} file(s) kept in the spool, e.g. {first.path}; once the cause is fixed, "
+                f"`callrec uploads retry {group_id}` re-queues them)"
             )
         return uploads
 
@@ -146,9 +256,84 @@ class Outbox:
             return str(exc)
         return None
 
+    # ---- operator actions ----------------------------------------------------------------------
+    async def retry_failed(self, group_id: str) -> RetryResult:
+        """Re-queue every failed upload of a group: pending, attempts reset, due now, a new deadline.
+
+        A failed upload whose spool file is gone cannot be retried: it stays failed, its
+        `last_error` says so, and it is returned in `missing`.
+        """
+        now = self._clock()
+        retried: list[Upload] = []
+        missing: list[Upload] = []
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT * FROM uploads WHERE group_id = ? AND state = ? ORDER BY id", (group_id, FAILED)
+            ).fetchall()
+            for upload in map(_row, rows):
+                if Path(upload.path).is_file():
+                    conn.execute(
+                        "UPDATE uploads SET state = ?, attempts = 0, next_attempt_at = ?, queued_at = ?,"
+                        " failed_at = NULL WHERE id = ?",
+                        (PENDING, now, now, upload.id),
+                    )
+                    retried.append(upload)
+                else:
+                    error = f"spool file {upload.path} is missing: this upload cannot be retried"
+                    conn.execute("UPDATE uploads SET last_error = ? WHERE id = ?", (error, upload.id))
+                    missing.append(upload)
+        by_id = {u.id: u for u in self.group(group_id)}
+        result = RetryResult([by_id[u.id] for u in retried], [by_id[u.id] for u in missing])
+        if retried:
+            log.info("uploads re-queued", group_id=group_id, files=len(retried), missing=len(missing))
+            self._wake.set()
+            self._report()
+            async with self._changed:
+                self._changed.notify_all()
+        return result
+
+    def prune(self, done_before: float, failed_before: float) -> PruneResult:
+        """Delete stored uploads' rows done before `done_before`, and failed uploads (rows and spool
+        files) that failed before `failed_before`. A file a pending upload still needs is never deleted."""
+        with self.db.transaction() as conn:
+            done = conn.execute("DELETE FROM uploads WHERE state = ? AND done_at < ?", (DONE, done_before)).rowcount
+            rows = conn.execute(
+                "SELECT id, path FROM uploads WHERE state = ? AND failed_at < ?", (FAILED, failed_before)
+            ).fetchall()
+            needed = {r["path"] for r in conn.execute("SELECT path FROM uploads WHERE state = ?", (PENDING,))}
+            files = 0
+            for r in rows:
+                if r["path"] not in needed:
+                    with contextlib.suppress(FileNotFoundError):
+                        Path(r["path"]).unlink()
+                        files += 1
+                conn.execute("DELETE FROM uploads WHERE id = ?", (r["id"],))
+        if done or rows:
+            self._report()
+        return PruneResult(done, len(rows), files)
+
+    def prune_spool(self, spool_dir: Path, removable: Callable[[str], bool]) -> int:
+        """Delete the spool's per-group directories (`spool_dir/<group_id>`) that `removable(group_id)`
+        allows and that hold no file of a pending or failed upload; returns how many went."""
+        if not spool_dir.is_dir():
+            return 0
+        kept = self.db.conn.execute("SELECT group_id, path FROM uploads WHERE state != ?", (DONE,)).fetchall()
+        busy = {r["group_id"] for r in kept}
+        root = spool_dir.resolve()
+        for r in kept:  # whatever its group, a directory holding a file still needed stays
+            path = Path(r["path"]).resolve()
+            if path.is_relative_to(root) and path != root:
+                busy.add(path.relative_to(root).parts[0])
+        removed = 0
+        for entry in sorted(spool_dir.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and entry.name not in busy and removable(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
     # ---- worker --------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Upload due files, `concurrency` at a time, until cancelled."""
+        """Upload due files, `concurrency` per target at a time, until cancelled."""
         running: set[asyncio.Task[None]] = set()
         # after a restart, pending files are due now: the backoff was about a store that may be back
         self.db.conn.execute("UPDATE uploads SET next_attempt_at = ? WHERE state = ?", (self._clock(), PENDING))
@@ -156,39 +341,80 @@ class Outbox:
         try:
             while True:
                 self._wake.clear()
-                now = self._clock()
-                free = self.concurrency - len(running)
-                if free > 0:
-                    rows = self.db.conn.execute(
-                        "SELECT * FROM uploads WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id",
-                        (PENDING, now),
-                    ).fetchall()
-                    due = [u for u in map(_row, rows) if u.id not in self._in_flight][:free]
-                    for upload in due:
-                        self._in_flight.add(upload.id)
-                        task = asyncio.get_running_loop().create_task(self._attempt(upload))
-                        running.add(task)
-                        task.add_done_callback(running.discard)
-                        task.add_done_callback(lambda _t: self._wake.set())
-                # a finished attempt wakes the loop, so with every slot busy there is nothing to poll
-                nxt = None if len(running) >= self.concurrency else self._next_attempt_at()
-                delay = 1.0 if nxt is None else min(1.0, max(0.0, nxt - self._clock()))
+                await self._expire_overdue()
+                self._cancel_timed_out()
+                for upload in self._due():
+                    task = asyncio.get_running_loop().create_task(self._attempt(upload))
+                    self._in_flight[upload.id] = task
+                    self._targets[upload.id] = upload.target
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _t: self._wake.set())
+                # a finished attempt wakes the loop; targets with every slot busy are not polled
+                expiring = (at for i, at in self._expires.items() if i not in self._timed_out)
+                wake_at = [at for at in (self._next_attempt_at(), *expiring) if at is not None]
+                delay = min(1.0, max(0.0, min(wake_at) - self._clock())) if wake_at else 1.0
                 await self._idle(delay)
         finally:
             for task in running:
                 task.cancel()
 
+    def _busy(self) -> Counter[str]:
+        """Attempts in flight per target."""
+        return Counter(self._targets.values())
+
+    def _cancel_timed_out(self) -> None:
+        """Cancel the attempts that ran out of time; each then counts as a transient failure.
+
+        The outbox's clock decides (not the event loop's), so fake time drives timeouts in tests.
+        """
+        now = self._clock()
+        for upload_id, at in list(self._expires.items()):
+            if at <= now and upload_id not in self._timed_out:
+                self._timed_out.add(upload_id)
+                self._in_flight[upload_id].cancel()
+
+    def _due(self) -> list[Upload]:
+        """Pending uploads due now, at most the free slots of each target, earliest first."""
+        now = self._clock()
+        busy = self._busy()
+        targets = self.db.conn.execute(
+            "SELECT DISTINCT target FROM uploads WHERE state = ? AND next_attempt_at <= ?", (PENDING, now)
+        ).fetchall()
+        due: list[Upload] = []
+        for (target,) in targets:
+            free = self.concurrency - busy[target]
+            if free <= 0:
+                continue
+            rows = self.db.conn.execute(
+                "SELECT * FROM uploads WHERE state = ? AND target = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                (PENDING, target, now, free + busy[target]),
+            ).fetchall()
+            due += [u for u in map(_row, rows) if u.id not in self._in_flight][:free]
+        return due
+
     def _next_attempt_at(self) -> float | None:
-        """When the earliest pending upload that is not being attempted is due (None: there is none).
+        """When the earliest pending upload of a target with a free slot is due (None: there is none).
 
         In-flight uploads are left out: they are due already, and counting them made the loop spin
         (one iteration per event-loop turn) for as long as an upload took.
         """
-        rows = self.db.conn.execute(
-            "SELECT id, next_attempt_at FROM uploads WHERE state = ? ORDER BY next_attempt_at LIMIT ?",
-            (PENDING, len(self._in_flight) + 1),
-        ).fetchall()
-        return next((float(r["next_attempt_at"]) for r in rows if r["id"] not in self._in_flight), None)
+        busy = self._busy()
+        targets = self.db.conn.execute("SELECT DISTINCT target FROM uploads WHERE state = ?", (PENDING,)).fetchall()
+        earliest: float | None = None
+        for (target,) in targets:
+            if busy[target] >= self.concurrency:
+                continue
+            rows = self.db.conn.execute(
+                "SELECT id, next_attempt_at FROM uploads WHERE state = ? AND target = ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (PENDING, target, busy[target] + 1),
+            ).fetchall()
+            at = next((float(r["next_attempt_at"]) for r in rows if r["id"] not in self._in_flight), None)
+            if at is not None and (earliest is None or at < earliest):
+                earliest = at
+        return earliest
 
     async def _idle(self, delay: float) -> None:
         """Wait until `enqueue` or a finished attempt sets `_wake`, or `delay` seconds passed."""
@@ -200,12 +426,50 @@ class Outbox:
             woken.cancel()
             timer.cancel()
 
+    async def _expire_overdue(self) -> None:
+        """Fail the pending uploads (not being attempted) whose deadline passed."""
+        if self.deadline_s <= 0:
+            return
+        now = self._clock()
+        rows = self.db.conn.execute(
+            "SELECT * FROM uploads WHERE state = ? AND queued_at <= ? ORDER BY id", (PENDING, now - self.deadline_s)
+        ).fetchall()
+        overdue = [u for u in map(_row, rows) if u.id not in self._in_flight]
+        for upload in overdue:
+            self._finish_failed(upload, self._deadline_error(upload, upload.last_error), attempted=False)
+        if overdue:
+            self._report()
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _deadline_error(self, upload: Upload, last_error: str) -> str:
+        return (
+            f"not stored within the upload deadline of {span(self.deadline_s)} (storage target "
+            f"{describe_target(upload.target)!r}); last error: {last_error or 'none'}"
+        )
+
+    def _attempt_timeout(self, upload: Upload) -> float:
+        size = os.stat(upload.path).st_size  # FileNotFoundError: the spool file is gone
+        return self.attempt_timeout_s + ATTEMPT_SECONDS_PER_MIB * size / (1024 * 1024)
+
     async def _attempt(self, upload: Upload) -> None:
         try:
             store = self.resolve(upload.target)
-            stored = await store.put_file(upload.key, upload.path, upload.content_type)
+            timeout = self._attempt_timeout(upload)
+            self._expires[upload.id] = self._clock() + timeout
+            try:
+                stored = await store.put_file(upload.key, upload.path, upload.content_type)
+            except asyncio.CancelledError:
+                if upload.id not in self._timed_out:
+                    raise  # the worker is shutting down
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                raise AttemptTimedOut(f"upload attempt timed out after {span(round(timeout, 1))}") from None
         except FileNotFoundError:
             self._finish_failed(upload, f"spool file {upload.path} is missing")
+        except AttemptTimedOut as exc:
+            self._retry_later(upload, str(exc))
         except StorageError as exc:
             if exc.retryable:
                 self._retry_later(upload, str(exc))
@@ -234,16 +498,23 @@ class Outbox:
                 "uploaded", key=upload.key, size=stored.size, location=stored.location, attempts=upload.attempts + 1
             )
         finally:
-            self._in_flight.discard(upload.id)
+            self._in_flight.pop(upload.id, None)
+            self._targets.pop(upload.id, None)
+            self._expires.pop(upload.id, None)
+            self._timed_out.discard(upload.id)
             self._report()
             async with self._changed:
                 self._changed.notify_all()
 
     def _retry_later(self, upload: Upload, error: str) -> None:
+        now = self._clock()
+        if self.deadline_s > 0 and now - upload.queued_at >= self.deadline_s:
+            self._finish_failed(upload, self._deadline_error(upload, error))
+            return
         metrics.UPLOADS_FAILED.inc()
         attempts = upload.attempts + 1
         delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempts - 1)) * self._jitter()
-        retry_at = self._clock() + delay
+        retry_at = now + delay
         self.db.conn.execute(
             "UPDATE uploads SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
             (attempts, retry_at, error, upload.id),
@@ -258,11 +529,12 @@ class Outbox:
             "upload failed, will retry", key=upload.key, attempt=attempts, retry_in_s=round(delay, 1), error=error
         )
 
-    def _finish_failed(self, upload: Upload, error: str) -> None:
+    def _finish_failed(self, upload: Upload, error: str, *, attempted: bool = True) -> None:
+        """The upload is failed for good (until `retry_failed`); `attempted`: an attempt ended so."""
         metrics.UPLOADS_FAILED.inc()
         self.db.conn.execute(
-            "UPDATE uploads SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
-            (FAILED, error, upload.id),
+            "UPDATE uploads SET state = ?, attempts = attempts + ?, last_error = ?, failed_at = ? WHERE id = ?",
+            (FAILED, int(attempted), error, self._clock(), upload.id),
         )
         log.error("upload failed permanently; the spool keeps the file", key=upload.key, path=upload.path, error=error)
 

@@ -20,7 +20,7 @@ import numpy as np
 from callrec.core.model import OUTPUT_SAMPLE_RATE
 from callrec.media.writers.base import fsync_close, remove_quietly, wav_bytes
 
-__all__ = ["UnmixedWavWriter", "UnmixedWavWriterFactory"]
+__all__ = ["UnmixedWavWriter", "UnmixedWavWriterFactory", "sidecar_path"]
 
 _ASSEMBLY_BLOCK = OUTPUT_SAMPLE_RATE  # samples per channel per assembly step
 
@@ -29,7 +29,7 @@ def _raw_path(path: Path, channel: int) -> Path:
     return path.with_name(f"{path.name}.ch{channel}.raw")
 
 
-def _sidecar_path(path: Path) -> Path:
+def sidecar_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.channels.json")
 
 
@@ -70,7 +70,7 @@ class UnmixedWavWriter:
             for channel in range(len(self._raw), width):
                 self._raw.append(open(_raw_path(self.path, channel), "wb"))  # noqa: SIM115 - closed in close()
                 self._starts.append(self._samples)
-            _sidecar_path(self.path).write_text(json.dumps({"starts": self._starts}))
+            sidecar_path(self.path).write_text(json.dumps({"starts": self._starts}))
         for channel, handle in enumerate(self._raw):
             handle.write(np.ascontiguousarray(block[:, channel], dtype="<i2").tobytes())
             handle.flush()
@@ -89,7 +89,7 @@ class UnmixedWavWriter:
     @staticmethod
     def recover(path: Path) -> Path | None:
         """Assemble a chunk whose writer died (crash): whatever each channel has on disk."""
-        sidecar = _sidecar_path(path)
+        sidecar = sidecar_path(path)
         if not sidecar.exists():
             return None
         starts = [int(s) for s in json.loads(sidecar.read_text())["starts"]]
@@ -131,7 +131,7 @@ def _assemble(path: Path, starts: list[int], total: int) -> None:
             handle.close()
     for channel in range(len(starts)):
         remove_quietly(_raw_path(path, channel))
-    remove_quietly(_sidecar_path(path))
+    remove_quietly(sidecar_path(path))
 
 
 class UnmixedWavWriterFactory:

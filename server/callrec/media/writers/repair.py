@@ -1,0 +1,205 @@
+"""`SpoolRepair`: makes a chunk file that a crash left open valid, up to what reached the disk.
+
+Implements core's `ChunkRepairPort` (`core.chunk_recovery` calls it at start-up):
+
+- mixed wav: the header's sizes are set from the file's length, cut to whole samples;
+- unmixed wav: the per-channel raw spool files are assembled (`UnmixedWavWriter.recover`);
+- mp3: cut after the last complete MPEG frame (frame lengths read from each header),
+  then remuxed by PyAV so the Xing/Info header tells the true frame count;
+- mp4 (fragmented): the worker process outlives the server and finishes its file when
+  the server dies (its command pipe closes), so it is waited for first (bounded), then
+  the file is cut after its last complete `moof` + `mdat` fragment (the writer starts a
+  fragment at least once a second, so at most a second is lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import struct
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import av
+
+from callrec.core.model import SAMPLES_PER_VIDEO_FRAME
+from callrec.core.ports import RepairedMedia
+from callrec.logs import get_logger
+from callrec.media.writers.base import WAV_HEADER_BYTES
+from callrec.media.writers.unmixed_wav import UnmixedWavWriter, sidecar_path
+
+__all__ = ["SpoolRepair", "cut_mp3", "cut_mp4", "fix_wav"]
+
+log = get_logger("repair")
+
+_MP3_BIT_RATES = {  # kbps by bit-rate index: MPEG-1 Layer III, MPEG-2/2.5 Layer III
+    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_SAMPLE_RATES = {3: (44_100, 48_000, 32_000), 2: (22_050, 24_000, 16_000), 0: (11_025, 12_000, 8_000)}
+
+
+def fix_wav(path: Path) -> RepairedMedia | None:
+    """Set a PCM wav's RIFF and data sizes from its length (whole samples); None without a header."""
+    size = path.stat().st_size
+    if size < WAV_HEADER_BYTES:
+        return None
+    with open(path, "r+b") as handle:
+        header = handle.read(WAV_HEADER_BYTES)
+        if header[:4] != b"RIFF" or header[36:40] != b"data":
+            return None
+        channels = struct.unpack_from("<H", header, 22)[0] or 1
+        data = size - WAV_HEADER_BYTES
+        data -= data % (2 * channels)
+        handle.seek(4)
+        handle.write(struct.pack("<I", 36 + data))
+        handle.seek(40)
+        handle.write(struct.pack("<I", data))
+        handle.truncate(WAV_HEADER_BYTES + data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return RepairedMedia(data // (2 * channels), channels)
+
+
+def _mp3_frame_length(header: bytes) -> int | None:
+    """Length of the MPEG audio frame starting with `header` (4 bytes), None if it is not one."""
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version = (header[1] >> 3) & 0x3  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    layer = (header[1] >> 1) & 0x3
+    bit_rate_index = header[2] >> 4
+    rate_index = (header[2] >> 2) & 0x3
+    padding = (header[2] >> 1) & 0x1
+    if version == 1 or layer != 1 or bit_rate_index in (0, 15) or rate_index == 3:
+        return None  # reserved values, or not Layer III
+    kbps = _MP3_BIT_RATES[1 if version == 3 else 2][bit_rate_index]
+    sample_rate = _MP3_SAMPLE_RATES[version][rate_index]
+    coefficient = 144 if version == 3 else 72
+    return coefficient * kbps * 1000 // sample_rate + padding
+
+
+def cut_mp3(path: Path) -> RepairedMedia | None:
+    """Cut after the last complete frame and remux (true Info header); None without a frame."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    offset = 0
+    while True:
+        length = _mp3_frame_length(data[offset : offset + 4])
+        if length is None or offset + length > len(data):
+            break
+        offset += length
+    if offset == 0:
+        return None
+    with open(path, "r+b") as handle:
+        handle.truncate(offset)
+    remuxed = path.with_name(path.name + ".remux")
+    try:
+        with av.open(str(path)) as source, av.open(str(remuxed), "w", format="mp3") as target:
+            stream = source.streams.audio[0]
+            out = target.add_stream_from_template(stream)
+            for packet in source.demux(stream):
+                if packet.dts is None:
+                    continue
+                packet.stream = out
+                target.mux(packet)
+        os.replace(remuxed, path)
+    except (av.FFmpegError, OSError, ValueError) as exc:  # the cut file still plays; only its header is stale
+        log.warning("mp3 remux after a crash failed; keeping the cut file", path=str(path), error=str(exc))
+        with contextlib.suppress(OSError):
+            remuxed.unlink()
+    samples = 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            samples += frame.samples
+    return RepairedMedia(samples, 1) if samples else None
+
+
+def _boxes(data: bytes) -> list[tuple[str, int, int]]:
+    """Top-level ISO BMFF boxes (type, start, end) that are complete."""
+    out: list[tuple[str, int, int]] = []
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, offset)
+        header = 8
+        if size == 1:
+            if offset + 16 > len(data):
+                break
+            size = struct.unpack_from(">Q", data, offset + 8)[0]
+            header = 16
+        elif size == 0:
+            size = len(data) - offset
+        if size < header or offset + size > len(data):
+            break
+        out.append((kind.decode("latin-1"), offset, offset + size))
+        offset += size
+    return out
+
+
+def cut_mp4(path: Path) -> RepairedMedia | None:
+    """Cut a fragmented mp4 after its last complete fragment; None when it has none."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    boxes = _boxes(data)
+    if not any(kind == "moov" for kind, _, _ in boxes):
+        return None
+    end, fragment_open = 0, False
+    for kind, _, box_end in boxes:
+        if kind == "moof":
+            fragment_open = True
+            continue
+        if kind == "mdat" and fragment_open:
+            fragment_open = False
+        elif fragment_open:
+            break
+        end = box_end
+    if end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+    with av.open(str(path)) as container:
+        frames = sum(1 for packet in container.demux(video=0) if packet.size)
+    return RepairedMedia(frames * SAMPLES_PER_VIDEO_FRAME, 1) if frames else None
+
+
+def _wait_for_worker(pid: int, timeout: float) -> None:
+    """Let an orphaned video worker finish its file (it does when the server dies), then stop it."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if b"callrec.media.video_worker" not in cmdline.read_bytes():
+                return  # gone (or a zombie, or the pid was reused by something else)
+        except OSError:
+            return
+        time.sleep(0.05)
+    log.warning("orphaned video worker did not finish in time; killing it", pid=pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class SpoolRepair:
+    """`ChunkRepairPort` for the formats the writers produce (see the module docstring)."""
+
+    def __init__(self, worker_wait_s: float = 20.0) -> None:
+        self.worker_wait_s = worker_wait_s
+
+    def repair(self, media_path: Path, journal: Mapping[str, object]) -> RepairedMedia | None:
+        """Fix `media_path` in place; None when it holds no media."""
+        suffix = media_path.suffix.lower()
+        if suffix == ".wav":
+            if sidecar_path(media_path).exists():  # unmixed: assemble the channels that reached the disk
+                UnmixedWavWriter.recover(media_path)
+            return fix_wav(media_path) if media_path.exists() else None
+        if suffix == ".mp3":
+            return cut_mp3(media_path)
+        if suffix == ".mp4":
+            pid = journal.get("worker_pid")
+            if isinstance(pid, int):
+                _wait_for_worker(pid, self.worker_wait_s)
+            return cut_mp4(media_path)
+        raise ValueError(f"no repair for {media_path.name}")

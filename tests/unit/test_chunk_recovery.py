@@ -1,0 +1,138 @@
+"""Crash recovery of open chunks, in-process: the spool is copied while a recording is being
+written (what a `kill -9` leaves on disk), then finished by `recover_chunks` + `SpoolRepair`
+and decoded. The tone changes pitch every second, so each second can be told apart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callrec.core.audio_recording import AudioRecording
+from callrec.core.call_media import TICK_SAMPLES, MixTick
+from callrec.core.chunk_recovery import recover_chunks
+from callrec.core.chunker import FinishedChunk, journal_path
+from callrec.core.model import ChannelType, ChunkEndReason, ContentType, Format, PauseMode, RecordingOptions
+from callrec.media.writers import writer_factory_for
+from callrec.media.writers.repair import SpoolRepair, cut_mp4, fix_wav
+from callrec.state.db import Database
+from callrec.testing import EPOCH, decode_file, dominant_frequencies, tone
+
+RATE = 16_000
+
+
+def pitch(second: int) -> float:
+    return 400.0 + 100.0 * (second % 12)
+
+
+def stepped_tone(seconds: float) -> np.ndarray:
+    return np.concatenate([tone(pitch(s), 1.0, RATE) for s in range(int(np.ceil(seconds)))])[: round(seconds * RATE)]
+
+
+def tick(index: int, pcm: np.ndarray, speaking: bool = True) -> MixTick:
+    block = pcm[index * TICK_SAMPLES : (index + 1) * TICK_SAMPLES]
+    return MixTick(index=index, start_us=index * 20_000, time=EPOCH + timedelta(milliseconds=20 * index),
+                   mixed=block, participants={"a": block}, speaking={"a": speaking}, energy_db={"a": -10.0},
+                   names={"a": "Alice"})
+
+
+async def snapshot_mid_recording(tmp: Path, options: RecordingOptions, seconds: float, **kw: object
+                                 ) -> tuple[Path, list[FinishedChunk], AudioRecording]:
+    """Write `seconds` of the stepped tone, let the queued jobs run, copy the spool: the crash image."""
+    pcm = stepped_tone(seconds + 1)
+    done: list[FinishedChunk] = []
+    rec = AudioRecording("rec-1", "call-1", options, tmp / "live", "res-1", writer_factory_for(options),
+                         done.append, batch_ms=100, **kw)  # type: ignore[arg-type]  # test-only keywords
+    for k in range(round(seconds * 50)):
+        rec.on_tick(tick(k, pcm))
+        if k % 5 == 0:
+            await asyncio.sleep(0)
+    for _ in range(500):  # the writer jobs in flight reach the disk (a crash would lose only these)
+        if rec.pending_jobs == 0:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    image = tmp / "image"
+    shutil.copytree(tmp / "live", image)
+    return image, done, rec
+
+
+def seconds_heard(audio: np.ndarray) -> list[float]:
+    """The pitch of each whole second of audio."""
+    return [dominant_frequencies(audio[s * RATE + 800 : (s + 1) * RATE - 800])[0] for s in range(len(audio) // RATE)]
+
+
+@pytest.mark.parametrize("fmt,channel_type", [(Format.WAV, ChannelType.MIXED), (Format.MP3, ChannelType.MIXED),
+                                              (Format.WAV, ChannelType.UNMIXED)])
+async def test_an_open_chunk_is_finished_from_its_spool_losing_under_a_second(
+        tmp_path: Path, fmt: Format, channel_type: ChannelType) -> None:
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=channel_type, format=fmt)
+    image, done, rec = await snapshot_mid_recording(tmp_path, options, 4.5)
+    await rec.finish()  # the live one ends normally; the image is what a crash leaves
+    assert done[0].end_reason is ChunkEndReason.SESSION_ENDED
+    assert len(list(image.glob("*.journal.json"))) == 1  # the crash image: one open chunk
+    (chunk,) = recover_chunks(image, set(), SpoolRepair())
+    assert chunk.end_reason is ChunkEndReason.SERVER_RESTARTED and chunk.index == 0
+    audio = decode_file(chunk.media_path).channel(0)
+    assert 3.5 * RATE <= len(audio) <= 4.5 * RATE + 1105, len(audio) / RATE  # at most a second lost
+    assert seconds_heard(audio)[:3] == [pitch(0), pitch(1), pitch(2)]
+    metadata = json.loads(chunk.metadata_path.read_text())
+    assert metadata["chunkDuration"] == pytest.approx(chunk.samples / 16, abs=1)
+    assert metadata["chunkDocumentId"] == chunk.document_id
+    assert [p["participantId"] for p in metadata["participants"]] == ["a"]
+    assert metadata["recordingInfo"]["audioConfiguration"]["channels"] == 1
+
+
+async def test_recovery_continues_chunk_indexes_and_skips_indexed_chunks(tmp_path: Path) -> None:
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
+                               chunk_max_duration=timedelta(seconds=1))
+    image, done, rec = await snapshot_mid_recording(tmp_path, options, 3.5)
+    assert [c.index for c in done] == [0, 1, 2]
+    await rec.finish()
+    assert not any(journal_path(c.media_path).exists() for c in done)  # announced: journal removed
+    (chunk,) = recover_chunks(image, {0, 1, 2}, SpoolRepair())
+    assert chunk.index == 3
+    assert seconds_heard(decode_file(chunk.media_path).channel(0)) in ([], [pitch(3)])
+
+
+async def test_an_open_pause_ends_where_the_media_ended(tmp_path: Path) -> None:
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
+                               pause_mode=PauseMode.SILENCE)
+    pcm = stepped_tone(4)
+    rec = AudioRecording("rec-1", "call-1", options, tmp_path / "live", "res-1", writer_factory_for(options),
+                         lambda c: None, batch_ms=100)
+    rec.pause(EPOCH + timedelta(seconds=2))
+    for k in range(150):
+        rec.on_tick(tick(k, pcm))
+        if k % 5 == 0:
+            await asyncio.sleep(0)
+    while rec.pending_jobs:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    shutil.copytree(tmp_path / "live", tmp_path / "image")
+    await rec.finish()
+    (chunk,) = recover_chunks(tmp_path / "image", set(), SpoolRepair())
+    (pause,) = json.loads(chunk.metadata_path.read_text())["pauseResumeIntervals"]
+    assert pause["startTime"] == "2024-05-14T09:00:02.000000Z"
+    assert 500 <= pause["duration"] <= 1000  # from 2 s to where the media ended (3 s, less the batch)
+
+
+def test_fix_wav_and_cut_mp4_refuse_files_without_media(tmp_path: Path) -> None:
+    empty = tmp_path / "x.wav"
+    empty.write_bytes(b"RIFF")
+    assert fix_wav(empty) is None
+    junk = tmp_path / "x.mp4"
+    junk.write_bytes(b"\0\0\0\x10ftypisom" + b"\0" * 8)
+    assert cut_mp4(junk) is None
+
+
+def test_the_state_database_commits_durably(tmp_path: Path) -> None:
+    """SPEC §5: what was acknowledged (a StartRecording, a published event) survives a power cut."""
+    db = Database(tmp_path / "state.db")
+    assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
