@@ -69,9 +69,17 @@ class ServerConfig:
     upload_backoff_max_s: float = 30.0
     """Longest wait between two upload attempts of a file while its store is failing."""
     upload_concurrency: int = 2
-    """Files uploaded at once by the outbox."""
+    """Files uploaded at once per storage target (a slow or dead target fills only its own slots)."""
+    upload_timeout_s: float = 300.0
+    """Seconds one upload attempt may take (plus 1 s per MiB of the file); then it is retried."""
+    upload_deadline_h: float = 24.0
+    """Hours after which an upload still not stored fails (its recording FAILED, the file kept); 0: never."""
+    upload_retention_h: float = 24.0
+    """Hours the outbox remembers stored uploads (`callrec uploads list`) before pruning them."""
+    failed_retention_h: float = 168.0
+    """Hours failed uploads (rows and spool files) and failed recordings' spool directories are kept."""
     housekeeping_interval_s: float = 60.0
-    """Seconds between retention sweeps (events, idempotency keys, local store files)."""
+    """Seconds between retention sweeps (events, idempotency keys, local store files, uploads, spool)."""
     drain_timeout_s: float = 60.0
     """On SIGTERM: seconds to finish recordings and uploads before exiting."""
     default_storage: str = "local"
@@ -186,11 +194,16 @@ def validate(config: ServerConfig) -> None:
         ("drain_timeout_s", config.drain_timeout_s),
         ("housekeeping_interval_s", config.housekeeping_interval_s),
         ("upload_backoff_max_s", config.upload_backoff_max_s),
+        ("upload_deadline_h", config.upload_deadline_h),
+        ("upload_retention_h", config.upload_retention_h),
+        ("failed_retention_h", config.failed_retention_h),
     ):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0; got {value}")
     if config.upload_concurrency < 1:
         raise ConfigError(f"upload_concurrency must be >= 1; got {config.upload_concurrency}")
+    if config.upload_timeout_s <= 0:
+        raise ConfigError(f"upload_timeout_s must be > 0; got {config.upload_timeout_s}")
     if config.default_storage != "local" and config.default_storage not in config.storage_targets:
         raise ConfigError(
             f"default storage target {config.default_storage!r} is not defined; "

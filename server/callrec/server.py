@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,12 +19,15 @@ from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
+from callrec.api.uploads import UploadServicer
 from callrec.config import ServerConfig
 from callrec.core.call_hub import CallMediaHub, make_clock_factory
 from callrec.core.call_registry import CallRegistry
 from callrec.core.media_recorder import MediaRecorder
+from callrec.core.model import RecordingState
 from callrec.core.ports import MediaIngest, MediaRecorderPort
 from callrec.core.recording_registry import RecordingRegistry, RegistrySettings
+from callrec.core.upload_admin import UploadAdmin
 from callrec.events.log import EventLog
 from callrec.events.recording_events import AcsRecordingEvents
 from callrec.logs import get_logger
@@ -36,7 +40,7 @@ from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
 from callrec.storage.local import LocalStore
-from callrec.storage.outbox import Outbox
+from callrec.storage.outbox import Outbox, PruneResult
 from callrec.storage.resolver import StoreResolver
 from callrec.storage.targets import stores_from_config
 from callrec.v1 import (
@@ -48,6 +52,8 @@ from callrec.v1 import (
     media_pb2_grpc,
     recording_pb2,
     recording_pb2_grpc,
+    uploads_pb2,
+    uploads_pb2_grpc,
 )
 
 log = get_logger("server")
@@ -60,6 +66,7 @@ SERVICE_NAMES = (
     media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name,
+    uploads_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name,
 )
 
 
@@ -80,17 +87,44 @@ class App:
     server: grpc.aio.Server
     health: HealthServicer
     port: int
+    uploads: UploadAdmin
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def housekeeping(self) -> None:
-        """Prune expired events and idempotency keys, and apply local stores' retention, once a minute."""
+        """Prune expired events and idempotency keys, apply local stores' retention, and prune the
+        outbox and the spool (`prune_uploads`), every `housekeeping_interval_s`."""
         while True:
             pruned = self.events.prune()
             forgotten = self.repo.forget_requests_before(timedelta(hours=self.config.idempotency_window_h))
             swept = await self.sweep_local_stores()
-            if pruned or forgotten or swept:
-                log.info("housekeeping", events_pruned=pruned, request_ids_forgotten=forgotten, files_expired=swept)
+            try:
+                uploads, spool_dirs = self.prune_uploads()
+            except Exception:  # never the end of housekeeping: the next round tries again
+                log.exception("pruning uploads and spool failed")
+                uploads, spool_dirs = PruneResult(0, 0, 0), 0
+            if pruned or forgotten or swept or uploads.done_rows or uploads.failed_rows or spool_dirs:
+                log.info("housekeeping", events_pruned=pruned, request_ids_forgotten=forgotten, files_expired=swept,
+                         stored_uploads_forgotten=uploads.done_rows, failed_uploads_pruned=uploads.failed_rows,
+                         failed_spool_files_deleted=uploads.failed_files, spool_dirs_removed=spool_dirs)
             await asyncio.sleep(self.config.housekeeping_interval_s)
+
+    def prune_uploads(self) -> tuple[PruneResult, int]:
+        """Forget stored uploads after `upload_retention_h`; delete failed uploads (rows and spool
+        files) after `failed_retention_h`; remove the spool directories of finished recordings
+        (COMPLETED, or FAILED longer ago than the failed retention) that no pending or failed upload
+        needs. A file a pending upload needs is never deleted."""
+        cfg = self.config
+        now = time.time()
+        result = self.outbox.prune(now - cfg.upload_retention_h * 3600, now - cfg.failed_retention_h * 3600)
+        failed_before = datetime.now(UTC) - timedelta(hours=cfg.failed_retention_h)
+
+        def finished(recording_id: str) -> bool:
+            rec = self.repo.get(recording_id)
+            if rec is None or rec.state not in (RecordingState.COMPLETED, RecordingState.FAILED):
+                return False
+            return rec.state is RecordingState.COMPLETED or (rec.stop_time or rec.start_time) < failed_before
+
+        return result, self.outbox.prune_spool(cfg.spool_dir, finished)
 
     async def sweep_local_stores(self) -> int:
         """Delete recordings older than each local store's retention; their locations become NOT_FOUND."""
@@ -110,6 +144,7 @@ class App:
         await self.registry.drain(timeout)
         await self.calls.close()
         await self.server.stop(grace=min(timeout, 5.0))
+        await self.uploads.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -130,6 +165,8 @@ async def build_server(
         concurrency=config.upload_concurrency,
         backoff_max_s=config.upload_backoff_max_s,
         on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]),
+        attempt_timeout_s=config.upload_timeout_s,
+        deadline_s=config.upload_deadline_h * 3600,
     )
     chunks = ChunkIndex(db)
     repo = RecordingRepository(db)
@@ -174,6 +211,8 @@ async def build_server(
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
     content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores), server)
+    uploads = UploadAdmin(outbox, registry, stores, chunks)
+    uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -185,7 +224,9 @@ async def build_server(
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
-    return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound)
+    uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
+    return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
+               uploads)
 
 
 def build_stores(config: ServerConfig) -> StoreResolver:

@@ -36,8 +36,9 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
-async def end_and_cancel(channel: grpc.aio.Channel, client: AsyncCallrecClient) -> str:
-    """One gateway stream: open, join, a recording, a few frames, `end` and cancel without reading on."""
+async def end_and_cancel(channel: grpc.aio.Channel, client: AsyncCallrecClient, delay: float = 0.0) -> str:
+    """One gateway stream: open, join, a recording, a few frames, `end` and cancel without reading on
+    (`delay` seconds after `end`)."""
     call_id = unique("cancel")
     stream = media_pb2_grpc.MediaServiceStub(channel).StreamMedia()
     try:
@@ -52,6 +53,8 @@ async def end_and_cancel(channel: grpc.aio.Channel, client: AsyncCallrecClient) 
             await stream.write(mpb.StreamMediaRequest(audio=mpb.AudioFrame(
                 participant_id="alice", sequence=seq, timestamp_us=seq * 20_000, data=FRAME)))
         await stream.write(mpb.StreamMediaRequest(end=mpb.StreamEnd(reason="hangup")))
+        if delay:
+            await asyncio.sleep(delay)
     finally:
         stream.cancel()  # at once: no done_writing, no waiting for the server's last ack
     return rec.recording_id
@@ -66,8 +69,9 @@ async def test_end_then_cancel_completes_every_recording_and_leaves_no_media_tas
     metrics_port = free_port()
     # a long grace period: a call whose `end` reached the server must end now, not when a
     # broken stream's grace runs out
-    server: ServerProcess = make_server("--clock", "media", "--reconnect-grace", "600", "--config", str(config),
-                                        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-level", "warning")
+    server: ServerProcess = make_server("--clock", "media", "--reconnect-grace", "1", "--config", str(config),
+                                        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-level", "info",
+                                        "--upload-concurrency", "16")
     started = time.monotonic()
     gate = asyncio.Semaphore(CONCURRENCY)
     async with AsyncCallrecClient(server.target) as client:
@@ -75,7 +79,7 @@ async def test_end_then_cancel_completes_every_recording_and_leaves_no_media_tas
         try:
             async def one(i: int) -> str:
                 async with gate:
-                    return await end_and_cancel(channels[i % len(channels)], client)
+                    return await end_and_cancel(channels[i % len(channels)], client, (i % 5) * 0.005)
 
             recording_ids = await asyncio.gather(*(one(i) for i in range(STREAMS)))
         finally:

@@ -22,17 +22,22 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def test_help_lists_every_command_and_serve_option():
     top = cli("--help").stdout
-    for command in ("serve", "start", "state", "pause", "resume", "stop", "list", "events"):
+    for command in ("serve", "start", "state", "pause", "resume", "stop", "list", "events", "uploads"):
         assert command in top
     serve = cli("serve", "--help").stdout
     for option in ("--listen", "--data-dir", "--config", "--metrics-listen", "--clock", "--resource-id",
                    "--log-level", "--log-format", "--insecure", "--reconnect-grace", "--playout-delay-ms",
                    "--event-retention-h", "--local-retention-h", "--default-storage", "--drain-timeout",
                    "--upload-backoff-max", "--upload-concurrency", "--housekeeping-interval",
+                   "--upload-timeout", "--upload-deadline-h", "--upload-retention-h",
+                   "--failed-retention-h",
                    "CALLREC_LISTEN"):
         assert option in serve, option
     for command in ("start", "state", "pause", "resume", "stop", "list", "events"):
         assert "--json" in cli(command, "--help").stdout
+    for command in (("uploads", "list"), ("uploads", "retry")):
+        shown = cli(*command, "--help").stdout
+        assert "--json" in shown and f"callrec {' '.join(command)} " in shown, shown  # with examples
 
 
 def test_serve_refuses_bad_config_with_a_clear_message(tmp_path):

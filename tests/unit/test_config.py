@@ -63,11 +63,14 @@ def test_env_var_reaches_serve(tmp_path, monkeypatch):
     """typer maps CALLREC_* to flags; a flag beats the env var."""
     from typer.testing import CliRunner
 
+    import callrec.logs
     import callrec.server
     from callrec_client.cli import app
 
     seen = {}
     monkeypatch.setattr(callrec.server, "run", lambda cfg: seen.setdefault("cfg", cfg))
+    # serve would route every later test's logs to the runner's stream, closed after `invoke`
+    monkeypatch.setattr(callrec.logs, "configure_logging", lambda *args, **kwargs: None)
     runner = CliRunner()
     result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path)],
                            env={"CALLREC_CLOCK": "media", "CALLREC_LISTEN": "127.0.0.1:6001"})

@@ -105,6 +105,9 @@ class MemoryUploads:
     async def wait_stored(self, group_id: str) -> str | None:
         return self.failure
 
+    def queued_keys(self, group_id: str) -> set[str]:
+        return {key for group, _, key, _ in self.queued if group == group_id}
+
 
 @dataclass
 class MemoryIndex:

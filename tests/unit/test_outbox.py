@@ -238,3 +238,264 @@ async def test_pending_uploads_survive_a_restart_and_complete(tmp_path, fake):
     assert sorted(key for key, _ in up.attempts) == ["rec1/0-metadata.json", "rec1/0.wav"], "each stored once"
     assert up.stored == {"rec1/0.wav": b"RIFF....WAVE", "rec1/0-metadata.json": b"{}"}
     assert not any(f.exists() for f in files)
+
+
+# ------------------------------------------------------------------ one target cannot hold the others hostage
+GOOD = "good|local|file:///srv/good"
+BLACK_HOLE = "hole|s3|http://127.0.0.1:9/never"
+
+
+class BlackHoleStore:
+    """A store whose `put_file` never returns (a connection that accepts and never answers), until
+    `fixed`; it honours cancellation, as asyncio code does."""
+
+    kind = "s3"
+
+    def __init__(self, time: FakeTime, after: FakeStore | None = None) -> None:
+        self.time = time
+        self.attempts: list[tuple[str, float]] = []
+        self.cancelled = 0
+        self.after = after
+        self.fixed = False
+
+    async def put_file(self, key: str, path: Path | str, content_type: str) -> StoredObject:
+        self.attempts.append((key, self.time.monotonic()))
+        if self.fixed and self.after is not None:
+            return await self.after.put_file(key, path, content_type)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+    def times(self) -> list[float]:
+        return [t for _, t in self.attempts]
+
+
+def two_targets(db: Database, fake: FakeTime, good: object, hole: object, **options: object) -> Outbox:
+    stores = {GOOD: good, BLACK_HOLE: hole}
+    return Outbox(db, stores.__getitem__, clock=fake.monotonic, sleep=fake.sleep, jitter=lambda: 1.0,  # type: ignore[arg-type]
+                  **options)  # type: ignore[arg-type]
+
+
+async def test_a_black_holed_target_fills_only_its_own_slots(tmp_path, db, fake):
+    good, hole = FakeStore(fake), BlackHoleStore(fake)
+    outbox = two_targets(db, fake, good, hole, concurrency=2, attempt_timeout_s=300.0)
+    for i in range(4):  # the dead target's files come first in the queue
+        outbox.enqueue("rec-hole", BLACK_HOLE, f"hole/{i}.wav", spool(tmp_path, f"hole-{i}.wav"), "audio/wav")
+    good_files = [spool(tmp_path, f"good-{i}.wav") for i in range(4)]
+    for i, path in enumerate(good_files):
+        outbox.enqueue("rec-good", GOOD, f"good/{i}.wav", path, "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        uploads = await wait_group(outbox, "rec-good")  # no fake time passed: stored at once
+        assert [u.state for u in uploads] == [DONE] * 4 and fake.monotonic() == 1000.0
+        assert sorted(good.stored) == [f"good/{i}.wav" for i in range(4)]
+        assert not any(p.exists() for p in good_files)
+        assert len(hole.attempts) == 2, "the dead target has its 2 slots busy, no more"
+        await advance(fake, 60)
+        assert len(hole.attempts) == 2, "still hanging: no new attempt before the timeout"
+        outbox.enqueue("rec-good", GOOD, "good/late.wav", spool(tmp_path, "late.wav"), "audio/wav")
+        await tick(fake)
+        assert "good/late.wav" in good.stored, "a file queued later is not stuck behind the dead target"
+    assert [u.state for u in outbox.group("rec-hole")] == [PENDING] * 4
+
+
+async def test_an_attempt_that_times_out_is_cancelled_and_retried(tmp_path, db, fake):
+    good = FakeStore(fake)
+    hole = BlackHoleStore(fake, after=good)
+    outbox = two_targets(db, fake, good, hole, concurrency=1, attempt_timeout_s=10.0, backoff_base_s=2.0)
+    path = spool(tmp_path, "0.wav")
+    outbox.enqueue("rec1", BLACK_HOLE, "rec1/0.wav", path, "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        await advance(fake, 9.5)
+        assert (len(hole.attempts), hole.cancelled) == (1, 0)
+        await advance(fake, 1.0)  # 10 s (and a 12-byte file's allowance of 1 s per MiB): abandoned
+        assert hole.cancelled == 1
+        (upload,) = outbox.group("rec1")
+        assert (upload.state, upload.attempts) == (PENDING, 1)
+        assert upload.last_error == "upload attempt timed out after 10 s"
+        assert path.exists()
+        hole.fixed = True  # e.g. the network path is back
+        await advance(fake, 2)  # the backoff after the first failed attempt
+        (upload,) = await wait_group(outbox, "rec1")
+    assert hole.times() == pytest.approx([1000.0, 1012.0], abs=1e-3), "timed out at 1010, retried 2 s later"
+    assert (upload.state, upload.attempts, upload.last_error) == (DONE, 2, "")
+    assert not path.exists()
+
+
+async def test_an_upload_not_stored_by_the_deadline_fails_with_the_reason(tmp_path, db, fake):
+    store = FakeStore(fake, failures=1_000)  # connection refused, forever
+    outbox = make_outbox(db, store, fake, backoff_base_s=1.0, backoff_max_s=8.0, jitter=lambda: 1.0, deadline_s=60.0)
+    media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
+    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        waiting = asyncio.create_task(outbox.wait_group("rec1"))
+        await advance(fake, 30)
+        outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")  # queued at 1030
+        await advance(fake, 29.5)
+        assert not waiting.done() and {u.state for u in outbox.group("rec1")} == {PENDING}
+        await advance(fake, 1.0)  # 1060: the first file's deadline
+        first, second = outbox.group("rec1")
+        assert (first.state, second.state) == (FAILED, PENDING), "each file has its own deadline"
+        await advance(fake, 30)
+        with pytest.raises(UploadFailed) as failed:
+            await asyncio.wait_for(waiting, 1.0)
+    first, second = outbox.group("rec1")
+    assert first.last_error == (
+        "not stored within the upload deadline of 1 min (storage target 'vault|local|file:///srv/vault'); "
+        "last error: connection refused"
+    )
+    assert second.state == FAILED and second.failed_at == pytest.approx(1090.0, abs=1.0)
+    assert first.failed_at == pytest.approx(1060.0, abs=1.0)
+    message = str(failed.value)
+    assert "'vault'" in message and "upload deadline of 1 min" in message and str(media) in message, message
+    assert "callrec uploads retry rec1" in message, message
+    assert media.exists() and metadata.exists(), "the spool keeps the files"
+    attempts = len(store.attempts)
+    await tick(fake, 120)
+    assert len(store.attempts) == attempts, "no attempts after the deadline"
+
+
+async def test_a_black_holed_upload_fails_at_its_deadline_too(tmp_path, db, fake):
+    hole = BlackHoleStore(fake)
+    outbox = two_targets(db, fake, FakeStore(fake), hole, attempt_timeout_s=30.0, deadline_s=60.0)
+    outbox.enqueue("rec1", BLACK_HOLE, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        await advance(fake, 65)
+        (upload,) = outbox.group("rec1")
+    assert hole.times() == pytest.approx([1000.0, 1031.0], abs=1e-3), "timed out at 1030, retried after 1 s"
+    assert upload.state == FAILED and upload.attempts == 2
+    assert upload.last_error == (
+        "not stored within the upload deadline of 1 min (storage target 'hole|s3|http://127.0.0.1:9/never'); "
+        "last error: upload attempt timed out after 30 s"
+    )
+
+
+async def test_retry_requeues_failed_uploads_which_are_then_stored(tmp_path, db, fake):
+    store = FakeStore(fake, failures=2, error=PermissionDenied("403 Forbidden: InvalidAccessKeyId"))
+    outbox = make_outbox(db, store, fake, deadline_s=60.0)
+    media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
+    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
+    async with running(outbox):
+        await tick(fake)
+        with pytest.raises(UploadFailed):
+            await wait_group(outbox, "rec1")
+        await tick(fake, 100)  # after the first deadline: a retry gets a new one
+        result = await outbox.retry_failed("rec1")
+        assert [(u.key, u.state, u.attempts, u.queued_at) for u in result.retried] == [
+            ("rec1/0.wav", PENDING, 0, 1100.0), ("rec1/0-metadata.json", PENDING, 0, 1100.0)]
+        assert result.missing == []
+        assert all(u.created_at == 1000.0 for u in result.retried), "the first enqueue time stays"
+        await tick(fake)
+        uploads = await wait_group(outbox, "rec1")
+    assert [(u.state, u.attempts) for u in uploads] == [(DONE, 1), (DONE, 1)]
+    assert store.stored == {"rec1/0.wav": b"RIFF....WAVE", "rec1/0-metadata.json": b"{}"}
+    assert not media.exists() and not metadata.exists()
+    assert (await outbox.retry_failed("rec1")).retried == [], "nothing left to retry"
+
+
+async def test_a_failed_upload_whose_spool_file_is_gone_cannot_be_retried(tmp_path, db, fake):
+    store = FakeStore(fake, failures=2, error=PermissionDenied("403 Forbidden"))
+    outbox = make_outbox(db, store, fake)
+    media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
+    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
+    async with running(outbox):
+        await tick(fake)
+        with pytest.raises(UploadFailed):
+            await wait_group(outbox, "rec1")
+        media.unlink()  # someone cleaned the spool by hand
+        result = await outbox.retry_failed("rec1")
+        assert [u.key for u in result.retried] == ["rec1/0-metadata.json"]
+        (missing,) = result.missing
+        assert (missing.key, missing.state) == ("rec1/0.wav", FAILED)
+        assert missing.last_error == f"spool file {media} is missing: this upload cannot be retried"
+        await tick(fake)
+        with pytest.raises(UploadFailed):
+            await wait_group(outbox, "rec1")
+    assert [u.state for u in outbox.group("rec1")] == [FAILED, DONE]
+
+
+async def test_listing_pages_newest_first_with_filters(tmp_path, db, fake):
+    store = FakeStore(fake, failures=1, error=PermissionDenied("403"))
+    outbox = make_outbox(db, store, fake)
+    for i in range(5):
+        outbox.enqueue(f"rec{i % 2}", TARGET, f"k{i}", spool(tmp_path, f"{i}.wav"), "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        assert await outbox.wait_stored("rec1") is None
+        assert "403" in (await outbox.wait_stored("rec0") or "")
+    page, token = outbox.list_page(page_size=2)
+    assert [u.key for u in page] == ["k4", "k3"] and token
+    page, token = outbox.list_page(page_size=2, page_token=token)
+    assert [u.key for u in page] == ["k2", "k1"] and token
+    page, token = outbox.list_page(page_size=2, page_token=token)
+    assert [u.key for u in page] == ["k0"] and token == ""
+    assert [u.key for u in outbox.list_page(state=FAILED)[0]] == ["k0"], "the first attempt was refused"
+    assert [u.key for u in outbox.list_page(state=DONE, group_id="rec0")[0]] == ["k4", "k2"]
+    for bad in ("nonsense", "c2VxOjE"):  # not base64 of ours; another list's token ("seq:1")
+        with pytest.raises(ValueError):
+            outbox.list_page(page_token=bad)
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+async def test_pruning_forgets_old_uploads_and_failed_leftovers_but_never_a_pending_file(tmp_path, db, fake):
+    spool_dir = tmp_path / "spool"
+    store = FakeStore(fake, failures=1_000, error=PermissionDenied("403"))
+    outbox = make_outbox(db, store, fake)
+
+    def file(group: str, name: str) -> Path:
+        path = spool_dir / group / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return path
+
+    old_failed = file("rec-failed", "0.wav")
+    outbox.enqueue("rec-failed", TARGET, "f/0", old_failed, "audio/wav")
+    async with running(outbox):
+        await tick(fake)  # fails at 1000
+        await advance(fake, 100)
+        new_failed = file("rec-failed2", "0.wav")
+        outbox.enqueue("rec-failed2", TARGET, "f2/0", new_failed, "audio/wav")
+        await tick(fake)  # fails at 1100
+        store.failures = 0
+        old_done = file("rec-done", "0.wav")
+        outbox.enqueue("rec-done", TARGET, "d/0", old_done, "audio/wav")
+        await tick(fake)  # stored at 1100
+        store.gate = asyncio.Event()  # the store hangs: these stay pending
+        pending = file("rec-pending", "0.wav")
+        outbox.enqueue("rec-pending", TARGET, "p/0", pending, "audio/wav")
+        shared = file("rec-pending", "1.wav")
+        outbox.enqueue("rec-pending", TARGET, "p/1", shared, "audio/wav")
+        await tick(fake)
+        # an old failed upload of the same file as a pending one (re-enqueued by hand, say)
+        db.conn.execute(
+            "INSERT INTO uploads (group_id, target, key, path, content_type, state, next_attempt_at, created_at,"
+            " queued_at, failed_at) VALUES ('rec-x', ?, 'x', ?, 'audio/wav', 'failed', 0, 0, 0, 0)",
+            (TARGET, str(shared)),
+        )
+        counts = outbox.counts()
+        result = outbox.prune(done_before=1101.0, failed_before=1050.0)
+        assert (result.done_rows, result.failed_rows, result.failed_files) == (1, 2, 1)
+        assert not old_failed.exists(), "an old failed upload's spool file goes with its row"
+        assert new_failed.exists() and pending.exists() and shared.exists(), "never a file still needed"
+        assert outbox.counts() == {PENDING: counts[PENDING], DONE: counts[DONE] - 1, FAILED: counts[FAILED] - 2}
+        assert [u.key for u in outbox.list_page()[0]] == ["p/1", "p/0", "f2/0"]
+
+        (spool_dir / "rec-unknown").mkdir()
+        (spool_dir / "rec-unknown" / "leftover.raw").write_bytes(b"x")
+        removed = outbox.prune_spool(spool_dir, lambda group: group != "rec-unknown")  # "finished" but unknown
+        assert removed == 2  # rec-done (stored, forgotten) and rec-failed (its failed upload pruned)
+        assert sorted(p.name for p in spool_dir.iterdir()) == ["rec-failed2", "rec-pending", "rec-unknown"]
+        assert outbox.prune_spool(spool_dir, lambda group: True) == 1, "only rec-unknown: the others hold files"
+        assert pending.exists() and shared.exists() and new_failed.exists()
+        store.gate.set()
+        await tick(fake)
+        await wait_group(outbox, "rec-pending")
+    assert outbox.prune_spool(spool_dir, lambda group: group == "rec-pending") == 1

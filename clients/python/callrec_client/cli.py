@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from callrec_client.client import DEFAULT_TARGET, CallrecClient, CallrecError
-from callrec_client.render import recording_line, recording_text, to_json
+from callrec_client.render import recording_line, recording_text, to_json, upload_table
 
 app = typer.Typer(
     name="callrec",
@@ -72,7 +72,18 @@ def serve(
     upload_backoff_max: Annotated[float | None, typer.Option(envvar="CALLREC_UPLOAD_BACKOFF_MAX",
                                   help="Longest wait in seconds between upload retries [default: 30].")] = None,
     upload_concurrency: Annotated[int | None, typer.Option(envvar="CALLREC_UPLOAD_CONCURRENCY",
-                                  help="Files uploaded at once [default: 2].")] = None,
+                                  help="Files uploaded at once per storage target [default: 2].")] = None,
+    upload_timeout: Annotated[float | None, typer.Option(envvar="CALLREC_UPLOAD_TIMEOUT",
+                              help="Seconds one upload attempt may take, plus 1 s per MiB of the file; then "
+                              "it is retried [default: 300].")] = None,
+    upload_deadline_h: Annotated[float | None, typer.Option(envvar="CALLREC_UPLOAD_DEADLINE_H",
+                                 help="Hours until an upload still not stored fails (recording FAILED, "
+                                 "file kept in the spool); 0 = never [default: 24].")] = None,
+    upload_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_UPLOAD_RETENTION_H",
+                                  help="Hours stored uploads stay listed before pruning [default: 24].")] = None,
+    failed_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_FAILED_RETENTION_H",
+                                  help="Hours failed uploads (and failed recordings' spool files) are kept "
+                                  "[default: 168].")] = None,
     housekeeping_interval: Annotated[float | None, typer.Option(envvar="CALLREC_HOUSEKEEPING_INTERVAL",
                                      help="Seconds between retention sweeps [default: 60].")] = None,
     drain_timeout: Annotated[float | None, typer.Option(envvar="CALLREC_DRAIN_TIMEOUT",
@@ -95,7 +106,9 @@ def serve(
         "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
         "default_storage": default_storage, "drain_timeout_s": drain_timeout,
         "housekeeping_interval_s": housekeeping_interval, "upload_backoff_max_s": upload_backoff_max,
-        "upload_concurrency": upload_concurrency,
+        "upload_concurrency": upload_concurrency, "upload_timeout_s": upload_timeout,
+        "upload_deadline_h": upload_deadline_h, "upload_retention_h": upload_retention_h,
+        "failed_retention_h": failed_retention_h,
     }
     try:
         cfg = load_config(overrides, config)
@@ -282,6 +295,99 @@ def delete(
     else:
         for loc in resp.deleted_locations:
             typer.echo(f"deleted {loc}")
+
+
+uploads_app = typer.Typer(
+    name="uploads",
+    help="Show the upload outbox and re-queue failed uploads (UploadService).",
+    no_args_is_help=True,
+)
+app.add_typer(uploads_app)
+
+
+@uploads_app.command("list")
+def uploads_list(
+    state: Annotated[str | None, typer.Option(help="Only uploads in this state: pending, stored or failed.")] = None,
+    recording: Annotated[str, typer.Option("--recording", help="Only the uploads of this recording.")] = "",
+    limit: Annotated[int, typer.Option(help="Most uploads to show (pages are fetched as needed).")] = 100,
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """List uploads, newest first, with their last error and where the file is.
+
+    A table of state, attempts, storage target, creation time, recording and
+    object key; below each row the next attempt and deadline (pending), the last
+    error, and the spool file (pending, failed) or the stored location.
+    A failed upload (refused by the store, or not stored before the upload
+    deadline) keeps its file in the spool; `callrec uploads retry` re-queues it.
+
+    Examples:
+
+      callrec uploads list --state failed
+
+      callrec uploads list --recording <recording_id> --json
+    """
+    shown = 0
+    token = ""
+    uploads = []
+    try:
+        with _client(server) as c:
+            while shown < limit:
+                page = c.list_uploads(state, recording, min(1000, limit - shown), token)
+                for upload in page.uploads:
+                    if json:
+                        typer.echo(to_json(upload))
+                    uploads.append(upload)
+                    shown += 1
+                token = page.next_page_token
+                if not token:
+                    break
+    except ValueError as exc:
+        typer.secho(f"error: --{exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    except CallrecError as exc:
+        _fail(exc)
+    if not json:
+        if uploads:
+            typer.echo(upload_table(uploads))
+        else:
+            typer.echo("no uploads", err=True)
+
+
+@uploads_app.command("retry")
+def uploads_retry(
+    recording_id: Annotated[str, typer.Argument(help="The recording whose failed uploads to re-queue.")],
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Re-queue every failed upload of a recording: pending again, due now.
+
+    Fix the cause first (the store's credentials, address or availability;
+    `callrec uploads list --state failed` shows each error). Attempts start
+    again from zero, with a new deadline. When every file of a failed recording
+    is then stored, RecordingFileStatusUpdated is published for it (the
+    recording stays failed, with its error). A file no longer in the spool
+    cannot be retried: it is reported and stays failed.
+
+    Examples:
+
+      callrec uploads retry <recording_id>
+
+      callrec uploads list --state failed --json   # which recordings need one
+    """
+    try:
+        with _client(server) as c:
+            resp = c.retry_uploads(recording_id)
+    except CallrecError as exc:
+        _fail(exc)
+    if json:
+        typer.echo(to_json(resp))
+        return
+    typer.echo(f"re-queued {len(resp.uploads)} upload(s) of recording {recording_id}")
+    for upload in resp.uploads:
+        typer.echo(f"  {upload.key}  -> {upload.target}")
+    for upload in resp.missing_uploads:
+        typer.secho(f"  cannot retry {upload.key}: {upload.last_error}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command("gateway-sim")

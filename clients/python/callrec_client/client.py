@@ -19,6 +19,8 @@ from callrec.v1 import (
     events_pb2_grpc,
     recording_pb2,
     recording_pb2_grpc,
+    uploads_pb2,
+    uploads_pb2_grpc,
 )
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -36,6 +38,11 @@ STATES = {
     "stopping": recording_pb2.RECORDING_STATE_STOPPING,
     "completed": recording_pb2.RECORDING_STATE_COMPLETED,
     "failed": recording_pb2.RECORDING_STATE_FAILED,
+}
+UPLOAD_STATES = {
+    "pending": uploads_pb2.UPLOAD_STATE_PENDING,
+    "stored": uploads_pb2.UPLOAD_STATE_STORED,
+    "failed": uploads_pb2.UPLOAD_STATE_FAILED,
 }
 
 
@@ -99,6 +106,20 @@ def start_request(
     return req
 
 
+def list_uploads_request(
+    state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
+) -> uploads_pb2.ListUploadsRequest:
+    """Build a ListUploadsRequest; `state` is "pending", "stored", "failed" or None (any)."""
+    if state is not None and state not in UPLOAD_STATES:
+        raise ValueError(f"state must be one of {', '.join(UPLOAD_STATES)}; got {state!r}")
+    return uploads_pb2.ListUploadsRequest(
+        state=UPLOAD_STATES[state] if state else uploads_pb2.UPLOAD_STATE_UNSPECIFIED,
+        recording_id=recording_id,
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
 def subscribe_request(
     event_types: Iterable[str] = (),
     server_call_id: str = "",
@@ -124,6 +145,7 @@ class AsyncCallrecClient:
         self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.content = content_pb2_grpc.ContentServiceStub(self.channel)
+        self.uploads = uploads_pb2_grpc.UploadServiceStub(self.channel)
 
     async def __aenter__(self) -> AsyncCallrecClient:
         return self
@@ -178,6 +200,18 @@ class AsyncCallrecClient:
         )
         return await self._call(self.recordings.ListRecordings, req)
 
+    async def list_uploads(
+        self, state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> uploads_pb2.ListUploadsResponse:
+        """One page of uploads, newest first; `state` "pending", "stored", "failed" or None (any)."""
+        req = list_uploads_request(state, recording_id, page_size, page_token)
+        return await self._call(self.uploads.ListUploads, req)
+
+    async def retry_uploads(self, recording_id: str) -> uploads_pb2.RetryUploadsResponse:
+        """Re-queue every failed upload of a recording (`uploads`; `missing_uploads` cannot be retried)."""
+        req = uploads_pb2.RetryUploadsRequest(recording_id=recording_id)
+        return await self._call(self.uploads.RetryUploads, req)
+
     async def subscribe_events(self, **filters: Any) -> AsyncGenerator[events_pb2.Event, None]:
         """Events as they happen; filters as in `subscribe_request`. Cancel the iteration to stop."""
         call = self.events.SubscribeEvents(subscribe_request(**filters))
@@ -215,6 +249,7 @@ class CallrecClient:
         self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.content = content_pb2_grpc.ContentServiceStub(self.channel)
+        self.uploads = uploads_pb2_grpc.UploadServiceStub(self.channel)
 
     def __enter__(self) -> CallrecClient:
         return self
@@ -267,6 +302,16 @@ class CallrecClient:
             page_token=page_token,
         )
         return self._call(self.recordings.ListRecordings, req)
+
+    def list_uploads(
+        self, state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> uploads_pb2.ListUploadsResponse:
+        """One page of uploads, newest first; `state` "pending", "stored", "failed" or None (any)."""
+        return self._call(self.uploads.ListUploads, list_uploads_request(state, recording_id, page_size, page_token))
+
+    def retry_uploads(self, recording_id: str) -> uploads_pb2.RetryUploadsResponse:
+        """Re-queue every failed upload of a recording (`uploads`; `missing_uploads` cannot be retried)."""
+        return self._call(self.uploads.RetryUploads, uploads_pb2.RetryUploadsRequest(recording_id=recording_id))
 
     def subscribe_events(self, **filters: Any) -> Iterator[events_pb2.Event]:
         """Events as they happen (blocking iterator); filters as in `subscribe_request`."""

@@ -87,7 +87,15 @@ class GatewayConnection:
         await self.close()
 
     async def send(self, request: pb.StreamMediaRequest) -> None:
-        """Queue one request (waits when the queue is full: back-pressure)."""
+        """Queue one request (waits when the queue is full: back-pressure).
+
+        Raises the stream's error (or EOFError) once the stream has ended, so a gateway
+        notices a server that went away and can re-open its calls.
+        """
+        if self.closed.is_set() and self._call is not None:
+            if self.error is not None:
+                raise self.error
+            raise EOFError("the stream ended")
         await self._requests.put(request)
 
     async def next_response(self, kind: str | None = None, timeout: float = 10.0) -> pb.StreamMediaResponse:

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from callrec.v1 import recording_pb2
+from callrec.v1 import recording_pb2, uploads_pb2
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
@@ -74,3 +74,48 @@ def recording_text(rec: recording_pb2.Recording) -> str:
     rejected = sum(stats.frames_rejected_by_reason.values())
     lines.append(f"media      {stats.frames_received} frames received, {rejected} rejected")
     return "\n".join(lines)
+
+
+def _utc(ts: Any) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") + "Z"
+
+
+def upload_table(uploads: list[uploads_pb2.Upload]) -> str:
+    """`callrec uploads list`: one row per upload, then what to know about it (error, next attempt,
+    deadline, spool file or stored location) indented below."""
+    header = ("STATE", "TRIES", "TARGET", "CREATED", "RECORDING", "KEY")
+    rows = [
+        (
+            _enum_name(uploads_pb2.UploadState, u.state, "UPLOAD_STATE_"),
+            str(u.attempts),
+            u.target,
+            _utc(u.create_time),
+            u.recording_id,
+            u.key,
+        )
+        for u in uploads
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = [c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells[:-1], widths, strict=True))]
+        return "  ".join([*padded, cells[-1]])
+
+    out = [line(header)]
+    indent = " " * (widths[0] + 2)
+    for u, row in zip(uploads, rows, strict=True):
+        out.append(line(row))
+        details = []
+        if u.HasField("next_attempt_time"):
+            details.append(f"next attempt {_utc(u.next_attempt_time)}")
+        if u.HasField("deadline_time"):
+            details.append(f"deadline {_utc(u.deadline_time)}")
+        if details:
+            out.append(indent + ", ".join(details))
+        if u.last_error:
+            out.append(indent + f"error: {u.last_error}")
+        if u.spool_path:
+            out.append(indent + f"spool: {u.spool_path}")
+        elif u.location:
+            out.append(indent + f"stored: {u.location}")
+    return "\n".join(out)

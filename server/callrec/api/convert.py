@@ -26,8 +26,9 @@ from callrec.core.model import (
     VideoFormat,
 )
 from callrec.core.recording_state import Recording
+from callrec.core.upload_admin import UploadInfo, UploadState
 from callrec.events.model import EventType, StoredEvent
-from callrec.v1 import events_pb2, media_pb2, recording_pb2
+from callrec.v1 import events_pb2, media_pb2, recording_pb2, uploads_pb2
 
 pb = recording_pb2
 
@@ -327,3 +328,41 @@ def recording_state(notice: RecordingNotice) -> media_pb2.StreamMediaResponse:
     """`recording_state`: a recording of the call changed state."""
     return media_pb2.StreamMediaResponse(recording_state=media_pb2.RecordingStateUpdate(
         recording_id=notice.recording_id, state=STATES[notice.state]))
+
+
+# -- UploadService -------------------------------------------------------------------------------
+
+UPLOAD_STATES = {
+    UploadState.PENDING: uploads_pb2.UPLOAD_STATE_PENDING,
+    UploadState.STORED: uploads_pb2.UPLOAD_STATE_STORED,
+    UploadState.FAILED: uploads_pb2.UPLOAD_STATE_FAILED,
+}
+UPLOAD_STATES_FROM_PB = {v: k for k, v in UPLOAD_STATES.items()}
+
+
+def upload_state_filter(value: uploads_pb2.UploadState) -> UploadState | None:
+    """ListUploadsRequest.state -> filter (None = any)."""
+    if value == uploads_pb2.UPLOAD_STATE_UNSPECIFIED:
+        return None
+    return _enum(UPLOAD_STATES_FROM_PB, value, "state", uploads_pb2.UploadState)
+
+
+def upload(info: UploadInfo) -> uploads_pb2.Upload:
+    """An upload of the outbox -> protobuf Upload."""
+    msg = uploads_pb2.Upload(
+        upload_id=info.upload_id,
+        recording_id=info.recording_id,
+        target=info.target,
+        key=info.key,
+        state=UPLOAD_STATES[info.state],
+        attempts=info.attempts,
+        last_error=info.last_error,
+        create_time=timestamp(info.created_at),
+        spool_path=info.spool_path,
+        location=info.location,
+    )
+    if info.next_attempt_at is not None:
+        msg.next_attempt_time.CopyFrom(timestamp(info.next_attempt_at))
+    if info.deadline_at is not None:
+        msg.deadline_time.CopyFrom(timestamp(info.deadline_at))
+    return msg

@@ -3,6 +3,12 @@
 One reader task consumes the request iterator (the only way a bidi stream is read)
 and queues what must go back; the handler's generator yields those, the call's
 recording-state notices and an `ack` at least once a second.
+
+Closing never awaits in a place a cancellation can cut: the reader closes the stream the
+moment it reads `end` (so a gateway that cancels right after `end` cannot race it, and a new
+`open` of the same call id that arrives later makes a new call), and the handler's `finally`
+closes a broken stream synchronously. The call's ending runs in the call registry's own task;
+the handler only waits for it (shielded) before the stream completes.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ MAX_WARNINGS_PER_SECOND = 20
 
 @dataclass
 class _End:
-    """The gateway sent `end`."""
+    """The gateway sent `end`: the stream is closed already, `ending` runs the call's end if it was the last."""
 
     reason: str
+    ack: pb.StreamMediaResponse
+    """The last `ack`, taken before the stream's participants left the call."""
+    ending: asyncio.Task[None] | None
 
 
 @dataclass
@@ -52,6 +61,8 @@ class _Session:
         self.ingest = ingest
         self.call: Call | None = None
         self.stream: GatewayStream | None = None
+        self.closed = False
+        """The stream was closed with `end` (the handler must not close it again as broken)."""
         self.out: asyncio.Queue[pb.StreamMediaResponse | _End | _Broken | CallrecError] = asyncio.Queue(2000)
         self.warning_window = 0.0
         self.warnings_in_window = 0
@@ -130,15 +141,20 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             p = self.calls.leave(call, stream, req.leave.participant_id)
             self.ingest.left(call, p)
         elif kind == "end":
-            raise _EndOfStream(req.end.reason)
+            last_ack = s.ack()
+            s.closed = True
+            ending = self.calls.end_stream(call, stream, graceful=True)
+            raise _EndOfStream(_End(req.end.reason, last_ack, ending))
 
     async def _read(self, s: _Session, requests: AsyncIterator[pb.StreamMediaRequest]) -> None:
         try:
             async for req in requests:
+                if s.call is None and req.HasField("open"):
+                    await self.calls.wait_ended(req.open.server_call_id)
                 self._handle(s, req)
             await s.out.put(_Broken())
         except _EndOfStream as end:
-            await s.out.put(_End(end.reason))
+            await s.out.put(end.end)
         except CallrecError as exc:
             await s.out.put(exc)
 
@@ -155,8 +171,8 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         s = _Session(self.calls, self.ingest)
         reader = asyncio.create_task(self._read(s, request_iterator))
         notices = asyncio.create_task(self._forward_notices(s))
-        graceful = False
         failure: CallrecError | None = None
+        opened = False  # acks only after `opened`, which is always the first response
         last_ack = time.monotonic()
         try:
             while True:
@@ -165,42 +181,39 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
                     item = await asyncio.wait_for(s.out.get(), timeout=timeout)
                 except TimeoutError:
                     item = None
-                if s.call is not None and time.monotonic() - last_ack >= ACK_INTERVAL_S:
+                if opened and time.monotonic() - last_ack >= ACK_INTERVAL_S:
                     last_ack = time.monotonic()
                     yield s.ack()
                 if item is None:
                     continue
                 if isinstance(item, _End):
-                    graceful = True
-                    if s.call is not None:
-                        yield s.ack()
+                    yield item.ack
                     log.info("gateway ended stream", reason=item.reason,
                              server_call_id=s.call.server_call_id if s.call else None)
+                    if item.ending is not None:
+                        await asyncio.shield(item.ending)  # a cancelled stream leaves it running
                     return
                 if isinstance(item, _Broken):
                     return
                 if isinstance(item, CallrecError):
                     failure = item
                     break
+                opened = opened or item.HasField("opened")
                 yield item
         finally:
             reader.cancel()
             notices.cancel()
-            if s.call is not None and s.stream is not None:
-                if graceful:
-                    await self.calls.close_stream(s.call, s.stream, graceful=True)
-                else:
-                    asyncio.get_running_loop().create_task(
-                        self.calls.close_stream(s.call, s.stream, graceful=False))
+            if s.call is not None and s.stream is not None and not s.closed:
+                self.calls.end_stream(s.call, s.stream, graceful=False)  # awaits nothing: cannot be cut
         if failure is not None:
             log.warning("stream rejected", error=failure.message)
             await context.abort(status_of(failure), failure.message)
 
 
 class _EndOfStream(Exception):
-    """Raised by the reader when the gateway sends `end`."""
+    """Raised by the reader when the gateway sends `end` (the stream is closed by then)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, end: _End) -> None:
+        super().__init__(end.reason)
+        self.end = end
 

@@ -3,12 +3,15 @@
 It creates a call's media pipeline (jitter buffers, decoders, the one mixer pass on the
 call's clock) on first use, routes frames and participants into it, feeds video
 recordings their participants and frames, and ends the pipeline when the call ends.
+
+A pipeline's task leaves the hub when it finishes, however it finishes (ended, failed,
+cancelled), so a failed pipeline is replaced on next use instead of swallowing the call's
+media; `end_call` waits for the task without cancelling it when its caller is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,10 +20,13 @@ from typing import Protocol
 from callrec.core.call_media import CallMedia, MixTick, TickSink
 from callrec.core.call_registry import Call, CallParticipant
 from callrec.core.clock import Clock, MediaClock, RealtimeClock
+from callrec.core.log import get_logger
 from callrec.core.model import MediaStats, RejectReason, VideoFormat
 from callrec.core.ports import AudioCodecs
 
 __all__ = ["CallMediaHub", "VideoSink", "make_clock_factory"]
+
+log = get_logger(__name__)
 
 
 class VideoSink(Protocol):
@@ -74,11 +80,19 @@ class CallMediaHub:
         if entry is None or entry.ended:
             media = CallMedia(server_call_id, self.make_clock(), self.codecs)
             task = asyncio.get_running_loop().create_task(media.run(), name=f"call-media-{server_call_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
             entry = _CallEntry(media, task)
             self._calls[server_call_id] = entry
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._task_done(server_call_id, entry))
         return entry.media
+
+    def _task_done(self, server_call_id: str, entry: _CallEntry) -> None:
+        self._tasks.discard(entry.task)
+        entry.ended = True
+        if self._calls.get(server_call_id) is entry:
+            del self._calls[server_call_id]
+        if not entry.task.cancelled() and (exc := entry.task.exception()) is not None:
+            log.error("call media task failed", call_id=server_call_id, exc_info=exc)
 
     def running_tasks(self) -> int:
         """How many calls' media tasks are running (a metric: 0 once every call has ended)."""
@@ -127,16 +141,17 @@ class CallMediaHub:
         return entry.media.call_stats() if entry is not None else None
 
     async def end_call(self, server_call_id: str) -> MediaStats | None:
-        """The call is over: play out what is buffered, stop the tick loop; idempotent."""
+        """The call is over: play out what is buffered, stop the tick loop; idempotent.
+
+        The tick loop is told to end before anything is awaited: a caller cancelled while it
+        waits for the play-out does not cancel the loop, which still ends on its own.
+        """
         entry = self._calls.get(server_call_id)
         if entry is None:
             return None
         entry.ended = True
-        await entry.media.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await entry.task
-        if self._calls.get(server_call_id) is entry:
-            del self._calls[server_call_id]
+        entry.media.end()
+        await asyncio.wait((entry.task,))
         return entry.media.call_stats()
 
     async def on_call_ended(self, call: Call, reason: str) -> None:

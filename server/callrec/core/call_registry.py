@@ -2,8 +2,17 @@
 `end` (or a broken stream plus the reconnect grace period) ends it.
 
 A call exists while at least one gateway stream is open on it, or while a broken
-stream still has time to reconnect. When it ends, `on_call_ended` is awaited
-(the recording manager stops the call's recording with `CallEnded`).
+stream still has time to reconnect. When it ends, every `on_call_ended` handler is awaited in
+order (the recording registry stops the call's recording with `CallEnded`, then the media hub
+ends the call's mixer task).
+
+Why the ending runs in a task of the registry's own: the last stream usually closes in a gRPC
+handler, and a gateway that cancels its stream right after `end` cancels that handler. Awaited
+inline, the ending was cut half way: the call was gone but its recording stayed ACTIVE and its
+mixer task ran on (1000 streams cancelled after `end`: 1000 recordings left ACTIVE). So the
+call leaves the registry synchronously (a new `open` of the same id makes a new call) and its
+handlers run in a task that no stream's cancellation reaches, each even if another raised;
+`close()` waits for those still running.
 """
 
 from __future__ import annotations
@@ -73,6 +82,9 @@ class Call:
 
 CallEndedHandler = Callable[[Call, str], Awaitable[None]]
 
+ENDING_WAIT_S = 10.0
+"""How long `open` of a call id waits for the previous call of that id to finish ending."""
+
 
 class CallRegistry:
     """All calls currently open on this server, by server_call_id."""
@@ -84,6 +96,9 @@ class CallRegistry:
         self.max_participants = max_participants_per_call
         self._calls: dict[str, Call] = {}
         self._on_ended: list[CallEndedHandler] = []
+        # call-end handlers still running: by server_call_id (its latest call), and all of them
+        self._ending: dict[str, asyncio.Task[None]] = {}
+        self._ending_tasks: set[asyncio.Task[None]] = set()
 
     def on_call_ended(self, handler: CallEndedHandler) -> None:
         """Register a coroutine called once when a call ends."""
@@ -96,6 +111,25 @@ class CallRegistry:
     def calls(self) -> list[Call]:
         """Every open call."""
         return list(self._calls.values())
+
+    def ending(self) -> int:
+        """How many ended calls still run their call-end handlers."""
+        return len(self._ending_tasks)
+
+    async def wait_ended(self, server_call_id: str, timeout: float = ENDING_WAIT_S) -> None:
+        """Return once the last call of this id has run its call-end handlers (at most `timeout` s).
+
+        A gateway that ends a call and at once opens the same id again gets a new call; waiting
+        here first keeps the old call's ending (its recording's stop, its mixer's end) from
+        reaching the new one's media. A cancelled waiter leaves the ending running.
+        """
+        task = self._ending.get(server_call_id)
+        if task is None or task.done():
+            return
+        _, pending = await asyncio.wait((task,), timeout=timeout)
+        if pending:
+            log.warning("previous call still ending; opening anyway", server_call_id=server_call_id,
+                        waited_s=timeout)
 
     def open(self, server_call_id: str, call_id: str, gateway_id: str) -> tuple[Call, GatewayStream]:
         """A gateway opens (or re-opens after a break) a call; cancels a pending grace period."""
@@ -175,21 +209,32 @@ class CallRegistry:
         del call.participants[participant_id]
         return participant
 
-    async def close_stream(self, call: Call, stream: GatewayStream, graceful: bool) -> None:
-        """A stream ended: with `end` (graceful) or broken. The last one ends the call (after grace if broken)."""
+    def end_stream(self, call: Call, stream: GatewayStream, graceful: bool) -> asyncio.Task[None] | None:
+        """A stream ended: with `end` (graceful) or broken; idempotent, and nothing here awaits.
+
+        When it was the call's last stream, a graceful end (or a broken one without a grace
+        period) removes the call at once and returns the task running its call-end handlers;
+        a broken one starts the reconnect grace period instead.
+        """
         if call.streams.pop(stream.connection_id, None) is None:
-            return
+            return None
         if graceful:
             for pid in list(stream.participant_ids):
                 call.participants.pop(pid, None)
         log.info("stream closed", server_call_id=call.server_call_id, connection_id=stream.connection_id,
                  graceful=graceful)
         if call.streams:
-            return
+            return None
         if graceful or self.reconnect_grace_s <= 0:
-            await self._end(call, CALL_ENDED)
-        else:
-            self._start_grace(call, CALL_ENDED)
+            return self._end(call, CALL_ENDED)
+        self._start_grace(call, CALL_ENDED)
+        return None
+
+    async def close_stream(self, call: Call, stream: GatewayStream, graceful: bool) -> None:
+        """`end_stream`, then wait for the call's ending if it ended (a cancelled caller does not cut it)."""
+        ending = self.end_stream(call, stream, graceful)
+        if ending is not None:
+            await asyncio.shield(ending)
 
     def _start_grace(self, call: Call, reason: str) -> None:
         async def expire() -> None:
@@ -197,17 +242,44 @@ class CallRegistry:
             call.grace_task = None
             if not call.streams:
                 log.info("reconnect grace period over", server_call_id=call.server_call_id, reason=reason)
-                await self._end(call, reason)
+                self._end(call, reason)
 
         call.grace_task = asyncio.get_running_loop().create_task(expire())
 
-    async def _end(self, call: Call, reason: str) -> None:
+    def _end(self, call: Call, reason: str) -> asyncio.Task[None] | None:
+        """Remove the call now; its handlers run in a task of the registry's (None if already ended)."""
         if self._calls.get(call.server_call_id) is not call:
-            return
+            return None
         del self._calls[call.server_call_id]
         log.info("call ended", server_call_id=call.server_call_id, reason=reason)
-        for handler in self._on_ended:
-            await handler(call, reason)
+        task = asyncio.get_running_loop().create_task(self._run_handlers(call, reason),
+                                                      name=f"call-ended-{call.server_call_id}")
+        self._ending[call.server_call_id] = task
+        self._ending_tasks.add(task)
+        task.add_done_callback(lambda t: self._ended(call.server_call_id, t))
+        return task
+
+    def _ended(self, server_call_id: str, task: asyncio.Task[None]) -> None:
+        self._ending_tasks.discard(task)
+        if self._ending.get(server_call_id) is task:
+            del self._ending[server_call_id]
+
+    async def _run_handlers(self, call: Call, reason: str) -> None:
+        """Await every handler in order; one that raises is logged and the next still runs."""
+        cancelled = False
+        for handler in list(self._on_ended):
+            name = getattr(handler, "__qualname__", repr(handler))
+            try:
+                await handler(call, reason)
+            except asyncio.CancelledError:
+                # only a loop shutting down cancels this task: the other handlers still run first
+                cancelled = True
+                log.warning("call-end handler cancelled", server_call_id=call.server_call_id, handler=name)
+            except Exception:
+                log.exception("call-end handler failed", server_call_id=call.server_call_id, reason=reason,
+                              handler=name)
+        if cancelled:
+            raise asyncio.CancelledError
 
     def notify(self, server_call_id: str, notice: RecordingNotice) -> None:
         """Queue a recording-state notice to every gateway stream of the call (drops if a gateway is stuck)."""
@@ -218,8 +290,10 @@ class CallRegistry:
             with contextlib.suppress(asyncio.QueueFull):
                 stream.notices.put_nowait(notice)
 
-    async def close(self) -> None:
-        """Cancel pending grace timers (server shutdown)."""
+    async def close(self, timeout: float = ENDING_WAIT_S) -> None:
+        """Cancel pending grace timers and wait (at most `timeout` s) for calls still ending (shutdown)."""
         for call in self._calls.values():
             if call.grace_task is not None:
                 call.grace_task.cancel()
+        if self._ending_tasks:
+            await asyncio.wait(set(self._ending_tasks), timeout=timeout)

@@ -23,7 +23,7 @@ from callrec.core.audio_recording import AudioRecording
 from callrec.core.call_hub import CallMediaHub
 from callrec.core.call_registry import CALL_ENDED, SERVER_RESTARTED, Call
 from callrec.core.chunk_recovery import forget_journal, recover_chunks
-from callrec.core.chunker import FinishedChunk, OnChunkFinished, RecordingMediaError
+from callrec.core.chunker import FinishedChunk, OnChunkFinished, RecordingMediaError, spool_stem
 from callrec.core.errors import CallrecError, ErrorCode
 from callrec.core.log import get_logger
 from callrec.core.model import (
@@ -238,6 +238,21 @@ class MediaRecorder:
         for chunk in chunks:
             self._index_and_queue(rec.recording_id, keys, target, chunk)
             forget_journal(chunk)
+        self._requeue_unqueued(rec.recording_id, spool)
+
+    def _requeue_unqueued(self, recording_id: str, spool: Path) -> None:
+        """Queue the files of indexed chunks that never reached the outbox (a crash between the two)."""
+        queued = self.uploads.queued_keys(recording_id)
+        stem = spool_stem(recording_id)
+        for c in self.index.for_recording(recording_id):
+            ext = c.media_key.rsplit(".", 1)[-1]
+            files = ((c.media_key, spool / f"{stem}-{c.chunk_index}.{ext}", c.media_type),
+                     (c.metadata_key, spool / f"{stem}-{c.chunk_index}-metadata.json", "application/json"))
+            for key, path, content_type in files:
+                if key not in queued and path.exists():
+                    log.warning("indexed chunk file was never queued; queueing it now", recording_id=recording_id,
+                                index=c.chunk_index, key=key)
+                    self.uploads.enqueue(recording_id, c.target, key, path, content_type)
 
     async def finish(self, rec: Recording) -> FinishedMedia:
         """Close the recording's last chunk and wait until every chunk is stored."""

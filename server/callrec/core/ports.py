@@ -428,6 +428,10 @@ class UploadQueuePort(Protocol):
         """Wait until every file of the group is stored: None, or why some failed for good."""
         ...
 
+    def queued_keys(self, group_id: str) -> set[str]:
+        """Every key the group ever queued, whatever its state."""
+        ...
+
 
 class StorageTargetsPort(Protocol):
     """Storage targets by name (configured) or by external container (bring-your-own-storage)."""

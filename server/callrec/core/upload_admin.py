@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from callrec.core.errors import FailedPrecondition, InvalidArgument
+from callrec.core.errors import CallrecError, FailedPrecondition, InvalidArgument
 from callrec.core.log import get_logger
+from callrec.core.model import RecordingState
 from callrec.core.ports import ChunkIndexPort, StorageTargetsPort, UploadQueuePort
 from callrec.core.recording_registry import RecordingRegistry
 
@@ -70,6 +71,8 @@ class UploadRow(Protocol):
     def next_attempt_at(self) -> float: ...
     @property
     def created_at(self) -> float: ...
+    @property
+    def queued_at(self) -> float: ...
 
 
 class RetryOutcome(Protocol):
@@ -98,8 +101,12 @@ class UploadOutboxPort(UploadQueuePort, Protocol):
         """Re-queue the group's failed uploads whose spool file is still there."""
         ...
 
-    def deadline_of(self, upload: UploadRow) -> float | None:
-        """When a pending upload fails unless stored (None: no deadline or not pending)."""
+    def deadline_for(self, queued_at: float) -> float | None:
+        """When a pending upload queued at `queued_at` fails unless stored (None: no deadline)."""
+        ...
+
+    def retried_groups(self) -> Sequence[str]:
+        """Groups with pending uploads that a retry re-queued."""
         ...
 
 
@@ -164,7 +171,7 @@ class UploadAdmin:
     def info(self, row: UploadRow) -> UploadInfo:
         """The API view of an outbox row."""
         state = UploadState(row.state)
-        deadline = self.outbox.deadline_of(row)
+        deadline = self.outbox.deadline_for(row.queued_at) if state is UploadState.PENDING else None
         return UploadInfo(
             upload_id=row.id,
             recording_id=row.group_id,
@@ -228,12 +235,30 @@ class UploadAdmin:
                 f"in the spool ({paths}); they are lost, the rest of the recording is unaffected"
             )
         log.info("uploads retried", recording_id=recording_id, files=len(retried), missing=len(missing))
-        watcher = self._watchers.get(recording_id)
-        if watcher is None or watcher.done():  # a watcher still waiting covers the re-queued files too
-            task = asyncio.get_running_loop().create_task(self._watch(recording_id))
-            self._watchers[recording_id] = task
-            task.add_done_callback(lambda t: self._watchers.pop(recording_id, None) if t is task else None)
+        self._watch_later(recording_id)
         return UploadRetried(recording_id, retried, missing)
+
+    def resume(self) -> int:
+        """After a restart: watch again the FAILED recordings whose retried uploads are still pending
+        (their RecordingFileStatusUpdated is still due); returns how many."""
+        resumed = 0
+        for recording_id in self.outbox.retried_groups():
+            try:
+                rec = self.registry.get(recording_id)
+            except CallrecError:
+                continue
+            if rec.state is RecordingState.FAILED:
+                self._watch_later(recording_id)
+                resumed += 1
+        return resumed
+
+    def _watch_later(self, recording_id: str) -> None:
+        watcher = self._watchers.get(recording_id)
+        if watcher is not None and not watcher.done():  # still waiting: it covers re-queued files too
+            return
+        task = asyncio.get_running_loop().create_task(self._watch(recording_id))
+        self._watchers[recording_id] = task
+        task.add_done_callback(lambda t: self._watchers.pop(recording_id, None) if t is task else None)
 
     async def _watch(self, recording_id: str) -> object:
         try:

@@ -193,6 +193,11 @@ class Outbox:
         rows = self.db.conn.execute("SELECT * FROM uploads WHERE group_id = ? ORDER BY id", (group_id,)).fetchall()
         return [_row(r) for r in rows]
 
+    def queued_keys(self, group_id: str) -> set[str]:
+        """Core's `UploadQueuePort`: the keys a group ever queued (any state), for recovery's reconciliation."""
+        rows = self.db.conn.execute("SELECT key FROM uploads WHERE group_id = ?", (group_id,)).fetchall()
+        return {str(r["key"]) for r in rows}
+
     def counts(self) -> dict[str, int]:
         """Uploads by state (pending, done, failed)."""
         rows = self.db.conn.execute("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetchall()
@@ -227,11 +232,18 @@ class Outbox:
         page = [_row(r) for r in rows[:page_size]]
         return page, _encode_token(page[-1].id) if len(rows) > page_size else ""
 
-    def deadline_of(self, upload: Upload) -> float | None:
-        """When a pending upload fails unless stored (None: no deadline, or not pending)."""
-        if upload.state != PENDING or self.deadline_s <= 0:
-            return None
-        return upload.queued_at + self.deadline_s
+    def retried_groups(self) -> list[str]:
+        """Groups with pending uploads that `retry_failed` re-queued (queued again later than first
+        queued), whose outcome someone may still wait for after a restart."""
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT group_id FROM uploads WHERE state = ? AND queued_at > created_at ORDER BY group_id",
+            (PENDING,),
+        ).fetchall()
+        return [r["group_id"] for r in rows]
+
+    def deadline_for(self, queued_at: float) -> float | None:
+        """When a pending upload queued at `queued_at` fails unless stored (None: no deadline)."""
+        return queued_at + self.deadline_s if self.deadline_s > 0 else None
 
     async def wait_group(self, group_id: str) -> list[Upload]:
         """Wait until no upload of the group is pending; UploadFailed if one failed permanently."""
@@ -443,9 +455,10 @@ class Outbox:
                 self._changed.notify_all()
 
     def _deadline_error(self, upload: Upload, last_error: str) -> str:
+        cause = f"last error: {last_error}" if last_error else "no attempt yet: the target's upload slots were busy"
         return (
             f"not stored within the upload deadline of {span(self.deadline_s)} (storage target "
-            f"{describe_target(upload.target)!r}); last error: {last_error or 'none'}"
+            f"{describe_target(upload.target)!r}); {cause}"
         )
 
     def _attempt_timeout(self, upload: Upload) -> float:
