@@ -101,3 +101,33 @@ async def test_kill_9_then_gateway_reconnects_and_recording_continues(make_serve
         done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED)
         assert done.session_end_reason == "StoppedByRequest"
         await again.end()
+
+
+async def test_a_recording_whose_target_left_the_config_fails_and_the_server_starts(make_server, tmp_path):
+    """Start-up never crash-loops: recovery of a recording to a target that is gone fails only it."""
+    from tests.integration.test_storage_e2e import write_config
+
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "with.toml", {"archive": {"kind": "local", "path": str(tmp_path / "archive")}})
+    first = make_server("--clock", "media", "--config", str(config), data_dir=data)
+    async with AsyncCallrecClient(first.target) as client:
+        gw = GatewayConnection(first.target, "call-t", gateway_id="gw")
+        await gw.open()
+        await gw.join("p", "P")
+        rec = await client.start_recording("call-t", content_type="audio", format="wav", destination="archive")
+        for i in range(50):
+            await gw.audio("p", i + 1, 1_000_000 + i * 20_000, b"\x10\x00" * 320)
+        await asyncio.sleep(0.5)
+    first.kill()
+    await gw.close()
+    without = write_config(tmp_path / "without.toml", {})
+    second = make_server("--clock", "media", "--config", str(without), data_dir=data)
+    async with AsyncCallrecClient(second.target) as client:
+        failed = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_FAILED, timeout=10)
+        assert "archive" in failed.error.message and "could not recover" in failed.error.message
+        # the server serves: another call records to the default target
+        async with GatewayConnection(second.target, "call-u", gateway_id="gw") as gw2:
+            other = await client.start_recording("call-u", content_type="audio", format="wav")
+            await client.stop_recording(other.recording_id)
+            assert (await wait_state(client, other.recording_id, pb.RECORDING_STATE_COMPLETED)).chunks
+            await gw2.end()

@@ -338,3 +338,31 @@ async def test_hub_routes_video_only_to_video_sinks_and_maps_commands_to_media_t
     hub.left(call, cam)
     assert sink.joined == []
     await hub.close()
+
+
+async def test_recovery_never_crash_loops_a_worker_that_cannot_start_fails_its_recording(tmp_path: Path) -> None:
+    fake = FakeTime()
+    calls = CallRegistry(5, 5, time=fake)
+    hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
+
+    def no_worker(*args: object, **kwargs: object) -> object:
+        raise OSError(24, "Too many open files")
+
+    recorder = MediaRecorder(hub, MemoryUploads(), MemoryIndex(), Targets(), tmp_path, "res-1", writer_factory_for,
+                             video_recording_factory=no_worker)  # type: ignore[arg-type]  # a factory that fails
+    registry, events = registry_with(recorder, calls, fake)
+    mp4 = RecordingOptions(content_type=ContentType.AUDIO_VIDEO, channel_type=ChannelType.MIXED, format=Format.MP4,
+                           destination="local")
+    wav = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
+                           destination="local")
+    broken = Recording("r-video", "c1", "c1", "conn", mp4, RecordingState.ACTIVE, EPOCH)
+    fine = Recording("r-audio", "c2", "c2", "conn", wav, RecordingState.INACTIVE, EPOCH)
+    registry.repo.save(broken)
+    registry.repo.save(fine)
+    await registry.recover()  # must not raise
+    assert registry.get("r-video").state is RecordingState.FAILED
+    assert "could not start the video worker" in registry.get("r-video").error.message
+    assert registry.get("r-audio").state is RecordingState.INACTIVE  # the other one goes on, still paused
+    assert ("failed", "r-video", registry.get("r-video").error.message) in events.seen
+    await calls.close()
+    await hub.close()

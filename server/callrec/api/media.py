@@ -53,6 +53,10 @@ class _Broken:
     """The gateway half-closed without `end`."""
 
 
+_Item = pb.StreamMediaResponse | _End | _Broken | CallrecError
+"""What the reader and the notice forwarder queue for the handler."""
+
+
 class _Session:
     """State of one StreamMedia stream."""
 
@@ -63,7 +67,7 @@ class _Session:
         self.stream: GatewayStream | None = None
         self.closed = False
         """The stream was closed with `end` (the handler must not close it again as broken)."""
-        self.out: asyncio.Queue[pb.StreamMediaResponse | _End | _Broken | CallrecError] = asyncio.Queue(2000)
+        self.out: asyncio.Queue[_Item] = asyncio.Queue(2000)
         self.warning_window = 0.0
         self.warnings_in_window = 0
 
@@ -176,14 +180,17 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         last_ack = time.monotonic()
         try:
             while True:
-                timeout = max(0.0, ACK_INTERVAL_S - (time.monotonic() - last_ack))
-                try:
-                    item = await asyncio.wait_for(s.out.get(), timeout=timeout)
-                except TimeoutError:
-                    item = None
-                if opened and time.monotonic() - last_ack >= ACK_INTERVAL_S:
+                timeout = ACK_INTERVAL_S - (time.monotonic() - last_ack)
+                item: _Item | None = None
+                if not s.out.empty():
+                    item = s.out.get_nowait()
+                elif timeout > 0:  # with no time left, wait_for would cancel the get before it ran
+                    with contextlib.suppress(TimeoutError):
+                        item = await asyncio.wait_for(s.out.get(), timeout=timeout)
+                if time.monotonic() - last_ack >= ACK_INTERVAL_S:
                     last_ack = time.monotonic()
-                    yield s.ack()
+                    if opened:
+                        yield s.ack()
                 if item is None:
                     continue
                 if isinstance(item, _End):
