@@ -197,7 +197,9 @@ async def test_twenty_kills_lose_at_most_a_second_and_never_overwrite(tmp_path: 
                     audio.append(decoded_audio(path))
                     metadata = json.loads(await download(client, chunk.metadata_location))
                     assert metadata["chunkIndex"] == chunk.index
-                check_seconds(plan, seconds_in_order(np.concatenate(audio)), segments)
+                lost = check_seconds(plan, seconds_in_order(np.concatenate(audio)), segments)
+                print(f"{plan.name}: media lost per kill (s): max {max(lost, default=0):.1f}, "
+                      f"mean {sum(lost) / max(1, len(lost)):.2f} over {len(lost)} kills")
         for path, digest in snapshot(data / "recordings").items():
             assert stored.setdefault(path, digest) == digest, f"{path} was overwritten"
     finally:
@@ -210,8 +212,12 @@ async def test_twenty_kills_lose_at_most_a_second_and_never_overwrite(tmp_path: 
         server.stop()
 
 
-def check_seconds(plan: CallPlan, heard: list[int], segments: list[tuple[float, float]]) -> None:
-    """Every second before each kill (minus one), outside pauses, is present once and in order."""
+def check_seconds(plan: CallPlan, heard: list[int], segments: list[tuple[float, float]]) -> list[float]:
+    """Every second before each kill (minus one), outside pauses, is present once and in order.
+
+    Returns, per kill outside a pause, the media lost: from the end of what was recorded of
+    the last second heard before the kill, to the kill (100 ms resolution).
+    """
     runs: list[tuple[int, int]] = []  # (second, windows)
     for second in heard:
         if second < 0:
@@ -229,3 +235,12 @@ def check_seconds(plan: CallPlan, heard: list[int], segments: list[tuple[float, 
             if any(a - 1 <= second <= b for a, b in plan.paused_spans):
                 continue
             assert windows.get(second, 0) >= 8, (plan.name, second, (resumed, killed), runs)
+    lost = []
+    for resumed, killed in segments:
+        if any(a <= killed <= b for a, b in plan.paused_spans):
+            continue
+        before = [(second, n) for second, n in runs if resumed - 1 <= second <= killed and n >= 3]
+        if before:
+            last, n = before[-1]
+            lost.append(round(killed - (last + n / 10), 1))
+    return lost
