@@ -24,7 +24,7 @@ from callrec.core.model import RecordingState
 from callrec.core.ports import ChunkIndexPort, StorageTargetsPort, UploadQueuePort
 from callrec.core.recording_registry import RecordingRegistry
 
-__all__ = ["UploadAdmin", "UploadInfo", "UploadOutboxPort", "UploadRetried", "UploadRow", "UploadState"]
+__all__ = ["RetryOutcome", "UploadAdmin", "UploadInfo", "UploadOutboxPort", "UploadRetried", "UploadRow", "UploadState"]
 
 log = get_logger(__name__)
 
