@@ -1,6 +1,14 @@
 """Call end through a real server when the gateway does not wait: `end`, then the stream cancelled
 at once. Every recording must still complete with `CallEnded` and no call media task may be
-left running (issue 9, point 6)."""
+left running (issue 9, point 6).
+
+What the wire does to such a stream: gRPC discards the messages a server has not read yet when
+the client cancels, so under load most of these `end`s never reach the handler (here 2-7 % did,
+even with up to 20 ms between `end` and the cancel). The server then sees a broken stream, whose
+call ends with `CallEnded` once the reconnect grace period is over; the grace is 1 s here so the
+test does not wait for it. The deterministic cases (cancelled after `end` was read, cancelled
+while the call is ending) are in tests/unit/test_call_end.py.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ async def end_and_cancel(channel: grpc.aio.Channel, client: AsyncCallrecClient, 
     stream = media_pb2_grpc.MediaServiceStub(channel).StreamMedia()
     try:
         await stream.write(mpb.StreamMediaRequest(open=mpb.StreamOpen(server_call_id=call_id, gateway_id="gw")))
-        opened = await stream.read()
+        opened = await asyncio.wait_for(stream.read(), 30)
         assert opened.WhichOneof("message") == "opened", opened
         await stream.write(mpb.StreamMediaRequest(join=mpb.ParticipantJoin(
             participant_id="alice", display_name="Alice",
@@ -56,7 +64,7 @@ async def end_and_cancel(channel: grpc.aio.Channel, client: AsyncCallrecClient, 
         if delay:
             await asyncio.sleep(delay)
     finally:
-        stream.cancel()  # at once: no done_writing, no waiting for the server's last ack
+        stream.cancel()  # no done_writing, no waiting for the server's last ack
     return rec.recording_id
 
 
@@ -65,12 +73,11 @@ async def test_end_then_cancel_completes_every_recording_and_leaves_no_media_tas
     make_server, tmp_path: Path
 ) -> None:
     config = tmp_path / "callrec.toml"
-    config.write_text(f"[limits]\nmax_recordings = {STREAMS + 10}\n")
+    config.write_text(f"[limits]\nmax_recordings = {STREAMS + 10}\n")  # a leak must not turn into refusals
     metrics_port = free_port()
-    # a long grace period: a call whose `end` reached the server must end now, not when a
-    # broken stream's grace runs out
+    # 16 uploads at once: with the default 2 the outbox, not the call end, sets the pace (~30 s more)
     server: ServerProcess = make_server("--clock", "media", "--reconnect-grace", "1", "--config", str(config),
-                                        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-level", "info",
+                                        "--metrics-listen", f"127.0.0.1:{metrics_port}",
                                         "--upload-concurrency", "16")
     started = time.monotonic()
     gate = asyncio.Semaphore(CONCURRENCY)
@@ -78,7 +85,7 @@ async def test_end_then_cancel_completes_every_recording_and_leaves_no_media_tas
         channels = [grpc.aio.insecure_channel(server.target) for _ in range(4)]
         try:
             async def one(i: int) -> str:
-                async with gate:
+                async with gate:  # cancelled 0, 5, 10, 15 or 20 ms after `end`
                     return await end_and_cancel(channels[i % len(channels)], client, (i % 5) * 0.005)
 
             recording_ids = await asyncio.gather(*(one(i) for i in range(STREAMS)))
@@ -113,4 +120,6 @@ async def test_end_then_cancel_completes_every_recording_and_leaves_no_media_tas
             break
         await asyncio.sleep(0.1)
     assert left == (0, 0), f"calls open, media tasks running: {left}"
-    print(f"\n{STREAMS} streams sent in {sent:.1f} s, all settled in {time.monotonic() - started:.1f} s")
+    ended = server.log_text().count("graceful=True")  # "stream closed" lines of streams closed by `end`
+    print(f"\n{STREAMS} streams sent in {sent:.1f} s ({ended} `end`s read by the server), "
+          f"all settled in {time.monotonic() - started:.1f} s")

@@ -8,11 +8,11 @@ ends the call's mixer task).
 
 Why the ending runs in a task of the registry's own: the last stream usually closes in a gRPC
 handler, and a gateway that cancels its stream right after `end` cancels that handler. Awaited
-inline, the ending was cut half way: the call was gone but its recording stayed ACTIVE and its
-mixer task ran on (1000 streams cancelled after `end`: 1000 recordings left ACTIVE). So the
-call leaves the registry synchronously (a new `open` of the same id makes a new call) and its
-handlers run in a task that no stream's cancellation reaches, each even if another raised;
-`close()` waits for those still running.
+inline, a cancellation that landed during the ending cut it half way: the call was gone, but its
+recording stayed ACTIVE and its mixer task ran on; and a handler that raised skipped the ones
+after it (tests/unit/test_call_end.py shows both). So the call leaves the registry synchronously
+(a new `open` of the same id makes a new call) and its handlers run in a task that no stream's
+cancellation reaches, each even if another raised; `close()` waits for those still running.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class CallRegistry:
         self._ending_tasks: set[asyncio.Task[None]] = set()
 
     def on_call_ended(self, handler: CallEndedHandler) -> None:
-        """Register a coroutine called once when a call ends."""
+        """Register a coroutine called once when a call ends (in registration order, in a task of the
+        registry's; one that raises is logged with the call id and the next still runs)."""
         self._on_ended.append(handler)
 
     def get(self, server_call_id: str) -> Call | None:
