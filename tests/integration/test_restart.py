@@ -62,14 +62,14 @@ async def test_sigterm_drains_and_state_survives_restart(make_server, tmp_path):
 
 async def test_kill_9_recovers_active_recording_then_ends_with_server_restarted(make_server, tmp_path):
     data = tmp_path / "data"
-    first = make_server("--clock", "media", "--reconnect-grace", "1.5", data_dir=data)
+    first = make_server("--clock", "media", "--reconnect-grace", "4", data_dir=data)
     async with AsyncCallrecClient(first.target) as client:
         gw = GatewayConnection(first.target, "call-k", gateway_id="gw")
         await gw.open()
         rec = await client.start_recording("call-k", content_type="audio", format="wav")
     first.kill()
     await gw.close()
-    second = make_server("--clock", "media", "--reconnect-grace", "1.5", data_dir=data)
+    second = make_server("--clock", "media", "--reconnect-grace", "4", data_dir=data)
     async with AsyncCallrecClient(second.target) as client:
         recovered = await client.get_recording_state(rec.recording_id)
         assert recovered.state == pb.RECORDING_STATE_ACTIVE
@@ -77,7 +77,7 @@ async def test_kill_9_recovers_active_recording_then_ends_with_server_restarted(
         with pytest.raises(CallrecError) as info:
             await client.start_recording("call-k", content_type="audio", format="wav")
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=10)
+        done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=15)
         assert done.session_end_reason == "ServerRestarted"
 
 
