@@ -11,7 +11,7 @@ NODE_STAMP := clients/node/node_modules/.installed
 RUN_APT_PACKAGES := fonts-noto-cjk
 APT_PACKAGES := $(RUN_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
 
-.PHONY: run run-deps test test-deps proto lint bench clean apt-deps apt-install
+.PHONY: run run-deps test test-deps proto lint bench soak clean apt-deps apt-install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ lint: $(STAMP) $(TOOLS_STAMP)
 bench: $(STAMP) apt-deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="ffmpeg"
 	$(BIN)/python -m bench $(ARGS)
+
+## soak: 30 min, 20 calls, a kill -9 every 2-5 min and a 10-min store outage (moto on loopback);
+## prints media lost per kill and uploads lost, fails above 1 s / any (make soak ARGS=--quick: ~8 min)
+soak: $(STAMP) run-deps
+	$(BIN)/python -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) tools/node_modules clients/node/node_modules
