@@ -99,12 +99,14 @@ async def test_frames_later_than_the_playout_delay_are_counted_late() -> None:
     assert stats.gap_fill_ms == 20
 
 
-async def drifting_gateway(max_slew_ppm: float) -> CallMedia:
+async def drifting_gateway(max_slew_ppm: float, max_playout_delay_ms: float = 200.0) -> CallMedia:
     """A gateway whose clock runs 0.5 % slow: without correction, frames end up > 200 ms late."""
     frames = encode_frames(tone(300.0, 50.0), PCM16)
     arrivals = [(0.05 + i * 0.02 * 1.005, i, i * 20_000, f) for i, f in enumerate(frames)]
     fake = FakeTime()
-    clock = RealtimeClock(fake, drift_window_s=2.0, max_slew_ppm=max_slew_ppm)
+    clock = RealtimeClock(
+        fake, drift_window_s=2.0, max_slew_ppm=max_slew_ppm, max_playout_delay_ms=max_playout_delay_ms
+    )
     call, _ = await stream_realtime(clock, fake, arrivals)
     return call
 
@@ -115,6 +117,81 @@ async def test_drift_is_corrected_gradually() -> None:
     assert 150 <= corrected.gap_fill_ms <= 400  # ~250 ms inserted in small steps, never a jump
     uncorrected = (await drifting_gateway(max_slew_ppm=0)).stats("a")
     assert uncorrected.frames_late > 100
+
+
+async def test_an_adaptive_playout_delay_absorbs_uncorrected_drift() -> None:
+    """Without slew, the late frames raise the playout delay: a handful lost instead of thousands."""
+    stats = (await drifting_gateway(max_slew_ppm=0, max_playout_delay_ms=2000)).stats("a")
+    assert stats.frames_late <= 5, stats
+
+
+async def stalled_loop(max_playout_delay_ms: float) -> tuple[CallMedia, CollectingSink, np.ndarray]:
+    """Frames every 20 ms; at 2 s the event loop blocks for 1 s, then mixer and readers wake together.
+
+    The mixer is woken first (the worst order): it finds itself 1 s behind while the
+    frames of that second are still unread.
+    """
+    source = tone(440.0, 5.0, start_sample=7)
+    frames = encode_frames(source, PCM16)
+    fake = FakeTime()
+    clock = RealtimeClock(fake, max_playout_delay_ms=max_playout_delay_ms)
+    call = CallMedia("c", clock, PyAVAudioCodecs())
+    call.add_participant("a", "A", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    now = 0.0
+    backlog: list[tuple[int, bytes]] = []
+    for i, data in enumerate(frames):
+        arrival = 0.1 + i * 0.02
+        if 2.0 <= arrival < 3.0:  # arrives while the loop is blocked: read after the stall
+            backlog.append((i, data))
+            continue
+        if backlog:
+            fake.stall(arrival - now)
+            now = arrival
+            await fake.advance(0, yields=500)  # the mixer runs first, until it sleeps
+            for j, held in backlog:
+                call.push_audio("a", j, j * 20_000, held)
+            backlog.clear()
+        await fake.advance(arrival - now)
+        now = arrival
+        call.push_audio("a", i, i * 20_000, data)
+    await fake.advance(3.0)
+    await call.close()
+    await task
+    return call, sink, source
+
+
+async def test_a_stalled_event_loop_loses_no_frames() -> None:
+    call, sink, source = await stalled_loop(max_playout_delay_ms=2000)
+    stats = call.stats("a")
+    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    assert call.clock.current_playout_delay_us > 1_000_000  # grew by the stall
+    out = sink.participant("a")
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(source)], source)
+
+
+async def test_without_adaptation_a_stalled_loop_drops_the_stalled_second() -> None:
+    """The control: the same stall with the delay pinned at 200 ms loses ~0.8 s of frames."""
+    call, _, _ = await stalled_loop(max_playout_delay_ms=200)
+    assert call.stats("a").frames_late >= 30
+
+
+async def test_the_added_delay_shrinks_back_once_calm() -> None:
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=200, max_playout_delay_ms=2000, calm_hold_s=10, shrink_rate=0.05)
+    clock.start()
+    clock.note_late(500_000)
+    assert clock.current_playout_delay_us == 200_000 + 520_000
+    await fake.advance(9.0)
+    assert clock.current_playout_delay_us == 200_000 + 520_000  # held while things may still be bad
+    await fake.advance(21.0)
+    # 10 s hold, then 20 s at 50 ms/s gives back 1 s: all of the 520 ms
+    assert clock.current_playout_delay_us == 200_000
+    clock.note_late(10_000_000)
+    assert clock.current_playout_delay_us == 2_000_000  # capped
 
 
 def test_media_progress_readiness() -> None:

@@ -58,11 +58,13 @@ class _CallEntry:
     video_sinks: list[VideoSink] = field(default_factory=list)
 
 
-def make_clock_factory(kind: str, playout_delay_ms: int) -> Callable[[], Clock]:
+def make_clock_factory(
+    kind: str, playout_delay_ms: int, max_playout_delay_ms: int | None = None
+) -> Callable[[], Clock]:
     """The clock of each call: "realtime" (production) or "media" (tests, benchmarks)."""
     if kind == "media":
         return MediaClock
-    return lambda: RealtimeClock(playout_delay_ms=playout_delay_ms)
+    return lambda: RealtimeClock(playout_delay_ms=playout_delay_ms, max_playout_delay_ms=max_playout_delay_ms)
 
 
 class CallMediaHub:

@@ -44,6 +44,8 @@ REANCHOR_TOLERANCE_US = 1_000_000
 #: ... and, for a gateway's first participant, this far before the playout point, or after it.
 REANCHOR_BEHIND_US = 1_000_000
 REANCHOR_AHEAD_US = 30_000_000
+#: Late frames are reported in the log at most once per this many ticks (10 s of call).
+LATE_LOG_INTERVAL_TICKS = 500
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class CallMedia:
         self._next_tick = 0
         self._running = False
         self._done = asyncio.Event()
+        self._late_unlogged = 0  # late frames since the last warning
+        self._late_max_us = 0
+        self._late_logged_tick: int | None = None
         clock.start()
 
     # ------------------------------------------------------------------ participants
@@ -221,7 +226,34 @@ class CallMedia:
         reason = participant.jitter.push(sequence, position, samples, data)
         if reason is None:
             self.clock.notify()
+        elif reason == RejectReason.LATE:
+            played = participant.jitter.played_until or 0
+            self._frame_late(played * 1_000_000 // rate - call_us)
         return reason
+
+    def _frame_late(self, lateness_us: int) -> None:
+        """Tell the clock (it waits longer from now on) and say so in the log, at most every 10 s.
+
+        Late frames mean the server could not read its streams in time (a stalled or
+        overloaded event loop) or a gateway's clock jumped: their audio is lost, so an
+        operator has to hear about it, but not once per frame.
+        """
+        self.clock.note_late(lateness_us)
+        self._late_unlogged += 1
+        self._late_max_us = max(self._late_max_us, lateness_us)
+        last = self._late_logged_tick
+        if last is None or self._next_tick - last >= LATE_LOG_INTERVAL_TICKS:
+            log.warning(
+                "frames arrived after their time was mixed and were dropped; the server is overloaded "
+                "or a gateway's clock jumped; playout delay raised (up to max_playout_delay_ms)",
+                call_id=self.call_id,
+                late_frames=self._late_unlogged,
+                max_lateness_ms=self._late_max_us // 1000,
+                playout_delay_ms=self.clock.current_playout_delay_us // 1000,
+            )
+            self._late_logged_tick = self._next_tick
+            self._late_unlogged = 0
+            self._late_max_us = 0
 
     def place_video(self, participant_id: str, timestamp_us: int) -> int | None:
         """Call time of a participant's video frame (None for a participant not in the call).

@@ -9,7 +9,11 @@ Call time 0 is when the clock started; tick k covers call time [k*20 ms, (k+1)*2
   much time for late frames. The anchor keeps following the *fastest* arrivals
   (minimum of arrival - timestamp over a sliding window), slewed at a bounded rate, so a
   gateway clock that drifts against ours, or an unlucky first frame, is corrected
-  gradually instead of by a jump.
+  gradually instead of by a jump. The playout delay adapts: when the event loop stalls
+  (the mixer wakes later than its deadline, so the stream readers were stalled as long)
+  or frames arrive after their tick was mixed, the delay grows to cover it, up to
+  `max_playout_delay_ms`, and shrinks back slowly once things are calm. Latency is cheap
+  for a recording; media dropped as "late" is lost for good.
 * `MediaClock` (tests, `bench/`, `--clock media`): produces tick k as soon as every
   participant with audio has delivered media past it, so a minute of call is processed
   in a fraction of a second. A participant that left, or the end of the call, releases it.
@@ -116,6 +120,15 @@ class Clock(Protocol):
         """The call ended: stop waiting."""
         ...
 
+    def note_late(self, lateness_us: int) -> None:
+        """A frame arrived `lateness_us` after its samples were mixed: wait longer if possible."""
+        ...
+
+    @property
+    def current_playout_delay_us(self) -> int:
+        """How long after a tick's end the tick is produced now (0 for a media-paced clock)."""
+        ...
+
 
 @dataclass
 class _Anchor:
@@ -139,9 +152,21 @@ class RealtimeClock:
         drift_window_s: float = 5.0,
         max_slew_ppm: float = 1000.0,
         drift_deadband_ms: float = 2.0,
+        max_playout_delay_ms: float | None = None,
+        stall_threshold_ms: float = 40.0,
+        calm_hold_s: float = 10.0,
+        shrink_rate: float = 0.05,
     ) -> None:
         self.time = time_source or SystemTime()
         self.playout_delay_us = round(playout_delay_ms * 1000)
+        limit = max_playout_delay_ms if max_playout_delay_ms is not None else max(2000.0, playout_delay_ms)
+        self.max_playout_delay_us = max(self.playout_delay_us, round(limit * 1000))
+        self._stall_threshold_s = stall_threshold_ms / 1000
+        self._calm_hold_s = calm_hold_s
+        self._shrink_rate = shrink_rate  # seconds of extra delay given back per second of calm
+        self._extra_us = 0.0  # adaptive part of the playout delay
+        self._extra_changed_at = 0.0  # monotonic time of the last growth (or shrink step)
+        self.stalls = 0  # times the mixer woke so late that the delay had to grow
         self._window_us = drift_window_s * 1e6
         self._slew = max_slew_ppm / 1e6
         self._deadband_us = drift_deadband_ms * 1000
@@ -194,14 +219,59 @@ class RealtimeClock:
                 anchor.window_start_us, anchor.window_min_us = now, math.inf
         return round(timestamp_us + anchor.offset_us)
 
+    @property
+    def current_playout_delay_us(self) -> int:
+        """The base playout delay plus what stalls and late frames added (and calm has not yet taken back)."""
+        self._shrink(self.time.monotonic())
+        return self.playout_delay_us + round(self._extra_us)
+
+    def _grow(self, needed_us: float, now: float) -> None:
+        """Raise the adaptive part so the total delay covers `needed_us` more (bounded)."""
+        room = self.max_playout_delay_us - self.playout_delay_us
+        target = min(float(room), self._extra_us + needed_us)
+        if target > self._extra_us:
+            self._extra_us = target
+        self._extra_changed_at = now
+
+    def _shrink(self, now: float) -> None:
+        """Give the added delay back slowly once nothing has needed it for `calm_hold_s`."""
+        if self._extra_us <= 0:
+            self._extra_changed_at = now
+            return
+        calm = now - self._extra_changed_at
+        if calm <= self._calm_hold_s:
+            return
+        step = (calm - self._calm_hold_s) * self._shrink_rate * 1e6
+        self._extra_us = max(0.0, self._extra_us - step)
+        self._extra_changed_at = now - self._calm_hold_s
+
+    def note_late(self, lateness_us: int) -> None:
+        """A frame came `lateness_us` after its tick was produced: the next ones get that much more time."""
+        if lateness_us > 0:
+            self._grow(lateness_us + TICK_US, self.time.monotonic())
+
+    def _deadline(self, index: int) -> float:
+        assert self._t0 is not None
+        return self._t0 + ((index + 1) * TICK_US + self.playout_delay_us + self._extra_us) / 1e6
+
     async def wait_tick(self, index: int, source: ProgressSource) -> None:
-        """Sleep until the tick's end plus the playout delay (at once after `end()`)."""
+        """Sleep until the tick's end plus the playout delay (at once after `end()`).
+
+        Waking more than `stall_threshold_ms` after the deadline means the event loop
+        was blocked that long, and the stream readers with it: their frames for this tick
+        are probably still unread. The delay then grows by the stall, which gives the
+        readers that time to catch up before the tick is mixed.
+        """
         if self._ended:
             return
         self.start()
-        assert self._t0 is not None
-        deadline = self._t0 + ((index + 1) * TICK_US + self.playout_delay_us) / 1e6
-        delay = deadline - self.time.monotonic()
+        now = self.time.monotonic()
+        self._shrink(now)
+        delay = self._deadline(index) - now
+        if -delay > self._stall_threshold_s and self._extra_us < self.max_playout_delay_us - self.playout_delay_us:
+            self.stalls += 1
+            self._grow(-delay * 1e6, now)
+            delay = self._deadline(index) - now
         if delay <= 0:
             return
         self._sleeper = asyncio.ensure_future(self.time.sleep(delay))
@@ -287,6 +357,14 @@ class MediaClock:
     def notify(self) -> None:
         """Wake the waiting tick."""
         self._changed.set()
+
+    def note_late(self, lateness_us: int) -> None:
+        """Nothing to do: this clock waits for media anyway."""
+
+    @property
+    def current_playout_delay_us(self) -> int:
+        """Media pacing has no playout delay."""
+        return 0
 
     def end(self) -> None:
         """Stop waiting; remaining media is drained at once."""

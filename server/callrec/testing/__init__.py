@@ -237,6 +237,14 @@ class FakeTime:
         heapq.heappush(self._sleepers, (self._mono + seconds, next(self._order), future))
         await future
 
+    def stall(self, seconds: float) -> None:
+        """Move time forward without waking anyone: the event loop was blocked that long.
+
+        The next `advance` wakes every overdue sleeper, each seeing the late time, as a
+        real loop does after a blocking call.
+        """
+        self._mono += seconds
+
     async def advance(self, seconds: float, yields: int = 10) -> None:
         """Move time forward, waking sleepers in deadline order and letting each run.
 
