@@ -9,6 +9,17 @@
  *   for await (const event of callrec.subscribeEvents({ recording_id: rec.recording_id, from_oldest: true })) { ... }
  *   callrec.close();
  *
+ * Security (a server with TLS and tokens, SPEC §5):
+ *
+ *   const callrec = connect('callrec.example.com:50051', {
+ *     tls: { ca: 'ca.pem', cert: 'client.pem', key: 'client.key' },   // file paths or Buffers; cert/key for mTLS
+ *     token: process.env.CALLREC_TOKEN,                               // a JWT: `callrec token create`
+ *   });
+ *
+ * `tls: true` trusts the system's CAs; `connectionOptionsFromEnv()` reads CALLREC_TOKEN, CALLREC_TLS,
+ * CALLREC_TLS_CA, CALLREC_TLS_CLIENT_CERT and CALLREC_TLS_CLIENT_KEY (as the Python CLI does).
+ * The token goes out as `authorization: Bearer <jwt>` metadata on every call (plaintext too).
+ *
  * The .proto files are loaded at run time from ../../protos with @grpc/proto-loader
  * (keepCase, longs as String, enums as String, defaults, oneofs), so field names are the
  * .proto's snake_case names, enums are their names ("RECORDING_STATE_ACTIVE"), uint64/int64
@@ -16,6 +27,7 @@
  * (e.g. `response.message === 'opened'`).
  */
 
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -72,6 +84,38 @@ function toCallrecError(method, err) {
 
 function deadlineIn(ms) {
   return new Date(Date.now() + ms);
+}
+
+/**
+ * Channel credentials for `tls`: falsy -> plaintext; `true` -> TLS trusting the system's CAs;
+ * `{ca, cert, key}` (file paths or Buffers) -> TLS trusting `ca`, presenting `cert`/`key` (mTLS).
+ */
+function channelCredentials(tls) {
+  if (!tls) return grpc.credentials.createInsecure();
+  if (tls === true) return grpc.credentials.createSsl();
+  const read = (value, what) => {
+    if (value === undefined || value === null || value === '') return null;
+    if (Buffer.isBuffer(value)) return value;
+    try {
+      return fs.readFileSync(value);
+    } catch (err) {
+      throw new Error(`tls.${what}: cannot read ${value}: ${err.message}`);
+    }
+  };
+  const cert = read(tls.cert, 'cert');
+  const key = read(tls.key, 'key');
+  if ((cert === null) !== (key === null)) throw new Error('tls.cert and tls.key go together (mTLS client certificate)');
+  return grpc.credentials.createSsl(read(tls.ca, 'ca'), key, cert);
+}
+
+/** `{token, tls}` for `connect` from CALLREC_TOKEN, CALLREC_TLS, CALLREC_TLS_CA, CALLREC_TLS_CLIENT_CERT/_KEY. */
+function connectionOptionsFromEnv(env = process.env) {
+  const ca = env.CALLREC_TLS_CA || '';
+  const cert = env.CALLREC_TLS_CLIENT_CERT || '';
+  const key = env.CALLREC_TLS_CLIENT_KEY || '';
+  const on = ['1', 'true', 'yes'].includes(String(env.CALLREC_TLS || '').toLowerCase());
+  const tls = ca || cert || key ? { ca, cert, key } : on;
+  return { token: env.CALLREC_TOKEN || '', tls };
 }
 
 /**
@@ -207,10 +251,19 @@ class GatewayStream {
 }
 
 /**
- * Connects to a callrec server at `target` ("host:port", plaintext) and returns an
- * object with promise-based RecordingService calls, `subscribeEvents` and `openGateway`.
+ * Connects to a callrec server at `target` ("host:port") and returns an object with
+ * promise-based RecordingService calls, `subscribeEvents` and `openGateway`. Plaintext unless
+ * `tls` is given (see channelCredentials); `token` is sent as `authorization: Bearer <token>`.
+ * `credentials` (grpc-js ChannelCredentials) overrides `tls`.
  */
-function connect(target, { credentials = grpc.credentials.createInsecure(), timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+function connect(target, { credentials, tls = null, token = '', timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+  credentials = credentials || channelCredentials(tls);
+  /** Fresh metadata for each call: the bearer token, if any. */
+  const metadata = () => {
+    const md = new grpc.Metadata();
+    if (token) md.set('authorization', `Bearer ${token}`);
+    return md;
+  };
   const pkg = loadCallrecPackage();
   const recording = new pkg.RecordingService(target, credentials);
   // The other clients share the first one's channel (one HTTP/2 connection).
@@ -221,7 +274,7 @@ function connect(target, { credentials = grpc.credentials.createInsecure(), time
 
   function unary(client, method, request) {
     return new Promise((resolve, reject) => {
-      client[method](request, { deadline: deadlineIn(timeoutMs) }, (err, response) => {
+      client[method](request, metadata(), { deadline: deadlineIn(timeoutMs) }, (err, response) => {
         if (err) reject(toCallrecError(method, err));
         else resolve(response);
       });
@@ -254,7 +307,7 @@ function connect(target, { credentials = grpc.credentials.createInsecure(), time
       if (request.after_sequence !== undefined && request.after_sequence !== null) {
         request.after_sequence = String(request.after_sequence);
       }
-      return new EventSubscription(events.SubscribeEvents(request));
+      return new EventSubscription(events.SubscribeEvents(request, metadata()));
     },
 
     /**
@@ -262,7 +315,7 @@ function connect(target, { credentials = grpc.credentials.createInsecure(), time
      * and resolves with a GatewayStream once the server answered `opened`.
      */
     openGateway(serverCallId, gatewayId, { callId = '', timeoutMs: openTimeoutMs = timeoutMs } = {}) {
-      const call = media.StreamMedia();
+      const call = media.StreamMedia(metadata());
       const gateway = new GatewayStream(call, serverCallId, gatewayId);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
@@ -301,4 +354,7 @@ function connect(target, { credentials = grpc.credentials.createInsecure(), time
   };
 }
 
-module.exports = { connect, loadCallrecPackage, CallrecError, EventSubscription, GatewayStream, PROTO_ROOT, LOADER_OPTIONS };
+module.exports = {
+  connect, connectionOptionsFromEnv, channelCredentials, loadCallrecPackage, CallrecError, EventSubscription,
+  GatewayStream, PROTO_ROOT, LOADER_OPTIONS,
+};

@@ -4,6 +4,7 @@
  * callrec Node.js example: one call, one recording, from gateway to events.
  *
  *   node example.js --server 127.0.0.1:50051 [--json] [--server-call-id ID] [--timeout SECONDS]
+ *                   [--token JWT] [--tls] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
  *
  * 1. opens a call as a media gateway (StreamMedia `open` -> `opened`) and joins a participant;
  * 2. streams ~1 s of 16 kHz PCM16LE audio (a 440 Hz tone, with silence while paused) in 20 ms frames;
@@ -17,7 +18,7 @@
  */
 
 const crypto = require('node:crypto');
-const { connect } = require('./client');
+const { connect, connectionOptionsFromEnv } = require('./client');
 
 const SAMPLE_RATE = 16000;
 const FRAME_MS = 20;
@@ -27,16 +28,25 @@ const STATE_CHANGED = 'Microsoft.Communication.RecordingStateChanged';
 const EXPECTED_STATE_EVENTS = 4;
 
 const USAGE = `usage: node example.js --server HOST:PORT [--json] [--server-call-id ID] [--timeout SECONDS]
+                  [--token JWT] [--tls] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
 
-  --server HOST:PORT     callrec server (plaintext gRPC); default 127.0.0.1:50051
+  --server HOST:PORT     callrec server; default 127.0.0.1:50051
   --json                 print one JSON summary object instead of progress lines
   --server-call-id ID    call id to open (default: a new unique one)
-  --timeout SECONDS      how long to wait for each RPC and for the events (default 30)`;
+  --timeout SECONDS      how long to wait for each RPC and for the events (default 30)
+  --token JWT            bearer token (an admin one: the example is gateway and controller at once);
+                         default: $CALLREC_TOKEN
+  --tls                  TLS, trusting the system's CAs (default: plaintext, or $CALLREC_TLS)
+  --tls-ca FILE          TLS, trusting this PEM CA bundle (default: $CALLREC_TLS_CA)
+  --tls-cert FILE        client certificate for mTLS (default: $CALLREC_TLS_CLIENT_CERT)
+  --tls-key FILE         its private key (default: $CALLREC_TLS_CLIENT_KEY)`;
 
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const args = { server: '127.0.0.1:50051', json: false, serverCallId: '', timeoutS: 30 };
+  const fromEnv = connectionOptionsFromEnv();
+  const args = { server: '127.0.0.1:50051', json: false, serverCallId: '', timeoutS: 30, token: fromEnv.token, tls: fromEnv.tls };
+  const tlsFiles = () => (typeof args.tls === 'object' && args.tls !== null ? args.tls : (args.tls = { ca: '', cert: '', key: '' }));
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     const [flag, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
@@ -50,6 +60,11 @@ function parseArgs(argv) {
       case '--server': args.server = value(); break;
       case '--json': args.json = true; break;
       case '--server-call-id': args.serverCallId = value(); break;
+      case '--token': args.token = value(); break;
+      case '--tls': if (!args.tls) args.tls = true; break;
+      case '--tls-ca': tlsFiles().ca = value(); break;
+      case '--tls-cert': tlsFiles().cert = value(); break;
+      case '--tls-key': tlsFiles().key = value(); break;
       case '--timeout': {
         args.timeoutS = Number(value());
         if (!(args.timeoutS > 0)) throw new UsageError('--timeout must be a positive number of seconds');
@@ -82,7 +97,7 @@ async function run(args) {
   const serverCallId = args.serverCallId || `node-example-${crypto.randomUUID().slice(0, 12)}`;
   const gatewayId = `node-example-gw-${process.pid}`;
   const participantId = 'alice';
-  const callrec = connect(args.server, { timeoutMs: args.timeoutS * 1000 });
+  const callrec = connect(args.server, { timeoutMs: args.timeoutS * 1000, token: args.token, tls: args.tls });
   const states = [];
   let gateway = null;
   let frame = 0;

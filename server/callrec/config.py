@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from callrec.core.limits import Limits
+
 ENV_PREFIX = "CALLREC_"
 CLOCK_KINDS = ("realtime", "media")
 LOG_FORMATS = ("console", "json")
@@ -23,17 +25,14 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Resource limits, enforced with RESOURCE_EXHAUSTED."""
+class AuthSettings:
+    """Token keys ([auth] in the TOML file); with this section set, every RPC but health and
+    reflection needs an `authorization: Bearer <jwt>` (see callrec/security/tokens.py)."""
 
-    max_recordings: int = 200
-    """Recordings in progress (active or paused) at once, server-wide."""
-    max_participants_per_call: int = 100
-    """Participants one call may have."""
-    max_message_bytes: int = 4 * 1024 * 1024
-    """Largest gRPC message accepted (a 1080p I420 frame is ~3 MiB)."""
-    max_buffered_ms_per_participant: int = 5_000
-    """Media buffered per participant before frames are rejected as overflow."""
+    hs256_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """kid -> HS256 secret (at least 32 bytes); several at once for rotation. Never printed."""
+    jwks_file: Path | None = None
+    """JWKS file of RS256/ES256 public keys (relative paths: to the config file's directory)."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +55,20 @@ class ServerConfig:
     """console (human) or json (one JSON object per line)."""
     insecure: bool = False
     """Allow binding a non-loopback address without TLS and tokens."""
+    tls_cert: Path | None = None
+    """PEM certificate chain of the gRPC port (and of /metrics); with `tls_key`, the port speaks TLS only."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert` (unencrypted)."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mTLS); needs `tls_cert`."""
+    auth: AuthSettings | None = None
+    """Token keys ([auth] in the TOML file); None: no token needed (a loopback-only server)."""
     reconnect_grace_s: float = 30.0
     """Seconds a broken gateway stream may take to reconnect before its call counts as ended."""
     playout_delay_ms: int = 200
     """Real-time clock: how long the mixer waits for late frames."""
+    max_playout_delay_ms: int = 2000
+    """Real-time clock: how far the wait may grow while the server is overloaded (then late frames are lost)."""
     event_retention_h: float = 24.0
     """Hours events stay in the durable log."""
     local_retention_h: float = 24.0
@@ -86,6 +95,9 @@ class ServerConfig:
     """Name of the storage target used when StartRecording gives no destination."""
     storage_targets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Named storage targets ([storage.targets.NAME] in the TOML file); "local" always exists."""
+    storage_external: Mapping[str, Any] = field(default_factory=dict)
+    """Bring-your-own-storage policy ([storage.external] in the TOML file: `allow` and `[[storage.external.s3]]`,
+    see callrec.storage.external); empty: StartRecording refuses every `external_storage`."""
     limits: Limits = field(default_factory=Limits)
     """Resource limits ([limits] in the TOML file)."""
 
@@ -122,7 +134,8 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-_TOML_SECTIONS = {"server", "storage", "limits"}
+_TOML_SECTIONS = {"server", "storage", "limits", "auth"}
+_PATH_SETTINGS = ("tls_cert", "tls_key", "tls_client_ca")
 
 
 def _from_toml(path: Path) -> dict[str, Any]:
@@ -145,13 +158,49 @@ def _from_toml(path: Path) -> dict[str, Any]:
         values["default_storage"] = storage["default"]
     if "targets" in storage:
         values["storage_targets"] = storage["targets"]
+    if "external" in storage:
+        values["storage_external"] = storage["external"]
     if "limits" in doc:
         known = {f.name for f in fields(Limits)}
         bad = set(doc["limits"]) - known
         if bad:
             raise ConfigError(f"config file {path}: unknown [limits] keys {sorted(bad)}; known: {sorted(known)}")
         values["limits"] = Limits(**doc["limits"])
+    for key in _PATH_SETTINGS:  # paths in the file are relative to the file, as a reader expects
+        if isinstance(values.get(key), str):
+            values[key] = path.parent / values[key]
+    if "auth" in doc:
+        values["auth"] = _auth_from_toml(doc["auth"], path)
     return values
+
+
+def load_auth_settings(path: Path) -> AuthSettings | None:
+    """Only the [auth] section of a config file (for `callrec token create`, which must not fail on
+    settings that flags would fix at `serve` time); None when the file has none."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return _auth_from_toml(doc["auth"], path) if "auth" in doc else None
+
+
+def _auth_from_toml(section: Any, path: Path) -> AuthSettings:
+    """The [auth] section: `hs256_keys = { kid = "secret" }` and/or `jwks_file = "keys.json"`."""
+    known = {f.name for f in fields(AuthSettings)}
+    if not isinstance(section, dict) or set(section) - known:
+        bad = sorted(set(section) - known) if isinstance(section, dict) else section
+        raise ConfigError(f"config file {path}: unknown [auth] keys {bad}; known: {sorted(known)}")
+    keys = section.get("hs256_keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise ConfigError(f'config file {path}: [auth] hs256_keys must be a table of kid = "secret"')
+    jwks = section.get("jwks_file")
+    if jwks is not None and not isinstance(jwks, str):
+        raise ConfigError(f"config file {path}: [auth] jwks_file must be a file name")
+    if not keys and jwks is None:
+        raise ConfigError(f'config file {path}: [auth] needs hs256_keys = {{ kid = "secret" }} and/or jwks_file')
+    return AuthSettings(dict(keys), path.parent / jwks if jwks is not None else None)
 
 
 def load_config(overrides: Mapping[str, Any] | None = None, config_file: Path | None = None) -> ServerConfig:
@@ -166,6 +215,9 @@ def load_config(overrides: Mapping[str, Any] | None = None, config_file: Path | 
         raise ConfigError(f"unknown settings {sorted(unknown)}; known: {sorted(known)}")
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])
+    for key in _PATH_SETTINGS:
+        if key in values:
+            values[key] = Path(values[key]) if values[key] else None
     config = replace(ServerConfig(), **values)
     validate(config)
     return config
@@ -173,7 +225,7 @@ def load_config(overrides: Mapping[str, Any] | None = None, config_file: Path | 
 
 def validate(config: ServerConfig) -> None:
     """Reject settings that cannot work, naming the setting and the expected values."""
-    host, _ = config.host_port()
+    config.host_port()  # raises when `listen` is malformed
     if config.metrics_listen:
         parse_host_port(config.metrics_listen, "metrics_listen")
     if config.clock not in CLOCK_KINDS:
@@ -182,11 +234,20 @@ def validate(config: ServerConfig) -> None:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}; got {config.log_format!r}")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error; got {config.log_level!r}")
-    if not is_loopback(host) and not config.insecure:
-        raise ConfigError(
-            f"refusing to listen on {config.listen} without TLS and tokens; "
-            "bind a loopback address or pass --insecure"
-        )
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: the certificate chain and its private key")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("--tls-client-ca (client certificates) needs TLS: set --tls-cert and --tls-key too")
+    missing = [what for what, present in (("TLS (--tls-cert, --tls-key)", config.tls_cert is not None),
+                                          ("tokens ([auth] in the config file)", config.auth is not None))
+               if not present]
+    for setting, verb, address in (("listen", "listen on", config.listen),
+                                   ("metrics_listen", "serve metrics on", config.metrics_listen)):
+        if address and not is_loopback(parse_host_port(address, setting)[0]) and missing and not config.insecure:
+            raise ConfigError(
+                f"refusing to {verb} {address} without TLS and tokens (missing: "
+                f"{' and '.join(missing)}); configure them, bind a loopback address or pass --insecure"
+            )
     for name, value in (
         ("reconnect_grace_s", config.reconnect_grace_s),
         ("event_retention_h", config.event_retention_h),
@@ -200,10 +261,26 @@ def validate(config: ServerConfig) -> None:
     ):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0; got {value}")
+    if config.max_playout_delay_ms < config.playout_delay_ms:
+        raise ConfigError(
+            f"max_playout_delay_ms ({config.max_playout_delay_ms}) must be >= "
+            f"playout_delay_ms ({config.playout_delay_ms})"
+        )
+    for limit in fields(config.limits):
+        value = getattr(config.limits, limit.name)
+        if not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"[limits] {limit.name} must be a number > 0; got {value!r}")
     if config.upload_concurrency < 1:
         raise ConfigError(f"upload_concurrency must be >= 1; got {config.upload_concurrency}")
     if config.upload_timeout_s <= 0:
         raise ConfigError(f"upload_timeout_s must be > 0; got {config.upload_timeout_s}")
+    if config.storage_external:
+        from callrec.storage.external import ExternalPolicy  # the storage layer owns the table's rules
+
+        try:
+            ExternalPolicy.from_config(config.storage_external, config.storage_targets)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.default_storage != "local" and config.default_storage not in config.storage_targets:
         raise ConfigError(
             f"default storage target {config.default_storage!r} is not defined; "

@@ -13,6 +13,8 @@ RECORDINGS_IN_PROGRESS = Gauge("callrec_recordings_in_progress", "Recordings act
 UPLOADS_PENDING = Gauge("callrec_uploads_pending", "Chunks waiting in the upload outbox")
 UPLOADS_FAILED = Counter("callrec_uploads_failed_total", "Upload attempts that failed")
 CALLS_OPEN = Gauge("callrec_calls_open", "Calls open (a gateway stream, or a broken one within its grace period)")
+MALFORMED_REQUESTS = Counter("callrec_malformed_requests_total", "Request messages that were not valid protobuf",
+                             ["method"])
 CALL_MEDIA_TASKS = Gauge("callrec_call_media_tasks", "Call media (mixer) tasks running, ending ones included")
 
 

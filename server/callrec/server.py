@@ -6,21 +6,25 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from callrec import metrics
+from callrec.api.auth import AuthInterceptor
 from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
 from callrec.api.uploads import UploadServicer
-from callrec.config import ServerConfig
+from callrec.api.wire import MalformedRequestInterceptor
+from callrec.config import ServerConfig, parse_host_port
 from callrec.core.call_hub import CallMediaHub, make_clock_factory
 from callrec.core.call_registry import CallRegistry
 from callrec.core.media_recorder import MediaRecorder
@@ -36,9 +40,12 @@ from callrec.media.video_output import make_video_recording_factory
 from callrec.media.video_text import check_font_at_startup
 from callrec.media.writers import writer_factory_for
 from callrec.media.writers.repair import SpoolRepair
+from callrec.security.tls import ServerTlsFiles, load_server_tls
+from callrec.security.tokens import TokenVerifier
 from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
+from callrec.storage.external import ExternalPolicy
 from callrec.storage.local import LocalStore
 from callrec.storage.outbox import Outbox, PruneResult
 from callrec.storage.resolver import StoreResolver
@@ -149,6 +156,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.stores.close()
+        self.events.close()
         self.db.close()
         log.info("stopped")
 
@@ -157,6 +165,9 @@ async def build_server(
     config: ServerConfig, media: MediaRecorderPort | None = None, ingest: MediaIngest | None = None
 ) -> App:
     """Create every component and bind the port (port 0 picks a free one); call `start` after."""
+    # keys and certificates first: a bad one stops the start before anything is opened
+    verifier = TokenVerifier.from_config(config.auth.hs256_keys, config.auth.jwks_file) if config.auth else None
+    tls = server_tls(config)
     db = Database(config.state_db_path)
     stores = build_stores(config)
     outbox = Outbox(
@@ -174,9 +185,12 @@ async def build_server(
         db,
         timedelta(hours=config.event_retention_h),
         on_publish=lambda stored: metrics.EVENTS_PUBLISHED.labels(stored.event.event_type.value).inc(),
+        max_subscribers=config.limits.max_event_subscribers,
+        max_queue=config.limits.max_subscriber_queue,
     )
-    calls = CallRegistry(config.reconnect_grace_s, config.limits.max_participants_per_call)
-    hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms), PyAVAudioCodecs())
+    calls = CallRegistry(config.reconnect_grace_s, config.limits)
+    hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms, config.max_playout_delay_ms),
+                       PyAVAudioCodecs(), config.limits)
     def media_failed(recording_id: str, exc: BaseException) -> None:
         """A recording's media failed: stop it; finalising then fails it with the media's error."""
         asyncio.get_running_loop().create_task(registry.stop(recording_id, MEDIA_FAILED))
@@ -192,7 +206,7 @@ async def build_server(
         RegistrySettings(
             resource_id=config.resource_id,
             idempotency_window=timedelta(hours=config.idempotency_window_h),
-            max_recordings=config.limits.max_recordings,
+            limits=config.limits,
             default_destination=config.default_storage,
             destinations=set(config.storage_targets),
         ),
@@ -206,11 +220,16 @@ async def build_server(
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
-    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry, outbox.group), server)
+    # outermost first: a malformed request is answered INVALID_ARGUMENT whether or not auth refuses it
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    if verifier:
+        interceptors.append(AuthInterceptor(verifier))
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry, outbox.group, stores), server)
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
-    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
-    content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events, config.limits), server)
+    content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores, call_of_recording(repo)),
+                                                        server)
     uploads = UploadAdmin(outbox, registry, stores, chunks)
     uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
     health = HealthServicer()
@@ -221,12 +240,48 @@ async def build_server(
     )
     host, port = config.host_port()
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
+                                                  require_client_auth=tls.client_ca is not None)
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
     uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
                uploads)
+
+
+def server_tls(config: ServerConfig) -> ServerTlsFiles | None:
+    """The checked TLS files of --tls-cert/--tls-key/--tls-client-ca, or None for plaintext."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    return load_server_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+def call_of_recording(repo: RecordingRepository) -> Callable[[str], str | None]:
+    """recording_id -> its server_call_id (None if unknown): how ContentService checks a token's calls."""
+
+    def call_of(recording_id: str) -> str | None:
+        rec = repo.get(recording_id)
+        return rec.server_call_id if rec is not None else None
+
+    return call_of
+
+
+def start_metrics(config: ServerConfig) -> int:
+    """Serve /metrics; over HTTPS with the gRPC port's certificate (and client CA) when TLS is on."""
+    tls = server_tls(config)
+    if tls is None or config.tls_cert is None or config.tls_key is None:
+        return metrics.start_metrics_server(config.metrics_listen)
+    host, port = parse_host_port(config.metrics_listen, "metrics_listen")
+    http, _thread = prometheus_client.start_http_server(
+        port, addr=host, certfile=str(config.tls_cert), keyfile=str(config.tls_key),
+        client_cafile=str(config.tls_client_ca) if config.tls_client_ca else None,
+        client_auth_required=tls.client_ca is not None,
+    )
+    return int(http.server_port)
 
 
 def build_stores(config: ServerConfig) -> StoreResolver:
@@ -238,7 +293,7 @@ def build_stores(config: ServerConfig) -> StoreResolver:
     named, default = stores_from_config(
         {"default": config.default_storage, "targets": targets}, data_dir=config.data_dir
     )
-    return StoreResolver(named, default)
+    return StoreResolver(named, default, external=ExternalPolicy.from_config(config.storage_external, targets))
 
 
 async def start(app: App) -> None:
@@ -252,14 +307,15 @@ async def start(app: App) -> None:
     app.tasks.append(loop.create_task(app.housekeeping()))
     app.tasks.append(loop.create_task(app.outbox.run()))
     log.info("serving", listen=f"{app.config.host_port()[0]}:{app.port}", data_dir=str(app.config.data_dir),
-             clock=app.config.clock)
+             clock=app.config.clock, tls=app.config.tls_cert is not None, mtls=app.config.tls_client_ca is not None,
+             auth=app.config.auth is not None)
 
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
     if config.metrics_listen:
-        port = metrics.start_metrics_server(config.metrics_listen)
-        log.info("metrics", listen=config.metrics_listen, port=port)
+        port = start_metrics(config)
+        log.info("metrics", listen=config.metrics_listen, port=port, tls=config.tls_cert is not None)
     app = await build_server(config)
     await start(app)
     stop = asyncio.Event()

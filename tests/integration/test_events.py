@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from callrec.v1 import events_pb2 as epb
+from callrec.v1 import events_pb2_grpc as epb_grpc
 from callrec.v1 import recording_pb2 as pb
 from callrec_client import AsyncCallrecClient, CallrecError
 from callrec_client.gateway import GatewayConnection
@@ -136,3 +137,125 @@ async def test_subscribe_errors(server):
             await collect(client, 1, after_sequence=10**9)
         assert info.value.code == grpc.StatusCode.OUT_OF_RANGE
         assert "beyond the newest event" in info.value.details
+
+
+FILE_STATUS = "Microsoft.Communication.RecordingFileStatusUpdated"
+
+
+async def test_filters_are_exact_over_a_shared_log(server):
+    # two calls with two recordings each, on the session's server whose log holds every other test's
+    # events too: each filter (applied in SQL) returns exactly its events, in order, resumable.
+    calls = [unique("fa"), unique("fb")]
+    recs: dict[str, list[str]] = {}
+    async with AsyncCallrecClient(server.target) as client:
+        gateways = [GatewayConnection(server.target, c) for c in calls]
+        for gw in gateways:
+            await gw.open()
+        for call in calls:
+            for _ in range(2):
+                rec = await client.start_recording(call, content_type="audio", format="wav")
+                await client.pause_recording(rec.recording_id)
+                await client.stop_recording(rec.recording_id)
+                await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED)
+                recs.setdefault(call, []).append(rec.recording_id)
+        a, b = calls
+        everything_a = await until_quiet(client, from_oldest=True, server_call_id=a)
+        assert everything_a and all(f"/serverCallId/{a}/" in e.subject for e in everything_a)
+        sequences = [e.sequence for e in everything_a]
+        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+        files_a = await until_quiet(client, from_oldest=True, server_call_id=a, event_types=[FILE_STATUS])
+        assert [e.recording_file_status_updated.recording_id for e in files_a] == recs[a]
+        assert files_a == [e for e in everything_a if e.event_type == FILE_STATUS]
+        one = await until_quiet(client, from_oldest=True, recording_id=recs[b][1])
+        assert one and {e.event_type for e in one} == {STATE_CHANGED, FILE_STATUS}
+        assert all(recs[b][1] in e.subject for e in one)
+        both_types = await until_quiet(client, from_oldest=True, server_call_id=b,
+                                       event_types=[FILE_STATUS, STATE_CHANGED])
+        assert [e.sequence for e in both_types] == [e.sequence for e in await until_quiet(
+            client, from_oldest=True, server_call_id=b)]
+        # resume in the middle of a filtered stream: the rest, exactly once
+        rest = await until_quiet(client, after_sequence=everything_a[1].sequence, server_call_id=a)
+        assert [e.sequence for e in rest] == sequences[2:]
+        for gw in gateways:
+            await gw.end()
+            await gw.close()
+
+
+async def until_quiet(client: AsyncCallrecClient, quiet: float = 0.5, **filters) -> list[epb.Event]:
+    """Every event of a subscription (at least one, within 10 s) until none came for `quiet` seconds."""
+    out: list[epb.Event] = []
+    stream = client.subscribe_events(**filters)
+    try:
+        while True:
+            out.append(await asyncio.wait_for(anext(stream), quiet if out else 10))
+    except TimeoutError:
+        return out
+    finally:
+        await stream.aclose()
+
+
+async def test_filter_sizes_are_limited(server):
+    async with AsyncCallrecClient(server.target) as client:
+        with pytest.raises(CallrecError) as info:
+            await collect(client, 1, event_types=[STATE_CHANGED] * 65)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "event_types" in info.value.details and "max_list_items" in info.value.details
+        for field in ("server_call_id", "recording_id"):
+            with pytest.raises(CallrecError) as info:
+                await collect(client, 1, **{field: "x" * 129})
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert field in info.value.details and "max_id_bytes" in info.value.details
+        with pytest.raises(CallrecError) as info:
+            await collect(client, 1, event_types=["x" * 10_000])
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_id_bytes" in info.value.details
+        assert len(info.value.details) < 500  # the oversized value is not echoed back
+
+
+async def test_event_subscribers_are_capped(make_server, tmp_path):
+    config = tmp_path / "callrec.toml"
+    config.write_text("[limits]\nmax_event_subscribers = 2\n")
+    srv = make_server("--clock", "media", "--config", str(config))
+    async with AsyncCallrecClient(srv.target) as client, GatewayConnection(srv.target, "c") as gw:
+        first = asyncio.ensure_future(collect(client, 1, timeout=30))
+        second = asyncio.ensure_future(collect(client, 1, timeout=30))
+        await asyncio.sleep(0.5)
+        with pytest.raises(CallrecError) as info:
+            await collect(client, 1)
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_event_subscribers" in info.value.details
+        first.cancel()
+        await asyncio.sleep(0.5)  # its slot is free again
+        third = asyncio.ensure_future(collect(client, 1, timeout=30))
+        await asyncio.sleep(0.5)
+        rec = await client.start_recording("c", content_type="audio", format="wav")
+        assert [e.sequence for e in await second] == [e.sequence for e in await third] == [1]
+        await client.stop_recording(rec.recording_id)
+        await gw.end()
+
+
+async def test_a_subscriber_that_stops_reading_is_cut_off_and_resumes_exactly_once(make_server, tmp_path):
+    config = tmp_path / "callrec.toml"
+    config.write_text("[limits]\nmax_subscriber_queue = 5\n")
+    srv = make_server("--clock", "media", "--config", str(config))
+    # a 64 KiB HTTP/2 window (no BDP growth): a client that does not read holds only ~50 events in flight
+    async with AsyncCallrecClient(srv.target) as client, GatewayConnection(srv.target, "c") as gw, \
+            grpc.aio.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        stalled = epb_grpc.EventServiceStub(channel).SubscribeEvents(epb.SubscribeEventsRequest())
+        await asyncio.sleep(0.3)
+        rec = await client.start_recording("c", content_type="audio", format="wav")
+        for _ in range(100):  # 200 events, never read by `stalled`
+            await client.pause_recording(rec.recording_id)
+            await client.resume_recording(rec.recording_id)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for resp in stalled:
+                received.append(resp.event.sequence)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = info.value.details() or ""
+        assert "max_subscriber_queue" in details
+        resume = int(details.split("after_sequence=")[1].split()[0])
+        assert received == list(range(1, resume + 1)) and resume < 201
+        rest = await collect(client, 201 - resume, after_sequence=resume)
+        assert received + [e.sequence for e in rest] == list(range(1, 202))
+        await client.stop_recording(rec.recording_id)
+        await gw.end()

@@ -1,7 +1,8 @@
 """Recordings end to end into real S3 (moto) and Azure Blob (Azurite) stores, through `callrec serve`.
 
 For each backend: a server configured by a TOML file; a recording sent to a named target
-(`destination`) and one to the default target; bring-your-own-storage (`external_storage`). What is
+(`destination`) and one to the default target; bring-your-own-storage (`external_storage`) where the
+operator's `[storage.external]` policy allows it (SPEC §5; what it refuses: `test_byos_lockdown.py`). What is
 checked against the store itself (boto3 / azure SDK, not the server):
 - the objects are exactly `{prefix}/{YYYYMMDD}/{callId}/{recordingId[:8]}-{unique}/{i}-audio.wav` and
   `{i}-metadata.json` (SPEC §3), nothing else;
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import grpc
 import pytest
@@ -166,19 +167,50 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))  # JSON string escapes are valid TOML basic-string escapes
 
 
-def write_config(path: Path, targets: dict[str, dict[str, Any]], default: str | None = None) -> Path:
-    """A `callrec serve --config` file with `[storage]` targets (SPEC §5 shape)."""
+def write_config(
+    path: Path,
+    targets: dict[str, dict[str, Any]],
+    default: str | None = None,
+    external: dict[str, Any] | None = None,
+) -> Path:
+    """A `callrec serve --config` file with `[storage]` targets (SPEC §5 shape) and, when given, the
+    bring-your-own-storage policy: `external = {"allow": [...], "s3": [{...}, ...]}` becomes
+    `[storage.external] allow = [...]` and one `[[storage.external.s3]]` table per entry."""
     lines = ["[storage]"]
     if default:
         lines.append(f"default = {_toml_value(default)}")
     for name, table in targets.items():
         lines += ["", f"[storage.targets.{name}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value not in ("", None)]
+    if external is not None:
+        lines += ["", "[storage.external]", f"allow = {_toml_value(list(external.get('allow', [])))}"]
+        for grant in external.get("s3", []):
+            lines += ["", "[[storage.external.s3]]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in grant.items() if value not in ("", None)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def moto_grant(moto: MotoServer, **extra: Any) -> dict[str, Any]:
+    """A `[[storage.external.s3]]` entry for the test bucket on moto, with moto's keys."""
+    return {
+        "endpoint_url": moto.endpoint_url,
+        "bucket": TEST_BUCKET,
+        "region": moto.region,
+        "access_key_id": moto.access_key_id,
+        "secret_access_key": moto.secret_access_key,
+        **extra,
+    }
+
+
+def azurite_allow(azurite: AzuriteServer) -> str:
+    """The `[storage.external] allow` entry for the test container on Azurite (loopback, so listed exactly)."""
+    return f"127.0.0.1:{azurite.port}/{azurite.account}/{TEST_CONTAINER}"
 
 
 def server_args(config: Path | None = None, *extra: str) -> tuple[str, ...]:
@@ -389,23 +421,36 @@ async def test_named_and_default_targets_store_spec_names_byte_exact(
         assert bucket.names(default_prefix) == stored[default_prefix]  # the other recording is untouched
 
 
-EXTERNAL_CASES = ["s3-url", "s3-endpoint-path-style", "azure-sas"]
+EXTERNAL_CASES = ["s3-url", "s3-endpoint-path-style", "s3-credentials-from-target", "azure-sas"]
 
 
 @pytest.mark.parametrize("case", EXTERNAL_CASES)
 async def test_bring_your_own_storage(case, request, make_server, tmp_path, validate_json):
-    """`external_storage {kind, container_url}`: S3 through the server's AWS environment (an `s3://`
-    URL, or the endpoint's path-style URL), Azure through a container URL with a SAS token."""
+    """`external_storage {kind, container_url}` where the operator's `[storage.external]` allows it: S3
+    through a `[[storage.external.s3]]` entry (its own keys, or `credentials_from` a configured target), as
+    an `s3://` URL or the endpoint's path-style URL; Azure through an allowed container URL with a SAS.
+
+    The server has no AWS credentials in its environment: an S3 upload can only use the entry's keys.
+    """
     prefix = new_prefix("byos")
+    env = isolated_aws_env()
     if case.startswith("s3"):
         moto: MotoServer = request.getfixturevalue("moto_server")
         bucket = Bucket("s3", moto)
-        srv = make_server(*server_args(), env=moto_env(moto))
+        if case == "s3-credentials-from-target":
+            targets = {"mine": moto.target(prefix=new_prefix("mine"))}
+            grant = moto_grant(moto, access_key_id="", secret_access_key="", credentials_from="mine")
+        else:
+            targets, grant = {}, moto_grant(moto)
+        config = write_config(tmp_path / "callrec.toml", targets, external={"s3": [grant]})
+        srv = make_server(*server_args(config), env=env)
         url = f"s3://{TEST_BUCKET}/{prefix}" if case == "s3-url" else f"{moto.endpoint_url}/{TEST_BUCKET}/{prefix}"
         external = (pb.EXTERNAL_STORAGE_KIND_S3, url)
     else:
-        bucket = Bucket("azure_blob", request.getfixturevalue("azurite_server"))
-        srv = make_server(*server_args())
+        azurite: AzuriteServer = request.getfixturevalue("azurite_server")
+        bucket = Bucket("azure_blob", azurite)
+        config = write_config(tmp_path / "callrec.toml", {}, external={"allow": [azurite_allow(azurite)]})
+        srv = make_server(*server_args(config), env=env)
         url = bucket.sas_container_url(prefix)
         external = (pb.EXTERNAL_STORAGE_KIND_AZURE_BLOB, url)
     async with AsyncCallrecClient(srv.target) as client:
@@ -417,11 +462,16 @@ async def test_bring_your_own_storage(case, request, make_server, tmp_path, vali
         doc = await file_status_event(client, done, validate_json)
         assert "sig=" not in json.dumps(doc)
         await check_delete(client, bucket, prefix, done)
+    if case == "azure-sas":  # the SAS is nowhere in what operators read either
+        signature = parse_qs(urlsplit(url).query)["sig"][0]
+        assert signature not in srv.log_text() and quote(signature, safe="") not in srv.log_text()
 
 
-async def test_bring_your_own_storage_refuses_a_bad_container_url_at_start(make_server, azurite_server):
-    """A container URL the server cannot use is refused by StartRecording, naming the problem."""
-    srv = make_server(*server_args())
+async def test_bring_your_own_storage_refuses_a_bad_container_url_at_start(make_server, azurite_server, tmp_path):
+    """An allowed container URL the server cannot use (no SAS) is refused by StartRecording, naming the
+    problem; without `[storage.external]` any external_storage is refused, naming the setting."""
+    config = write_config(tmp_path / "callrec.toml", {}, external={"allow": [azurite_allow(azurite_server)]})
+    srv = make_server(*server_args(config))
     call_id = unique("bad")
     async with AsyncCallrecClient(srv.target) as client, GatewayConnection(srv.target, call_id) as gw:
         request = start_request(call_id, content_type="audio", format="wav")
@@ -431,4 +481,23 @@ async def test_bring_your_own_storage_refuses_a_bad_container_url_at_start(make_
             await client.recordings.StartRecording(request, timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "SAS" in (info.value.details() or "")
+        recordings = await client.recordings.ListRecordings(pb.ListRecordingsRequest(server_call_id=call_id))
+        assert list(recordings.recordings) == [], "a refused start leaves no recording behind"
+        await gw.end()
+
+
+async def test_bring_your_own_storage_is_off_by_default(make_server, azurite_server):
+    """No `[storage.external]`: an allowed-looking, valid container URL is PERMISSION_DENIED."""
+    srv = make_server(*server_args())
+    call_id = unique("off")
+    bucket = Bucket("azure_blob", azurite_server)
+    async with AsyncCallrecClient(srv.target) as client, GatewayConnection(srv.target, call_id) as gw:
+        request = start_request(call_id, content_type="audio", format="wav")
+        request.external_storage.kind = pb.EXTERNAL_STORAGE_KIND_AZURE_BLOB
+        request.external_storage.container_url = bucket.sas_container_url(new_prefix("off"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.recordings.StartRecording(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "[storage.external] allow" in (info.value.details() or "")
+        assert "sig=" not in (info.value.details() or "")
         await gw.end()

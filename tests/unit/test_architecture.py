@@ -4,6 +4,9 @@
   through the ports of core/ports.py);
 - storage/ and events/ know nothing of gRPC, storage/ nothing of core;
 - media/ may use core (it implements core's ports) but not gRPC, storage, events or state;
+- security/ (token verification, the role policy, TLS files) is pure: no gRPC, nothing of the
+  server's other layers, so every security rule is testable without a server (api/auth.py is
+  its gRPC side);
 - generated stubs are used by api/ and the composition root only;
 - the package root holds only the composition root, config, logs, metrics and the harness;
 - no two classes or protocols of the server share a name.
@@ -53,6 +56,8 @@ def test_core_imports_only_core_the_standard_library_and_numpy() -> None:
     ("events", ("grpc", "callrec.v1", "callrec.api", "callrec.media", "callrec.storage")),
     ("state", ("grpc", "callrec.v1", "callrec.api", "callrec.media", "callrec.storage", "callrec.events")),
     ("media", ("grpc", "callrec.v1", "callrec.api", "callrec.storage", "callrec.events", "callrec.state")),
+    ("security", ("grpc", "callrec.v1", "callrec.api", "callrec.core", "callrec.media", "callrec.storage",
+                  "callrec.events", "callrec.state", "callrec.server")),
 ])
 def test_layer_imports(layer: str, forbidden: tuple[str, ...]) -> None:
     offenders = []
@@ -66,7 +71,7 @@ def test_layer_imports(layer: str, forbidden: tuple[str, ...]) -> None:
 def test_only_the_composition_root_and_support_modules_sit_at_the_package_root() -> None:
     allowed = {"__init__.py", "__main__.py", "server.py", "config.py", "logs.py", "metrics.py", "testing"}
     at_root = {p.name for p in PKG.iterdir() if (p.suffix == ".py" or p.is_dir()) and not p.name.startswith(".")}
-    packages = {"api", "core", "media", "storage", "events", "state", "v1", "schemas", "__pycache__"}
+    packages = {"api", "core", "media", "storage", "events", "state", "security", "v1", "schemas", "__pycache__"}
     assert at_root - packages <= allowed, sorted(at_root - packages - allowed)
 
 

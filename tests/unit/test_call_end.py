@@ -18,6 +18,7 @@ from callrec.api.media import MediaServicer
 from callrec.core.call_hub import CallMediaHub
 from callrec.core.call_registry import CALL_ENDED, Call, CallRegistry
 from callrec.core.clock import MediaClock
+from callrec.core.limits import Limits
 from callrec.core.model import AudioEncoding, AudioFormat, ChannelType, ContentType, Format, RecordingOptions
 from callrec.core.model import RecordingState as State
 from callrec.core.recording_registry import NoMedia, RecordingRegistry
@@ -55,7 +56,7 @@ class Server:
 
     def __init__(self, first_handler: Blocker | None = None) -> None:
         self.time = FakeTime()
-        self.calls = CallRegistry(reconnect_grace_s=GRACE_S, max_participants_per_call=5, time=self.time)
+        self.calls = CallRegistry(reconnect_grace_s=GRACE_S, limits=Limits(max_participants_per_call=5), time=self.time)
         if first_handler is not None:
             self.calls.on_call_ended(first_handler)
         self.recordings: RecordingRegistry
@@ -159,7 +160,7 @@ async def assert_ended_cleanly(server: Server, recording_id: str) -> None:
 
 
 async def test_a_raising_call_end_handler_does_not_skip_the_next_ones(caplog: pytest.LogCaptureFixture) -> None:
-    calls = CallRegistry(reconnect_grace_s=GRACE_S, max_participants_per_call=5, time=FakeTime())
+    calls = CallRegistry(reconnect_grace_s=GRACE_S, limits=Limits(max_participants_per_call=5), time=FakeTime())
     hub = new_hub()
     seen: list[str] = []
 
@@ -185,7 +186,7 @@ async def test_a_raising_call_end_handler_does_not_skip_the_next_ones(caplog: py
 
 
 async def test_a_cancelled_closer_does_not_cut_the_call_end() -> None:
-    calls = CallRegistry(reconnect_grace_s=GRACE_S, max_participants_per_call=5, time=FakeTime())
+    calls = CallRegistry(reconnect_grace_s=GRACE_S, limits=Limits(max_participants_per_call=5), time=FakeTime())
     hub = new_hub()
     blocker = Blocker()
     calls.on_call_ended(blocker)
@@ -205,7 +206,7 @@ async def test_a_cancelled_closer_does_not_cut_the_call_end() -> None:
 
 
 async def test_a_broken_stream_without_grace_ends_its_call_in_the_registry_task() -> None:
-    calls = CallRegistry(reconnect_grace_s=0, max_participants_per_call=5, time=FakeTime())
+    calls = CallRegistry(reconnect_grace_s=0, limits=Limits(max_participants_per_call=5), time=FakeTime())
     hub = new_hub()
     calls.on_call_ended(hub.on_call_ended)
     call, stream = calls.open("c1", "", "gw")
@@ -218,7 +219,7 @@ async def test_a_broken_stream_without_grace_ends_its_call_in_the_registry_task(
 
 
 async def test_a_failed_media_task_leaves_the_hub_and_is_replaced_on_next_use() -> None:
-    calls = CallRegistry(reconnect_grace_s=GRACE_S, max_participants_per_call=5, time=FakeTime())
+    calls = CallRegistry(reconnect_grace_s=GRACE_S, limits=Limits(max_participants_per_call=5), time=FakeTime())
     hub = new_hub()
     call, stream = calls.open("c1", "", "gw")
     media = hub.media("c1")

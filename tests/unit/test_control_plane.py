@@ -17,6 +17,7 @@ from callrec.core.call_hub import CallMediaHub
 from callrec.core.call_registry import CALL_ENDED, SERVER_RESTARTED, Call, CallRegistry
 from callrec.core.clock import MediaClock
 from callrec.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from callrec.core.limits import Limits
 from callrec.core.media_recorder import MediaRecorder
 from callrec.core.model import (
     AudioEncoding,
@@ -141,8 +142,8 @@ class Targets:
 
 def registry_with(media: object, calls: CallRegistry, fake: FakeTime) -> tuple[RecordingRegistry, EventsSeen]:
     events = EventsSeen()
-    settings = RegistrySettings("res-1", timedelta(hours=24), max_recordings=2, default_destination="local",
-                                destinations={"local"})
+    settings = RegistrySettings("res-1", timedelta(hours=24), limits=Limits(max_recordings=2),
+                                default_destination="local", destinations={"local"})
     return RecordingRegistry(MemoryRepository(), events, calls, media, settings, now=fake.now), events  # type: ignore[arg-type]  # fakes
 
 
@@ -151,7 +152,7 @@ def registry_with(media: object, calls: CallRegistry, fake: FakeTime) -> tuple[R
 
 async def test_a_broken_stream_ends_the_call_after_the_grace_period_on_fake_time() -> None:
     fake = FakeTime()
-    calls = CallRegistry(reconnect_grace_s=10, max_participants_per_call=5, time=fake)
+    calls = CallRegistry(reconnect_grace_s=10, limits=Limits(max_participants_per_call=5), time=fake)
     ended: list[tuple[str, str]] = []
 
     async def on_end(call: Call, reason: str) -> None:
@@ -173,7 +174,7 @@ async def test_a_broken_stream_ends_the_call_after_the_grace_period_on_fake_time
 
 async def test_an_adopted_call_ends_server_restarted_unless_a_gateway_returns() -> None:
     fake = FakeTime()
-    calls = CallRegistry(reconnect_grace_s=5, max_participants_per_call=5, time=fake)
+    calls = CallRegistry(reconnect_grace_s=5, limits=Limits(max_participants_per_call=5), time=fake)
     ended: list[str] = []
 
     async def on_end(call: Call, reason: str) -> None:
@@ -186,7 +187,7 @@ async def test_an_adopted_call_ends_server_restarted_unless_a_gateway_returns() 
 
 
 async def test_participant_limits_and_joins_are_checked() -> None:
-    calls = CallRegistry(reconnect_grace_s=5, max_participants_per_call=1, time=FakeTime())
+    calls = CallRegistry(reconnect_grace_s=5, limits=Limits(max_participants_per_call=1), time=FakeTime())
     call, stream = calls.open("c1", "", "gw")
     calls.join(call, stream, "a", "A", PCM16, None)
     with pytest.raises(Exception, match="max_participants_per_call"):
@@ -202,7 +203,7 @@ async def test_participant_limits_and_joins_are_checked() -> None:
 
 async def test_registry_life_cycle_events_and_duration_on_fake_time() -> None:
     fake = FakeTime()
-    calls = CallRegistry(5, 5, time=fake)
+    calls = CallRegistry(5, Limits(max_participants_per_call=5), time=fake)
     registry, events = registry_with(NoMedia(), calls, fake)
     with pytest.raises(NotFound, match="must send `open`"):
         await registry.start("c1", WAV)
@@ -233,7 +234,7 @@ async def test_registry_life_cycle_events_and_duration_on_fake_time() -> None:
 
 async def test_a_recording_whose_media_fails_to_start_fails_with_an_event() -> None:
     fake = FakeTime()
-    calls = CallRegistry(5, 5, time=fake)
+    calls = CallRegistry(5, Limits(max_participants_per_call=5), time=fake)
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
     recorder = MediaRecorder(hub, MemoryUploads(), MemoryIndex(), Targets(), Path("/nonexistent-spool"), "res-1",
                              writer_factory_for)
@@ -252,7 +253,7 @@ async def test_a_recording_whose_media_fails_to_start_fails_with_an_event() -> N
 
 async def test_recorder_indexes_and_queues_every_chunk_through_the_hub(tmp_path: Path) -> None:
     fake = FakeTime()
-    calls = CallRegistry(5, 5, time=fake)
+    calls = CallRegistry(5, Limits(max_participants_per_call=5), time=fake)
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
     uploads, index = MemoryUploads(), MemoryIndex()
     recorder = MediaRecorder(hub, uploads, index, Targets(), tmp_path, "res-1", writer_factory_for)
@@ -286,7 +287,7 @@ async def test_recorder_indexes_and_queues_every_chunk_through_the_hub(tmp_path:
 
 async def test_a_store_that_refuses_fails_the_recording_naming_the_target(tmp_path: Path) -> None:
     fake = FakeTime()
-    calls = CallRegistry(5, 5, time=fake)
+    calls = CallRegistry(5, Limits(max_participants_per_call=5), time=fake)
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
     recorder = MediaRecorder(hub, MemoryUploads(failure="upload to 'local' failed: 403"), MemoryIndex(), Targets(),
                              tmp_path, "res-1", writer_factory_for)
@@ -302,7 +303,7 @@ async def test_a_store_that_refuses_fails_the_recording_naming_the_target(tmp_pa
 
 async def test_hub_routes_video_only_to_video_sinks_and_maps_commands_to_media_time() -> None:
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
-    calls = CallRegistry(5, 5, time=FakeTime())
+    calls = CallRegistry(5, Limits(max_participants_per_call=5), time=FakeTime())
     call, stream = calls.open("c1", "", "gw")
     cam = calls.join(call, stream, "v", "Vic", PCM16, VideoFormat(VideoEncoding.I420, 4, 4))
     hub.joined(call, cam)
@@ -342,7 +343,7 @@ async def test_hub_routes_video_only_to_video_sinks_and_maps_commands_to_media_t
 
 async def test_recovery_never_crash_loops_a_worker_that_cannot_start_fails_its_recording(tmp_path: Path) -> None:
     fake = FakeTime()
-    calls = CallRegistry(5, 5, time=fake)
+    calls = CallRegistry(5, Limits(max_participants_per_call=5), time=fake)
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
 
     def no_worker(*args: object, **kwargs: object) -> object:

@@ -1,5 +1,6 @@
-"""Storage without servers: object names (keys.py), target config and BYO URLs (targets.py), range
-arithmetic, and the local store's retention sweep on a fake clock."""
+"""Storage without servers: object names (keys.py), target config (targets.py), bring-your-own-storage
+under the `[storage.external]` policy (external.py, resolver.py) and redaction, range arithmetic, and the
+local store's retention sweep on a fake clock. No test here resolves a name or opens a connection."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from pathlib import Path
 import pytest
 
 from callrec.core.object_keys import ChunkKeys, safe_segment
+from callrec.storage.address_policy import DestinationRefused
 from callrec.storage.azure_blob import AzureBlobStore
-from callrec.storage.base import RangeNotSatisfiable, resolve_range
+from callrec.storage.base import RangeNotSatisfiable, Store, resolve_range
+from callrec.storage.external import ExternalDestination, ExternalPolicy
 from callrec.storage.local import LocalStore
+from callrec.storage.redact import redact_text, redact_url
+from callrec.storage.resolver import StoreResolver, describe_target, external_target
 from callrec.storage.s3 import S3Store
-from callrec.storage.targets import store_from_config, store_from_external, stores_from_config
+from callrec.storage.targets import store_from_config, stores_from_config
 
 SAS = "sv=2024-08-04&sr=c&sp=rwdl&se=2030-01-01T00%3A00%3A00Z&sig=abc%2Bdef%3D"
 
@@ -138,42 +143,189 @@ async def test_target_config_builds_each_kind(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- bring your own
-async def test_external_s3_urls() -> None:
+KEYS = {"access_key_id": "AKIAEXTERNAL00000001", "secret_access_key": "external-secret"}
+
+
+def policy(**table: object) -> ExternalPolicy:
+    """An ExternalPolicy whose DNS answers come from nowhere (any resolution fails the test)."""
+
+    def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError(f"no DNS expected for {host!r}")
+
+    return ExternalPolicy.from_config(table, {"archive": {"kind": "s3", "bucket": "own", **KEYS},
+                                              "chain": {"kind": "s3", "bucket": "own"}}, resolve=no_dns)
+
+
+def build(destination: ExternalDestination) -> Store:
+    return destination.build({})
+
+
+async def test_bring_your_own_storage_is_off_without_a_policy() -> None:
+    resolver = StoreResolver({}, "local")
+    for kind, url in (("s3", "s3://bucket/p"), ("azure_blob", f"https://acct.blob.core.windows.net/c?{SAS}")):
+        with pytest.raises(DestinationRefused, match=r"\[storage.external\] allow"):
+            resolver(external_target(kind, url))
+        with pytest.raises(DestinationRefused, match=r"bring-your-own-storage is off"):
+            await resolver.check_external(kind, url)
+
+
+async def test_external_s3_needs_an_entry_with_its_own_keys() -> None:
+    grants = policy(s3=[
+        {"bucket": "bucket", **KEYS},
+        {"bucket": "bucket", "endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1", **KEYS},
+        {"bucket": "minio-bucket", "endpoint_url": "https://minio.example.com", "credentials_from": "archive"},
+    ])
     cases = {
-        "s3://bucket/a/b": ("bucket", "a/b", None, None),
         "https://bucket.s3.eu-west-1.amazonaws.com/x": ("bucket", "x", "eu-west-1", None),
         "https://s3.us-east-2.amazonaws.com/bucket/y/z": ("bucket", "y/z", "us-east-2", None),
-        "http://127.0.0.1:9000/bucket/p": ("bucket", "p", None, "http://127.0.0.1:9000"),
-        "https://minio.example.com/bucket": ("bucket", "", None, "https://minio.example.com"),
+        "http://127.0.0.1:9000/bucket/p": ("bucket", "p", "eu-west-1", "http://127.0.0.1:9000"),
+        "https://minio.example.com:443/minio-bucket": ("minio-bucket", "", None, "https://minio.example.com"),
+        "s3://minio-bucket/a/b": ("minio-bucket", "a/b", None, "https://minio.example.com"),
     }
     for url, (bucket, prefix, region, endpoint) in cases.items():
-        store = store_from_external("S3", url)
+        store = build(grants.plan("S3", url))
         assert isinstance(store, S3Store)
         assert (store.bucket, store.prefix, store.region, store.endpoint_url) == (bucket, prefix, region, endpoint)
+        assert store.use_default_credentials is False
+        assert store._session_args["aws_access_key_id"] == KEYS["access_key_id"]
+        assert store._config.ignore_configured_endpoint_urls is True
         await store.close()
-    with pytest.raises(ValueError, match="takes no query string"):
-        store_from_external("s3", "https://minio.example.com/bucket?X-Amz-Signature=1")
+    refused = [
+        "http://127.0.0.1:9001/bucket/p",  # another port of an allowed endpoint
+        "https://127.0.0.1:9000/bucket/p",  # another scheme
+        "http://127.0.0.1:9000/other/p",  # another bucket
+        "https://minio.example.com/bucket",  # a bucket of another entry, at the wrong endpoint
+        "s3://unknown/p",
+        "https://other.s3.amazonaws.com/x",
+    ]
+    for url in refused:
+        with pytest.raises(DestinationRefused, match=r"\[\[storage.external.s3\]\]"):
+            grants.plan("s3", url)
+    with pytest.raises(ValueError, match="ambiguous"):
+        grants.plan("s3", "s3://bucket/p")
+    with pytest.raises(ValueError, match="takes no query string") as info:
+        grants.plan("s3", "http://127.0.0.1:9000/bucket?X-Amz-Signature=secret1")
+    assert "secret1" not in str(info.value)
     with pytest.raises(ValueError, match="names no bucket"):
-        store_from_external("s3", "https://minio.example.com/")
+        grants.plan("s3", "http://127.0.0.1:9000/")
+    with pytest.raises(ValueError, match="user or password"):
+        grants.plan("s3", "http://me:pw@127.0.0.1:9000/bucket")
+    for host in ("127.0.0.1%2e", "ｍinio.example.com", "minio.example.com\\"):
+        with pytest.raises(ValueError, match="plain ASCII"):
+            grants.plan("s3", f"https://{host}/bucket")
+    # `allow` strings alone never enable S3: the server would have no keys of the bucket's owner to use
+    with pytest.raises(DestinationRefused, match="does not enable S3"):
+        policy(allow=["127.0.0.1:9000"]).plan("s3", "http://127.0.0.1:9000/bucket/p")
 
 
-async def test_external_azure_urls() -> None:
-    store = store_from_external("AZURE_BLOB", f"https://acct.blob.core.windows.net/recs/calls/x?{SAS}")
+@pytest.mark.parametrize(
+    ("grant", "message"),
+    [
+        ({"bucket": "b"}, "give 'access_key_id' and 'secret_access_key'"),
+        ({"bucket": "b", "access_key_id": "a"}, "give 'access_key_id' and 'secret_access_key'"),
+        ({"bucket": "b", "credentials_from": "chain"}, "explicit 'access_key_id'"),
+        ({"bucket": "b", "credentials_from": "nope"}, "names no [storage.targets.nope]"),
+        ({"bucket": "b", "credentials_from": "archive", **KEYS}, "not both"),
+        ({"endpoint_url": "http://x", **KEYS}, "missing required field 'bucket'"),
+        ({"bucket": "b", "endpoint_url": "ftp://x", **KEYS}, "must be an http(s) URL"),
+        ({"bucket": "b", "profile": "default", **KEYS}, "unknown field(s) 'profile'"),
+    ],
+)
+def test_bad_external_s3_entries_are_config_errors(grant: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=r"\[\[storage.external.s3\]\] entry #1") as info:
+        policy(s3=[grant])
+    assert message in str(info.value)
+    assert "external-secret" not in str(info.value)
+
+
+def test_bad_external_tables_are_config_errors() -> None:
+    with pytest.raises(ValueError, match="unknown field"):
+        policy(allowed=["x"])
+    with pytest.raises(ValueError, match="repeats"):
+        policy(s3=[{"bucket": "b", **KEYS}, {"bucket": "b", **KEYS}])
+    assert not policy().enabled and policy(allow=["x"]).enabled
+    assert policy(s3={"bucket": "b", **KEYS}).s3[0].bucket == "b"  # [storage.external.s3] as one table
+
+
+async def test_external_azure_needs_an_allowed_host_and_a_sas() -> None:
+    allowed = policy(allow=["acct.blob.core.windows.net/recs", "127.0.0.1:10000/devstoreaccount1"])
+    destination = allowed.plan("AZURE_BLOB", f"https://acct.blob.core.windows.net/recs/calls/x?{SAS}")
+    assert destination.shown == "https://acct.blob.core.windows.net/recs/calls/x"
+    assert not destination.check_addresses  # an exact entry lists the host
+    store = build(destination)
     assert isinstance(store, AzureBlobStore)
     assert store.location("k.wav") == "https://acct.blob.core.windows.net/recs/calls/x/k.wav"
-    assert "sig=" not in store.location("k.wav")
     assert store.key_for(f"https://acct.blob.core.windows.net/recs/calls/x/k.wav?{SAS}") == "k.wav"
     await store.close()
 
-    emulator = store_from_external("azure_blob", f"http://127.0.0.1:10000/devstoreaccount1/recs?{SAS}")
+    emulator = build(allowed.plan("azure_blob", f"http://127.0.0.1:10000/devstoreaccount1/recs?{SAS}"))
     assert emulator.location("k") == "http://127.0.0.1:10000/devstoreaccount1/recs/k"
     await emulator.close()
-    with pytest.raises(ValueError, match="needs a SAS"):
-        store_from_external("azure_blob", "https://acct.blob.core.windows.net/recs")
+    with pytest.raises(ValueError, match="needs a SAS") as info:
+        allowed.plan("azure_blob", "https://acct.blob.core.windows.net/recs?sv=2024&sp=rwdl")
+    assert not isinstance(info.value, DestinationRefused)
     with pytest.raises(ValueError, match="names no container"):
-        store_from_external("azure_blob", f"https://acct.blob.core.windows.net/?{SAS}")
+        policy(allow=["acct.blob.core.windows.net"]).plan("azure_blob", f"https://acct.blob.core.windows.net/?{SAS}")
     with pytest.raises(ValueError, match="must be S3 or AZURE_BLOB"):
-        store_from_external("gcs", "gs://bucket")
+        allowed.plan("gcs", "gs://bucket")
+    refused = [
+        f"https://acct.blob.core.windows.net/other?{SAS}",  # another container
+        f"https://acct.blob.core.windows.net:8443/recs?{SAS}",  # another port
+        f"http://127.0.0.1:10001/devstoreaccount1/recs?{SAS}",
+        f"https://evil.example.com/recs?{SAS}",
+        "https://evil.example.com/recs",  # refused before the SAS is even looked at
+    ]
+    for url in refused:
+        with pytest.raises(DestinationRefused, match=r"not listed in `\[storage.external\] allow`") as info:
+            allowed.plan("azure_blob", url)
+        assert "sig=" not in str(info.value) and "abc" not in str(info.value)
+
+
+async def test_external_azure_on_a_wildcard_is_checked_after_resolution() -> None:
+    answers = {"acct.blob.core.windows.net": ["20.60.1.4"], "evil.blob.core.windows.net": ["10.0.0.5"]}
+    wildcard = ExternalPolicy.from_config({"allow": ["*.blob.core.windows.net", "*"]},
+                                          resolve=lambda host, port: answers[host])
+    destination = await wildcard.check("azure_blob", f"https://acct.blob.core.windows.net/recs?{SAS}")
+    assert destination.check_addresses
+    with pytest.raises(DestinationRefused, match=r"resolves to 10\.0\.0\.5, which is a private address"):
+        await wildcard.check("azure_blob", f"https://evil.blob.core.windows.net/recs?{SAS}")
+    # IP literals are refused already by `plan` (before each upload), without DNS
+    for host in ("127.0.0.1", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]", "10.0.0.1"):
+        with pytest.raises(DestinationRefused, match="refused for client-chosen storage"):
+            wildcard.plan("azure_blob", f"https://{host}/account/recs?{SAS}")
+
+
+async def test_the_resolver_rechecks_external_targets_and_describes_them_without_secrets() -> None:
+    allowed = policy(allow=["acct.blob.core.windows.net/recs"])
+    resolver = StoreResolver({}, "local", external=allowed)
+    target = external_target("azure_blob", f"https://acct.blob.core.windows.net/recs/p?{SAS}")
+    store = resolver(target)
+    assert resolver(target) is store  # built once, checked on every call
+    assert resolver.describe(target) == "external azure_blob https://acct.blob.core.windows.net/recs/p"
+    await resolver.close()
+    later = StoreResolver({}, "local", external=policy(allow=["other.blob.core.windows.net"]))
+    with pytest.raises(DestinationRefused):
+        later(target)  # e.g. a pending upload after the operator removed the entry and restarted
+    with pytest.raises(ValueError, match="is not configured") as info:
+        later(f"https://x/y?{SAS}")
+    assert "sig=" not in str(info.value)
+    assert describe_target("external|s3|http://u:p@h/b?x=1#f") == "external s3 http://h/b"
+
+
+def test_redaction() -> None:
+    text = (
+        f"GET https://acct.blob.core.windows.net/c/k?{SAS} failed; signed http://u:pw@h/x?X-Amz-Signature=abc "
+        "AccountKey=Zm9vYmFy; key AKIAIOSFODNN7EXAMPLE; sig=abc%2Bdef%3D"
+    )
+    clean = redact_text(text)
+    for secret in ("abc%2Bdef", "pw@", "Zm9vYmFy", "AKIAIOSFODNN7EXAMPLE", "X-Amz-Signature=abc"):
+        assert secret not in clean, (secret, clean)
+    assert "https://acct.blob.core.windows.net/c/k" in clean
+    assert redact_text("token s3cr3t-token here", ["s3cr3t-token"]) == "token <redacted> here"
+    assert redact_url(f"https://u:p@acct.blob.core.windows.net:443/c?{SAS}#frag") == (
+        "https://acct.blob.core.windows.net:443/c"
+    )
+    assert redact_url("archive") == "archive"
 
 
 # -------------------------------------------------------------------------------- local retention

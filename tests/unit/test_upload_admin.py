@@ -12,6 +12,7 @@ import pytest
 
 from callrec.core.call_registry import CallRegistry
 from callrec.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from callrec.core.limits import Limits
 from callrec.core.model import RecordingError, RecordingState
 from callrec.core.ports import StoredChunk
 from callrec.core.recording_registry import NoMedia
@@ -39,7 +40,8 @@ class Setup:
         self.store = FakeStore(fake, failures=1_000, error=PermissionDenied("403 Forbidden"))
         self.outbox = Outbox(Database(tmp_path / "state.sqlite3"), lambda _t: self.store,  # type: ignore[arg-type,return-value]
                              clock=fake.monotonic, sleep=fake.sleep, deadline_s=3600.0)
-        self.registry, self.events = registry_with(NoMedia(), CallRegistry(10, 5, time=fake), fake)
+        calls = CallRegistry(10, Limits(max_participants_per_call=5), time=fake)
+        self.registry, self.events = registry_with(NoMedia(), calls, fake)
         self.index = MemoryIndex()
         self.admin = UploadAdmin(self.outbox, self.registry, Targets(), self.index)
 

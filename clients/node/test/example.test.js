@@ -1,13 +1,15 @@
 'use strict';
 // Runs against a live callrec server: CALLREC_SERVER=127.0.0.1:50051 npm test
 // Without CALLREC_SERVER every test is skipped (with a message saying so).
+// Against a server with TLS and tokens, set CALLREC_TOKEN (an admin one) and CALLREC_TLS_CA
+// (plus CALLREC_TLS_CLIENT_CERT / CALLREC_TLS_CLIENT_KEY under mTLS), as for the Python CLI.
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
 const { promisify } = require('node:util');
-const { connect } = require('../client');
+const { connect, connectionOptionsFromEnv } = require('../client');
 
 const SERVER = process.env.CALLREC_SERVER || '';
 const skip = SERVER ? false : 'CALLREC_SERVER is not set: start a server (`make run`) and run `CALLREC_SERVER=127.0.0.1:50051 npm test`';
@@ -33,7 +35,7 @@ test('example.js records a call and reads its RecordingStateChanged events', { s
 });
 
 test('client.js maps server errors to CallrecError with the status name', { skip }, async () => {
-  const callrec = connect(SERVER);
+  const callrec = connect(SERVER, connectionOptionsFromEnv());
   try {
     await assert.rejects(callrec.getRecordingState({ recording_id: 'no-such-recording' }),
       (err) => err.name === 'CallrecError' && err.codeName === 'NOT_FOUND');
@@ -45,7 +47,7 @@ test('client.js maps server errors to CallrecError with the status name', { skip
 });
 
 test('openGateway resolves on opened and the recording shows up in ListRecordings', { skip }, async () => {
-  const callrec = connect(SERVER);
+  const callrec = connect(SERVER, connectionOptionsFromEnv());
   const serverCallId = `node-test-${process.pid}-${Date.now()}`;
   try {
     const gateway = await callrec.openGateway(serverCallId, 'node-test-gw');

@@ -1,5 +1,5 @@
-"""Python client for callrec: async (`AsyncCallrecClient`) and sync (`CallrecClient`)."""
+"""Python client for callrec: async (`AsyncCallrecClient`) and sync (`CallrecClient`); `TlsOptions` for TLS."""
 
-from callrec_client.client import AsyncCallrecClient, CallrecClient, CallrecError
+from callrec_client.client import AsyncCallrecClient, CallrecClient, CallrecError, TlsOptions
 
-__all__ = ["AsyncCallrecClient", "CallrecClient", "CallrecError"]
+__all__ = ["AsyncCallrecClient", "CallrecClient", "CallrecError", "TlsOptions"]

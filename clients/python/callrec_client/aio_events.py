@@ -6,17 +6,18 @@ import asyncio
 
 import typer
 
-from callrec_client.client import AsyncCallrecClient
+from callrec_client.client import AsyncCallrecClient, TlsOptions
 
 #: With --no-follow, stop once the stream has been quiet this long (the backlog is sent at once).
 IDLE_S = 0.5
 
 
 async def print_events(
-    server: str, follow: bool, after: int | None, types: list[str], call: str, recording: str, as_json: bool
+    server: str, follow: bool, after: int | None, types: list[str], call: str, recording: str, as_json: bool,
+    token: str = "", tls: TlsOptions | None = None,
 ) -> None:
     """Stream events to stdout: `seq type subject` lines, or ACS JSON with --json."""
-    async with AsyncCallrecClient(server) as client:
+    async with AsyncCallrecClient(server, token=token, tls=tls) as client:
         stream = client.subscribe_events(
             event_types=types, server_call_id=call, recording_id=recording, after_sequence=after,
             from_oldest=after is None,

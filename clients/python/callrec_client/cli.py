@@ -1,19 +1,27 @@
 """The `callrec` command: run the server and drive recordings from a terminal.
 
 Every client command talks to --server (env CALLREC_SERVER, default 127.0.0.1:50051),
-prints readable text by default and one JSON object per line with --json.
+prints readable text by default and one JSON object per line with --json. Against a server
+with tokens and TLS (SPEC §5) every client command also takes --token (env CALLREC_TOKEN),
+--tls / --tls-ca (trust the server's certificate) and --tls-cert / --tls-key (mTLS);
+`callrec token create` makes a token from the server's config file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from callrec_client.client import DEFAULT_TARGET, CallrecClient, CallrecError
+from callrec_client.client import DEFAULT_TARGET, CallrecClient, CallrecError, TlsOptions
 from callrec_client.render import recording_line, recording_text, to_json, upload_table
 
 app = typer.Typer(
@@ -22,21 +30,93 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: 30]" and "[auth]" must print as written
 )
 
 Server = Annotated[
     str, typer.Option("--server", "-s", envvar="CALLREC_SERVER", help="HOST:PORT of the callrec server.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line) instead of text.")]
+Token = Annotated[str, typer.Option(
+    "--token", envvar="CALLREC_TOKEN", show_default=False,
+    help="JWT sent as 'authorization: Bearer <jwt>' (make one with `callrec token create`).")]
+Tls = Annotated[bool, typer.Option(
+    "--tls", envvar="CALLREC_TLS", help="Connect with TLS, trusting the system's CAs (implied by --tls-ca).")]
+TlsCa = Annotated[Path | None, typer.Option(
+    "--tls-ca", envvar="CALLREC_TLS_CA", help="PEM CA bundle that signed the server's certificate (TLS).")]
+TlsCert = Annotated[Path | None, typer.Option(
+    "--tls-cert", envvar="CALLREC_TLS_CLIENT_CERT",
+    help="PEM client certificate, when the server asks for one (mTLS).")]
+TlsKey = Annotated[Path | None, typer.Option(
+    "--tls-key", envvar="CALLREC_TLS_CLIENT_KEY", help="PEM private key of --tls-cert.")]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The --token and --tls* options of the client command being run."""
+
+    token: str = ""
+    tls: TlsOptions | None = None
+
+
+_credentials: contextvars.ContextVar[Credentials | None] = contextvars.ContextVar("callrec_cli_credentials",
+                                                                                   default=None)
+
+
+def credentials() -> Credentials:
+    """The token and TLS options of the running command (see `connection_options`)."""
+    return _credentials.get() or Credentials()
+
+
+def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --token, --tls, --tls-ca, --tls-cert and --tls-key to a client command.
+
+    Why a decorator: every client command takes the same five options and typer has no shared
+    option groups; written out they would be sixty lines burying each command's own options.
+    The command reads them through `credentials()` (and `_client`), set for its run only.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default in (("token", Token, ""), ("tls", Tls, False), ("tls_ca", TlsCa, None),
+                                          ("tls_cert", TlsCert, None), ("tls_key", TlsKey, None))
+    ]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        token, tls, ca, cert, key = (kwargs.pop(n) for n in ("token", "tls", "tls_ca", "tls_cert", "tls_key"))
+        options = TlsOptions(ca, cert, key) if tls or ca or cert or key else None
+        if options is not None:
+            try:
+                options.credentials()  # a missing file or a lone --tls-cert: say so before connecting
+            except ValueError as exc:
+                typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(2) from None
+        reset = _credentials.set(Credentials(token, options))
+        try:
+            return command(**kwargs)
+        finally:
+            _credentials.reset(reset)
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]  # typer reads it via inspect
+        parameters=[*signature.parameters.values(), *added])
+    run.__annotations__ = {**{p.name: p.annotation for p in signature.parameters.values()},
+                           **{p.name: p.annotation for p in added}}
+    return run
 
 
 def _fail(exc: CallrecError) -> None:
-    typer.secho(f"error: {exc.code.name}: {exc.details}", err=True, fg=typer.colors.RED)
+    hint = ""
+    if exc.code.name == "UNAVAILABLE":  # a TLS mismatch looks like a dead server: say what to check
+        hint = ("\n  is the server running at --server? If it uses TLS, pass --tls-ca (or --tls), and "
+                "--tls-cert/--tls-key when it asks for a client certificate")
+    typer.secho(f"error: {exc.code.name}: {exc.details}{hint}", err=True, fg=typer.colors.RED)
     raise typer.Exit(1)
 
 
 def _client(server: str) -> CallrecClient:
-    return CallrecClient(server)
+    creds = credentials()
+    return CallrecClient(server, token=creds.token, tls=creds.tls)
 
 
 @app.command()
@@ -58,11 +138,20 @@ def serve(
     log_format: Annotated[str | None, typer.Option(envvar="CALLREC_LOG_FORMAT",
                           help="console or json [default: console].")] = None,
     insecure: Annotated[bool | None, typer.Option("--insecure/--no-insecure", envvar="CALLREC_INSECURE",
-                        help="Allow a non-loopback listen address without TLS.")] = None,
+                        help="Allow a non-loopback listen (or metrics) address without TLS and tokens.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", envvar="CALLREC_TLS_CERT",
+                        help="PEM certificate chain: the gRPC port (and /metrics) speak TLS only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", envvar="CALLREC_TLS_KEY",
+                       help="PEM private key of --tls-cert (unencrypted).")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option("--tls-client-ca", envvar="CALLREC_TLS_CLIENT_CA",
+                             help="PEM CA bundle: clients must present a certificate it signed (mTLS).")] = None,
     reconnect_grace: Annotated[float | None, typer.Option(envvar="CALLREC_RECONNECT_GRACE",
                                help="Seconds a broken gateway stream may take to reconnect [default: 30].")] = None,
     playout_delay_ms: Annotated[int | None, typer.Option(envvar="CALLREC_PLAYOUT_DELAY_MS",
                                 help="Real-time clock: ms to wait for late frames [default: 200].")] = None,
+    max_playout_delay_ms: Annotated[int | None, typer.Option(envvar="CALLREC_MAX_PLAYOUT_DELAY_MS",
+                                    help="Real-time clock: how far the wait may grow while the server is "
+                                    "overloaded [default: 2000].")] = None,
     event_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_EVENT_RETENTION_H",
                                  help="Hours events stay in the log [default: 24].")] = None,
     local_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_LOCAL_RETENTION_H",
@@ -93,7 +182,14 @@ def serve(
 
     Precedence: flags > CALLREC_* environment > --config TOML file > defaults.
 
-    Example: callrec serve --listen 127.0.0.1:50051 --data-dir ./data --config callrec.toml
+    Security: with an [auth] section in the config file (hs256_keys = { k1 = "secret" } and/or
+    jwks_file = "keys.json") every RPC but health and reflection needs a token (`callrec token
+    create`). A non-loopback --listen needs TLS and [auth], or --insecure.
+
+    \b
+    Examples:
+      callrec serve --listen 127.0.0.1:50051 --data-dir ./data --config callrec.toml
+      callrec serve --listen 0.0.0.0:50051 --config callrec.toml --tls-cert server.pem --tls-key server.key
     """
     from callrec.config import ConfigError, load_config
     from callrec.logs import configure_logging
@@ -102,7 +198,9 @@ def serve(
     overrides = {
         "listen": listen, "data_dir": data_dir, "metrics_listen": metrics_listen, "clock": clock,
         "resource_id": resource_id, "log_level": log_level, "log_format": log_format, "insecure": insecure,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
         "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
+        "max_playout_delay_ms": max_playout_delay_ms,
         "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
         "default_storage": default_storage, "drain_timeout_s": drain_timeout,
         "housekeeping_interval_s": housekeeping_interval, "upload_backoff_max_s": upload_backoff_max,
@@ -127,6 +225,7 @@ def serve(
 
 
 @app.command()
+@connection_options
 def start(
     server_call_id: Annotated[str, typer.Argument(help="The call to record (a gateway must have opened it).")],
     content: Annotated[str, typer.Option(help="audio or audio_video.")] = "audio_video",
@@ -175,30 +274,35 @@ RecordingId = Annotated[str, typer.Argument(help="The recording id StartRecordin
 
 
 @app.command()
+@connection_options
 def state(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
     """Show a recording's state, chunks and media counters."""
     _one("get_recording_state", recording_id, server, json)
 
 
 @app.command()
+@connection_options
 def pause(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
     """Pause a recording (no-op when paused)."""
     _one("pause_recording", recording_id, server, json)
 
 
 @app.command()
+@connection_options
 def resume(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
     """Resume a paused recording (no-op when active)."""
     _one("resume_recording", recording_id, server, json)
 
 
 @app.command()
+@connection_options
 def stop(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
     """Stop a recording; its files are finalised and stored (idempotent)."""
     _one("stop_recording", recording_id, server, json)
 
 
 @app.command("list")
+@connection_options
 def list_(
     call: Annotated[str, typer.Option("--call", help="Only this server_call_id.")] = "",
     state: Annotated[str | None, typer.Option(help="active, inactive, stopping, completed, failed.")] = None,
@@ -229,6 +333,7 @@ def list_(
 
 
 @app.command()
+@connection_options
 def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new events.")] = False,
     after: Annotated[int | None, typer.Option("--after", help="Resume after this sequence number.")] = None,
@@ -245,7 +350,8 @@ def events(
     from callrec_client.aio_events import print_events
 
     try:
-        asyncio.run(print_events(server, follow, after, type_ or [], call, recording, json))
+        creds = credentials()
+        asyncio.run(print_events(server, follow, after, type_ or [], call, recording, json, creds.token, creds.tls))
     except CallrecError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -253,6 +359,7 @@ def events(
 
 
 @app.command("download")
+@connection_options
 def download_(
     location: Annotated[str, typer.Argument(help="A contentLocation or metadataLocation from an event or `state`.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write [default: the name in "
@@ -279,6 +386,7 @@ def download_(
 
 
 @app.command()
+@connection_options
 def delete(
     location: Annotated[str, typer.Argument(help="A chunk's deleteLocation.")],
     server: Server = DEFAULT_TARGET,
@@ -306,6 +414,7 @@ app.add_typer(uploads_app)
 
 
 @uploads_app.command("list")
+@connection_options
 def uploads_list(
     state: Annotated[str | None, typer.Option(help="Only uploads in this state: pending, stored or failed.")] = None,
     recording: Annotated[str, typer.Option("--recording", help="Only the uploads of this recording.")] = "",
@@ -355,6 +464,7 @@ def uploads_list(
 
 
 @uploads_app.command("retry")
+@connection_options
 def uploads_retry(
     recording_id: Annotated[str, typer.Argument(help="The recording whose failed uploads to re-queue.")],
     server: Server = DEFAULT_TARGET,
@@ -391,6 +501,7 @@ def uploads_retry(
 
 
 @app.command("gateway-sim")
+@connection_options
 def gateway_sim(
     call: Annotated[str, typer.Argument(help="server_call_id to open.")],
     participants: Annotated[int, typer.Option("--participants", "-n", help="Number of participants.")] = 3,
@@ -431,6 +542,7 @@ def gateway_sim(
                 server, call, participants, duration, codec, sample_rate, 2 if stereo else 1, speech, realtime,
                 imp, gateway_id, call_id, video=video, end=end,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                token=credentials().token, tls=credentials().tls,
             ))
     except CallrecError as exc:
         _fail(exc)
@@ -444,6 +556,78 @@ def gateway_sim(
         rejected = report.rejected.get(pid, {})
         typer.echo(f"{pid}: sent {sent} (+{report.duplicated[pid]} duplicates, {report.dropped[pid]} lost), "
                    f"server accepted {report.received.get(pid, 0)}, rejected {rejected or 0}")
+
+
+token_app = typer.Typer(
+    name="token",
+    help="Make JWTs for a server with [auth] (SPEC §5: roles admin, controller, gateway).",
+    no_args_is_help=True,
+)
+app.add_typer(token_app)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin (everything), controller (RecordingService, EventService, "
+                                      "ContentService) or gateway (MediaService).", show_default=False)],
+    call: Annotated[list[str] | None, typer.Option("--call", help="Limit the token to this server_call_id "
+                                                   "(repeatable) [default: every call].")] = None,
+    ttl: Annotated[str, typer.Option(help="Lifetime: 90s, 15m, 1h, 7d or 1h30m.")] = "1h",
+    kid: Annotated[str | None, typer.Option(help="Key id in [auth] hs256_keys that signs it [default: the only "
+                                            "one]; needed with several keys or with --secret.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", envvar="CALLREC_CONFIG",
+                      help="The server's TOML config file; its [auth] hs256_keys sign the token.")] = None,
+    secret: Annotated[str | None, typer.Option("--secret", envvar="CALLREC_TOKEN_SECRET", show_default=False,
+                      help="An HS256 secret instead of --config (prefer the env var: arguments show in `ps`).")
+                      ] = None,
+    subject: Annotated[str, typer.Option(help="`sub` claim: who the token is for (in the server's logs).")] = "",
+) -> None:
+    """Print a JWT signed with an HS256 key of the server's [auth] section.
+
+    The token carries role, exp (now + --ttl), nbf, iat and, with --call, the calls it is
+    limited to. Pass it to any client command with --token (or CALLREC_TOKEN), or send it as
+    metadata 'authorization: Bearer <jwt>' (grpcurl / buf curl: -H).
+
+    \b
+    Examples:
+      callrec token create --role gateway --call call-1 --ttl 1h --config callrec.toml
+      export CALLREC_TOKEN=$(callrec token create --role controller --ttl 8h --kid k1 --config callrec.toml)
+      CALLREC_TOKEN_SECRET=... callrec token create --role admin --ttl 15m --kid k1
+    """
+    from callrec.config import ConfigError, load_auth_settings
+    from callrec.security.tokens import Role, create_token, parse_ttl
+
+    def usage(message: str) -> typer.Exit:
+        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+        return typer.Exit(2)
+
+    if role not in {r.value for r in Role}:
+        raise usage(f"--role must be admin, controller or gateway; got {role!r}")
+    if secret is None:
+        if config is None:
+            raise usage("give --config FILE (the server's config, with [auth] hs256_keys) or --secret with --kid")
+        try:
+            auth = load_auth_settings(config)
+        except ConfigError as exc:
+            raise usage(str(exc)) from None
+        keys = dict(auth.hs256_keys) if auth else {}
+        if not keys:
+            raise usage(f"{config} has no [auth] hs256_keys to sign with (keys in a jwks_file are public keys: "
+                        "tokens for them come from the identity provider holding the private keys)")
+        if kid is None:
+            if len(keys) > 1:
+                raise usage(f"{config} has several keys ({', '.join(sorted(keys))}): choose one with --kid")
+            kid = next(iter(keys))
+        if kid not in keys:
+            raise usage(f"unknown kid {kid!r}; {config} has {', '.join(sorted(keys))}")
+        secret = keys[kid]
+    elif kid is None:
+        raise usage("--secret needs --kid: the key id the server knows this secret by")
+    try:
+        token = create_token(secret, kid, role, parse_ttl(ttl), calls=call or (), subject=subject)
+    except ValueError as exc:
+        raise usage(str(exc)) from None
+    typer.echo(token)
 
 
 def main() -> None:

@@ -1,12 +1,19 @@
 """Typed wrappers over the callrec.v1 stubs, so callers pass keywords instead of building messages.
 
 Errors come back as `CallrecError` with the gRPC status code and the server's message.
+
+Security (SPEC §5): `token=` sends `authorization: Bearer <token>` with every call the wrappers
+make (also over plaintext, for a loopback server with `[auth]` but no TLS); `tls=TlsOptions(...)`
+connects with TLS, trusting `ca_file` (default: the system's CAs) and, for mTLS, presenting
+`cert_file` / `key_file`. Raw stub calls (`client.recordings.X(...)`) take `metadata=client.metadata`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -57,6 +64,51 @@ class CallrecError(Exception):
 
 def _wrap(exc: grpc.RpcError) -> CallrecError:
     return CallrecError(exc.code(), exc.details() or "")
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How a client speaks TLS to the server: which CA to trust and, under mTLS, its own certificate."""
+
+    ca_file: Path | None = None
+    """PEM bundle of the CA(s) that signed the server's certificate; None: the system's trusted CAs."""
+    cert_file: Path | None = None
+    """PEM certificate the client presents when the server asks for one (mTLS); with `key_file`."""
+    key_file: Path | None = None
+    """Unencrypted PEM private key of `cert_file`."""
+
+    @staticmethod
+    def _read(path: Path, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials; ValueError naming a file that cannot be read or a lone cert/key."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("--tls-cert and --tls-key go together: the client certificate and its private key")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self._read(self.ca_file, "--tls-ca") if self.ca_file else None,
+            private_key=self._read(self.key_file, "--tls-key") if self.key_file else None,
+            certificate_chain=self._read(self.cert_file, "--tls-cert") if self.cert_file else None,
+        )
+
+
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The `authorization: Bearer <token>` metadata of a call (empty without a token)."""
+    token = token.strip()
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def open_channel(target: str, tls: TlsOptions | None = None) -> grpc.Channel:
+    """A blocking channel to `target`: TLS when `tls` is given, else plaintext."""
+    return grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
+
+
+def open_aio_channel(target: str, tls: TlsOptions | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to `target`: TLS when `tls` is given, else plaintext."""
+    return grpc.aio.secure_channel(target, tls.credentials()) if tls else grpc.aio.insecure_channel(target)
 
 
 def start_request(
@@ -138,10 +190,21 @@ def subscribe_request(
 
 
 class AsyncCallrecClient:
-    """asyncio client: `async with AsyncCallrecClient("127.0.0.1:50051") as c: await c.start_recording(...)`."""
+    """asyncio client: `async with AsyncCallrecClient("127.0.0.1:50051") as c: await c.start_recording(...)`.
 
-    def __init__(self, target: str = DEFAULT_TARGET, channel: grpc.aio.Channel | None = None) -> None:
-        self.channel = channel or grpc.aio.insecure_channel(target)
+    `token` (a JWT from `callrec token create`) and `tls` as in the module docstring.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        channel: grpc.aio.Channel | None = None,
+        *,
+        token: str = "",
+        tls: TlsOptions | None = None,
+    ) -> None:
+        self.channel = channel or open_aio_channel(target, tls)
+        self.metadata = auth_metadata(token)
         self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.content = content_pb2_grpc.ContentServiceStub(self.channel)
@@ -159,7 +222,7 @@ class AsyncCallrecClient:
 
     async def _call(self, method: Any, request: Any, timeout: float | None = 30.0) -> Any:
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise _wrap(exc) from None
 
@@ -214,7 +277,7 @@ class AsyncCallrecClient:
 
     async def subscribe_events(self, **filters: Any) -> AsyncGenerator[events_pb2.Event, None]:
         """Events as they happen; filters as in `subscribe_request`. Cancel the iteration to stop."""
-        call = self.events.SubscribeEvents(subscribe_request(**filters))
+        call = self.events.SubscribeEvents(subscribe_request(**filters), metadata=self.metadata)
         try:
             async for resp in call:
                 yield resp.event
@@ -230,7 +293,7 @@ class AsyncCallrecClient:
         """Pieces of a stored file."""
         req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
         try:
-            async for piece in self.content.DownloadContent(req):
+            async for piece in self.content.DownloadContent(req, metadata=self.metadata):
                 yield piece
         except grpc.aio.AioRpcError as exc:
             raise _wrap(exc) from None
@@ -241,10 +304,13 @@ class AsyncCallrecClient:
 
 
 class CallrecClient:
-    """Blocking client with the same methods as AsyncCallrecClient."""
+    """Blocking client with the same methods (and `token` / `tls`) as AsyncCallrecClient."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 30.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self, target: str = DEFAULT_TARGET, timeout: float = 30.0, *, token: str = "", tls: TlsOptions | None = None
+    ) -> None:
+        self.channel = open_channel(target, tls)
+        self.metadata = auth_metadata(token)
         self.timeout = timeout
         self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
@@ -263,7 +329,7 @@ class CallrecClient:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 
@@ -315,7 +381,7 @@ class CallrecClient:
 
     def subscribe_events(self, **filters: Any) -> Iterator[events_pb2.Event]:
         """Events as they happen (blocking iterator); filters as in `subscribe_request`."""
-        call = self.events.SubscribeEvents(subscribe_request(**filters))
+        call = self.events.SubscribeEvents(subscribe_request(**filters), metadata=self.metadata)
         try:
             for resp in call:
                 yield resp.event
@@ -331,7 +397,7 @@ class CallrecClient:
         """Pieces of a stored file."""
         req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
         try:
-            yield from self.content.DownloadContent(req, timeout=None)
+            yield from self.content.DownloadContent(req, timeout=None, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 

@@ -4,6 +4,7 @@
 stream and waits for `opened`; `join`, `audio`, `video`, `leave` queue messages;
 `end` finishes the call for this gateway. Responses (acks, warnings,
 recording_state) are collected in `responses` and can be awaited with `next_response`.
+With `[auth]` on the server, pass a gateway (or admin) `token`; `tls` as in `callrec_client.client`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 
 from callrec.v1 import media_pb2 as pb
 from callrec.v1 import media_pb2_grpc
-from callrec_client.client import CallrecError
+from callrec_client.client import CallrecError, TlsOptions, auth_metadata, open_aio_channel
 
 AUDIO_ENCODINGS = {"pcm16le": pb.AUDIO_ENCODING_PCM16LE, "pcmu": pb.AUDIO_ENCODING_PCMU,
                    "pcma": pb.AUDIO_ENCODING_PCMA, "opus": pb.AUDIO_ENCODING_OPUS}
@@ -34,9 +35,13 @@ class GatewayConnection:
         call_id: str = "",
         channel: grpc.aio.Channel | None = None,
         queue_size: int = 500,
+        *,
+        token: str = "",
+        tls: TlsOptions | None = None,
     ) -> None:
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(target)
+        self.channel = channel or open_aio_channel(target, tls)
+        self.metadata = auth_metadata(token)
         self.stub = media_pb2_grpc.MediaServiceStub(self.channel)
         self.server_call_id = server_call_id
         self.gateway_id = gateway_id
@@ -71,7 +76,7 @@ class GatewayConnection:
 
     async def open(self, send_open: bool = True) -> None:
         """Start the stream; with `send_open`, send `open` and wait for `opened`."""
-        self._call = self.stub.StreamMedia(self._request_stream())
+        self._call = self.stub.StreamMedia(self._request_stream(), metadata=self.metadata)
         self._reader = asyncio.get_running_loop().create_task(self._read())
         if send_open:
             await self.send(pb.StreamMediaRequest(open=pb.StreamOpen(

@@ -23,6 +23,7 @@ import numpy as np
 
 from callrec.core.model import AudioEncoding, AudioFormat
 from callrec.testing import encode_frames, participant_frequency, tone
+from callrec_client.client import TlsOptions
 from callrec_client.gateway import GatewayConnection
 
 FRAME_MS = 20
@@ -147,6 +148,8 @@ async def run_simulation(
     video: bool = False,
     end: bool = True,
     on_progress: Callable[[int, int], object] | None = None,
+    token: str = "",
+    tls: TlsOptions | None = None,
 ) -> SimReport:
     """Stream the call; returns what was sent and the server's last counters."""
     imp = impairments or Impairments()
@@ -162,7 +165,8 @@ async def run_simulation(
         from callrec_client.sim_video import VideoPlan
 
         video_plan = VideoPlan(ids, display, seconds, start_us)
-    async with GatewayConnection(target, server_call_id, gateway_id=gateway_id, call_id=call_id) as gw:
+    async with GatewayConnection(target, server_call_id, gateway_id=gateway_id, call_id=call_id, token=token,
+                                 tls=tls) as gw:
         for pid, name in zip(ids, display, strict=True):
             await gw.join(pid, name, audio=codec, sample_rate=native_rate(fmt), channels=channels,
                           video="i420" if video_plan else None,

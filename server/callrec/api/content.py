@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from callrec.api import auth
 from callrec.api.errors import streaming, unary
-from callrec.core.errors import CallrecError, ErrorCode, InvalidArgument, NotFound, OutOfRange
+from callrec.core.errors import CallrecError, ErrorCode, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from callrec.core.ports import StoredChunk
 from callrec.state.chunks import ChunkIndex
+from callrec.storage.address_policy import DestinationRefused
 from callrec.storage.base import StorageError, Store
-from callrec.storage.resolver import StoreResolver
+from callrec.storage.redact import redact_text, redact_url
+from callrec.storage.resolver import StoreResolver, describe_target
 from callrec.v1 import content_pb2 as pb
 from callrec.v1 import content_pb2_grpc
 
@@ -25,35 +29,63 @@ def _domain(exc: StorageError, location: str) -> CallrecError:
     except ValueError:
         code = ErrorCode.INTERNAL if exc.code != "DATA_LOSS" else ErrorCode.UNAVAILABLE
     if code is ErrorCode.NOT_FOUND:
-        return NotFound(f"{location} no longer exists (deleted or past its retention)")
-    return CallrecError(f"storage error for {location}: {exc}", code)
+        return NotFound(f"{redact_url(location)} no longer exists (deleted or past its retention)")
+    return CallrecError(redact_text(f"storage error for {location}: {exc}"), code)
 
 
 class ContentServicer(content_pb2_grpc.ContentServiceServicer):
     """DownloadContent / DeleteContent."""
 
-    def __init__(self, index: ChunkIndex, stores: StoreResolver) -> None:
+    def __init__(
+        self, index: ChunkIndex, stores: StoreResolver, call_of: Callable[[str], str | None] | None = None
+    ) -> None:
         self.index = index
         self.stores = stores
+        self.call_of = call_of
+        """recording_id -> server_call_id, for tokens limited to calls (api/auth.py)."""
+
+    def _require_call(self, chunk: StoredChunk | None, location: str) -> None:
+        """A call-limited token may only reach chunks of its calls; a location the index does not
+        attribute to a recording belongs to none of them (and NOT_FOUND would tell it what exists)."""
+        if auth.call_limited():
+            call = self.call_of(chunk.recording_id) if chunk is not None and self.call_of is not None else None
+            auth.require_call(call or "", f"location {redact_url(location)!r}")
+
+    def _store(self, target: str) -> Store:
+        """The store of an indexed chunk's target; an external one is checked against today's policy."""
+        try:
+            return self.stores(target)
+        except DestinationRefused as exc:
+            raise CallrecError(
+                f"the chunk's storage ({describe_target(target)}) is no longer allowed: {redact_text(str(exc))}",
+                ErrorCode.PERMISSION_DENIED,
+            ) from None
+        except ValueError as exc:
+            raise FailedPrecondition(
+                f"the chunk's storage ({describe_target(target)}) cannot be used: {redact_text(str(exc))}"
+            ) from None
 
     def _resolve(self, location: str) -> tuple[Store, str, str]:
         """The store, key and content type of a content or metadata location."""
         if not location:
             raise InvalidArgument("location is required: a contentLocation or metadataLocation from an event")
         found = self.index.by_location(location)
+        self._require_call(found[0] if found else None, location)
         if found is not None:
             chunk, what = found
             if what == "delete":
                 raise InvalidArgument(f"{location} is a deleteLocation: pass it to DeleteContent, not DownloadContent")
-            store = self.stores(chunk.target)
+            store = self._store(chunk.target)
             if what == "media":
                 return store, chunk.media_key, chunk.media_type
             return store, chunk.metadata_key, METADATA_TYPE
-        for store in self.stores.stores():
-            key = store.key_for(location)
-            if key is not None:
-                return store, key, ""
-        raise NotFound(f"no stored file has location {location!r} (unknown, deleted or expired)")
+        # Only what the index knows: mapping any location to a key of any store would let a client read
+        # whatever the server's credentials can read (other objects in a target's bucket, other buckets).
+        raise NotFound(
+            f"no stored file has location {redact_url(location)!r}: ContentService serves only the "
+            "contentLocation and metadataLocation this server announced for its recordings' chunks "
+            "(unknown, deleted or expired)"
+        )
 
     @streaming
     async def DownloadContent(
@@ -96,15 +128,19 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         if not location:
             raise InvalidArgument("location is required: a deleteLocation from an event")
         found = self.index.by_location(location)
+        self._require_call(found[0] if found else None, location)
         if found is None:
-            raise NotFound(f"no stored chunk has deleteLocation {location!r} (unknown or already deleted)")
+            raise NotFound(
+                f"no stored chunk has deleteLocation {redact_url(location)!r}: DeleteContent takes only a "
+                "deleteLocation this server announced for a chunk (unknown or already deleted)"
+            )
         chunk, what = found
         if what != "delete":
             raise InvalidArgument(
                 f"{location} is a {'content' if what == 'media' else 'metadata'}Location; DeleteContent takes the "
                 "chunk's deleteLocation, which removes both its media and its metadata"
             )
-        store = self.stores(chunk.target)
+        store = self._store(chunk.target)
         deleted = []
         for key, loc in ((chunk.media_key, chunk.content_location), (chunk.metadata_key, chunk.metadata_location)):
             try:

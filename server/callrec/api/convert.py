@@ -28,6 +28,7 @@ from callrec.core.model import (
 from callrec.core.recording_state import Recording
 from callrec.core.upload_admin import UploadInfo, UploadState
 from callrec.events.model import EventType, StoredEvent
+from callrec.storage.redact import redact_url
 from callrec.v1 import events_pb2, media_pb2, recording_pb2, uploads_pb2
 
 pb = recording_pb2
@@ -142,8 +143,8 @@ def state_filter(value: recording_pb2.RecordingState) -> RecordingState | None:
 
 
 def _redact(url: str) -> str:
-    """Drop query strings (SAS tokens) from URLs shown back to clients."""
-    return url.split("?", 1)[0]
+    """Drop query strings (SAS tokens), user-info and fragments from URLs shown back to clients."""
+    return redact_url(url)
 
 
 def recording(rec: Recording) -> recording_pb2.Recording:

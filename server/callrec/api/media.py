@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 
 from callrec import metrics
-from callrec.api import convert
+from callrec.api import auth, convert
 from callrec.api.errors import status_of
 from callrec.core.call_registry import Call, CallParticipant, CallRegistry, GatewayStream, RecordingNotice
 from callrec.core.errors import CallrecError, InvalidArgument
@@ -115,6 +115,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             if kind != "open":
                 raise InvalidArgument(f"expected `open` as the first message of the stream, got `{kind}`")
             o = req.open
+            auth.require_call(o.server_call_id)  # a gateway token limited to calls opens only those
             s.call, s.stream = self.calls.open(o.server_call_id, o.call_id, o.gateway_id)
             in_progress = self.recordings.in_progress_for_call(o.server_call_id)
             s.out.put_nowait(convert.opened(o.server_call_id, s.stream.connection_id, in_progress))
@@ -150,6 +151,19 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             ending = self.calls.end_stream(call, stream, graceful=True)
             raise _EndOfStream(_End(req.end.reason, last_ack, ending))
 
+    def _open_deadline(self, s: _Session) -> asyncio.TimerHandle:
+        """Close a stream that has not sent `open` within `[limits] open_timeout_s` (it holds a slot)."""
+        timeout = self.calls.limits.open_timeout_s
+
+        def expire() -> None:
+            if s.call is None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    s.out.put_nowait(InvalidArgument(
+                        f"no `open` within {timeout:g} s ([limits] open_timeout_s): send `open` first"
+                    ))
+
+        return asyncio.get_running_loop().call_later(timeout, expire)
+
     async def _read(self, s: _Session, requests: AsyncIterator[pb.StreamMediaRequest]) -> None:
         try:
             async for req in requests:
@@ -172,7 +186,21 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
     async def StreamMedia(
         self, request_iterator: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamMediaResponse]:
+        try:
+            self.calls.admit_stream()
+        except CallrecError as exc:
+            await context.abort(status_of(exc), exc.message)
+        try:
+            async for response in self._serve(request_iterator, context):
+                yield response
+        finally:
+            self.calls.release_stream()
+
+    async def _serve(
+        self, request_iterator: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamMediaResponse]:
         s = _Session(self.calls, self.ingest)
+        open_deadline = self._open_deadline(s)
         reader = asyncio.create_task(self._read(s, request_iterator))
         notices = asyncio.create_task(self._forward_notices(s))
         failure: CallrecError | None = None
@@ -195,7 +223,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
                     continue
                 if isinstance(item, _End):
                     yield item.ack
-                    log.info("gateway ended stream", reason=item.reason,
+                    log.info("gateway ended stream", reason=item.reason[:256],
                              server_call_id=s.call.server_call_id if s.call else None)
                     if item.ending is not None:
                         await asyncio.shield(item.ending)  # a cancelled stream leaves it running
@@ -208,6 +236,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
                 opened = opened or item.HasField("opened")
                 yield item
         finally:
+            open_deadline.cancel()
             reader.cancel()
             notices.cancel()
             if s.call is not None and s.stream is not None and not s.closed:

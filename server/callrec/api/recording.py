@@ -6,23 +6,72 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from callrec.api import convert
+from callrec.api import auth, convert
 from callrec.api.errors import unary
+from callrec.core.errors import CallrecError, ErrorCode, InvalidArgument
+from callrec.core.model import RecordingOptions
 from callrec.core.recording_registry import RecordingRegistry
 from callrec.core.recording_state import Recording
+from callrec.storage.address_policy import SETTING, DestinationRefused
 from callrec.storage.outbox import Upload
+from callrec.storage.redact import redact_text
+from callrec.storage.resolver import StoreResolver
 from callrec.v1 import recording_pb2 as pb
 from callrec.v1 import recording_pb2_grpc
 
 
+async def check_storage(stores: StoreResolver, options: RecordingOptions) -> None:
+    """Refuse a StartRecording whose storage the server may not use, before anything is created or stored.
+
+    Why here, ahead of the registry: the check of an `external_storage` resolves its host (DNS), which
+    must not run under the registry's lock, and a refused request must leave no recording, event or
+    idempotency key behind. Codes: PERMISSION_DENIED when the operator's policy (`[storage.external]
+    allow`, the address policy) refuses a well-formed destination: the request is fine, this server will
+    not write there, and operators can tell such refusals (worth an alert: someone probing) from typos;
+    INVALID_ARGUMENT when the request itself is wrong (an unknown target name, a malformed URL, an Azure
+    URL without a SAS); UNAVAILABLE when the host did not resolve in time. Messages carry no credentials.
+    """
+    ext = options.external_storage
+    if ext is None:
+        name = options.destination
+        if name and name not in stores.named:
+            raise InvalidArgument(
+                f"destination {redact_text(name)!r} is not a configured storage target (configured: "
+                f"{', '.join(sorted(stores.named))}); `destination` takes the name of a [storage.targets.NAME], "
+                f"a bucket or container of your own goes in `external_storage`, which the server accepts only "
+                f"where the operator's `{SETTING}` lists it"
+            )
+        return
+    try:
+        await stores.check_external(ext.kind, ext.container_url)
+    except DestinationRefused as exc:
+        raise CallrecError(redact_text(str(exc)), ErrorCode.PERMISSION_DENIED) from None
+    except ValueError as exc:
+        raise InvalidArgument(redact_text(str(exc))) from None
+    except TimeoutError as exc:
+        raise CallrecError(redact_text(str(exc)), ErrorCode.UNAVAILABLE) from None
+
+
 class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
-    """Control RPCs; every response carries the resource as `recording`."""
+    """Control RPCs; every response carries the resource as `recording`.
+
+    With `stores`, StartRecording checks the destination first (`check_storage`).
+    """
 
     def __init__(
-        self, registry: RecordingRegistry, uploads_of: Callable[[str], Sequence[Upload]] | None = None
+        self,
+        registry: RecordingRegistry,
+        uploads_of: Callable[[str], Sequence[Upload]] | None = None,
+        stores: StoreResolver | None = None,
     ) -> None:
         self.registry = registry
         self.uploads_of = uploads_of
+        self.stores = stores
+
+    def _require_call_of(self, recording_id: str) -> None:
+        """A call-limited token may only act on recordings of its calls (NOT_FOUND for unknown ids)."""
+        if auth.call_limited():
+            auth.require_call(self.registry.get(recording_id).server_call_id, f"recording {recording_id!r}")
 
     def _out(self, rec: Recording) -> pb.Recording:
         """The resource, with the upload progress of its files."""
@@ -45,19 +94,26 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def StartRecording(
         self, request: pb.StartRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRecordingResponse:
-        rec = await self.registry.start(request.server_call_id, convert.start_options(request))
+        auth.require_call(request.server_call_id)
+        options = convert.start_options(request)
+        self.registry.check_request_sizes(request.server_call_id, options)  # before anything echoes a field
+        if self.stores is not None:
+            await check_storage(self.stores, options)
+        rec = await self.registry.start(request.server_call_id, options)
         return pb.StartRecordingResponse(recording=self._out(rec))
 
     @unary
     async def GetRecordingState(
         self, request: pb.GetRecordingStateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRecordingStateResponse:
+        self._require_call_of(request.recording_id)
         return pb.GetRecordingStateResponse(recording=self._out(self.registry.get(request.recording_id)))
 
     @unary
     async def PauseRecording(
         self, request: pb.PauseRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.PauseRecordingResponse:
+        self._require_call_of(request.recording_id)
         rec = await self.registry.pause(request.recording_id)
         return pb.PauseRecordingResponse(recording=self._out(rec))
 
@@ -65,6 +121,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def ResumeRecording(
         self, request: pb.ResumeRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeRecordingResponse:
+        self._require_call_of(request.recording_id)
         rec = await self.registry.resume(request.recording_id)
         return pb.ResumeRecordingResponse(recording=self._out(rec))
 
@@ -72,6 +129,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def StopRecording(
         self, request: pb.StopRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.StopRecordingResponse:
+        self._require_call_of(request.recording_id)
         rec = await self.registry.stop(request.recording_id)
         return pb.StopRecordingResponse(recording=self._out(rec))
 
@@ -79,6 +137,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def ListRecordings(
         self, request: pb.ListRecordingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRecordingsResponse:
+        auth.require_call(request.server_call_id)
         recs, token = self.registry.list(
             request.server_call_id, convert.state_filter(request.state), request.page_size, request.page_token
         )

@@ -20,6 +20,7 @@ from typing import Protocol
 from callrec.core.call_media import CallMedia, MixTick, TickSink
 from callrec.core.call_registry import Call, CallParticipant
 from callrec.core.clock import Clock, MediaClock, RealtimeClock
+from callrec.core.limits import Limits, video_frame_problem
 from callrec.core.log import get_logger
 from callrec.core.model import MediaStats, RejectReason, VideoFormat
 from callrec.core.ports import AudioCodecs
@@ -70,9 +71,10 @@ def make_clock_factory(
 class CallMediaHub:
     """One CallMedia per open call, created on demand, ended when the call ends."""
 
-    def __init__(self, make_clock: Callable[[], Clock], codecs: AudioCodecs) -> None:
+    def __init__(self, make_clock: Callable[[], Clock], codecs: AudioCodecs, limits: Limits | None = None) -> None:
         self.make_clock = make_clock
         self.codecs = codecs
+        self.limits = limits or Limits()
         self._calls: dict[str, _CallEntry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -80,7 +82,9 @@ class CallMediaHub:
         """The call's media pipeline (started on first use)."""
         entry = self._calls.get(server_call_id)
         if entry is None or entry.ended:
-            media = CallMedia(server_call_id, self.make_clock(), self.codecs)
+            media = CallMedia(server_call_id, self.make_clock(), self.codecs,
+                              max_buffered_ms=self.limits.max_buffered_ms_per_participant,
+                              max_ahead_ms=self.limits.max_frame_ahead_ms)
             task = asyncio.get_running_loop().create_task(media.run(), name=f"call-media-{server_call_id}")
             entry = _CallEntry(media, task)
             self._calls[server_call_id] = entry
@@ -198,12 +202,17 @@ class CallMediaHub:
             return "no_video_format"
         if not data:
             return "empty_frame"
+        reason = video_frame_problem(participant.video_format, len(data), width, height, self.limits.max_video_pixels)
+        if reason is not None:
+            return reason
         entry = self._calls.get(call.server_call_id)
         if entry is None or not entry.video_sinks:
             return None  # counted; no mp4 recording consumes video right now
         call_us = entry.media.place_video(participant.participant_id, timestamp_us)
         if call_us is None:
             return RejectReason.UNKNOWN_PARTICIPANT
+        if entry.media.too_far_ahead(call_us):
+            return RejectReason.EARLY
         reasons = [sink.video(participant.participant_id, data, call_us, width, height, keyframe)
                    for sink in entry.video_sinks]
         return next((r for r in reasons if r), None)

@@ -116,8 +116,12 @@ class CallMedia:
         gap_tolerance_ms: float = 5.0,
         backlog_frames: int = 250,
         on_rejected: Callable[[str, str], None] | None = None,
+        max_buffered_ms: int = 5_000,
+        max_ahead_ms: int = 5_000,
     ) -> None:
         self.call_id = call_id
+        self._max_buffered_ms = max_buffered_ms
+        self._max_ahead_us = max_ahead_ms * 1000
         self.clock = clock
         self._codecs = codecs
         self._mixer = mixer or Mixer()
@@ -167,6 +171,8 @@ class CallMedia:
                 capacity=self._jitter_capacity,
                 gap_tolerance_ms=self._gap_tolerance_ms,
                 backlog_frames=self._backlog_frames,
+                max_buffered_ms=self._max_buffered_ms,
+                max_early_ms=self._max_ahead_us // 1000,
             )
         self._participants[participant_id] = participant
         self._names[participant_id] = display_name
@@ -221,6 +227,9 @@ class CallMedia:
             stats.reject(RejectReason.DECODE_ERROR)
             return RejectReason.DECODE_ERROR
         call_us = self._place(participant, timestamp_us)
+        if self.too_far_ahead(call_us):
+            stats.reject(RejectReason.EARLY)
+            return RejectReason.EARLY
         rate = participant.rate
         position = (call_us * rate + 500_000) // 1_000_000
         reason = participant.jitter.push(sequence, position, samples, data)
@@ -254,6 +263,14 @@ class CallMedia:
             self._late_logged_tick = self._next_tick
             self._late_unlogged = 0
             self._late_max_us = 0
+
+    def too_far_ahead(self, call_us: int) -> bool:
+        """Does a frame at `call_us` lie more than `max_ahead_ms` past the next tick?
+
+        Checked from the very first frame: a frame stamped hours ahead would otherwise
+        make the call's end play out hours of silence (disk filled, `end` never done).
+        """
+        return call_us > self._next_tick * TICK_US + self._max_ahead_us
 
     def place_video(self, participant_id: str, timestamp_us: int) -> int | None:
         """Call time of a participant's video frame (None for a participant not in the call).

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from callrec.core.clock import SystemTime
-from callrec.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from callrec.core.errors import FailedPrecondition, InvalidArgument
+from callrec.core.limits import Limits, check_count, check_text
 from callrec.core.log import get_logger
 from callrec.core.model import AudioFormat, MediaStats, RecordingState, VideoFormat
 from callrec.core.ports import TimeSource
@@ -55,6 +56,8 @@ class CallParticipant:
     stats: MediaStats = field(default_factory=MediaStats)
     last_audio_sequence: int = 0
     last_video_sequence: int = 0
+    gateway_id: str = ""
+    """The gateway whose stream joined it: only that gateway's streams may take it over (a reconnect)."""
 
 
 @dataclass
@@ -89,11 +92,12 @@ ENDING_WAIT_S = 10.0
 class CallRegistry:
     """All calls currently open on this server, by server_call_id."""
 
-    def __init__(self, reconnect_grace_s: float, max_participants_per_call: int,
+    def __init__(self, reconnect_grace_s: float, limits: Limits | None = None,
                  time: TimeSource | None = None) -> None:
         self.reconnect_grace_s = reconnect_grace_s
         self.time: TimeSource = time or SystemTime()
-        self.max_participants = max_participants_per_call
+        self.limits = limits or Limits()
+        self.streams = 0  # StreamMedia streams being served (`admit_stream` / `release_stream`)
         self._calls: dict[str, Call] = {}
         self._on_ended: list[CallEndedHandler] = []
         # call-end handlers still running: by server_call_id (its latest call), and all of them
@@ -132,14 +136,32 @@ class CallRegistry:
             log.warning("previous call still ending; opening anyway", server_call_id=server_call_id,
                         waited_s=timeout)
 
+    def admit_stream(self) -> None:
+        """A new StreamMedia stream; ResourceExhausted past `[limits] max_streams`."""
+        check_count(self.streams, self.limits.max_streams, "too many media streams", "max_streams")
+        self.streams += 1
+
+    def release_stream(self) -> None:
+        """A stream admitted by `admit_stream` is over."""
+        self.streams -= 1
+
+    def check_id(self, value: str, field: str) -> None:
+        """InvalidArgument when an id is longer than `[limits] max_id_bytes`."""
+        check_text(value, field, self.limits.max_id_bytes, "max_id_bytes")
+
     def open(self, server_call_id: str, call_id: str, gateway_id: str) -> tuple[Call, GatewayStream]:
         """A gateway opens (or re-opens after a break) a call; cancels a pending grace period."""
         if not server_call_id:
             raise InvalidArgument("open.server_call_id is required: the call this stream carries")
         if not gateway_id:
             raise InvalidArgument("open.gateway_id is required: a stable id of the sending gateway")
-        stream = GatewayStream(connection_id=str(uuid.uuid4()), gateway_id=gateway_id)
+        self.check_id(server_call_id, "open.server_call_id")
+        self.check_id(call_id, "open.call_id")
+        self.check_id(gateway_id, "open.gateway_id")
         call = self._calls.get(server_call_id)
+        if call is None:
+            check_count(len(self._calls), self.limits.max_calls, "too many open calls", "max_calls")
+        stream = GatewayStream(connection_id=str(uuid.uuid4()), gateway_id=gateway_id)
         if call is None:
             call = Call(server_call_id, call_id or server_call_id, stream.connection_id)
             self._calls[server_call_id] = call
@@ -176,13 +198,20 @@ class CallRegistry:
         """A participant enters (a repeated join updates it)."""
         if not participant_id:
             raise InvalidArgument("join.participant_id is required")
-        existing = call.participants.get(participant_id)
-        if existing is None and len(call.participants) >= self.max_participants:
-            raise ResourceExhausted(
-                f"call {call.server_call_id} already has {self.max_participants} participants "
-                "(limits.max_participants_per_call)"
+        self.check_id(participant_id, "join.participant_id")
+        check_text(display_name, "join.display_name", self.limits.max_display_name_bytes, "max_display_name_bytes")
+        if video_format is not None and video_format.width * video_format.height > self.limits.max_video_pixels:
+            raise InvalidArgument(
+                f"join.video_format is {video_format.width}x{video_format.height}, more than "
+                f"{self.limits.max_video_pixels} pixels ([limits] max_video_pixels)"
             )
-        participant = CallParticipant(participant_id, display_name, audio_format, video_format, stream.connection_id)
+        existing = call.participants.get(participant_id)
+        self._refuse_takeover(call, stream, existing)
+        if existing is None:
+            check_count(len(call.participants), self.limits.max_participants_per_call,
+                        f"call {call.server_call_id} is full", "max_participants_per_call")
+        participant = CallParticipant(participant_id, display_name, audio_format, video_format, stream.connection_id,
+                                      gateway_id=stream.gateway_id)
         if existing is not None:
             participant.stats = existing.stats
             participant.last_audio_sequence = existing.last_audio_sequence
@@ -194,9 +223,27 @@ class CallRegistry:
         stream.participant_ids.add(participant_id)
         return participant
 
+    @staticmethod
+    def _refuse_takeover(call: Call, stream: GatewayStream, existing: CallParticipant | None) -> None:
+        """FailedPrecondition when `existing` (a participant being joined again) belongs to another gateway.
+
+        A join on a new stream of the same gateway moves the participant there (a reconnect); one
+        gateway must not take over, and so silence or replace, media another gateway is sending,
+        and a gateway whose stream broke must find its participants still its own when it returns.
+        """
+        if existing is None or not existing.gateway_id or existing.gateway_id == stream.gateway_id:
+            return
+        owner, pid = existing.gateway_id, existing.participant_id
+        raise FailedPrecondition(
+            f"participant {pid!r} of call {call.server_call_id!r} is sent by gateway {owner!r}; gateway "
+            f"{stream.gateway_id!r} cannot take it over (only a stream of {owner!r} can, e.g. when it reconnects): "
+            f"use another participant_id, or let {owner!r} send `leave` first"
+        )
+
     def participant(self, call: Call, stream: GatewayStream, participant_id: str, what: str) -> CallParticipant:
         """The participant a frame names; FailedPrecondition when it has not joined on this stream."""
         if participant_id not in stream.participant_ids:
+            self.check_id(participant_id, f"{what} participant_id")
             raise FailedPrecondition(
                 f"{what} for participant {participant_id!r}, which has not joined on this stream: "
                 "send `join` for it first"

@@ -58,6 +58,7 @@ class JitterBuffer:
         max_early_ms: int = 60_000,
         history: int = 1024,
         backlog_frames: int = 250,
+        max_buffered_ms: int = 5_000,
     ) -> None:
         if sample_rate <= 0:
             raise ValueError("sample_rate must be positive")
@@ -67,6 +68,8 @@ class JitterBuffer:
         self.backlog_frames = backlog_frames
         self._tolerance = round(gap_tolerance_ms * sample_rate / 1000)
         self._max_early = max_early_ms * sample_rate // 1000
+        self.max_buffered = max_buffered_ms * sample_rate // 1000
+        self._buffered = 0  # samples of the frames waiting in `_frames`
         self._frames: dict[int, EncodedFrame] = {}
         self._due: list[tuple[int, int]] = []  # (position, sequence)
         self._history: deque[int] = deque(maxlen=history)
@@ -104,9 +107,10 @@ class JitterBuffer:
                 return self._reject(RejectReason.LATE)
             if position > self._played + self._max_early:
                 return self._reject(RejectReason.EARLY)
-        if len(self._frames) >= self.capacity:
+        if len(self._frames) >= self.capacity or self._buffered + samples > self.max_buffered:
             return self._reject(RejectReason.BUFFER_FULL)
         self._frames[sequence] = EncodedFrame(sequence, position, samples, data)
+        self._buffered += samples
         heapq.heappush(self._due, (position, sequence))
         self._max_end = end if self._max_end is None else max(self._max_end, end)
         if self._reach is None:
@@ -138,6 +142,7 @@ class JitterBuffer:
         while due and due[0][0] < until:
             _, sequence = heapq.heappop(due)
             frame = self._frames.pop(sequence)
+            self._buffered -= frame.samples
             out.append(frame)
             if len(self._history) == self._history.maxlen:
                 self._history_set.discard(self._history[0])
@@ -245,7 +250,7 @@ class JitterBuffer:
 
     def backlogged(self) -> bool:
         """Many frames wait although the oldest is due soon: another input is holding the clock."""
-        if len(self._frames) < self.backlog_frames or not self._due:
+        if not self._due or (len(self._frames) < self.backlog_frames and self._buffered < self.max_buffered // 2):
             return False
         horizon = (self._played or 0) + self.sample_rate * 5  # due within 5 s of the playout point
         return self._due[0][0] <= horizon

@@ -6,6 +6,7 @@ from collections.abc import Collection
 from datetime import timedelta
 
 from callrec.core.errors import InvalidArgument
+from callrec.core.limits import Limits, check_items, check_text
 from callrec.core.model import VALID_COMBINATIONS, ChannelType, RecordingOptions
 
 MIN_CHUNK_DURATION = timedelta(seconds=1)
@@ -21,8 +22,29 @@ def describe_valid_combinations() -> str:
     ).replace("audioVideo", "audio_video")
 
 
-def validate_options(options: RecordingOptions, known_destinations: Collection[str]) -> None:
+def check_option_sizes(options: RecordingOptions, limits: Limits) -> None:
+    """InvalidArgument for any string or list longer than its `[limits]` setting."""
+    check_text(options.operation_context, "operation_context", limits.max_operation_context_bytes,
+               "max_operation_context_bytes")
+    check_text(options.destination, "destination", limits.max_location_bytes, "max_location_bytes")
+    if options.external_storage is not None:
+        check_text(options.external_storage.container_url, "external_storage.container_url",
+                   limits.max_location_bytes, "max_location_bytes")
+    ordering = options.audio_channel_participant_ordering
+    check_items(ordering, "audio_channel_participant_ordering", limits.max_list_items)
+    for pid in ordering:
+        check_text(pid, "audio_channel_participant_ordering entry", limits.max_id_bytes, "max_id_bytes")
+    check_items(options.channel_affinity, "channel_affinity", limits.max_list_items)
+    for pin in options.channel_affinity:
+        check_text(pin.participant_id, "channel_affinity.participant_id", limits.max_id_bytes, "max_id_bytes")
+
+
+def validate_options(
+    options: RecordingOptions, known_destinations: Collection[str], limits: Limits | None = None
+) -> None:
     """Raise InvalidArgument, naming the field and what is allowed, for any bad option."""
+    if limits is not None:
+        check_option_sizes(options, limits)
     combo = (options.channel_type, options.content_type, options.format)
     if combo not in VALID_COMBINATIONS:
         raise InvalidArgument(

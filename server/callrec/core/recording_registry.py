@@ -17,12 +17,13 @@ from callrec.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
 )
+from callrec.core.limits import Limits, check_count, check_text
 from callrec.core.log import get_logger
 from callrec.core.model import (
     ChunkEndReason,
     ChunkInfo,
+    Format,
     PauseInterval,
     PauseMode,
     RecordedParticipant,
@@ -30,7 +31,7 @@ from callrec.core.model import (
     RecordingOptions,
     RecordingState,
 )
-from callrec.core.options import validate_options
+from callrec.core.options import check_option_sizes, validate_options
 from callrec.core.ports import (
     ChunkIndexPort,
     FinishedMedia,
@@ -76,7 +77,7 @@ class RegistrySettings:
 
     resource_id: str
     idempotency_window: timedelta
-    max_recordings: int
+    limits: Limits
     default_destination: str
     destinations: Collection[str]
 
@@ -109,6 +110,7 @@ class RecordingRegistry:
         """The recording, or NotFound."""
         if not recording_id:
             raise InvalidArgument("recording_id is required")
+        check_text(recording_id, "recording_id", self.settings.limits.max_id_bytes, "max_id_bytes")
         rec = self._live.get(recording_id) or self.repo.get(recording_id)
         if rec is None:
             raise NotFound(f"no recording with id {recording_id!r}; ListRecordings shows the known ones")
@@ -132,6 +134,9 @@ class RecordingRegistry:
         self, server_call_id: str, state: RecordingState | None, page_size: int, page_token: str
     ) -> tuple[list[Recording], str]:
         """A page of recordings, newest first."""
+        limits = self.settings.limits
+        check_text(server_call_id, "server_call_id", limits.max_id_bytes, "max_id_bytes")
+        check_text(page_token, "page_token", limits.max_location_bytes, "max_location_bytes")
         if page_size == 0:
             page_size = 50
         if not 1 <= page_size <= 1000:
@@ -144,11 +149,19 @@ class RecordingRegistry:
             ) from None
         return [self._live.get(r.recording_id, r) for r in recs], token
 
+    def check_request_sizes(self, server_call_id: str, options: RecordingOptions) -> None:
+        """InvalidArgument for a StartRecording field or list over its `[limits]` setting."""
+        limits = self.settings.limits
+        check_text(server_call_id, "server_call_id", limits.max_id_bytes, "max_id_bytes")
+        check_text(options.request_id, "request_id", limits.max_id_bytes, "max_id_bytes")
+        check_option_sizes(options, limits)
+
     # ---- commands ------------------------------------------------------------------------------
     async def start(self, server_call_id: str, options: RecordingOptions) -> Recording:
         """Start recording a call (or return the recording of a repeated request_id)."""
         if not server_call_id:
             raise InvalidArgument("server_call_id is required: the call to record")
+        self.check_request_sizes(server_call_id, options)
         async with self._lock:
             if options.request_id:
                 earlier = self.repo.recall_request(options.request_id, self.settings.idempotency_window)
@@ -160,7 +173,7 @@ class RecordingRegistry:
                             f"{earlier} of call {rec.server_call_id!r}; use a new request_id per start"
                         )
                     return rec
-            validate_options(options, {"local", *self.settings.destinations})
+            validate_options(options, {"local", *self.settings.destinations}, self.settings.limits)
             call = self.calls.get(server_call_id)
             if call is None:
                 raise NotFound(
@@ -170,12 +183,14 @@ class RecordingRegistry:
             current = self.in_progress_for_call(server_call_id)
             if current is not None:
                 raise FailedPrecondition(f"recording already in progress: {current.recording_id}")
-            in_progress = sum(1 for r in self._live.values() if r.state.in_progress)
-            if in_progress >= self.settings.max_recordings:
-                raise ResourceExhausted(
-                    f"{in_progress} recordings are in progress, the configured maximum "
-                    "(limits.max_recordings); stop one or raise the limit"
-                )
+            limits = self.settings.limits
+            in_progress = [r for r in self._live.values() if r.state.in_progress]
+            check_count(len(in_progress), limits.max_recordings, "too many recordings in progress",
+                        "max_recordings")
+            if options.format is Format.MP4:
+                videos = sum(1 for r in in_progress if r.options.format is Format.MP4)
+                check_count(videos, limits.max_video_recordings,
+                            "too many mp4 recordings (each runs a video worker)", "max_video_recordings")
             if not options.destination and options.external_storage is None:
                 options = replace(options, destination=self.settings.default_destination)
             now = self.now()

@@ -27,11 +27,14 @@ import av
 import av.error
 import numpy as np
 
+from callrec.core.limits import OPUS_MAX_PACKET_BYTES_PER_20MS
 from callrec.core.mixer import float_to_int16
 from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioEncoding, AudioFormat, DecodeError
 
 #: Longest frame accepted: the Opus maximum (RFC 6716 §3.2.5).
 MAX_FRAME_MS = 120
+#: PCM and G.711 frames carry 10-60 ms, as RTP packetisation does (RFC 3551 §4.2 and practice).
+MIN_RAW_FRAME_MS, MAX_RAW_FRAME_MS = 10, 60
 #: Opus always decodes at 48 kHz (RFC 7587: the RTP clock is 48 kHz whatever the source).
 OPUS_RATE = 48_000
 G711_RATE = 8_000
@@ -169,13 +172,25 @@ class AudioDecoder:
             raise DecodeError("empty audio frame")
         encoding = self.audio_format.encoding
         if encoding == AudioEncoding.OPUS:
-            return opus_packet_samples(data, self.sample_rate)
+            samples = opus_packet_samples(data, self.sample_rate)
+            blocks = -(-samples * 50 // self.sample_rate)  # started 20 ms blocks
+            if len(data) > OPUS_MAX_PACKET_BYTES_PER_20MS * max(1, blocks):
+                raise DecodeError(
+                    f"Opus packet of {len(data)} bytes for {samples * 1000 // self.sample_rate} ms; an Opus "
+                    f"packet has at most {OPUS_MAX_PACKET_BYTES_PER_20MS} bytes per 20 ms (RFC 6716)"
+                )
+            return samples
         width = (2 if encoding == AudioEncoding.PCM16LE else 1) * self._channels
         if len(data) % width:
             raise DecodeError(f"frame of {len(data)} bytes is not a whole number of {width}-byte samples")
         samples = len(data) // width
-        if samples > self.max_frame_samples:
-            raise DecodeError(f"frame of {samples} samples is longer than {MAX_FRAME_MS} ms")
+        rate = self.sample_rate
+        if not rate * MIN_RAW_FRAME_MS <= samples * 1000 <= rate * MAX_RAW_FRAME_MS:
+            raise DecodeError(
+                f"frame of {len(data)} bytes is {samples * 1000 / rate:g} ms of {encoding.value} at {rate} Hz "
+                f"x{self._channels}; frames must carry {MIN_RAW_FRAME_MS}-{MAX_RAW_FRAME_MS} ms "
+                f"({rate * MIN_RAW_FRAME_MS // 1000 * width}-{rate * MAX_RAW_FRAME_MS // 1000 * width} bytes)"
+            )
         return samples
 
     def decode(self, data: bytes) -> np.ndarray:

@@ -18,6 +18,10 @@ from callrec.core.model import MAX_VIDEO_DIMENSION, VideoEncoding, i420_size
 
 #: Largest width/height accepted from a gateway; bounds memory per frame (4K DCI).
 MAX_DIMENSION = MAX_VIDEO_DIMENSION
+#: Largest picture a decoder may allocate (4K UHD). Given to FFmpeg as `max_pixels`, so a
+#: bitstream whose SPS claims 16384x16384 fails in the decoder instead of allocating ~400 MB
+#: of reference frames. The server's `[limits] max_video_pixels` bounds what gateways declare.
+MAX_DECODED_PIXELS = 3840 * 2160
 
 
 class VideoDecodeError(Exception):
@@ -127,7 +131,7 @@ class VideoDecoder:
         ctx.thread_count = 1
         # "explode": fail loudly on a damaged frame so it is counted as rejected instead of
         # being concealed into a smeared picture.
-        ctx.options = {"err_detect": "explode"}
+        ctx.options = {"err_detect": "explode", "max_pixels": str(MAX_DECODED_PIXELS)}
         return ctx
 
     def decode(
@@ -164,7 +168,9 @@ class VideoDecoder:
             raise VideoDecodeError("corrupt", f"{self.encoding.value} decoder: {exc}") from exc
         out = []
         for frame in frames:
-            if frame.width > MAX_DIMENSION or frame.height > MAX_DIMENSION:
+            if frame.width > MAX_DIMENSION or frame.height > MAX_DIMENSION or (
+                frame.width * frame.height > MAX_DECODED_PIXELS
+            ):
                 raise VideoDecodeError("bad_dimensions", f"decoded {frame.width}x{frame.height}")
             out.append(frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p"))
         return out

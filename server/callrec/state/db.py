@@ -1,7 +1,11 @@
 """SQLite (WAL) connection with numbered migrations.
 
 One connection, used from the event loop's thread: every statement is a local,
-sub-millisecond write, so a thread hop would cost more than it saves.
+sub-millisecond write, so a thread hop would cost more than it saves. The exception
+is reading that can take long (an event subscriber's backlog over a large log):
+that uses a `reader()` connection of its own on a worker thread; WAL lets it read
+committed data while the loop's connection writes, and it never sees a transaction
+the loop has not committed yet (sharing the one connection across threads would).
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ class Database:
                         if statement.strip():
                             self.conn.execute(statement)
                     self.conn.execute(f"PRAGMA user_version = {version}")
+
+    def reader(self) -> sqlite3.Connection:
+        """A read-only connection for the calling thread only (see the module docstring)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only=ON")
+        return conn
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -43,9 +44,11 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import BlobBlock, ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
+from callrec.storage.address_policy import AddressRefused, find_refusal
 from callrec.storage.base import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_PART_SIZE,
@@ -68,14 +71,28 @@ from callrec.storage.base import (
     split_pieces,
     strip_prefix,
 )
+from callrec.storage.redact import redact_text
 
 _CHECKSUM_CODES = {"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"}
 
 
 def map_azure_error(exc: BaseException, what: str) -> StorageError:
-    """Translate an azure-core / aiohttp exception into the store's typed error."""
+    """Translate an azure-core / aiohttp exception into the store's typed error.
+
+    A connection the address policy refused (`AddressRefused`, raised by `PolicyResolver` inside the
+    SDK's connection attempt) is `PermissionDenied`, not a transient failure: retrying cannot help.
+    The message is redacted (`redact_text`): SDK messages may quote the request URL with its SAS.
+    """
     if isinstance(exc, StorageError):
         return exc
+    refused = find_refusal(exc)
+    if refused is not None:
+        return PermissionDenied(redact_text(f"{what}: connection refused by the address policy: {refused}"))
+    error = _map_azure_error(exc, what)
+    return type(error)(redact_text(str(error)))
+
+
+def _map_azure_error(exc: BaseException, what: str) -> StorageError:
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         raw = getattr(exc, "error_code", None)  # set by the storage SDK, often a StorageErrorCode enum
@@ -111,8 +128,34 @@ def map_azure_error(exc: BaseException, what: str) -> StorageError:
 def _mapped(what: str) -> Iterator[None]:
     try:
         yield
-    except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+    except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError, AddressRefused) as exc:
         raise map_azure_error(exc, what) from exc
+
+
+class _PolicyTransport(AioHttpTransport):
+    """The SDK's aiohttp transport on a session whose connector resolves through `resolver`.
+
+    For bring-your-own-storage: every connection's host goes through the address policy
+    (`address_policy.PolicyResolver`) and connects to the addresses it checked. The session ignores
+    proxy settings from the environment (`trust_env=False`): with a proxy the policy would check the
+    proxy, not the destination.
+    """
+
+    def __init__(self, resolver: AbstractResolver, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._policy_resolver = resolver
+
+    async def open(self) -> None:
+        """Create the session (with the policy's connector) on first use, then the SDK's own opening."""
+        session: aiohttp.ClientSession | None = getattr(self, "session", None)  # typed loosely by azure-core
+        if session is None and not self._has_been_opened:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=self._policy_resolver),
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+            )
+        await super().open()
 
 
 class AzureBlobStore:
@@ -122,6 +165,10 @@ class AzureBlobStore:
     `credential` (account key string, `AzureNamedKeyCredential`, or an azure-identity token credential)
     or `sas_token`. `max_attempts` bounds the SDK's own retries (its default backoff starts at 15 s,
     far too slow when the outbox retries anyway).
+
+    For bring-your-own-storage (`storage.external`): `resolver` makes every connection go through the
+    address policy, and `permit_redirects=False` stops the SDK from following a redirect to a host
+    nobody checked.
     """
 
     kind: ClassVar[str] = "azure_blob"
@@ -142,6 +189,8 @@ class AzureBlobStore:
         connection_timeout: float = 5.0,
         read_timeout: float = 60.0,
         validate_content: bool = True,
+        resolver: AbstractResolver | None = None,
+        permit_redirects: bool = True,
     ) -> None:
         if not container:
             raise ValueError("AzureBlobStore needs a container")
@@ -163,7 +212,15 @@ class AzureBlobStore:
             "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=max(0, max_attempts - 1)),
             "connection_timeout": connection_timeout,
             "read_timeout": read_timeout,
+            "permit_redirects": permit_redirects,
         }
+        if resolver is not None:
+            options["transport"] = _PolicyTransport(
+                resolver,
+                connection_timeout=connection_timeout,
+                read_timeout=read_timeout,
+                connection_data_block_size=256 * 1024,  # the SDK's own default for the transports it makes
+            )
         if connection_string:
             service = BlobServiceClient.from_connection_string(connection_string, **options)
         else:
@@ -345,7 +402,7 @@ class AzureBlobStore:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise ObjectNotFound(f"{what}: the container does not exist") from exc
             return None
-        except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        except (AzureError, aiohttp.ClientError, TimeoutError, ConnectionError, AddressRefused) as exc:
             raise map_azure_error(exc, what) from exc
 
     async def head(self, key: str) -> ObjectInfo | None:

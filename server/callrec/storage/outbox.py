@@ -39,6 +39,7 @@ from callrec import metrics
 from callrec.logs import get_logger
 from callrec.state.db import Database
 from callrec.storage.base import StorageError, Store
+from callrec.storage.redact import redact_text
 from callrec.storage.resolver import describe_target
 
 log = get_logger("outbox")
@@ -491,7 +492,8 @@ class Outbox:
         except ValueError as exc:  # a malformed target or key: retrying cannot help
             self._finish_failed(upload, str(exc))
         except Exception as exc:
-            log.exception("upload error", key=upload.key)
+            # no traceback: its exception texts may quote a URL with its credentials
+            log.error("upload error", key=upload.key, error=redact_text(f"{type(exc).__name__}: {exc}"))
             self._retry_later(upload, f"{type(exc).__name__}: {exc}")
         else:
             now = self._clock()
@@ -520,6 +522,7 @@ class Outbox:
                 self._changed.notify_all()
 
     def _retry_later(self, upload: Upload, error: str) -> None:
+        error = redact_text(error)  # shown in upload rows, the resource's last_error, events and logs
         now = self._clock()
         if self.deadline_s > 0 and now - upload.queued_at >= self.deadline_s:
             self._finish_failed(upload, self._deadline_error(upload, error))
@@ -544,6 +547,7 @@ class Outbox:
 
     def _finish_failed(self, upload: Upload, error: str, *, attempted: bool = True) -> None:
         """The upload is failed for good (until `retry_failed`); `attempted`: an attempt ended so."""
+        error = redact_text(error)  # shown in upload rows, the recording's error, events and logs
         metrics.UPLOADS_FAILED.inc()
         self.db.conn.execute(
             "UPDATE uploads SET state = ?, attempts = attempts + ?, last_error = ?, failed_at = ? WHERE id = ?",

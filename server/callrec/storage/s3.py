@@ -58,6 +58,7 @@ from callrec.storage.base import (
     resolve_range,
     strip_prefix,
 )
+from callrec.storage.redact import redact_text
 
 T = TypeVar("T")
 
@@ -97,9 +98,17 @@ _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 
 
 def map_s3_error(exc: BaseException, what: str) -> StorageError:
-    """Translate a boto3/botocore exception into the store's typed error (`what` names the operation)."""
+    """Translate a boto3/botocore exception into the store's typed error (`what` names the operation).
+
+    The message is redacted (`redact_text`): it ends up in events, upload rows and logs.
+    """
     if isinstance(exc, StorageError):
         return exc
+    error = _map_s3_error(exc, what)
+    return type(error)(redact_text(str(error)))
+
+
+def _map_s3_error(exc: BaseException, what: str) -> StorageError:
     if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, botocore.exceptions.ClientError):
         exc = exc.__context__  # upload_file wraps the ClientError; the original carries the code
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -148,6 +157,11 @@ class S3Store:
     `checksum_algorithm=None` is for old S3-compatible services that reject checksum trailers; uploads
     are then verified through the MD5 ETag. `max_attempts` counts botocore's own retries; the
     server's outbox retries `Transient` failures on top, with longer backoff.
+
+    `use_default_credentials=False` is for bring-your-own-storage (`storage.external`): the explicit
+    keys are then required and nothing else is consulted (no environment, profile, instance role, nor an
+    endpoint from the environment or config files), so the server's own AWS identity can never be
+    attached to requests for a bucket that is not one of its configured targets.
     """
 
     kind: ClassVar[str] = "s3"
@@ -170,9 +184,12 @@ class S3Store:
         read_timeout: float = 60.0,
         addressing_style: AddressingStyle | None = None,
         checksum_algorithm: str | None = "SHA256",
+        use_default_credentials: bool = True,
     ) -> None:
         if not bucket:
             raise ValueError("S3Store needs a bucket")
+        if not use_default_credentials and (not access_key_id or not secret_access_key or profile):
+            raise ValueError("S3Store without the default credential chain needs explicit keys (and no profile)")
         if part_size < 5 * 1024 * 1024:
             raise ValueError(f"S3 part_size must be at least 5 MiB, got {part_size}")
         self.bucket = bucket
@@ -181,6 +198,7 @@ class S3Store:
         self.region = region
         self.part_size = part_size
         self.checksum_algorithm = checksum_algorithm.upper() if checksum_algorithm else None
+        self.use_default_credentials = use_default_credentials
         self._session_args = {
             "aws_access_key_id": access_key_id,
             "aws_secret_access_key": secret_access_key,
@@ -188,7 +206,11 @@ class S3Store:
             "profile_name": profile,
             "region_name": region,
         }
+        # an external store talks to exactly the endpoint it was given (or AWS), never one from the
+        # environment (AWS_ENDPOINT_URL_S3) or a config file; botocore-stubs lack this option
+        endpoint_options: dict[str, Any] = {"ignore_configured_endpoint_urls": not use_default_credentials}
         self._config = Config(
+            **endpoint_options,
             region_name=region,
             retries={"mode": "standard", "max_attempts": max(1, max_attempts)},
             connect_timeout=connect_timeout,
@@ -226,7 +248,17 @@ class S3Store:
             profile_name=args["profile_name"] or None,
             region_name=args["region_name"] or None,
         )
-        return session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
+        if self.use_default_credentials:
+            return session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
+        # explicit keys on the client itself: botocore then never looks at its credential chain
+        return session.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            config=self._config,
+            aws_access_key_id=args["aws_access_key_id"],
+            aws_secret_access_key=args["aws_secret_access_key"],
+            aws_session_token=args["aws_session_token"] or None,
+        )
 
     async def _s3(self) -> Any:
         if self._client is None:

@@ -1,4 +1,8 @@
-"""Build stores from configuration: named targets (TOML `[storage.targets.NAME]`) and bring-your-own URLs.
+"""Build stores from configuration: named targets (TOML `[storage.targets.NAME]`).
+
+Bring-your-own-storage URLs are not built here but by `storage.external` (under the operator's
+`[storage.external]` policy): a store for a client-chosen URL must never be built with a configured
+target's or the environment's credentials.
 
 Why validation lives here: a typo in a storage target should stop `callrec serve` at start-up with a
 message naming the target and the field, not surface hours later as a failed upload. Unknown fields
@@ -19,15 +23,14 @@ Target fields (SPEC §5), all optional unless marked:
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from callrec.storage.base import Store
+from callrec.storage.redact import redact_text, redact_url
 
 MIB = 1024 * 1024
 _Choice = TypeVar("_Choice", bound=str)
@@ -169,7 +172,7 @@ def _s3(fields: _Fields, _data_dir: Path | None) -> Store:
     )
     endpoint_url = fields.text("endpoint_url")
     if endpoint_url and urlsplit(endpoint_url).scheme not in ("http", "https"):
-        raise fields.error(f"field 'endpoint_url' must be an http(s) URL, got {endpoint_url!r}")
+        raise fields.error(f"field 'endpoint_url' must be an http(s) URL, got {redact_url(endpoint_url)!r}")
     return S3Store(
         str(fields.text("bucket", required=True)),
         prefix=fields.text("prefix") or "",
@@ -203,7 +206,7 @@ def _azure_blob(fields: _Fields, _data_dir: Path | None) -> Store:
     if credential and sas_token:
         raise fields.error("give 'credential' or 'sas_token', not both")
     if account_url and urlsplit(account_url).scheme not in ("http", "https"):
-        raise fields.error(f"field 'account_url' must be an http(s) URL, got {account_url!r}")
+        raise fields.error(f"field 'account_url' must be an http(s) URL, got {redact_url(account_url)!r}")
     try:
         return AzureBlobStore(
             str(fields.text("container", required=True)),
@@ -220,8 +223,8 @@ def _azure_blob(fields: _Fields, _data_dir: Path | None) -> Store:
             read_timeout=fields.number("read_timeout", 60.0, minimum=0.1),
             validate_content=fields.boolean("validate_content", True),
         )
-    except ValueError as exc:  # e.g. a malformed connection string, reported by the SDK
-        raise fields.error(str(exc)) from exc
+    except ValueError as exc:  # e.g. a malformed connection string, reported by the SDK (which may quote it)
+        raise fields.error(redact_text(str(exc), [connection_string, credential, sas_token])) from None
 
 
 _BUILDERS: dict[str, Callable[[_Fields, Path | None], Store]] = {
@@ -247,107 +250,3 @@ def stores_from_config(storage: Mapping[str, Any] | None, *, data_dir: Path | st
     if default not in targets:
         raise ValueError(f"[storage]: default target {default!r} is not configured (have: {', '.join(targets)})")
     return {name: store_from_config(name, cfg, data_dir=data_dir) for name, cfg in targets.items()}, default
-
-
-# ------------------------------------------------------------------------------- bring your own storage
-_AWS_VIRTUAL = re.compile(r"^(?P<bucket>.+)\.s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
-_AWS_PATH = re.compile(r"^s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
-
-
-def store_from_external(kind: str, container_url: str, **options: Any) -> Store:
-    """A store for `external_storage {kind, container_url}` of a StartRecording request.
-
-    - S3: `s3://bucket/prefix`, an AWS URL (`https://bucket.s3.REGION.amazonaws.com/prefix`,
-      `https://s3.REGION.amazonaws.com/bucket/prefix`), or any endpoint in path style
-      (`https://minio.example:9000/bucket/prefix`). Credentials come from the server's AWS chain.
-    - Azure Blob: the container URL with a SAS query string
-      (`https://acct.blob.core.windows.net/container/prefix?sv=...&sig=...`; for an emulator on an IP
-      address or localhost: `http://127.0.0.1:10000/devstoreaccount1/container?...`).
-    `options` go to the store's constructor (e.g. `max_attempts`).
-    """
-    label = "external_storage"
-    normalized = (kind or "").strip().lower()
-    if not container_url or not isinstance(container_url, str):
-        raise ValueError(f"{label}: missing required field 'container_url'")
-    if normalized.endswith("azure_blob"):
-        return _external_azure(label, container_url, options)
-    if normalized.endswith("s3"):
-        return _external_s3(label, container_url, options)
-    raise ValueError(f"{label}: field 'kind' must be S3 or AZURE_BLOB, got {kind!r}")
-
-
-def _path_segments(path: str) -> list[str]:
-    return [unquote(p) for p in path.split("/") if p]
-
-
-def _external_s3(label: str, url: str, options: dict[str, Any]) -> Store:
-    from callrec.storage.s3 import S3Store
-
-    parts = urlsplit(url)
-    if parts.query or parts.fragment:
-        raise ValueError(
-            f"{label}: an S3 container_url takes no query string (credentials come from the server's "
-            f"AWS credential chain), got {url!r}"
-        )
-    segments = _path_segments(parts.path)
-    host = (parts.hostname or "").lower()
-    region: str | None = None
-    endpoint_url: str | None = None
-    if parts.scheme == "s3":
-        bucket, prefix_parts = parts.netloc, segments
-    elif parts.scheme in ("http", "https"):
-        if match := _AWS_VIRTUAL.match(host):
-            bucket, region, prefix_parts = match["bucket"], match["region"], segments
-        else:
-            if not segments:
-                raise ValueError(f"{label}: container_url {url!r} names no bucket (expected .../bucket/prefix)")
-            bucket, prefix_parts = segments[0], segments[1:]
-            if match := _AWS_PATH.match(host):
-                region = match["region"]
-            else:
-                endpoint_url = f"{parts.scheme}://{parts.netloc}"
-    else:
-        raise ValueError(f"{label}: an S3 container_url must be s3:// or http(s)://, got {url!r}")
-    if not bucket:
-        raise ValueError(f"{label}: container_url {url!r} names no bucket")
-    if region in ("external-1", "dualstack"):
-        region = None
-    return S3Store(bucket, prefix="/".join(prefix_parts), region=region, endpoint_url=endpoint_url, **options)
-
-
-def _is_emulator_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _external_azure(label: str, url: str, options: dict[str, Any]) -> Store:
-    from callrec.storage.azure_blob import AzureBlobStore
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{label}: an Azure container_url must be an http(s) URL, got {url!r}")
-    if "sig=" not in parts.query:
-        raise ValueError(
-            f"{label}: the Azure container_url needs a SAS query string (…?sv=…&sig=…) granting "
-            "read, write, delete and list on the container"
-        )
-    segments = _path_segments(parts.path)
-    account_path = ""
-    if _is_emulator_host((parts.hostname or "").lower()):  # path-style: /account/container/...
-        if not segments:
-            raise ValueError(f"{label}: container_url {url!r} names no account (expected /account/container)")
-        account_path, segments = "/" + segments[0], segments[1:]
-    if not segments:
-        raise ValueError(f"{label}: container_url {url!r} names no container")
-    return AzureBlobStore(
-        segments[0],
-        prefix="/".join(segments[1:]),
-        account_url=f"{parts.scheme}://{parts.netloc}{account_path}",
-        sas_token=parts.query,
-        **options,
-    )
