@@ -11,12 +11,13 @@ and the healthy call's recording has every second of its stepped tone, in order.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -183,35 +184,22 @@ def run_stream(channel: grpc.Channel, messages: list[bytes]) -> tuple[grpc.Statu
     return grpc.StatusCode.OK, responses
 
 
-class HealthyCall:
-    """A real-time call with a stepped tone, recorded as wav, in a thread of its own."""
+def healthy_call_main(target: str, out_path: str, stop: Any, ready: Any) -> None:
+    """A real-time call with a stepped tone, recorded as wav: run in a process of its own, so the
+    fuzzer (same interpreter, same GIL) cannot delay its frames. Writes the recording or the error."""
+    server = ServerProcess.__new__(ServerProcess)
+    server.port = int(target.rsplit(":", 1)[1])
+    plan = CallPlan("healthy", "wav")
 
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.plan = CallPlan("healthy", "wav")
-        self.error: BaseException | None = None
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-        self.audio_path: Path | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-        self.started = time.monotonic()
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-            self.ready.set()
-
-    async def _run(self) -> None:
-        gateway = Gateway(self.server, self.plan, time.monotonic())
+    async def run() -> None:
+        gateway = Gateway(server, plan, time.monotonic())
         task = asyncio.create_task(gateway.run())
         await asyncio.wait_for(gateway.connected.wait(), 10)
         gateway.go.set()
-        async with AsyncCallrecClient(self.server.target) as client:
-            rec = await client.start_recording(self.plan.call_id, **self.plan.options)
-            self.ready.set()
-            while not self.stop.is_set():
+        async with AsyncCallrecClient(target) as client:
+            rec = await client.start_recording(plan.call_id, **plan.options)
+            ready.set()
+            while not stop.is_set():
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)
             await client.stop_recording(rec.recording_id)
@@ -219,9 +207,34 @@ class HealthyCall:
             await task
             done = await wait_state(client, rec.recording_id, recording_pb2.RECORDING_STATE_COMPLETED, timeout=30)
             (chunk,) = done.chunks
-            path = self.server.data_dir / "healthy.wav"
-            path.write_bytes(await download(client, chunk.content_location))
-            self.audio_path = path
+            Path(out_path).write_bytes(await download(client, chunk.content_location))
+
+    try:
+        asyncio.run(run())
+    except BaseException as exc:
+        Path(out_path + ".error").write_text(repr(exc))
+        ready.set()
+
+
+class HealthyCall:
+    """`healthy_call_main` in a spawned process."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self.ready = ctx.Event(), ctx.Event()
+        self.audio_path = server.data_dir / "healthy.wav"
+        self.process = ctx.Process(target=healthy_call_main,
+                                   args=(server.target, str(self.audio_path), self.stop, self.ready), daemon=True)
+        self.started = time.monotonic()
+
+    @property
+    def error(self) -> str | None:
+        path = Path(str(self.audio_path) + ".error")
+        return path.read_text() if path.exists() else None
+
+    def finish(self, timeout: float = 90) -> None:
+        self.stop.set()
+        self.process.join(timeout)
 
 
 def random_control_rpcs(channel: grpc.Channel, draw: st.DrawFn) -> list[grpc.StatusCode]:
@@ -260,11 +273,10 @@ def random_control_rpcs(channel: grpc.Channel, draw: st.DrawFn) -> list[grpc.Sta
 @pytest.fixture(scope="module")
 def healthy(fuzz_server: ServerProcess) -> Iterator[HealthyCall]:
     call = HealthyCall(fuzz_server)
-    call.thread.start()
-    assert call.ready.wait(20) and call.error is None, call.error
+    call.process.start()
+    assert call.ready.wait(30) and call.error is None, call.error
     yield call
-    call.stop.set()
-    call.thread.join(60)
+    call.finish()
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -301,10 +313,8 @@ def test_the_server_survived_the_fuzzing_and_the_healthy_call_is_intact(fuzz_ser
     rss_mib = rss_kib(fuzz_server.proc.pid) / 1024
     assert rss_mib < 600, f"server RSS {rss_mib:.0f} MiB after fuzzing"
     time.sleep(max(0.0, healthy.started + 8 - time.monotonic()))  # at least 8 s of healthy call
-    healthy.stop.set()
-    healthy.thread.join(90)
+    healthy.finish()
     assert healthy.error is None, healthy.error
-    assert healthy.audio_path is not None
     heard = [s for s in seconds_in_order(decoded_audio(healthy.audio_path)) if s >= 0]
     seconds = sorted(set(heard))
     assert len(seconds) >= 5, seconds

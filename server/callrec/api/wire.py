@@ -11,6 +11,7 @@ bad message ends the stream the same way, when the servicer reaches it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -63,6 +64,13 @@ def _wrap(handler: Any, method: str) -> Any:
             handler.stream_stream
         )
 
+        if not inspect.isasyncgenfunction(inner_bidi):  # writes with context.write()
+
+            async def bidi_writer(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await inner_bidi(_checked_stream(requests), context)  # type: ignore[misc]  # a coroutine
+
+            return grpc.stream_stream_rpc_method_handler(bidi_writer, deserialize, serialize)
+
         async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async for response in inner_bidi(_checked_stream(requests), context):
                 yield response
@@ -80,6 +88,15 @@ def _wrap(handler: Any, method: str) -> Any:
 
     if handler.response_streaming:
         inner_gen: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]] = handler.unary_stream
+
+        if not inspect.isasyncgenfunction(inner_gen):  # writes with context.write()
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                return await inner_gen(request, context)  # type: ignore[misc]  # a coroutine
+
+            return grpc.unary_stream_rpc_method_handler(writer, deserialize, serialize)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, Malformed):
