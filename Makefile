@@ -11,7 +11,7 @@ NODE_STAMP := clients/node/node_modules/.installed
 RUN_APT_PACKAGES := fonts-noto-cjk
 APT_PACKAGES := $(RUN_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
 
-.PHONY: run run-deps test test-deps proto lint bench soak clean apt-deps apt-install
+.PHONY: run run-deps test test-slow test-deps proto lint bench soak clean apt-deps apt-install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,9 +51,13 @@ apt-install:
 
 test-deps: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) apt-deps
 
-## test: install test dependencies (pip, npm, Debian) and run the whole suite
+## test: install test dependencies (pip, npm, Debian) and run the suite (under 10 min; not the slow-marked tests)
 test: test-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow"
+
+## test-slow: the slow-marked tests (20 kill -9s, 1000 cancelled streams, a minute of A/V sync: ~3.5 min)
+test-slow: test-deps
+	$(BIN)/pytest -q -m slow
 
 ## proto: regenerate the Python stubs in server/callrec/v1 from protos/
 proto: $(STAMP)

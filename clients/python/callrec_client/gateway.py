@@ -175,11 +175,14 @@ class GatewayConnection:
 
     async def close(self) -> None:
         """Half-close (if not done) and release the channel."""
+        # Always end the request iterator: after a server crash gRPC's task that reads it would
+        # otherwise stay parked in `get()` and be destroyed pending when the channel closes.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._requests.put_nowait(None)
         if not self.closed.is_set():
-            with contextlib.suppress(asyncio.QueueFull):
-                self._requests.put_nowait(None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closed.wait(), 5)
+        await asyncio.sleep(0)
         if self._reader is not None:
             self._reader.cancel()
         if self._own_channel:

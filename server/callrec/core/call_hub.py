@@ -213,6 +213,8 @@ class CallMediaHub:
             return RejectReason.UNKNOWN_PARTICIPANT
         if entry.media.too_far_ahead(call_us):
             return RejectReason.EARLY
+        if entry.media.too_far_behind(call_us):
+            return RejectReason.LATE
         reasons = [sink.video(participant.participant_id, data, call_us, width, height, keyframe)
                    for sink in entry.video_sinks]
         return next((r for r in reasons if r), None)

@@ -230,6 +230,10 @@ class CallMedia:
         if self.too_far_ahead(call_us):
             stats.reject(RejectReason.EARLY)
             return RejectReason.EARLY
+        if self.too_far_behind(call_us):
+            stats.frames_late += 1
+            stats.reject(RejectReason.LATE)
+            return RejectReason.LATE
         rate = participant.rate
         position = (call_us * rate + 500_000) // 1_000_000
         reason = participant.jitter.push(sequence, position, samples, data)
@@ -271,6 +275,14 @@ class CallMedia:
         make the call's end play out hours of silence (disk filled, `end` never done).
         """
         return call_us > self._next_tick * TICK_US + self._max_ahead_us
+
+    def too_far_behind(self, call_us: int) -> bool:
+        """Does a frame at `call_us` lie more than `max_ahead_ms` before the next tick?
+
+        Such a frame is late whatever the jitter buffer has played (before the first tick it
+        has played nothing): a timestamp jump of 2^63 µs must not become a buffer of that size.
+        """
+        return call_us < self._next_tick * TICK_US - self._max_ahead_us
 
     def place_video(self, participant_id: str, timestamp_us: int) -> int | None:
         """Call time of a participant's video frame (None for a participant not in the call).
