@@ -23,7 +23,7 @@ import grpc
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]  # wire-format helper
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from callrec.v1 import content_pb2, recording_pb2
@@ -250,7 +250,7 @@ def random_control_rpcs(channel: grpc.Channel, draw: st.DrawFn) -> list[grpc.Sta
         ("/callrec.v1.RecordingService/PauseRecording", rec.PauseRecordingRequest(recording_id=draw(TEXT))),
         ("/callrec.v1.RecordingService/StopRecording", rec.StopRecordingRequest(recording_id=draw(TEXT))),
         ("/callrec.v1.RecordingService/ListRecordings", rec.ListRecordingsRequest(
-            server_call_id=draw(TEXT), page_size=draw(st.integers(-5, 5000)), page_token=draw(TEXT))),
+            server_call_id=draw(TEXT), page_size=draw(U32), page_token=draw(TEXT))),
         ("/callrec.v1.ContentService/DeleteContent", content_pb2.DeleteContentRequest(location=draw(TEXT))),
     ]
     codes = []
@@ -279,8 +279,19 @@ def healthy(fuzz_server: ServerProcess) -> Iterator[HealthyCall]:
     call.finish()
 
 
+#: What went wrong, with the evidence. Collected instead of asserted inside the hypothesis test: the
+#: server is live, so a replay is never the same run, and hypothesis would report "flaky" and shrink
+#: for minutes instead of showing the failure. `test_the_server_survived...` asserts it is empty.
+problems: list[str] = []
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok and len(problems) < 50:
+        problems.append(what)
+
+
 @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 @given(chaos=st.lists(chaos_message(), min_size=20, max_size=150), well_formed=session(), data=st.data())
 def test_fuzzed_streams_and_rpcs(fuzz_server, channel, healthy, chaos, well_formed, data) -> None:
     # 1. chaos: anything, in any order; the stream ends with a deliberate status
@@ -288,24 +299,26 @@ def test_fuzzed_streams_and_rpcs(fuzz_server, channel, healthy, chaos, well_form
         chaos = [mpb.StreamMediaRequest(open=mpb.StreamOpen(server_call_id=unique("chaos"), gateway_id="g"))
                  .SerializeToString(), *chaos]
     code, _ = run_stream(channel, chaos)
-    assert code in DELIBERATE, code
+    check(code in DELIBERATE, f"chaos stream ended {code}: {chaos[:5]!r}...")
     # 2. a well-formed session of bad frames: every frame is accounted for in the final ack
     messages, sent = well_formed
     code, responses = run_stream(channel, messages)
-    assert code == grpc.StatusCode.OK, code
     acks = [r.ack for r in responses if r.HasField("ack")]
-    assert acks, "the final ack is missing"
-    final = {p.participant_id: p for p in acks[-1].participants}
-    for pid, count in sent.items():
-        ack = final[pid]
-        assert ack.received + sum(ack.rejected_by_reason.values()) == count, (pid, ack, count)
+    check(code == grpc.StatusCode.OK and bool(acks), f"session ended {code} with {len(acks)} acks")
+    if acks:
+        final = {p.participant_id: p for p in acks[-1].participants}
+        for pid, count in sent.items():
+            ack = final.get(pid)
+            check(ack is not None and ack.received + sum(ack.rejected_by_reason.values()) == count,
+                  f"{pid}: sent {count}, final ack {ack}")
     # 3. random control RPCs
     for rpc_code in random_control_rpcs(channel, data.draw):
-        assert rpc_code in DELIBERATE, rpc_code
+        check(rpc_code in DELIBERATE, f"control RPC ended {rpc_code}")
 
 
 def test_the_server_survived_the_fuzzing_and_the_healthy_call_is_intact(fuzz_server, channel, healthy) -> None:
     """Runs after the fuzz test (file order): health, memory, message count, the healthy recording."""
+    assert not problems, "\n".join(problems)
     assert sum(sent_messages.values()) >= 10_000 or EXAMPLES < 80, sent_messages
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -53,6 +53,11 @@ class EventServiceServicer:
         the client cancels. Start point: after `after_sequence` when set, all
         retained events with `from_oldest`, else only new events.
         OUT_OF_RANGE when `after_sequence` is older than the retained log.
+        INVALID_ARGUMENT for filters over their limits ([limits] max_list_items,
+        max_id_bytes). RESOURCE_EXHAUSTED when the server has
+        [limits] max_event_subscribers subscribers, or when this subscriber stops
+        reading and [limits] max_subscriber_queue events pile up for it: the
+        message gives the `after_sequence` to resume from, without a gap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

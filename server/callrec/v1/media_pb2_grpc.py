@@ -55,7 +55,14 @@ class MediaServiceServicer:
         `video`, `leave` in any order, and `end` last. A bad frame is rejected,
         counted and reported in `warning` without ending the stream; a protocol
         violation (media before `open`, a frame of an unknown participant) ends the
-        stream with INVALID_ARGUMENT or FAILED_PRECONDITION.
+        stream with INVALID_ARGUMENT or FAILED_PRECONDITION. Limits (README
+        "Limits"): ids <= 128 bytes, display names <= 256, frames by codec (Opus
+        <= 1275 bytes per 20 ms, PCM/G.711 10-60 ms, I420 exactly w*h*1.5),
+        pictures <= [limits] max_video_pixels, media buffered per participant,
+        frames too far from the playout point ("early"/"late"); calls and streams
+        are capped (RESOURCE_EXHAUSTED) and a stream without `open` within 10 s is
+        closed with INVALID_ARGUMENT. A participant belongs to the gateway that
+        joined it: another gateway's `join` of it is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
