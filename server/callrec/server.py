@@ -228,7 +228,8 @@ async def build_server(
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry, outbox.group, stores), server)
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events, config.limits), server)
-    content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores, call_of_recording(repo)),
+    content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores, call_of_recording(repo),
+                                                                        config.limits.max_location_bytes),
                                                         server)
     uploads = UploadAdmin(outbox, registry, stores, chunks)
     uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from callrec.v1 import content_pb2 as cpb
 from callrec.v1 import media_pb2 as mpb
 from callrec.v1 import recording_pb2 as pb
 from callrec_client import AsyncCallrecClient, CallrecError
@@ -184,6 +185,15 @@ async def test_control_strings_and_lists_are_bounded(limited) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.ListRecordings(pb.ListRecordingsRequest(page_token="t" * 5000))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for rpc, request in ((client.content.DeleteContent, cpb.DeleteContentRequest(location="l" * 5000)),):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await rpc(request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "[limits] max_location_bytes" in (info.value.details() or "")
+        with pytest.raises(CallrecError) as download:
+            async for _ in client.download("l" * 5000):
+                pass
+        expect_status(download.value, grpc.StatusCode.INVALID_ARGUMENT, "[limits] max_location_bytes")
 
 
 def opus_packet(size: int) -> bytes:

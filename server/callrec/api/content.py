@@ -9,6 +9,7 @@ import grpc
 from callrec.api import auth
 from callrec.api.errors import streaming, unary
 from callrec.core.errors import CallrecError, ErrorCode, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from callrec.core.limits import check_text
 from callrec.core.ports import StoredChunk
 from callrec.state.chunks import ChunkIndex
 from callrec.storage.address_policy import DestinationRefused
@@ -37,10 +38,12 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
     """DownloadContent / DeleteContent."""
 
     def __init__(
-        self, index: ChunkIndex, stores: StoreResolver, call_of: Callable[[str], str | None] | None = None
+        self, index: ChunkIndex, stores: StoreResolver, call_of: Callable[[str], str | None] | None = None,
+        max_location_bytes: int = 4096,
     ) -> None:
         self.index = index
         self.stores = stores
+        self.max_location_bytes = max_location_bytes
         self.call_of = call_of
         """recording_id -> server_call_id, for tokens limited to calls (api/auth.py)."""
 
@@ -69,6 +72,7 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         """The store, key and content type of a content or metadata location."""
         if not location:
             raise InvalidArgument("location is required: a contentLocation or metadataLocation from an event")
+        check_text(location, "location", self.max_location_bytes, "max_location_bytes")
         found = self.index.by_location(location)
         self._require_call(found[0] if found else None, location)
         if found is not None:
@@ -127,6 +131,7 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         location = request.location
         if not location:
             raise InvalidArgument("location is required: a deleteLocation from an event")
+        check_text(location, "location", self.max_location_bytes, "max_location_bytes")
         found = self.index.by_location(location)
         self._require_call(found[0] if found else None, location)
         if found is None:
