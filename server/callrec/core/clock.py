@@ -154,14 +154,16 @@ class RealtimeClock:
         drift_deadband_ms: float = 2.0,
         max_playout_delay_ms: float | None = None,
         stall_threshold_ms: float = 40.0,
-        calm_hold_s: float = 10.0,
-        shrink_rate: float = 0.05,
+        calm_hold_s: float = 60.0,
+        shrink_rate: float = 0.02,
     ) -> None:
         self.time = time_source or SystemTime()
         self.playout_delay_us = round(playout_delay_ms * 1000)
         limit = max_playout_delay_ms if max_playout_delay_ms is not None else max(2000.0, playout_delay_ms)
         self.max_playout_delay_us = max(self.playout_delay_us, round(limit * 1000))
         self._stall_threshold_s = stall_threshold_ms / 1000
+        # Held a minute, then given back at 20 ms/s: stalls that recur (every chunk rotation of
+        # many recordings at once, a periodic upload burst) find the delay still raised.
         self._calm_hold_s = calm_hold_s
         self._shrink_rate = shrink_rate  # seconds of extra delay given back per second of calm
         self._extra_us = 0.0  # adaptive part of the playout delay
