@@ -65,9 +65,13 @@ class ServerProcess:
         self.wait_ready(timeout)
         return self
 
+    def channel(self) -> grpc.Channel:
+        """A channel to the server (a TLS server's subclass overrides it)."""
+        return grpc.insecure_channel(self.target)
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.proc is not None

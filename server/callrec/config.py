@@ -138,14 +138,19 @@ _TOML_SECTIONS = {"server", "storage", "limits", "auth"}
 _PATH_SETTINGS = ("tls_cert", "tls_key", "tls_client_ca")
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config file into ServerConfig keyword arguments."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed file, or a ConfigError saying it is missing or not TOML."""
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into ServerConfig keyword arguments."""
+    doc = _read_toml(path)
     unknown = set(doc) - _TOML_SECTIONS - {f.name for f in fields(ServerConfig)}
     if unknown:
         raise ConfigError(
@@ -177,12 +182,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
 def load_auth_settings(path: Path) -> AuthSettings | None:
     """Only the [auth] section of a config file (for `callrec token create`, which must not fail on
     settings that flags would fix at `serve` time); None when the file has none."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    doc = _read_toml(path)
     return _auth_from_toml(doc["auth"], path) if "auth" in doc else None
 
 
