@@ -92,6 +92,7 @@ BACKOFF_MAX_S = 5.0
 KILL_TAIL_S = 30.0  # no kill in the last 30 s: the server records a while after its last restart
 AWAY_FROM_RESTART_S = 15.0  # the outage starts and ends at least this far from a kill
 PROXIMITY_S = 0.3  # gaps under this are resolution, not loss
+LIST_BELOW = 200  # pending uploads: below this the monitor lists them (after the outage), above it counts only
 
 
 def log(message: str) -> None:
@@ -350,6 +351,7 @@ class Gateway:
 class Kill:
     at: float  # gateway seconds
     during_outage: bool
+    playout_delay_s: float = math.nan  # the server's largest playout delay just before (its /metrics)
     restart_s: float = math.nan  # SIGKILL -> the new server answers health checks
     reopen_s: float = math.nan  # SIGKILL -> every gateway streams again
     error: str = ""
@@ -379,6 +381,7 @@ class Sample:
     moto_pct: float  # the store (moto), of one core: it shares the machine with the server
     workers_pct: float  # the server's child processes (video workers), of one core
     late_per_s: float  # frames the server rejected as late, all calls
+    playout_delay_s: float = math.nan  # the server's largest playout delay at the end of the sample
 
 
 @dataclass
@@ -593,9 +596,10 @@ class Soak:
 
     async def _kill(self) -> None:
         assert self.server is not None
+        delay = await asyncio.to_thread(self._metric, "callrec_playout_delay_max_seconds")
         at = self.now()
         self.server.kill()
-        kill = Kill(at, self._in_outage())
+        kill = Kill(at, self._in_outage(), playout_delay_s=math.nan if delay is None else delay)
         self.kills.append(kill)
         for attempt in range(3):
             try:
@@ -618,17 +622,26 @@ class Soak:
             f"restarted in {kill.restart_s:.1f} s, every call re-opened after {kill.reopen_s:.1f} s")
 
     async def _monitor_uploads(self, client: AsyncCallrecClient, deadline: float) -> None:
-        """Pending uploads every second or so: the peak, and when those queued before the outage's end are stored."""
+        """Pending uploads every second: the peak, and when those queued before the outage's end are stored.
+
+        The count comes from the `callrec_uploads_pending` gauge; the uploads themselves are listed only
+        after the outage, once fewer than `LIST_BELOW` are pending (listing a thousand uploads every
+        second is a load of its own, which a monitor should not put on the server it measures).
+        """
         while not self.monitor_done and time.monotonic() < deadline:
-            try:
-                pending = await list_uploads(client, "pending")
-            except Exception:  # the server is restarting
+            count = await asyncio.to_thread(self._metric, "callrec_uploads_pending")
+            if count is None:  # the server is restarting
                 await asyncio.sleep(0.5)
                 continue
             if not math.isnan(self.outage.started):
-                self.outage.pending_peak = max(self.outage.pending_peak, len(pending))
+                self.outage.pending_peak = max(self.outage.pending_peak, int(count))
             ended = self.outage.ended_wall
-            if not math.isnan(ended) and math.isnan(self.outage.catch_up_s):
+            if not math.isnan(ended) and math.isnan(self.outage.catch_up_s) and count < LIST_BELOW:
+                try:
+                    pending = await list_uploads(client, "pending")
+                except Exception:  # the server is restarting
+                    await asyncio.sleep(0.5)
+                    continue
                 queued_before = [u for u in pending if u.create_time.ToMicroseconds() / 1e6 <= ended]
                 if self.outage.pending_at_end < 0:
                     self.outage.pending_at_end = len(queued_before)
@@ -637,12 +650,25 @@ class Soak:
                     log(f"{self.stamp()} uploads caught up {self.outage.catch_up_s:.1f} s after the store came back")
             await asyncio.sleep(1.0)
 
-    def _late_frames(self) -> float | None:
-        """callrec_frames_rejected_total{reason="late"} of the running server (None if it does not answer)."""
+    def _metrics_text(self) -> str | None:
+        """The running server's /metrics (None if it does not answer)."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
+                return str(resp.read().decode())
         except OSError:
+            return None
+
+    def _metric(self, name: str) -> float | None:
+        """One unlabelled sample of the running server's /metrics (None if it does not answer)."""
+        text = self._metrics_text()
+        if text is None:
+            return None
+        return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")), None)
+
+    def _late_frames(self) -> float | None:
+        """callrec_frames_rejected_total{reason="late"} of the running server (None if it does not answer)."""
+        text = self._metrics_text()
+        if text is None:
             return None
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("callrec_frames_rejected_total{") and 'reason="late"' in line)
@@ -665,6 +691,7 @@ class Soak:
             await asyncio.sleep(5.0)
             proc1 = self.server.proc
             late1 = await asyncio.to_thread(self._late_frames)
+            delay = await asyncio.to_thread(self._metric, "callrec_playout_delay_max_seconds")
             if proc1 is None or proc1.pid != pid or late0 is None or late1 is None:
                 continue  # restarted in between
             wall = time.monotonic() - t0
@@ -676,7 +703,8 @@ class Soak:
                 bench_lag_s=max((g.window_late_s for g in self.gateways), default=0.0),
                 moto_pct=100 * (proc_cpu(moto_pid) - moto0) / wall,
                 workers_pct=100 * sum(max(0.0, proc_cpu(k) - c) for k, c in kids0.items()) / wall,
-                late_per_s=max(0.0, late1 - late0) / wall))
+                late_per_s=max(0.0, late1 - late0) / wall,
+                playout_delay_s=math.nan if delay is None else delay))
 
     async def _finish(self, client: AsyncCallrecClient, tasks: list[asyncio.Task[None]]) -> None:
         """Stop every recording, end the calls, wait until each recording is COMPLETED or FAILED."""
@@ -861,10 +889,11 @@ def timeline(console: Any, soak: Soak, results: list[CallResult]) -> None:
 
     if math.isnan(soak.recording_from) or not results:
         return
-    table = Table(title="per minute (recorded: mean over calls; late: frames/s the server rejected as late)",
+    table = Table(title="per minute (recorded: mean over calls; late: frames/s the server rejected as late; delay: the "
+                        "server's largest playout delay, sampled every 5 s)",
                   title_justify="left")
-    for column in ("minute", "recorded %", "late /s", "server %", "workers %", "moto %", "bench %", "bench lag max s",
-                   "machine %", ""):
+    for column in ("minute", "recorded %", "late /s", "delay max s", "server %", "workers %", "moto %", "bench %",
+                   "bench lag max s", "machine %", ""):
         table.add_column(column, justify="right" if column else "left")
     stop = soak.stopped_at if not math.isnan(soak.stopped_at) else max((x.at for x in soak.samples), default=0.0)
     minute = 0
@@ -883,7 +912,9 @@ def timeline(console: Any, soak: Soak, results: list[CallResult]) -> None:
         o = soak.outage
         if not math.isnan(o.started) and o.started < b and (math.isnan(o.ended) or o.ended > a):
             notes.append("store down")
+        delays = [x.playout_delay_s for x in xs if math.isfinite(x.playout_delay_s)]
         table.add_row(f"{minute:02d}", f"{100 * mean(covered):.0f}", fmt_s(mean([x.late_per_s for x in xs]), 0),
+                      fmt_s(max(delays, default=math.nan), 2),
                       fmt_s(mean([x.server_pct for x in xs]), 0), fmt_s(mean([x.workers_pct for x in xs]), 0),
                       fmt_s(mean([x.moto_pct for x in xs]), 0), fmt_s(mean([x.bench_pct for x in xs]), 0),
                       fmt_s(max((x.bench_lag_s for x in xs), default=math.nan), 2),
@@ -908,10 +939,12 @@ def report(soak: Soak, elapsed: float, command: str) -> bool:
                        f"seed {s.seed}; reconnect grace {GRACE_S:g} s, upload backoff max {BACKOFF_MAX_S:g} s, "
                        f"playout delay {s.playout_delay_ms if s.playout_delay_ms is not None else 'default'} ms"))
 
-    kills = Table(title="per kill (media lost: last recorded instant before the kill -> the kill)",
+    kills = Table(title="per kill (media lost: last recorded instant before the kill -> the kill; delay: the "
+                        "server's largest playout delay just before it)",
                   title_justify="left")
     for column, justify in (("#", "right"), ("at", "right"), ("store", "left"), ("restart s", "right"),
-                            ("re-open s", "right"), ("lost max s", "right"), ("lost mean s", "right"),
+                            ("re-open s", "right"), ("delay s", "right"), ("lost max s", "right"),
+                            ("lost mean s", "right"),
                             ("worst call", "left"), ("resume gap max s", "right")):
         kills.add_column(column, justify=justify)
     per_kill_max: list[float] = []
@@ -923,7 +956,7 @@ def report(soak: Soak, elapsed: float, command: str) -> bool:
         per_kill_max.append(top)
         finite = [v for v in lost if math.isfinite(v)]
         kills.add_row(str(i + 1), Soak._clock(kill.at - soak.recording_from), "down" if kill.during_outage else "up",
-                      fmt_s(kill.restart_s), fmt_s(kill.reopen_s),
+                      fmt_s(kill.restart_s), fmt_s(kill.reopen_s), fmt_s(kill.playout_delay_s, 2),
                       Text(fmt_s(top), style="bold red" if top > LOST_LIMIT_S else None),
                       fmt_s(sum(finite) / len(finite) if finite else math.nan, 2),
                       names[worst] if worst is not None else "-", fmt_s(max(resume, default=math.nan)))

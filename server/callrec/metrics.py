@@ -16,6 +16,9 @@ CALLS_OPEN = Gauge("callrec_calls_open", "Calls open (a gateway stream, or a bro
 MALFORMED_REQUESTS = Counter("callrec_malformed_requests_total", "Request messages that were not valid protobuf",
                              ["method"])
 CALL_MEDIA_TASKS = Gauge("callrec_call_media_tasks", "Call media (mixer) tasks running, ending ones included")
+PLAYOUT_DELAY_MAX = Gauge("callrec_playout_delay_max_seconds",
+                          "The largest playout delay of any call: the base plus what overload added (media held "
+                          "in memory that long is what a kill -9 loses)")
 
 
 def start_metrics_server(listen: str) -> int:

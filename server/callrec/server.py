@@ -214,6 +214,7 @@ async def build_server(
     calls.on_call_ended(hub.on_call_ended)  # after the registry's: recordings stop first, then media ends
     metrics.CALLS_OPEN.set_function(lambda: len(calls.calls()))
     metrics.CALL_MEDIA_TASKS.set_function(hub.running_tasks)
+    metrics.PLAYOUT_DELAY_MAX.set_function(hub.max_playout_delay_s)
     ingest = ingest or hub
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),

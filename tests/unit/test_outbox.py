@@ -431,17 +431,17 @@ async def test_listing_pages_newest_first_with_filters(tmp_path, db, fake):
         await tick(fake)
         assert await outbox.wait_stored("rec1") is None
         assert "403" in (await outbox.wait_stored("rec0") or "")
-    page, token = outbox.list_page(page_size=2)
+    page, token = await outbox.list_page(page_size=2)
     assert [u.key for u in page] == ["k4", "k3"] and token
-    page, token = outbox.list_page(page_size=2, page_token=token)
+    page, token = await outbox.list_page(page_size=2, page_token=token)
     assert [u.key for u in page] == ["k2", "k1"] and token
-    page, token = outbox.list_page(page_size=2, page_token=token)
+    page, token = await outbox.list_page(page_size=2, page_token=token)
     assert [u.key for u in page] == ["k0"] and token == ""
-    assert [u.key for u in outbox.list_page(state=FAILED)[0]] == ["k0"], "the first attempt was refused"
-    assert [u.key for u in outbox.list_page(state=DONE, group_id="rec0")[0]] == ["k4", "k2"]
+    assert [u.key for u in (await outbox.list_page(state=FAILED))[0]] == ["k0"], "the first attempt was refused"
+    assert [u.key for u in (await outbox.list_page(state=DONE, group_id="rec0"))[0]] == ["k4", "k2"]
     for bad in ("nonsense", "c2VxOjE"):  # not base64 of ours; another list's token ("seq:1")
         with pytest.raises(ValueError):
-            outbox.list_page(page_token=bad)
+            await outbox.list_page(page_token=bad)
 
 
 # ------------------------------------------------------------------------------------------------ pruning
@@ -486,7 +486,7 @@ async def test_pruning_forgets_old_uploads_and_failed_leftovers_but_never_a_pend
         assert not old_failed.exists(), "an old failed upload's spool file goes with its row"
         assert new_failed.exists() and pending.exists() and shared.exists(), "never a file still needed"
         assert outbox.counts() == {PENDING: counts[PENDING], DONE: counts[DONE] - 1, FAILED: counts[FAILED] - 2}
-        assert [u.key for u in outbox.list_page()[0]] == ["p/1", "p/0", "f2/0"]
+        assert [u.key for u in (await outbox.list_page())[0]] == ["p/1", "p/0", "f2/0"]
 
         (spool_dir / "rec-unknown").mkdir()
         (spool_dir / "rec-unknown" / "leftover.raw").write_bytes(b"x")

@@ -103,7 +103,7 @@ async def test_retry_refuses_what_it_cannot_do_with_a_reason(tmp_path, fake):
             f.unlink()
         with pytest.raises(FailedPrecondition, match="cannot be retried: their files are no longer in the spool"):
             await s.admin.retry("rec1")
-        failed, _ = s.admin.list_uploads(UploadState.FAILED, "rec1", 0, "")
+        failed, _ = await s.admin.list_uploads(UploadState.FAILED, "rec1", 0, "")
         assert len(failed) == 2 and all("is missing: this upload cannot be retried" in u.last_error for u in failed)
     s.registry.repo.save(Recording("rec2", "call-2", "call-2", "c", WAV, RecordingState.COMPLETED, EPOCH))
     with pytest.raises(FailedPrecondition, match=r"recording rec2 has no failed uploads to retry \(0 pending, 0 "
@@ -115,20 +115,20 @@ async def test_retry_refuses_what_it_cannot_do_with_a_reason(tmp_path, fake):
 async def test_listing_validates_every_input(tmp_path, fake):
     s = Setup(tmp_path, fake)
     s.failed_recording()
-    uploads, token = s.admin.list_uploads(None, "", 3, "")
+    uploads, token = await s.admin.list_uploads(None, "", 3, "")
     assert [u.key for u in uploads] == ["1-metadata.json", "1.wav", "0-metadata.json"] and token
     assert uploads[0].spool_path.endswith("rec1/1-metadata.json") and uploads[0].target == "local"
-    assert [u.key for u in s.admin.list_uploads(None, "", 3, token)[0]] == ["0.wav"]
-    assert s.admin.list_uploads(UploadState.STORED, "", 0, "") == ([], "")
-    assert s.admin.list_uploads(None, "other", 0, "") == ([], "")
+    assert [u.key for u in (await s.admin.list_uploads(None, "", 3, token))[0]] == ["0.wav"]
+    assert await s.admin.list_uploads(UploadState.STORED, "", 0, "") == ([], "")
+    assert await s.admin.list_uploads(None, "other", 0, "") == ([], "")
     for page_size in (1001, 5000):
         with pytest.raises(InvalidArgument, match="page_size must be between 1 and 1000"):
-            s.admin.list_uploads(None, "", page_size, "")
+            await s.admin.list_uploads(None, "", page_size, "")
     for token in ("garbage!", "x" * 600):
         with pytest.raises(InvalidArgument, match="page_token is not valid"):
-            s.admin.list_uploads(None, "", 0, token)
+            await s.admin.list_uploads(None, "", 0, token)
     with pytest.raises(InvalidArgument, match="recording_id is too long"):
-        s.admin.list_uploads(None, "r" * 257, 0, "")
+        await s.admin.list_uploads(None, "r" * 257, 0, "")
 
 
 async def test_a_restart_resumes_watching_a_retried_recording(tmp_path, fake):

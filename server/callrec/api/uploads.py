@@ -21,7 +21,7 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
     async def ListUploads(
         self, request: pb.ListUploadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUploadsResponse:
-        uploads, token = self.admin.list_uploads(
+        uploads, token = await self.admin.list_uploads(
             convert.upload_state_filter(request.state), request.recording_id, request.page_size, request.page_token
         )
         return pb.ListUploadsResponse(uploads=[convert.upload(u) for u in uploads], next_page_token=token)

@@ -6,11 +6,11 @@ what is audio's own is here: the writer jobs (`AudioWriterFactory`, implemented 
 estimate that rotation by `chunk_max_bytes` asks for.
 
 Threading: `on_tick` runs on the event loop and only slices arrays (3 µs mixed, ~20 µs
-unmixed with 5 channels). Media is batched (0.25 s by default) and every writer call (file
-I/O, mp3 encoding, unmixed assembly, metadata) runs in an executor thread, one job at a
-time per recording, in order. A crash therefore loses at most the batch in flight. The
-job queue is bounded (`max_pending_jobs`, ~5 min of media): a writer that cannot keep up
-fails the recording instead of growing memory.
+unmixed with 5 channels). Media is batched (0.1 s by default: a job per 5 ticks, and a
+crash loses at most the batch in flight) and every writer call (file I/O, mp3 encoding,
+unmixed assembly, metadata) runs in an executor thread, one job at a time per recording,
+in order. The job queue is bounded (`max_pending_jobs`, ~5 min of media): a writer that
+cannot keep up fails the recording instead of growing memory.
 """
 
 from __future__ import annotations
@@ -227,9 +227,9 @@ class AudioRecording(RecordingEngine):
         *,
         start_at: datetime | None = None,
         executor: Executor | None = None,
-        batch_ms: int = 250,
+        batch_ms: int = 100,
         on_error: Callable[[BaseException], None] | None = None,
-        max_pending_jobs: int = 1200,  # about 5 min of 0.25 s batches
+        max_pending_jobs: int = 3000,  # about 5 min of 0.1 s batches
         idle_timeout: float = 0.5,
         time: TimeSource | None = None,
         first_index: int = 0,

@@ -104,6 +104,15 @@ class CallMediaHub:
         """How many calls' media tasks are running (a metric: 0 once every call has ended)."""
         return len(self._tasks)
 
+    def max_playout_delay_s(self) -> float:
+        """The largest playout delay of any real-time call now (a metric; read from the metrics thread).
+
+        Media waiting out the delay is in memory only: this is what a kill -9 can lose on top of the
+        write batch, and it grows when the server is overloaded.
+        """
+        clocks = [entry.media.clock for entry in list(self._calls.values())]
+        return max((c.last_playout_delay_us / 1e6 for c in clocks if isinstance(c, RealtimeClock)), default=0.0)
+
     def is_realtime(self, server_call_id: str) -> bool:
         """True when the call's pipeline runs on the real-time clock."""
         entry = self._calls.get(server_call_id)

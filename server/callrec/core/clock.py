@@ -227,6 +227,11 @@ class RealtimeClock:
         self._shrink(self.time.monotonic())
         return self.playout_delay_us + round(self._extra_us)
 
+    @property
+    def last_playout_delay_us(self) -> int:
+        """The delay as of the last tick, without updating it: safe to read from another thread (metrics)."""
+        return self.playout_delay_us + round(self._extra_us)
+
     def _grow(self, needed_us: float, now: float) -> None:
         """Raise the adaptive part so the total delay covers `needed_us` more (bounded)."""
         room = self.max_playout_delay_us - self.playout_delay_us

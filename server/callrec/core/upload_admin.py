@@ -87,7 +87,7 @@ class RetryOutcome(Protocol):
 class UploadOutboxPort(UploadQueuePort, Protocol):
     """The outbox's operator side, on top of the queue core's recorder uses."""
 
-    def list_page(
+    async def list_page(
         self, state: str | None, group_id: str, page_size: int, page_token: str
     ) -> tuple[Sequence[UploadRow], str]:
         """A page of uploads, newest first; ValueError for a page token it did not make."""
@@ -187,7 +187,7 @@ class UploadAdmin:
             location=row.location,
         )
 
-    def list_uploads(
+    async def list_uploads(
         self, state: UploadState | None, recording_id: str, page_size: int, page_token: str
     ) -> tuple[list[UploadInfo], str]:
         """A page of uploads, newest first, optionally of one state and/or one recording."""
@@ -204,7 +204,9 @@ class UploadAdmin:
         if len(page_token) > MAX_PAGE_TOKEN_LENGTH:
             raise bad_token
         try:
-            rows, token = self.outbox.list_page(state.value if state else None, recording_id, page_size, page_token)
+            rows, token = await self.outbox.list_page(
+                state.value if state else None, recording_id, page_size, page_token
+            )
         except ValueError:
             raise bad_token from None
         return [self.info(r) for r in rows], token

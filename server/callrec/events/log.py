@@ -29,7 +29,6 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from types import TracebackType
 
@@ -71,9 +70,6 @@ class EventLog:
         self.max_queue = max_queue
         self._on_publish = on_publish
         self._subscriptions: set[EventSubscription] = set()
-        self._reader: ThreadPoolExecutor | None = None
-        self._reader_conn: sqlite3.Connection | None = None
-        """Opened, used and closed on the reader thread only."""
 
     def last_sequence(self) -> int:
         """Sequence of the newest event ever appended (0 when none)."""
@@ -145,20 +141,15 @@ class EventLog:
         return self.db.conn.execute("DELETE FROM events WHERE created_at < ?", (cutoff,)).rowcount
 
     def close(self) -> None:
-        """Stop the reader thread and close its connection (subscriptions should be over)."""
-        if self._reader is not None:
-            self._reader.submit(self._close_reader_conn).result()
-            self._reader.shutdown(wait=True)
-            self._reader = None
+        """Nothing to release: reads run on the database's reader thread (`Database.close` stops it)."""
 
     async def _read_page(self, after: int, upto: int, flt: EventFilter) -> tuple[list[StoredEvent], int]:
-        """Matching events in (after, upto], read on the reader thread: see `_read_page_blocking`."""
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log-reader")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, self._read_page_blocking, after, upto, flt)
+        """Matching events in (after, upto], read on the database's reader thread: see `_read_page_blocking`."""
+        return await self.db.read(lambda conn: self._read_page_blocking(conn, after, upto, flt))
 
-    def _read_page_blocking(self, after: int, upto: int, flt: EventFilter) -> tuple[list[StoredEvent], int]:
+    def _read_page_blocking(
+        self, conn: sqlite3.Connection, after: int, upto: int, flt: EventFilter
+    ) -> tuple[list[StoredEvent], int]:
         """Up to about `PAGE_SIZE` matching events in (after, upto], and the cursor to continue from.
 
         Every committed row up to `upto` exists (`upto` was the last sequence when it was chosen), so a
@@ -166,9 +157,6 @@ class EventLog:
         recording filter are read one type at a time: each is then a plain range of its index, where
         `event_type IN (...)` would sort every match of the range first.
         """
-        if self._reader_conn is None:
-            self._reader_conn = self.db.reader()
-        conn = self._reader_conn
         conn.execute("BEGIN")  # one snapshot: a prune cannot slip between the retention check and the reads
         try:
             oldest = _oldest_sequence(conn)
@@ -187,11 +175,6 @@ class EventLog:
         cursor = min((rows[-1].sequence for rows in parts if len(rows) == PAGE_SIZE), default=upto)
         merged = sorted((row for rows in parts for row in rows if row.sequence <= cursor), key=lambda s: s.sequence)
         return merged, cursor
-
-    def _close_reader_conn(self) -> None:
-        if self._reader_conn is not None:
-            self._reader_conn.close()
-            self._reader_conn = None
 
     def _unsubscribe(self, sub: EventSubscription) -> None:
         self._subscriptions.discard(sub)

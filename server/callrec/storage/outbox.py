@@ -206,12 +206,14 @@ class Outbox:
         counts.update({r["state"]: int(r["n"]) for r in rows})
         return counts
 
-    def list_page(
+    async def list_page(
         self, state: str | None = None, group_id: str = "", page_size: int = 50, page_token: str = ""
     ) -> tuple[list[Upload], str]:
         """A page of uploads, newest first, and the next page's token ("" on the last page).
 
-        ValueError for an unknown state or a page token this outbox did not make.
+        Read on the database's reader thread: a store outage queues thousands of uploads, and a page
+        of them built on the event loop delayed every call's media. ValueError for an unknown state or
+        a page token this outbox did not make.
         """
         clauses: list[str] = []
         params: list[str | int] = []
@@ -227,11 +229,14 @@ class Outbox:
             clauses.append("id < ?")
             params.append(_decode_token(page_token))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.db.conn.execute(
-            f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT ?", (*params, page_size + 1)
-        ).fetchall()
-        page = [_row(r) for r in rows[:page_size]]
-        return page, _encode_token(page[-1].id) if len(rows) > page_size else ""
+        query = f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT ?"
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Upload], bool]:
+            rows = conn.execute(query, (*params, page_size + 1)).fetchall()
+            return [_row(r) for r in rows[:page_size]], len(rows) > page_size
+
+        page, more = await self.db.read(read)
+        return page, _encode_token(page[-1].id) if more else ""
 
     def retried_groups(self) -> list[str]:
         """Groups with pending uploads that `retry_failed` re-queued (queued again later than first

@@ -6,7 +6,7 @@ video pts k (time_base 1/16) and audio pts 1000k (time_base 1/16000) are the sam
 by construction and the file cannot drift, however long it runs.
 
 The file is written fragmented (`empty_moov`, a fragment at every key frame and every
-second), so a file cut short by a crash still plays up to its last complete fragment.
+half second), so a file cut short by a crash still plays up to its last complete fragment.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Mp4Settings:
     threads: int = 2
     audio_bit_rate: int = 48_000
     #: A new fragment at least this often (µs) besides every key frame: bounds crash loss.
-    frag_duration_us: int = 1_000_000
+    frag_duration_us: int = 500_000
     #: Encode on a thread of its own (PyAV releases the GIL), overlapping the next composite.
     encode_thread: bool = True
     #: Raw x264 options on top of the preset (x264-params syntax).
