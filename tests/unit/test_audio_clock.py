@@ -183,15 +183,31 @@ async def test_the_added_delay_shrinks_back_once_calm() -> None:
     fake = FakeTime()
     clock = RealtimeClock(fake, playout_delay_ms=200, max_playout_delay_ms=2000, calm_hold_s=10, shrink_rate=0.05)
     clock.start()
-    clock.note_late(500_000)
+    await fake.advance(1.0)
+    clock.note_late(280_000)  # its tick ended at 0.3 s, it came at 1.0 s: 700 ms + a tick of margin
     assert clock.current_playout_delay_us == 200_000 + 520_000
     await fake.advance(9.0)
     assert clock.current_playout_delay_us == 200_000 + 520_000  # held while things may still be bad
     await fake.advance(21.0)
     # 10 s hold, then 20 s at 50 ms/s gives back 1 s: all of the 520 ms
     assert clock.current_playout_delay_us == 200_000
-    clock.note_late(10_000_000)
+    clock.note_late(0)  # 31 s late
     assert clock.current_playout_delay_us == 2_000_000  # capped
+
+
+async def test_a_burst_of_late_frames_raises_the_delay_once_to_the_latest() -> None:
+    """One stall makes hundreds of frames late: the delay must cover the worst of them, not their sum."""
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=200, max_playout_delay_ms=2000)
+    clock.start()
+    await fake.advance(1.0)
+    for participant in range(20):
+        for call_us in range(500_000, 800_000, 20_000):  # 15 frames each, 200-500 ms too late
+            clock.note_late(call_us + participant)
+    # the earliest needed 1.0 s - 0.52 s + 20 ms: the delay is 500 ms, not 300 frames' worth (the cap)
+    assert clock.current_playout_delay_us == 500_000
+    clock.note_late(900_000)  # a later frame that needed less changes nothing
+    assert clock.current_playout_delay_us == 500_000
 
 
 def test_media_progress_readiness() -> None:

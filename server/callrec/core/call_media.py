@@ -241,17 +241,17 @@ class CallMedia:
             self.clock.notify()
         elif reason == RejectReason.LATE:
             played = participant.jitter.played_until or 0
-            self._frame_late(played * 1_000_000 // rate - call_us)
+            self._frame_late(call_us, played * 1_000_000 // rate - call_us)
         return reason
 
-    def _frame_late(self, lateness_us: int) -> None:
+    def _frame_late(self, call_us: int, lateness_us: int) -> None:
         """Tell the clock (it waits longer from now on) and say so in the log, at most every 10 s.
 
         Late frames mean the server could not read its streams in time (a stalled or
         overloaded event loop) or a gateway's clock jumped: their audio is lost, so an
         operator has to hear about it, but not once per frame.
         """
-        self.clock.note_late(lateness_us)
+        self.clock.note_late(call_us)
         self._late_unlogged += 1
         self._late_max_us = max(self._late_max_us, lateness_us)
         last = self._late_logged_tick

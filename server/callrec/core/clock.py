@@ -120,8 +120,8 @@ class Clock(Protocol):
         """The call ended: stop waiting."""
         ...
 
-    def note_late(self, lateness_us: int) -> None:
-        """A frame arrived `lateness_us` after its samples were mixed: wait longer if possible."""
+    def note_late(self, call_us: int) -> None:
+        """A frame starting at `call_us` (call time) arrived after its samples were mixed: wait longer if possible."""
         ...
 
     @property
@@ -232,12 +232,10 @@ class RealtimeClock:
         """The delay as of the last tick, without updating it: safe to read from another thread (metrics)."""
         return self.playout_delay_us + round(self._extra_us)
 
-    def _grow(self, needed_us: float, now: float) -> None:
-        """Raise the adaptive part so the total delay covers `needed_us` more (bounded)."""
+    def _raise_to(self, extra_us: float, now: float) -> None:
+        """Raise the adaptive part to at least `extra_us` (bounded); calm starts over."""
         room = self.max_playout_delay_us - self.playout_delay_us
-        target = min(float(room), self._extra_us + needed_us)
-        if target > self._extra_us:
-            self._extra_us = target
+        self._extra_us = max(self._extra_us, min(float(room), extra_us))
         self._extra_changed_at = now
 
     def _shrink(self, now: float) -> None:
@@ -252,10 +250,21 @@ class RealtimeClock:
         self._extra_us = max(0.0, self._extra_us - step)
         self._extra_changed_at = now - self._calm_hold_s
 
-    def note_late(self, lateness_us: int) -> None:
-        """A frame came `lateness_us` after its tick was produced: the next ones get that much more time."""
-        if lateness_us > 0:
-            self._grow(lateness_us + TICK_US, self.time.monotonic())
+    def note_late(self, call_us: int) -> None:
+        """A frame starting at `call_us` came after its tick was produced: from now on, wait as long as it took.
+
+        What the frame needed is measured on the wall clock (its arrival minus its tick's end, plus a
+        tick of margin) and the delay is raised *to* that, not *by* it: the hundreds of frames one
+        stall makes late raise the delay once, to the latest of them. (Adding each one's lateness
+        pinned the delay at its maximum after every restart, for minutes; media held that long is
+        what a kill -9 loses.)
+        """
+        if self._t0 is None:
+            return
+        now = self.time.monotonic()
+        tick_end_us = (call_us // TICK_US + 1) * TICK_US
+        needed_us = (now - self._t0) * 1e6 - tick_end_us + TICK_US
+        self._raise_to(needed_us - self.playout_delay_us, now)
 
     def _deadline(self, index: int) -> float:
         assert self._t0 is not None
@@ -277,7 +286,7 @@ class RealtimeClock:
         delay = self._deadline(index) - now
         if -delay > self._stall_threshold_s and self._extra_us < self.max_playout_delay_us - self.playout_delay_us:
             self.stalls += 1
-            self._grow(-delay * 1e6, now)
+            self._raise_to(self._extra_us - delay * 1e6, now)
             delay = self._deadline(index) - now
         if delay <= 0:
             return
@@ -365,7 +374,7 @@ class MediaClock:
         """Wake the waiting tick."""
         self._changed.set()
 
-    def note_late(self, lateness_us: int) -> None:
+    def note_late(self, call_us: int) -> None:
         """Nothing to do: this clock waits for media anyway."""
 
     @property
