@@ -10,7 +10,8 @@ and talks to the bench over stdin/stdout, one JSON object per line:
    configured codec; optional I420 video from `callrec_client.sim_video`), opens one
    `GatewayConnection` per call, joins the participants, prints `{"event": "ready"}`;
 2. waits for `go` on stdin (the bench starts recordings in between), streams every call in
-   real time (one 20 ms audio frame per participant per tick, video frames as they fall due),
+   real time (per call, one `media_batch` per tick holding every participant's 20 ms audio frame,
+   and one per video frame time),
    prints `{"event": "streamed", ...}` with how far the sender slipped behind its schedule and
    its own CPU use;
 3. waits (at most 5 s) for the acks to count every frame, ends the calls and prints
@@ -120,19 +121,22 @@ async def main(cfg: dict[str, Any]) -> None:
             await asyncio.sleep(wait)
         slips.append(time.monotonic() - due)
         ts = start_us + k * 20_000
-        for call in calls:
-            for i, pid in enumerate(call.pids):
-                await call.gw.send(pb.StreamMediaRequest(audio=pb.AudioFrame(
-                    participant_id=pid, sequence=k + 1, timestamp_us=ts, data=audio[i][k])))
+        for call in calls:  # a tick of each call's participants in one media_batch
+            await call.gw.send(pb.StreamMediaRequest(media_batch=pb.MediaBatch(audio=[
+                pb.AudioFrame(participant_id=pid, sequence=k + 1, timestamp_us=ts, data=audio[i][k])
+                for i, pid in enumerate(call.pids)])))
+            for pid in call.pids:
                 call.sent[pid] += 1
         while video and next_video / fps < (k + 1) * TICK_S:
             t = next_video / fps
             vts = start_us + round(t * 1e6)
             for call in calls:
-                for i, pid in enumerate(call.pids):
-                    await call.gw.send(pb.StreamMediaRequest(video=pb.VideoFrame(
-                        participant_id=pid, sequence=next_video + 1, timestamp_us=vts,
-                        data=patterns[i].frame(t), width=video["width"], height=video["height"], keyframe=True)))
+                await call.gw.send(pb.StreamMediaRequest(media_batch=pb.MediaBatch(video=[
+                    pb.VideoFrame(participant_id=pid, sequence=next_video + 1, timestamp_us=vts,
+                                  data=patterns[i].frame(t), width=video["width"], height=video["height"],
+                                  keyframe=True)
+                    for i, pid in enumerate(call.pids)])))
+                for pid in call.pids:
                     call.sent[pid] += 1
             next_video += 1
     wall = time.monotonic() - t0

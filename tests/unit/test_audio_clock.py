@@ -167,7 +167,9 @@ async def test_a_stalled_event_loop_loses_no_frames() -> None:
     call, sink, source = await stalled_loop(max_playout_delay_ms=2000)
     stats = call.stats("a")
     assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
-    assert call.clock.current_playout_delay_us > 1_000_000  # grew by the stall
+    assert isinstance(call.clock, RealtimeClock) and call.clock.stalls >= 1  # grew by the stall, before mixing
+    # ... and only for a while: 3 s after the stall, most of the second it added is given back
+    assert 200_000 < call.clock.current_playout_delay_us < 1_000_000
     out = sink.participant("a")
     start = int(np.flatnonzero(out)[0])
     np.testing.assert_array_equal(out[start : start + len(source)], source)
@@ -193,6 +195,23 @@ async def test_the_added_delay_shrinks_back_once_calm() -> None:
     assert clock.current_playout_delay_us == 200_000
     clock.note_late(0)  # 31 s late
     assert clock.current_playout_delay_us == 2_000_000  # capped
+
+
+async def test_a_stall_raises_the_delay_for_seconds_and_late_frames_for_a_minute() -> None:
+    """A stall is a guess (its frames may be unread), late frames are evidence: they are held differently."""
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=200, max_playout_delay_ms=2000)
+    clock.start()
+    await fake.advance(1.0)
+    fake.stall(0.5)  # the loop was blocked: the mixer wakes 0.5 s after its deadline
+    await clock.wait_tick(int(1.0 / 0.02) - 10, None)  # type: ignore[arg-type]  # unused by the real-time clock
+    assert clock.stalls == 1 and clock.current_playout_delay_us >= 650_000
+    await fake.advance(5.0)  # 2 s held, then 200 ms/s: back to the base within seconds
+    assert clock.current_playout_delay_us == 200_000
+    clock.note_late(5_000_000)  # a frame of 5.0 s that came at 6.5 s: its tick ended at 5.02 s, + a tick of margin
+    assert clock.current_playout_delay_us == 1_500_000
+    await fake.advance(30.0)
+    assert clock.current_playout_delay_us == 1_500_000  # evidence is held a minute
 
 
 async def test_a_burst_of_late_frames_raises_the_delay_once_to_the_latest() -> None:

@@ -521,6 +521,9 @@ def gateway_sim(
     gateway_id: Annotated[str, typer.Option(help="Gateway id sent in `open`.")] = "gateway-sim",
     call_id: Annotated[str, typer.Option(help="call_id (correlation id) sent in `open`.")] = "",
     end: Annotated[bool, typer.Option("--end/--no-end", help="Send `end` at the finish (ends the call).")] = True,
+    batch: Annotated[bool, typer.Option("--batch/--no-batch", help="Send each tick of all participants in one "
+                                        "media_batch message (as a busy gateway should), or a message per "
+                                        "frame.")] = True,
     server: Server = DEFAULT_TARGET,
     json: Json = False,
 ) -> None:
@@ -542,7 +545,7 @@ def gateway_sim(
                 server, call, participants, duration, codec, sample_rate, 2 if stereo else 1, speech, realtime,
                 imp, gateway_id, call_id, video=video, end=end,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-                token=credentials().token, tls=credentials().tls,
+                token=credentials().token, tls=credentials().tls, batch=batch,
             ))
     except CallrecError as exc:
         _fail(exc)

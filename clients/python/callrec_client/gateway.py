@@ -1,8 +1,12 @@
 """A media gateway's side of MediaService.StreamMedia, for tests, `gateway-sim` and integrators.
 
 `async with GatewayConnection(target, "call-1", gateway_id="gw-1") as gw:` opens the
-stream and waits for `opened`; `join`, `audio`, `video`, `leave` queue messages;
-`end` finishes the call for this gateway. Responses (acks, warnings,
+stream and waits for `opened`; `join`, `audio`, `video`, `batch`, `leave` queue messages;
+`end` finishes the call for this gateway. A gateway with several participants sends a tick
+of all of them in one `batch` (one message costs the server ~20 µs before any work):
+
+    await gw.batch(audio=[gw.audio_frame("alice", seq, ts, a), gw.audio_frame("bob", seq, ts, b)])
+ Responses (acks, warnings,
 recording_state) are collected in `responses` and can be awaited with `next_response`.
 With `[auth]` on the server, pass a gateway (or admin) `token`; `tls` as in `callrec_client.client`.
 """
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -156,6 +160,25 @@ class GatewayConnection:
         await self.send(pb.StreamMediaRequest(video=pb.VideoFrame(
             participant_id=participant_id, sequence=sequence, timestamp_us=timestamp_us, data=data,
             width=width, height=height, keyframe=keyframe)))
+
+    @staticmethod
+    def audio_frame(participant_id: str, sequence: int, timestamp_us: int, data: bytes) -> pb.AudioFrame:
+        """An audio frame for `batch`."""
+        return pb.AudioFrame(participant_id=participant_id, sequence=sequence, timestamp_us=timestamp_us, data=data)
+
+    @staticmethod
+    def video_frame(
+        participant_id: str, sequence: int, timestamp_us: int, data: bytes, width: int, height: int,
+        keyframe: bool = False,
+    ) -> pb.VideoFrame:
+        """A video frame for `batch`."""
+        return pb.VideoFrame(participant_id=participant_id, sequence=sequence, timestamp_us=timestamp_us, data=data,
+                             width=width, height=height, keyframe=keyframe)
+
+    async def batch(self, audio: Sequence[pb.AudioFrame] = (), video: Sequence[pb.VideoFrame] = ()) -> None:
+        """Frames of any participants in one `media_batch` message (at most the server's
+        `max_batch_frames`, 256 by default); each is handled as if sent alone, audio first."""
+        await self.send(pb.StreamMediaRequest(media_batch=pb.MediaBatch(audio=audio, video=video)))
 
     async def leave(self, participant_id: str) -> None:
         """A participant leaves."""

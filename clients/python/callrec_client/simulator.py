@@ -131,6 +131,21 @@ def schedule(
     return out
 
 
+MAX_BATCH_FRAMES = 256
+"""The server's default `[limits] max_batch_frames`."""
+
+
+def _send_groups(events: list[tuple], limit: int) -> list[list[tuple]]:
+    """Consecutive events due at the same instant, at most `limit` per group, in order."""
+    groups: list[list[tuple]] = []
+    for event in events:
+        if groups and len(groups[-1]) < limit and groups[-1][0][0] == event[0]:
+            groups[-1].append(event)
+        else:
+            groups.append([event])
+    return groups
+
+
 async def run_simulation(
     target: str,
     server_call_id: str,
@@ -150,8 +165,13 @@ async def run_simulation(
     on_progress: Callable[[int, int], object] | None = None,
     token: str = "",
     tls: TlsOptions | None = None,
+    batch: bool = True,
 ) -> SimReport:
-    """Stream the call; returns what was sent and the server's last counters."""
+    """Stream the call; returns what was sent and the server's last counters.
+
+    With `batch`, frames due at the same instant (a tick of every participant) go in one
+    `media_batch`; impairments that move a frame in time send it on its own.
+    """
     imp = impairments or Impairments()
     fmt = AudioFormat(AudioEncoding(codec), sample_rate, channels)
     ids = [f"participant-{i + 1}" for i in range(participants)]
@@ -177,19 +197,28 @@ async def run_simulation(
             events += video_plan.schedule()
             events.sort(key=lambda e: (e[0], len(e) == 5))  # at equal times video first, as a camera would
         t0 = time.monotonic()
-        for count, event in enumerate(events, 1):
-            due, pid, seq, ts, data = event[:5]
+        sent = 0
+        for group in _send_groups(events, MAX_BATCH_FRAMES if batch else 1):
             if realtime:
-                wait = t0 + due - time.monotonic()
+                wait = t0 + group[0][0] - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            if len(event) > 5:
-                width, height, keyframe = event[5], event[6], event[7]
-                await gw.video(pid, seq, ts, data, width, height, keyframe=keyframe)
+            if len(group) > 1:  # a tick of every participant in one message
+                await gw.batch(
+                    audio=[gw.audio_frame(e[1], e[2], e[3], e[4]) for e in group if len(e) == 5],
+                    video=[gw.video_frame(e[1], e[2], e[3], e[4], e[5], e[6], keyframe=e[7])
+                           for e in group if len(e) > 5],
+                )
             else:
-                await gw.audio(pid, seq, ts, data)
-            if on_progress is not None and count % 50 == 0:
-                on_progress(count, len(events))
+                event = group[0]
+                _, pid, seq, ts, data = event[:5]
+                if len(event) > 5:
+                    await gw.video(pid, seq, ts, data, event[5], event[6], keyframe=event[7])
+                else:
+                    await gw.audio(pid, seq, ts, data)
+            before, sent = sent, sent + len(group)
+            if on_progress is not None and sent // 50 > before // 50:
+                on_progress(sent, len(events))
         # a final ack with the server's counters
         deadline = time.monotonic() + 5
         expected = {pid: n + report.duplicated[pid] for pid, n in report.sent.items()}

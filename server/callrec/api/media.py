@@ -26,6 +26,7 @@ from callrec.api import auth, convert
 from callrec.api.errors import status_of
 from callrec.core.call_registry import Call, CallParticipant, CallRegistry, GatewayStream, RecordingNotice
 from callrec.core.errors import CallrecError, InvalidArgument
+from callrec.core.limits import check_batch
 from callrec.core.ports import MediaIngest
 from callrec.core.recording_registry import RecordingRegistry
 from callrec.logs import get_logger
@@ -110,7 +111,9 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
     def _handle(self, s: _Session, req: pb.StreamMediaRequest) -> None:
         kind = req.WhichOneof("message")
         if kind is None:
-            raise InvalidArgument("empty StreamMediaRequest: set one of open, join, audio, video, leave, end")
+            raise InvalidArgument(
+                "empty StreamMediaRequest: set one of open, join, audio, video, media_batch, leave, end"
+            )
         if s.call is None:
             if kind != "open":
                 raise InvalidArgument(f"expected `open` as the first message of the stream, got `{kind}`")
@@ -125,17 +128,16 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         if kind == "open":
             raise InvalidArgument("`open` was already sent on this stream; send it exactly once, first")
         if kind == "audio":
-            f = req.audio
-            p = self.calls.participant(call, stream, f.participant_id, "audio frame")
-            reason = self.ingest.audio(call, p, f.sequence, f.timestamp_us, f.data)
-            p.last_audio_sequence = max(p.last_audio_sequence, f.sequence)
-            s.count(p, reason, "audio")
+            self._audio(s, call, stream, req.audio)
+        elif kind == "media_batch":
+            batch = req.media_batch
+            check_batch(len(batch.audio), len(batch.video), self.calls.limits)
+            for frame in batch.audio:
+                self._audio(s, call, stream, frame)
+            for video_frame in batch.video:
+                self._video(s, call, stream, video_frame)
         elif kind == "video":
-            v = req.video
-            p = self.calls.participant(call, stream, v.participant_id, "video frame")
-            reason = self.ingest.video(call, p, v.sequence, v.timestamp_us, v.data, v.keyframe, v.width, v.height)
-            p.last_video_sequence = max(p.last_video_sequence, v.sequence)
-            s.count(p, reason, "video")
+            self._video(s, call, stream, req.video)
         elif kind == "join":
             j = req.join
             audio = convert.audio_format(j.audio_format) if j.HasField("audio_format") else None
@@ -150,6 +152,18 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             s.closed = True
             ending = self.calls.end_stream(call, stream, graceful=True)
             raise _EndOfStream(_End(req.end.reason, last_ack, ending))
+
+    def _audio(self, s: _Session, call: Call, stream: GatewayStream, f: pb.AudioFrame) -> None:
+        p = self.calls.participant(call, stream, f.participant_id, "audio frame")
+        reason = self.ingest.audio(call, p, f.sequence, f.timestamp_us, f.data)
+        p.last_audio_sequence = max(p.last_audio_sequence, f.sequence)
+        s.count(p, reason, "audio")
+
+    def _video(self, s: _Session, call: Call, stream: GatewayStream, v: pb.VideoFrame) -> None:
+        p = self.calls.participant(call, stream, v.participant_id, "video frame")
+        reason = self.ingest.video(call, p, v.sequence, v.timestamp_us, v.data, v.keyframe, v.width, v.height)
+        p.last_video_sequence = max(p.last_video_sequence, v.sequence)
+        s.count(p, reason, "video")
 
     def _open_deadline(self, s: _Session) -> asyncio.TimerHandle:
         """Close a stream that has not sent `open` within `[limits] open_timeout_s` (it holds a slot)."""

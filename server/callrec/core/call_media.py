@@ -205,16 +205,23 @@ class CallMedia:
 
     # ------------------------------------------------------------------ ingest
     def push_audio(self, participant_id: str, sequence: int, timestamp_us: int, data: bytes) -> str | None:
-        """Accept one audio frame; returns None, or the reason it was rejected (already counted)."""
+        """Accept one audio frame; returns None, or the reason it was rejected (already counted).
+
+        A frame counts once: as received (accepted) or under the reason it was rejected.
+        """
         participant = self._participants.get(participant_id)
         if participant is None or not participant.present:
             # Not a new stats entry per unknown id: a broken gateway must not grow memory.
             stats = self._stats.get(participant_id) or self._unknown
-            stats.frames_received += 1
             stats.reject(RejectReason.UNKNOWN_PARTICIPANT)
             return RejectReason.UNKNOWN_PARTICIPANT
+        reason = self._push_audio(participant, sequence, timestamp_us, data)
+        if reason is None:
+            participant.stats.frames_received += 1
+        return reason
+
+    def _push_audio(self, participant: ParticipantInput, sequence: int, timestamp_us: int, data: bytes) -> str | None:
         stats = participant.stats
-        stats.frames_received += 1
         if participant.jitter is None or participant.decoder is None:
             stats.reject(RejectReason.NO_AUDIO_FORMAT)
             return RejectReason.NO_AUDIO_FORMAT
@@ -456,7 +463,8 @@ class CallMedia:
             for frame in jitter.pop_due(last):
                 try:
                     pcm = decoder.decode(frame.data)
-                except DecodeError:
+                except DecodeError:  # accepted when it came, found undecodable now: counted once, as rejected
+                    p.stats.frames_received -= 1
                     p.stats.reject(RejectReason.DECODE_ERROR)
                     if self._on_rejected is not None:
                         self._on_rejected(pid, RejectReason.DECODE_ERROR)

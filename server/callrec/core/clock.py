@@ -141,8 +141,45 @@ class _Anchor:
     last_slew_us: float
 
 
+class _Raised:
+    """An adaptive addition to the playout delay: raised at once, held while needed, given back slowly."""
+
+    def __init__(self, hold_s: float, shrink_rate: float) -> None:
+        self.hold_s = hold_s
+        self.shrink_rate = shrink_rate  # seconds of delay given back per second of calm
+        self.us = 0.0
+        self.changed_at = 0.0  # monotonic time of the last raise (or shrink step)
+
+    def raise_to(self, us: float, room_us: float, now: float) -> None:
+        """At least `us` (at most `room_us`) from now on; the hold starts over."""
+        self.us = max(self.us, min(room_us, us))
+        self.changed_at = now
+
+    def shrink(self, now: float) -> None:
+        """Give the addition back once nothing has needed it for `hold_s`."""
+        if self.us <= 0:
+            self.changed_at = now
+            return
+        calm = now - self.changed_at
+        if calm <= self.hold_s:
+            return
+        self.us = max(0.0, self.us - (calm - self.hold_s) * self.shrink_rate * 1e6)
+        self.changed_at = now - self.hold_s
+
+
 class RealtimeClock:
-    """Wall-clock pacing with a playout delay and per-gateway drift correction."""
+    """Wall-clock pacing with a playout delay and per-gateway drift correction.
+
+    The playout delay adapts (up to `max_playout_delay_ms`) in two ways. Frames that did arrive
+    after their tick was mixed raise it to what they needed, measured on the wall clock, and it
+    stays raised for `calm_hold_s` (a minute) before it is given back at `shrink_rate` (20 ms/s):
+    that is evidence, and the causes recur (many recordings rotating their chunks at once). A
+    stall of the event loop (the mixer wakes late) raises it by the stall *before* mixing, since
+    that tick's frames may still be unread; that is a guess, so it is held only `stall_hold_s`
+    (2 s) and given back at `stall_shrink_rate` (200 ms/s). Media waiting out the delay is in
+    memory only, and it is what a kill -9 loses: a delay that ratchets up on every hiccup of a
+    busy server (it did, to its 2 s maximum within minutes) costs that much at every crash.
+    """
 
     def __init__(
         self,
@@ -156,18 +193,16 @@ class RealtimeClock:
         stall_threshold_ms: float = 40.0,
         calm_hold_s: float = 60.0,
         shrink_rate: float = 0.02,
+        stall_hold_s: float = 2.0,
+        stall_shrink_rate: float = 0.2,
     ) -> None:
         self.time = time_source or SystemTime()
         self.playout_delay_us = round(playout_delay_ms * 1000)
         limit = max_playout_delay_ms if max_playout_delay_ms is not None else max(2000.0, playout_delay_ms)
         self.max_playout_delay_us = max(self.playout_delay_us, round(limit * 1000))
         self._stall_threshold_s = stall_threshold_ms / 1000
-        # Held a minute, then given back at 20 ms/s: stalls that recur (every chunk rotation of
-        # many recordings at once, a periodic upload burst) find the delay still raised.
-        self._calm_hold_s = calm_hold_s
-        self._shrink_rate = shrink_rate  # seconds of extra delay given back per second of calm
-        self._extra_us = 0.0  # adaptive part of the playout delay
-        self._extra_changed_at = 0.0  # monotonic time of the last growth (or shrink step)
+        self._late = _Raised(calm_hold_s, shrink_rate)  # what late frames needed
+        self._stall = _Raised(stall_hold_s, stall_shrink_rate)  # what stalls may need
         self.stalls = 0  # times the mixer woke so late that the delay had to grow
         self._window_us = drift_window_s * 1e6
         self._slew = max_slew_ppm / 1e6
@@ -228,27 +263,18 @@ class RealtimeClock:
         return self.playout_delay_us + round(self._extra_us)
 
     @property
+    def _extra_us(self) -> float:
+        """The adaptive part of the playout delay now."""
+        return max(self._late.us, self._stall.us)
+
+    @property
     def last_playout_delay_us(self) -> int:
         """The delay as of the last tick, without updating it: safe to read from another thread (metrics)."""
         return self.playout_delay_us + round(self._extra_us)
 
-    def _raise_to(self, extra_us: float, now: float) -> None:
-        """Raise the adaptive part to at least `extra_us` (bounded); calm starts over."""
-        room = self.max_playout_delay_us - self.playout_delay_us
-        self._extra_us = max(self._extra_us, min(float(room), extra_us))
-        self._extra_changed_at = now
-
     def _shrink(self, now: float) -> None:
-        """Give the added delay back slowly once nothing has needed it for `calm_hold_s`."""
-        if self._extra_us <= 0:
-            self._extra_changed_at = now
-            return
-        calm = now - self._extra_changed_at
-        if calm <= self._calm_hold_s:
-            return
-        step = (calm - self._calm_hold_s) * self._shrink_rate * 1e6
-        self._extra_us = max(0.0, self._extra_us - step)
-        self._extra_changed_at = now - self._calm_hold_s
+        self._late.shrink(now)
+        self._stall.shrink(now)
 
     def note_late(self, call_us: int) -> None:
         """A frame starting at `call_us` came after its tick was produced: from now on, wait as long as it took.
@@ -264,7 +290,7 @@ class RealtimeClock:
         now = self.time.monotonic()
         tick_end_us = (call_us // TICK_US + 1) * TICK_US
         needed_us = (now - self._t0) * 1e6 - tick_end_us + TICK_US
-        self._raise_to(needed_us - self.playout_delay_us, now)
+        self._late.raise_to(needed_us - self.playout_delay_us, self.max_playout_delay_us - self.playout_delay_us, now)
 
     def _deadline(self, index: int) -> float:
         assert self._t0 is not None
@@ -276,7 +302,8 @@ class RealtimeClock:
         Waking more than `stall_threshold_ms` after the deadline means the event loop
         was blocked that long, and the stream readers with it: their frames for this tick
         are probably still unread. The delay then grows by the stall, which gives the
-        readers that time to catch up before the tick is mixed.
+        readers that time to catch up before the tick is mixed (for a few seconds only,
+        unless frames do turn out late: see the class docstring).
         """
         if self._ended:
             return
@@ -286,7 +313,8 @@ class RealtimeClock:
         delay = self._deadline(index) - now
         if -delay > self._stall_threshold_s and self._extra_us < self.max_playout_delay_us - self.playout_delay_us:
             self.stalls += 1
-            self._raise_to(self._extra_us - delay * 1e6, now)
+            room = self.max_playout_delay_us - self.playout_delay_us
+            self._stall.raise_to(self._extra_us - delay * 1e6, room, now)
             delay = self._deadline(index) - now
         if delay <= 0:
             return

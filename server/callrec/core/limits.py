@@ -22,6 +22,7 @@ from callrec.core.model import VideoEncoding, VideoFormat, i420_size
 __all__ = [
     "OPUS_MAX_PACKET_BYTES_PER_20MS",
     "Limits",
+    "check_batch",
     "check_count",
     "check_items",
     "check_text",
@@ -68,6 +69,8 @@ class Limits:
     """Length of a location, destination, container URL or page token."""
     max_list_items: int = 64
     """Items in any list of a request (channel ordering, channel affinity, event types)."""
+    max_batch_frames: int = 256
+    """Frames in one `media_batch` (audio and video together): a tick of 256 participants."""
     max_video_pixels: int = 1920 * 1088
     """Largest video frame (width x height), declared at join or found by the decoder."""
     max_frame_ahead_ms: int = 5_000
@@ -96,6 +99,16 @@ def check_items(items: Sized, field: str, max_items: int, setting: str = "max_li
     if len(items) > max_items:
         raise InvalidArgument(
             f"{field} has {len(items)} entries; the limit is {max_items} ({_setting(setting)})"
+        )
+
+
+def check_batch(audio_frames: int, video_frames: int, limits: Limits) -> None:
+    """`InvalidArgument` when a `media_batch` holds more than `max_batch_frames` frames."""
+    frames = audio_frames + video_frames
+    if frames > limits.max_batch_frames:
+        raise InvalidArgument(
+            f"media_batch has {frames} frames ({audio_frames} audio, {video_frames} video); the limit is "
+            f"{limits.max_batch_frames} ({_setting('max_batch_frames')}): send the rest in another batch"
         )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from callrec.v1 import recording_pb2 as callrec_dot_v1_dot_recording__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61llrec/v1/media.proto\x12\ncallrec.v1\x1a\x1a\x63\x61llrec/v1/recording.proto\"a\n\x0b\x41udioFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.callrec.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"Y\n\x0bVideoFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.callrec.v1.VideoEncoding\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"I\n\nStreamOpen\x12\x16\n\x0eserver_call_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x12\n\ngateway_id\x18\x03 \x01(\t\"\x9d\x01\n\x0fParticipantJoin\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12-\n\x0c\x61udio_format\x18\x03 \x01(\x0b\x32\x17.callrec.v1.AudioFormat\x12-\n\x0cvideo_format\x18\x04 \x01(\x0b\x32\x17.callrec.v1.VideoFormat\"Z\n\nAudioFrame\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8b\x01\n\nVideoFrame\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x10\n\x08keyframe\x18\x05 \x01(\x08\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\"*\n\x10ParticipantLeave\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"\x1b\n\tStreamEnd\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9b\x02\n\x12StreamMediaRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.callrec.v1.StreamOpenH\x00\x12+\n\x04join\x18\x02 \x01(\x0b\x32\x1b.callrec.v1.ParticipantJoinH\x00\x12\'\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x16.callrec.v1.AudioFrameH\x00\x12\'\n\x05video\x18\x04 \x01(\x0b\x32\x16.callrec.v1.VideoFrameH\x00\x12-\n\x05leave\x18\x05 \x01(\x0b\x32\x1c.callrec.v1.ParticipantLeaveH\x00\x12$\n\x03\x65nd\x18\x06 \x01(\x0b\x32\x15.callrec.v1.StreamEndH\x00\x42\t\n\x07message\"m\n\x0cStreamOpened\x12\x16\n\x0eserver_call_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ll_connection_id\x18\x02 \x01(\t\x12)\n\nrecordings\x18\x03 \x03(\x0b\x32\x15.callrec.v1.Recording\"\xfb\x01\n\x0eParticipantAck\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x1b\n\x13last_audio_sequence\x18\x02 \x01(\x04\x12\x1b\n\x13last_video_sequence\x18\x03 \x01(\x04\x12\x10\n\x08received\x18\x04 \x01(\x04\x12L\n\x12rejected_by_reason\x18\x05 \x03(\x0b\x32\x30.callrec.v1.ParticipantAck.RejectedByReasonEntry\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"<\n\x08MediaAck\x12\x30\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1a.callrec.v1.ParticipantAck\"W\n\x14RecordingStateUpdate\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.callrec.v1.RecordingState\"E\n\x0cMediaWarning\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xdb\x01\n\x13StreamMediaResponse\x12*\n\x06opened\x18\x01 \x01(\x0b\x32\x18.callrec.v1.StreamOpenedH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.callrec.v1.MediaAckH\x00\x12;\n\x0frecording_state\x18\x03 \x01(\x0b\x32 .callrec.v1.RecordingStateUpdateH\x00\x12+\n\x07warning\x18\x04 \x01(\x0b\x32\x18.callrec.v1.MediaWarningH\x00\x42\t\n\x07message*\x96\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIO_ENCODING_PCM16LE\x10\x01\x12\x17\n\x13\x41UDIO_ENCODING_PCMU\x10\x02\x12\x17\n\x13\x41UDIO_ENCODING_PCMA\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_OPUS\x10\x04*y\n\rVideoEncoding\x12\x1e\n\x1aVIDEO_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VIDEO_ENCODING_I420\x10\x01\x12\x17\n\x13VIDEO_ENCODING_H264\x10\x02\x12\x16\n\x12VIDEO_ENCODING_VP8\x10\x03\x32\x62\n\x0cMediaService\x12R\n\x0bStreamMedia\x12\x1e.callrec.v1.StreamMediaRequest\x1a\x1f.callrec.v1.StreamMediaResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61llrec/v1/media.proto\x12\ncallrec.v1\x1a\x1a\x63\x61llrec/v1/recording.proto\"a\n\x0b\x41udioFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.callrec.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"Y\n\x0bVideoFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.callrec.v1.VideoEncoding\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"I\n\nStreamOpen\x12\x16\n\x0eserver_call_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x12\n\ngateway_id\x18\x03 \x01(\t\"\x9d\x01\n\x0fParticipantJoin\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12-\n\x0c\x61udio_format\x18\x03 \x01(\x0b\x32\x17.callrec.v1.AudioFormat\x12-\n\x0cvideo_format\x18\x04 \x01(\x0b\x32\x17.callrec.v1.VideoFormat\"Z\n\nAudioFrame\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8b\x01\n\nVideoFrame\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x10\n\x08keyframe\x18\x05 \x01(\x08\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\"*\n\x10ParticipantLeave\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"\x1b\n\tStreamEnd\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xca\x02\n\x12StreamMediaRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.callrec.v1.StreamOpenH\x00\x12+\n\x04join\x18\x02 \x01(\x0b\x32\x1b.callrec.v1.ParticipantJoinH\x00\x12\'\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x16.callrec.v1.AudioFrameH\x00\x12\'\n\x05video\x18\x04 \x01(\x0b\x32\x16.callrec.v1.VideoFrameH\x00\x12-\n\x05leave\x18\x05 \x01(\x0b\x32\x1c.callrec.v1.ParticipantLeaveH\x00\x12$\n\x03\x65nd\x18\x06 \x01(\x0b\x32\x15.callrec.v1.StreamEndH\x00\x12-\n\x0bmedia_batch\x18\x07 \x01(\x0b\x32\x16.callrec.v1.MediaBatchH\x00\x42\t\n\x07message\"Z\n\nMediaBatch\x12%\n\x05\x61udio\x18\x01 \x03(\x0b\x32\x16.callrec.v1.AudioFrame\x12%\n\x05video\x18\x02 \x03(\x0b\x32\x16.callrec.v1.VideoFrame\"m\n\x0cStreamOpened\x12\x16\n\x0eserver_call_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ll_connection_id\x18\x02 \x01(\t\x12)\n\nrecordings\x18\x03 \x03(\x0b\x32\x15.callrec.v1.Recording\"\xfb\x01\n\x0eParticipantAck\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x1b\n\x13last_audio_sequence\x18\x02 \x01(\x04\x12\x1b\n\x13last_video_sequence\x18\x03 \x01(\x04\x12\x10\n\x08received\x18\x04 \x01(\x04\x12L\n\x12rejected_by_reason\x18\x05 \x03(\x0b\x32\x30.callrec.v1.ParticipantAck.RejectedByReasonEntry\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"<\n\x08MediaAck\x12\x30\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1a.callrec.v1.ParticipantAck\"W\n\x14RecordingStateUpdate\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.callrec.v1.RecordingState\"E\n\x0cMediaWarning\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xdb\x01\n\x13StreamMediaResponse\x12*\n\x06opened\x18\x01 \x01(\x0b\x32\x18.callrec.v1.StreamOpenedH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.callrec.v1.MediaAckH\x00\x12;\n\x0frecording_state\x18\x03 \x01(\x0b\x32 .callrec.v1.RecordingStateUpdateH\x00\x12+\n\x07warning\x18\x04 \x01(\x0b\x32\x18.callrec.v1.MediaWarningH\x00\x42\t\n\x07message*\x96\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIO_ENCODING_PCM16LE\x10\x01\x12\x17\n\x13\x41UDIO_ENCODING_PCMU\x10\x02\x12\x17\n\x13\x41UDIO_ENCODING_PCMA\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_OPUS\x10\x04*y\n\rVideoEncoding\x12\x1e\n\x1aVIDEO_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VIDEO_ENCODING_I420\x10\x01\x12\x17\n\x13VIDEO_ENCODING_H264\x10\x02\x12\x16\n\x12VIDEO_ENCODING_VP8\x10\x03\x32\x62\n\x0cMediaService\x12R\n\x0bStreamMedia\x12\x1e.callrec.v1.StreamMediaRequest\x1a\x1f.callrec.v1.StreamMediaResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PARTICIPANTACK_REJECTEDBYREASONENTRY']._loaded_options = None
   _globals['_PARTICIPANTACK_REJECTEDBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=1894
-  _globals['_AUDIOENCODING']._serialized_end=2044
-  _globals['_VIDEOENCODING']._serialized_start=2046
-  _globals['_VIDEOENCODING']._serialized_end=2167
+  _globals['_AUDIOENCODING']._serialized_start=2033
+  _globals['_AUDIOENCODING']._serialized_end=2183
+  _globals['_VIDEOENCODING']._serialized_start=2185
+  _globals['_VIDEOENCODING']._serialized_end=2306
   _globals['_AUDIOFORMAT']._serialized_start=66
   _globals['_AUDIOFORMAT']._serialized_end=163
   _globals['_VIDEOFORMAT']._serialized_start=165
@@ -55,21 +55,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMEND']._serialized_start=769
   _globals['_STREAMEND']._serialized_end=796
   _globals['_STREAMMEDIAREQUEST']._serialized_start=799
-  _globals['_STREAMMEDIAREQUEST']._serialized_end=1082
-  _globals['_STREAMOPENED']._serialized_start=1084
-  _globals['_STREAMOPENED']._serialized_end=1193
-  _globals['_PARTICIPANTACK']._serialized_start=1196
-  _globals['_PARTICIPANTACK']._serialized_end=1447
-  _globals['_PARTICIPANTACK_REJECTEDBYREASONENTRY']._serialized_start=1392
-  _globals['_PARTICIPANTACK_REJECTEDBYREASONENTRY']._serialized_end=1447
-  _globals['_MEDIAACK']._serialized_start=1449
-  _globals['_MEDIAACK']._serialized_end=1509
-  _globals['_RECORDINGSTATEUPDATE']._serialized_start=1511
-  _globals['_RECORDINGSTATEUPDATE']._serialized_end=1598
-  _globals['_MEDIAWARNING']._serialized_start=1600
-  _globals['_MEDIAWARNING']._serialized_end=1669
-  _globals['_STREAMMEDIARESPONSE']._serialized_start=1672
-  _globals['_STREAMMEDIARESPONSE']._serialized_end=1891
-  _globals['_MEDIASERVICE']._serialized_start=2169
-  _globals['_MEDIASERVICE']._serialized_end=2267
+  _globals['_STREAMMEDIAREQUEST']._serialized_end=1129
+  _globals['_MEDIABATCH']._serialized_start=1131
+  _globals['_MEDIABATCH']._serialized_end=1221
+  _globals['_STREAMOPENED']._serialized_start=1223
+  _globals['_STREAMOPENED']._serialized_end=1332
+  _globals['_PARTICIPANTACK']._serialized_start=1335
+  _globals['_PARTICIPANTACK']._serialized_end=1586
+  _globals['_PARTICIPANTACK_REJECTEDBYREASONENTRY']._serialized_start=1531
+  _globals['_PARTICIPANTACK_REJECTEDBYREASONENTRY']._serialized_end=1586
+  _globals['_MEDIAACK']._serialized_start=1588
+  _globals['_MEDIAACK']._serialized_end=1648
+  _globals['_RECORDINGSTATEUPDATE']._serialized_start=1650
+  _globals['_RECORDINGSTATEUPDATE']._serialized_end=1737
+  _globals['_MEDIAWARNING']._serialized_start=1739
+  _globals['_MEDIAWARNING']._serialized_end=1808
+  _globals['_STREAMMEDIARESPONSE']._serialized_start=1811
+  _globals['_STREAMMEDIARESPONSE']._serialized_end=2030
+  _globals['_MEDIASERVICE']._serialized_start=2308
+  _globals['_MEDIASERVICE']._serialized_end=2406
 # @@protoc_insertion_point(module_scope)

@@ -117,20 +117,30 @@ class StreamEnd(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class StreamMediaRequest(_message.Message):
-    __slots__ = ("open", "join", "audio", "video", "leave", "end")
+    __slots__ = ("open", "join", "audio", "video", "leave", "end", "media_batch")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     VIDEO_FIELD_NUMBER: _ClassVar[int]
     LEAVE_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_BATCH_FIELD_NUMBER: _ClassVar[int]
     open: StreamOpen
     join: ParticipantJoin
     audio: AudioFrame
     video: VideoFrame
     leave: ParticipantLeave
     end: StreamEnd
-    def __init__(self, open: _Optional[_Union[StreamOpen, _Mapping]] = ..., join: _Optional[_Union[ParticipantJoin, _Mapping]] = ..., audio: _Optional[_Union[AudioFrame, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., leave: _Optional[_Union[ParticipantLeave, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ...) -> None: ...
+    media_batch: MediaBatch
+    def __init__(self, open: _Optional[_Union[StreamOpen, _Mapping]] = ..., join: _Optional[_Union[ParticipantJoin, _Mapping]] = ..., audio: _Optional[_Union[AudioFrame, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., leave: _Optional[_Union[ParticipantLeave, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., media_batch: _Optional[_Union[MediaBatch, _Mapping]] = ...) -> None: ...
+
+class MediaBatch(_message.Message):
+    __slots__ = ("audio", "video")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    audio: _containers.RepeatedCompositeFieldContainer[AudioFrame]
+    video: _containers.RepeatedCompositeFieldContainer[VideoFrame]
+    def __init__(self, audio: _Optional[_Iterable[_Union[AudioFrame, _Mapping]]] = ..., video: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ...) -> None: ...
 
 class StreamOpened(_message.Message):
     __slots__ = ("server_call_id", "call_connection_id", "recordings")
