@@ -71,3 +71,107 @@ test('openGateway resolves on opened and the recording shows up in ListRecording
     callrec.close();
   }
 });
+
+/** 20 ms of PCM16LE 16 kHz mono (320 samples = 640 bytes), every sample `value`. */
+function pcmFrame(value) {
+  const frame = Buffer.alloc(640);
+  for (let i = 0; i < 320; i += 1) frame.writeInt16LE(value, i * 2);
+  return frame;
+}
+
+/**
+ * Resolves with the first `ack` (in `gateway.responses` already or arriving later) for which
+ * `predicate(ack)` holds; rejects after `timeoutMs` with the last ack seen, or when the stream ends.
+ */
+function waitForAck(gateway, predicate, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    let lastAck = null;
+    let settled = false;
+    const finish = (fn, value) => {
+      if (!settled) {
+        settled = true;
+        clearTimeout(timer);
+        fn(value);
+      }
+    };
+    const check = (response) => {
+      if (response.message !== 'ack') return;
+      lastAck = response.ack;
+      if (predicate(response.ack)) finish(resolve, response.ack);
+    };
+    const timer = setTimeout(() => finish(reject, new Error(
+      `no matching ack within ${timeoutMs} ms; last ack: ${JSON.stringify(lastAck)}`)), timeoutMs);
+    for (const response of gateway.responses) check(response);
+    gateway.onResponse(check);
+    gateway.done.then((status) => finish(reject, gateway.error
+      || new Error(`StreamMedia ended (code ${status.code}: ${status.details}) before a matching ack`)));
+  });
+}
+
+test('batch sends one media_batch per tick and every frame is counted', { skip, timeout: 60000 }, async () => {
+  const callrec = connect(SERVER, connectionOptionsFromEnv());
+  const serverCallId = `node-batch-${process.pid}-${Date.now()}`;
+  const participants = [
+    { id: 'ann', frame: pcmFrame(3000) },
+    { id: 'ben', frame: pcmFrame(-2000) },
+    { id: 'cat', frame: pcmFrame(1000) },
+  ];
+  try {
+    const gateway = await callrec.openGateway(serverCallId, 'node-batch-gw');
+    for (const p of participants) await gateway.join(p.id);
+    const rec = await callrec.startRecording({
+      server_call_id: serverCallId,
+      content_type: 'RECORDING_CONTENT_TYPE_AUDIO',
+      channel_type: 'RECORDING_CHANNEL_TYPE_UNMIXED',
+      format: 'RECORDING_FORMAT_WAV',
+    });
+    assert.equal(rec.state, 'RECORDING_STATE_ACTIVE');
+    const TICKS = 50;
+    for (let tick = 0; tick < TICKS; tick += 1) {
+      await gateway.batch({
+        audio: participants.map((p) => ({ participantId: p.id, sequence: tick + 1, timestampUs: tick * 20000, data: p.frame })),
+      });
+    }
+    const ack = await waitForAck(gateway, (a) => participants.every(
+      (p) => a.participants.some((pa) => pa.participant_id === p.id && pa.received === String(TICKS))));
+    for (const p of participants) {
+      const pa = ack.participants.find((x) => x.participant_id === p.id);
+      assert.equal(pa.last_audio_sequence, String(TICKS));
+      assert.deepEqual(pa.rejected_by_reason, {});
+    }
+    assert.equal(gateway.responses.filter((r) => r.message === 'warning').length, 0,
+      `warnings: ${JSON.stringify(gateway.responses.filter((r) => r.message === 'warning'))}`);
+    await callrec.stopRecording({ recording_id: rec.recording_id });
+    const status = await gateway.end();
+    assert.equal(status.code, 0);
+  } finally {
+    callrec.close();
+  }
+});
+
+test('batch with a participant that never joined ends the stream with FAILED_PRECONDITION', { skip }, async () => {
+  const callrec = connect(SERVER, connectionOptionsFromEnv());
+  const serverCallId = `node-batch-bad-${process.pid}-${Date.now()}`;
+  try {
+    const gateway = await callrec.openGateway(serverCallId, 'node-batch-gw');
+    await gateway.join('dan');
+    assert.throws(() => gateway.batch({ audio: 'not an array' }), TypeError);
+    assert.throws(() => gateway.batch({ video: {} }), TypeError);
+    await gateway.batch({
+      audio: [
+        { participantId: 'dan', sequence: 1, timestampUs: 0, data: pcmFrame(500) },
+        { participantId: 'ghost', sequence: 1, timestampUs: 0, data: pcmFrame(500) },
+      ],
+    });
+    // The server aborts the stream on the bad frame: wait for that status, then end() reports it.
+    let timer;
+    const status = await Promise.race([gateway.done, new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error('the server did not end the stream within 10 s')), 10000);
+    })]).finally(() => clearTimeout(timer));
+    assert.notEqual(status.code, 0);
+    await assert.rejects(gateway.end(), (err) => err.name === 'CallrecError'
+      && err.codeName === 'FAILED_PRECONDITION' && /ghost/.test(err.details) && /join/.test(err.details));
+  } finally {
+    callrec.close();
+  }
+});
