@@ -419,9 +419,13 @@ class CallMedia:
                 await self.clock.wait_tick(index, self)
                 if self.clock.ended and not self._pending_after(index):
                     break
-                tick = self.produce_tick(index)
-                self._next_tick = index + 1
-                self._deliver(tick)
+                if self._sinks:
+                    tick = self.produce_tick(index)
+                    self._next_tick = index + 1
+                    self._deliver(tick)
+                else:  # nothing records this call now: play its media out without decoding or mixing
+                    self.skip_tick(index)
+                    self._next_tick = index + 1
                 # The media clock may never have to wait: let readers and writers run.
                 await asyncio.sleep(0)
         finally:
@@ -444,6 +448,27 @@ class CallMedia:
             except Exception:
                 log.exception("tick sink failed; detaching it", call_id=self.call_id)
                 self.detach(sink)
+
+    def skip_tick(self, index: int) -> None:
+        """Consume tick `index` unheard: its frames are dropped undecoded, the playout point moves on.
+
+        A call that no recording listens to costs no decoding, resampling or mixing (a gateway may
+        stream every call, recorded or not). Frames still count as received; the decoder meets a gap
+        when a recording starts, as it would after packet loss.
+        """
+        drained: list[ParticipantInput] = []
+        for p in list(self._participants.values()):
+            jitter = p.jitter
+            if jitter is None:
+                continue
+            rate = p.rate
+            first, last = index * rate // 50, (index + 1) * rate // 50
+            jitter.drop_due(last)
+            jitter.read(first, last)
+            if not p.present and jitter.pending_until() is None:
+                drained.append(p)
+        for p in drained:
+            self._drop(p)
 
     def produce_tick(self, index: int) -> MixTick:
         """Build tick `index` from what is buffered now (`run()` calls this; tests may too)."""

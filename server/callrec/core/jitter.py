@@ -152,6 +152,17 @@ class JitterBuffer:
             out.sort(key=lambda f: f.sequence)
         return out
 
+    def drop_due(self, until: int) -> None:
+        """Pop the frames that start before `until` without playing them (nothing records the call).
+
+        The cursor moves past them as if they had been placed, so playing that resumes later does
+        not count them as a gap.
+        """
+        frames = self.pop_due(until)
+        if frames:
+            end = max(f.end for f in frames)
+            self._cursor = end if self._cursor is None else max(self._cursor, end)
+
     def place(self, frame: EncodedFrame, pcm: np.ndarray) -> None:
         """Put a popped frame's decoded PCM (float32, participant's rate) on the timeline."""
         start = frame.position
