@@ -72,7 +72,7 @@ def render(rows: list[Row], head: list[str], elapsed: float) -> None:
         width = max(len(r.metric) for r in rows)
         vwidth = max(len(r.value) for r in rows)
         for r in rows:
-            print(f"{r.key:>2}  {r.metric:<{width}}  {r.value:>{vwidth}}  {r.detail}")
+            print(f"{r.key:>2}  {r.metric:<{width}}  {r.value:>{vwidth}}  {r.goal:>12}  {r.detail}")
         print(f"({elapsed:.0f} s)")
         return
     console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
@@ -80,9 +80,11 @@ def render(rows: list[Row], head: list[str], elapsed: float) -> None:
     table.add_column("#", justify="right")
     table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("goal", justify="right", no_wrap=True)
     table.add_column("how / notes")
     for r in rows:
-        table.add_row(r.key, Text(r.metric), Text(r.value, style=None if r.ok else "bold red"), Text(r.detail))
+        table.add_row(r.key, Text(r.metric), Text(r.value, style=None if r.ok else "bold red"), Text(r.goal),
+                      Text(r.detail))
     for line in head:
         console.print(Text(line))
     console.print(table)

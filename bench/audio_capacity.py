@@ -58,7 +58,8 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     detail += (f"; upper bound by CPU alone on an idle machine ~{estimate:.0f} ({bound}; linear from "
                f"{ref.stream.get('main_thread_pct', 0):.0f}% loop thread, {ref.client_cpu_pct:.0f}% client "
                f"at {ref.total_participants})")
-    section.rows.append(Row("1", "audio participants at real time (mixed mp3, 10-person calls)", value, detail))
+    section.rows.append(Row("1", "audio participants at real time (mixed mp3, 10-person calls)", value, detail,
+                            goal=">= 800"))
 
     cpu_detail = (f"server process CPU / participant-minutes, {ref.calls} call(s) x {ref.media_s:.0f} s, "
                   f"{ref.stream.get('server_pct', 0):.0f}% of a core while streaming")
@@ -70,5 +71,5 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     per_participant = (ref.rss_load_mb - ref.rss_base_mb) / ref.total_participants
     section.rows.append(Row("4a", "memory per audio participant", f"{per_participant:.2f} MB",
                             f"server RSS {ref.rss_base_mb:.0f} MB idle -> {ref.rss_load_mb:.0f} MB "
-                            f"with {ref.total_participants} participants"))
+                            f"with {ref.total_participants} participants", goal="<= 0.5 MB"))
     return section

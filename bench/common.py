@@ -31,6 +31,7 @@ class Row:
     value: str
     detail: str = ""
     ok: bool = True  # False: the measurement itself did not work (the value says why)
+    goal: str = ""  # the target this figure is measured against (issue 11), printed beside it
 
 
 @dataclass

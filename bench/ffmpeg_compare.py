@@ -123,6 +123,7 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
         f"(its process start-up included, as run); without ffmpeg's ~{startup:.2f} s start-up: "
         f"{callrec / work:.2f}x; vs ffmpeg at callrec's LAME level (-compression_level 7, {ffmpeg7:.3f} s): "
         f"{callrec / ffmpeg7:.2f}x",
+        goal="<= 2x",
     ))
     return section
 
