@@ -151,8 +151,8 @@ def serve(
                                 help="Real-time clock: ms to wait for late frames [default: 200].")] = None,
     max_playout_delay_ms: Annotated[int | None, typer.Option(envvar="CALLREC_MAX_PLAYOUT_DELAY_MS",
                                     help="Real-time clock: how far the wait may grow while the server is "
-                                    "overloaded; media waiting that long is what a crash loses [default: "
-                                    "750].")] = None,
+                                    "overloaded; media waiting that long is what a crash loses (750 keeps a "
+                                    "crash under ~1 s, at the price of more late frames) [default: 2000].")] = None,
     event_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_EVENT_RETENTION_H",
                                  help="Hours events stay in the log [default: 24].")] = None,
     local_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_LOCAL_RETENTION_H",

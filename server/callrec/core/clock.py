@@ -14,7 +14,7 @@ Call time 0 is when the clock started; tick k covers call time [k*20 ms, (k+1)*2
   or frames arrive after their tick was mixed, the delay grows to cover it, up to
   `max_playout_delay_ms`, and shrinks back once things are calm. Latency is cheap for a
   recording and media dropped as "late" is lost for good, but media waiting out the delay
-  is lost at a crash: the server's default cap (750 ms) keeps a kill -9 under a second.
+  is lost at a crash (see `max_playout_delay_ms` in `callrec.config` for the trade).
 * `MediaClock` (tests, `bench/`, `--clock media`): produces tick k as soon as every
   participant with audio has delivered media past it, so a minute of call is processed
   in a fraction of a second. A participant that left, or the end of the call, releases it.
@@ -199,7 +199,7 @@ class RealtimeClock:
     ) -> None:
         self.time = time_source or SystemTime()
         self.playout_delay_us = round(playout_delay_ms * 1000)
-        limit = max_playout_delay_ms if max_playout_delay_ms is not None else max(750.0, playout_delay_ms)
+        limit = max_playout_delay_ms if max_playout_delay_ms is not None else max(2000.0, playout_delay_ms)
         self.max_playout_delay_us = max(self.playout_delay_us, round(limit * 1000))
         self._stall_threshold_s = stall_threshold_ms / 1000
         self._late = _Raised(calm_hold_s, shrink_rate)  # what late frames needed
