@@ -45,11 +45,10 @@ from callrec.security.tokens import TokenVerifier
 from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
 from callrec.state.recordings import RecordingRepository
-from callrec.storage.external import ExternalPolicy
 from callrec.storage.local import LocalStore
 from callrec.storage.outbox import Outbox, PruneResult
 from callrec.storage.resolver import StoreResolver
-from callrec.storage.targets import stores_from_config
+from callrec.storage.upload_worker import StoreSpec, UploadWorker, resolver_from_spec
 from callrec.v1 import (
     content_pb2,
     content_pb2_grpc,
@@ -95,6 +94,7 @@ class App:
     health: HealthServicer
     port: int
     uploads: UploadAdmin
+    upload_worker: UploadWorker | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def housekeeping(self) -> None:
@@ -155,6 +155,8 @@ class App:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.upload_worker is not None:
+            await asyncio.to_thread(self.upload_worker.close)
         await self.stores.close()
         self.events.close()
         self.db.close()
@@ -170,9 +172,10 @@ async def build_server(
     tls = server_tls(config)
     db = Database(config.state_db_path)
     stores = build_stores(config)
+    upload_worker = UploadWorker(store_spec(config), stores)
     outbox = Outbox(
         db,
-        stores,
+        upload_worker,
         concurrency=config.upload_concurrency,
         backoff_max_s=config.upload_backoff_max_s,
         on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]),
@@ -252,7 +255,7 @@ async def build_server(
         raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
     uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
-               uploads)
+               uploads, upload_worker)
 
 
 def server_tls(config: ServerConfig) -> ServerTlsFiles | None:
@@ -286,16 +289,20 @@ def start_metrics(config: ServerConfig) -> int:
     return int(http.server_port)
 
 
-def build_stores(config: ServerConfig) -> StoreResolver:
-    """The configured storage targets; the embedded `local` one keeps `local_retention_h` hours."""
+def store_spec(config: ServerConfig) -> StoreSpec:
+    """The configured storage targets, as the upload worker rebuilds them; the embedded `local` one
+    keeps `local_retention_h` hours."""
     targets = {name: dict(target) for name, target in config.storage_targets.items()}
     local = targets.setdefault("local", {"kind": "local"})
     if local.get("kind") == "local":
         local.setdefault("retention_hours", config.local_retention_h)
-    named, default = stores_from_config(
-        {"default": config.default_storage, "targets": targets}, data_dir=config.data_dir
-    )
-    return StoreResolver(named, default, external=ExternalPolicy.from_config(config.storage_external, targets))
+    return StoreSpec(targets, config.default_storage, dict(config.storage_external), str(config.data_dir.resolve()),
+                     config.log_level, config.log_format)
+
+
+def build_stores(config: ServerConfig) -> StoreResolver:
+    """The configured storage targets (downloads, deletes, sweeps and checks use them in this process)."""
+    return resolver_from_spec(store_spec(config))
 
 
 async def start(app: App) -> None:

@@ -165,6 +165,14 @@ class Store(Protocol):
         ...
 
 
+class FileUploader(Protocol):
+    """What the upload outbox needs of a store: `put_file` (a `Store`, or the upload worker's proxy)."""
+
+    async def put_file(self, key: str, path: Path | str, content_type: str) -> StoredObject:
+        """See `Store.put_file`."""
+        ...
+
+
 # ---------------------------------------------------------------------------------------------- keys
 def check_key(key: str) -> str:
     """Validate an object key and return it; `ValueError` when it could escape or confuse a store.

@@ -38,7 +38,7 @@ from pathlib import Path
 from callrec import metrics
 from callrec.logs import get_logger
 from callrec.state.db import Database
-from callrec.storage.base import StorageError, Store
+from callrec.storage.base import FileUploader, StorageError
 from callrec.storage.redact import redact_text
 from callrec.storage.resolver import describe_target
 
@@ -132,7 +132,8 @@ def _decode_token(token: str) -> int:
 
 
 class Outbox:
-    """Durable upload queue with a worker task; `resolve` maps a target string to its Store.
+    """Durable upload queue with a worker task; `resolve` maps a target string to its store (in the
+    server: `UploadWorker`, which runs the attempts in a process of its own).
 
     The n-th failed attempt of a file waits `min(backoff_max_s, backoff_base_s * 2 ** (n - 1))`
     seconds times `jitter()`. At most `concurrency` files of one target are uploaded at once
@@ -146,7 +147,7 @@ class Outbox:
     def __init__(
         self,
         db: Database,
-        resolve: Callable[[str], Store],
+        resolve: Callable[[str], FileUploader],
         concurrency: int = 2,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
