@@ -138,9 +138,13 @@ class App:
         swept = 0
         for name, store in self.stores.named.items():
             if isinstance(store, LocalStore) and store.retention:
-                for chunk in self.chunks.expired(name, store.retention.total_seconds()):
-                    self.chunks.mark_deleted(chunk.document_id)
+                expired = self.chunks.expired(name, store.retention.total_seconds())
                 swept += await store.sweep_expired(store.retention)
+                # the index forgets a chunk once its media is gone (the sweep goes by the file's age,
+                # which starts when it was stored): a NOT_FOUND download then means the files are gone
+                for chunk in expired:
+                    if await store.head(chunk.media_key) is None:
+                        self.chunks.mark_deleted(chunk.document_id)
         return swept
 
     async def stop(self, grace: float | None = None) -> None:
@@ -314,6 +318,8 @@ async def start(app: App) -> None:
         await app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     loop = asyncio.get_running_loop()
     app.tasks.append(loop.create_task(app.housekeeping()))
+    if app.upload_worker is not None:
+        app.upload_worker.start()
     app.tasks.append(loop.create_task(app.outbox.run()))
     log.info("serving", listen=f"{app.config.host_port()[0]}:{app.port}", data_dir=str(app.config.data_dir),
              clock=app.config.clock, tls=app.config.tls_cert is not None, mtls=app.config.tls_client_ca is not None,

@@ -117,7 +117,8 @@ class UploadWorker:
 
     `check(target)` is the server's own resolver: it raises ValueError for a target that is not
     configured or that the policy refuses, before anything is sent to the child. The child is
-    started on the first attempt and again after it died.
+    started by `start` (the server calls it at start-up) or by the first attempt, and again by the
+    next attempt after it died.
     """
 
     def __init__(self, spec: StoreSpec, check: Callable[[str], object]) -> None:
@@ -142,6 +143,11 @@ class UploadWorker:
         """The child's process id while one runs."""
         proc = self._process
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child now (its imports take a second), so the first upload need not wait for it."""
+        with self._lock:
+            self._ensure_started()
 
     async def put(self, target: str, key: str, path: str, content_type: str) -> StoredObject:
         """Store one file through the child; its errors are re-raised here as the same classes."""
