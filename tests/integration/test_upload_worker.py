@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from callrec.storage.base import PermissionDenied, StoredObject, Transient
-from callrec.storage.upload_worker import StoreSpec, UploadWorker, resolver_from_spec
+from callrec.storage.upload_worker import NICENESS, StoreSpec, UploadWorker, resolver_from_spec
 from tests.harness import ROOT, free_port
 from tests.integration.conftest import TEST_BUCKET
 from tests.integration.storage_servers import MotoServer
@@ -90,6 +90,7 @@ async def test_the_child_stores_the_file_the_server_reads_back(worker: UploadWor
     assert stored.checksum == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     assert stored.size == path.stat().st_size
     assert worker.pid is not None and worker.pid != os.getpid()
+    assert niceness(worker.pid) == niceness(os.getpid()) + NICENESS  # media before uploads on a busy box
 
     stores = resolver_from_spec(spec)  # the server's own store reads what the child wrote
     try:
@@ -189,6 +190,11 @@ def test_the_child_exits_when_its_server_is_killed(spec: StoreSpec, tmp_path: Pa
         assert not alive(child), "the upload worker outlived its server"
     finally:
         with_suppressed_kill(server.pid)
+
+
+def niceness(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/PID/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def alive(pid: int) -> bool:

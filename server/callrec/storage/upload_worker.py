@@ -4,7 +4,8 @@ Why a process: an upload is CPU work in Python (hashing, botocore signing and pa
 manager's threads, the Azure SDK's pipeline). After a store outage hundreds of uploads complete
 together, and in the server's process their threads took the GIL from the event loop for minutes:
 calls recorded a third of their audio (the soak measured 643 frames late per second). Here they take
-the other core instead, and the server's process only sends a path and receives a `StoredObject`.
+the other core instead (at a lower priority: `NICENESS`), and the server's process only sends a path
+and receives a `StoredObject`.
 
 What stays in the server: the outbox (its SQLite rows, backoff, per-target slots, attempt timeouts
 and deadline). This module only replaces `Store.put_file`: `UploadWorker(spec, check)(target)` is
@@ -44,6 +45,11 @@ from callrec.storage.resolver import StoreResolver
 from callrec.storage.targets import stores_from_config
 
 log = get_logger("upload-worker")
+
+NICENESS = 10
+"""The child's scheduling priority, lowered by this much: an upload can wait a second, a call's media
+cannot. On a busy box the chunks of many recordings finish together, and their uploads (with a store's
+own work, when it runs on the same machine) took the CPU from the mixer for seconds."""
 
 CLOSE_TIMEOUT_S = 5.0
 """How long `close` waits for the child to close its stores before killing it."""
@@ -335,6 +341,8 @@ def _worker_main(cmd: Connection, evt: Connection) -> int:
     # the server stops on SIGTERM/SIGINT and then closes us; do not die first
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     try:
         _, spec = cmd.recv()
         configure_logging(spec.log_level, spec.log_format)
