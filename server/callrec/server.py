@@ -185,6 +185,7 @@ async def build_server(
         on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]),
         attempt_timeout_s=config.upload_timeout_s,
         deadline_s=config.upload_deadline_h * 3600,
+        under_pressure=lambda: hub.media_under_pressure(),  # uploads yield to late media (hub: below)
     )
     chunks = ChunkIndex(db)
     repo = RecordingRepository(db)

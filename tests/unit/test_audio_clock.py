@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 
+from callrec.core.call_hub import PRESSURE_EXTRA_US, CallMediaHub
 from callrec.core.call_media import CallMedia
 from callrec.core.clock import MediaClock, MediaProgress, RealtimeClock
 from callrec.core.model import AudioEncoding, AudioFormat
@@ -329,3 +330,28 @@ async def test_a_participant_whose_timestamps_restart_at_zero_is_anchored_on_its
     assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}
     heard = np.flatnonzero(sink.participant("b"))
     assert abs(heard[-1] - heard[0] + 1 - 2 * 16_000) < 40  # all 2 s of B, in one piece
+
+
+async def test_the_hub_reports_pressure_while_a_call_is_late_and_not_after() -> None:
+    """`media_under_pressure` (what makes uploads yield): a call's delay raised by late frames counts
+    for as long as it stays raised; a call at its base delay does not."""
+    fake = FakeTime()
+    clocks: list[RealtimeClock] = []
+
+    def make_clock() -> RealtimeClock:
+        clocks.append(RealtimeClock(fake, playout_delay_ms=200, max_playout_delay_ms=2000))
+        return clocks[-1]
+
+    hub = CallMediaHub(make_clock, PyAVAudioCodecs())
+    hub.media("calm")
+    hub.media("late")
+    for clock in clocks:
+        clock.start()
+    await fake.advance(1.0)
+    assert not hub.media_under_pressure()
+    clocks[1].note_late(500_000)  # a frame 480 ms too late: the delay goes to 0.5 s
+    assert hub.media_under_pressure()
+    await fake.advance(120.0)  # a minute's hold, then 20 ms/s back
+    clocks[1].current_playout_delay_us  # noqa: B018 -- reading it applies the shrink, as a tick does
+    assert clocks[1].last_playout_delay_us - 200_000 <= PRESSURE_EXTRA_US
+    assert not hub.media_under_pressure()

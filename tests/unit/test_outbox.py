@@ -499,3 +499,45 @@ async def test_pruning_forgets_old_uploads_and_failed_leftovers_but_never_a_pend
         await tick(fake)
         await wait_group(outbox, "rec-pending")
     assert outbox.prune_spool(spool_dir, lambda group: group == "rec-pending") == 1
+
+
+class CountingStore(FakeStore):
+    """A FakeStore that holds every attempt at its gate and counts how many are in flight at most."""
+
+    def __init__(self, time: FakeTime) -> None:
+        super().__init__(time)
+        self.gate = asyncio.Event()
+        self.in_flight = 0
+        self.most = 0
+
+    async def put_file(self, key: str, path: Path | str, content_type: str) -> StoredObject:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            return await super().put_file(key, path, content_type)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_uploads_yield_to_media_under_pressure(tmp_path, db, fake):
+    """While the calls' media falls behind, each target gets one attempt at a time (never none:
+    uploads go on); when it recovers, the full concurrency is back."""
+    store = CountingStore(fake)
+    pressure = {"on": True}
+    outbox = make_outbox(db, store, fake, concurrency=3, under_pressure=lambda: pressure["on"])
+    for i in range(12):
+        outbox.enqueue("rec1", "local", f"rec1/{i}.wav", spool(tmp_path, f"{i}.wav"), "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        assert (store.in_flight, store.most) == (1, 1), "under pressure: one attempt per target"
+        store.gate.set()  # attempts complete at once from here on
+        await tick(fake)
+        store.gate.clear()
+        done = sum(u.state == DONE for u in outbox.group("rec1"))
+        assert 1 <= done <= 8 and store.most == 1, "one after the other, still progressing"
+        pressure["on"] = False
+        await tick(fake, 1.0)
+        assert store.in_flight == 3, "pressure gone: the configured concurrency again"
+        store.gate.set()
+        uploads = await wait_group(outbox, "rec1")
+    assert [u.state for u in uploads] == [DONE] * 12

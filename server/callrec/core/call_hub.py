@@ -59,6 +59,10 @@ class _CallEntry:
     video_sinks: list[VideoSink] = field(default_factory=list)
 
 
+#: Adaptive playout delay above a call's base that counts as its media falling behind (`media_under_pressure`).
+PRESSURE_EXTRA_US = 100_000
+
+
 def make_clock_factory(
     kind: str, playout_delay_ms: int, max_playout_delay_ms: int | None = None
 ) -> Callable[[], Clock]:
@@ -112,6 +116,20 @@ class CallMediaHub:
         """
         clocks = [entry.media.clock for entry in list(self._calls.values())]
         return max((c.last_playout_delay_us / 1e6 for c in clocks if isinstance(c, RealtimeClock)), default=0.0)
+
+    def media_under_pressure(self) -> bool:
+        """True while a real-time call's playout delay is raised more than `PRESSURE_EXTRA_US` above its base.
+
+        Raised means frames came late or the event loop stalled within the last minute: the server is
+        short of CPU for its calls, and work that can wait (uploads) should yield.
+        """
+        for entry in list(self._calls.values()):
+            clock = entry.media.clock
+            if not isinstance(clock, RealtimeClock):
+                continue
+            if clock.last_playout_delay_us - clock.playout_delay_us > PRESSURE_EXTRA_US:
+                return True
+        return False
 
     def is_realtime(self, server_call_id: str) -> bool:
         """True when the call's pipeline runs on the real-time clock."""

@@ -139,7 +139,10 @@ class Outbox:
     seconds times `jitter()`. At most `concurrency` files of one target are uploaded at once
     (targets do not share slots). An attempt is abandoned (and retried) after `attempt_timeout_s`
     plus `ATTEMPT_SECONDS_PER_MIB` per MiB; an upload not stored `deadline_s` after it was queued
-    fails (0: never). The keyword-only arguments are the time source, real by default: `clock`
+    fails (0: never). `under_pressure()` true (the calls' media is falling behind) limits every target
+    to one attempt at a time: uploads can wait, live media cannot, and after an outage hundreds of
+    uploads at full speed took the CPU the mixer needed. The other keyword-only arguments are the time
+    source, real by default: `clock`
     gives wall-clock seconds (stored in the database, so they must mean the same after a restart),
     `sleep` waits that many seconds, `jitter` returns the factor applied to each backoff.
     """
@@ -158,6 +161,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = _jitter,
+        under_pressure: Callable[[], bool] | None = None,
     ) -> None:
         self.db = db
         self.resolve = resolve
@@ -170,6 +174,8 @@ class Outbox:
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
+        self._under_pressure = under_pressure
+        self._pressed = False
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # upload id -> its attempt
@@ -393,16 +399,28 @@ class Outbox:
                 self._timed_out.add(upload_id)
                 self._in_flight[upload_id].cancel()
 
+    def _slots(self) -> int:
+        """Attempts each target may have in flight now (one while the media is under pressure)."""
+        pressed = self._under_pressure is not None and self._under_pressure()
+        if pressed != self._pressed:
+            self._pressed = pressed
+            if pressed:
+                log.info("calls' media is falling behind: one upload per storage target at a time until it recovers")
+            else:
+                log.info("calls' media recovered: uploads at full concurrency again", concurrency=self.concurrency)
+        return 1 if pressed else self.concurrency
+
     def _due(self) -> list[Upload]:
         """Pending uploads due now, at most the free slots of each target, earliest first."""
         now = self._clock()
         busy = self._busy()
+        slots = self._slots()
         targets = self.db.conn.execute(
             "SELECT DISTINCT target FROM uploads WHERE state = ? AND next_attempt_at <= ?", (PENDING, now)
         ).fetchall()
         due: list[Upload] = []
         for (target,) in targets:
-            free = self.concurrency - busy[target]
+            free = slots - busy[target]
             if free <= 0:
                 continue
             rows = self.db.conn.execute(
@@ -420,10 +438,11 @@ class Outbox:
         (one iteration per event-loop turn) for as long as an upload took.
         """
         busy = self._busy()
+        slots = self._slots()
         targets = self.db.conn.execute("SELECT DISTINCT target FROM uploads WHERE state = ?", (PENDING,)).fetchall()
         earliest: float | None = None
         for (target,) in targets:
-            if busy[target] >= self.concurrency:
+            if busy[target] >= slots:
                 continue
             rows = self.db.conn.execute(
                 "SELECT id, next_attempt_at FROM uploads WHERE state = ? AND target = ?"
