@@ -17,7 +17,7 @@ import pytest
 
 from callrec.state.db import Database
 from callrec.storage.base import PermissionDenied, StorageError, StoredObject, Transient
-from callrec.storage.outbox import DONE, FAILED, PENDING, Outbox, UploadFailed
+from callrec.storage.outbox import DONE, FAILED, PENDING, PRESSURE_RELEASE_S, Outbox, UploadFailed
 from callrec.testing import FakeTime
 
 TARGET = "vault|local|file:///srv/vault"
@@ -537,6 +537,8 @@ async def test_uploads_yield_to_media_under_pressure(tmp_path, db, fake):
         assert 1 <= done <= 8 and store.most == 1, "one after the other, still progressing"
         pressure["on"] = False
         await tick(fake, 1.0)
+        assert store.in_flight == 1, "one upload at a time until the media has been calm a while"
+        await advance(fake, PRESSURE_RELEASE_S)
         assert store.in_flight == 3, "pressure gone: the configured concurrency again"
         store.gate.set()
         uploads = await wait_group(outbox, "rec1")

@@ -47,6 +47,9 @@ log = get_logger("outbox")
 PENDING, DONE, FAILED = "pending", "done", "failed"
 STATES = (PENDING, DONE, FAILED)
 
+PRESSURE_RELEASE_S = 30.0
+"""Uploads stay at one per target until the media has been under no pressure this long (no flapping)."""
+
 ATTEMPT_SECONDS_PER_MIB = 1.0
 """Time an attempt may take per MiB of its file, on top of `attempt_timeout_s`."""
 
@@ -176,6 +179,7 @@ class Outbox:
         self._jitter = jitter
         self._under_pressure = under_pressure
         self._pressed = False
+        self._pressure_seen: float | None = None  # when `under_pressure()` was last true
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # upload id -> its attempt
@@ -401,7 +405,10 @@ class Outbox:
 
     def _slots(self) -> int:
         """Attempts each target may have in flight now (one while the media is under pressure)."""
-        pressed = self._under_pressure is not None and self._under_pressure()
+        now = self._clock()
+        if self._under_pressure is not None and self._under_pressure():
+            self._pressure_seen = now
+        pressed = self._pressure_seen is not None and now - self._pressure_seen < PRESSURE_RELEASE_S
         if pressed != self._pressed:
             self._pressed = pressed
             if pressed:
