@@ -9,7 +9,9 @@ TOOLS_STAMP := tools/node_modules/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 # Debian packages the server needs at run time: the font of the names in mp4 recordings
 RUN_APT_PACKAGES := fonts-noto-cjk
-APT_PACKAGES := $(RUN_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
+# cluster mode's engines, started by the tests on loopback (SPEC §8): PostgreSQL and Redis
+CLUSTER_APT_PACKAGES := postgresql redis-server
+APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
 
 .PHONY: run run-deps test test-slow test-deps proto lint bench soak clean apt-deps apt-install
 
@@ -37,7 +39,7 @@ run-deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(RUN_APT_PACKAGES)" || \
 	  echo "warning: could not install $(RUN_APT_PACKAGES): names in mp4 recordings use a fallback font"
 
-## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts); skipped when present
+## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts, PostgreSQL, Redis); skipped when present
 apt-deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
 

@@ -20,6 +20,14 @@
  * CALLREC_TLS_CA, CALLREC_TLS_CLIENT_CERT and CALLREC_TLS_CLIENT_KEY (as the Python CLI does).
  * The token goes out as `authorization: Bearer <jwt>` metadata on every call (plaintext too).
  *
+ * Cluster mode (SPEC §8): every call-scoped RPC also carries `x-callrec-server-call-id`
+ * (ROUTING_HEADER), so a proxy hashing on it (HAProxy, Envoy) sends all of a call's streams and
+ * control RPCs to the node that owns the call. The value comes from the request (`openGateway`,
+ * `startRecording`, `listRecordings` / `subscribeEvents` filtered by `server_call_id`), from the
+ * `{ serverCallId }` option of the calls taking a recording id or a location, or from the
+ * recording -> call map filled from every Recording received (`recordingCalls`, LRU, 10 000
+ * entries by default). Unknown: no header (the node that gets the RPC forwards it to the owner).
+ *
  * The .proto files are loaded at run time from ../../protos with @grpc/proto-loader
  * (keepCase, longs as String, enums as String, defaults, oneofs), so field names are the
  * .proto's snake_case names, enums are their names ("RECORDING_STATE_ACTIVE"), uint64/int64
@@ -48,6 +56,72 @@ const LOADER_OPTIONS = Object.freeze({
 
 /** Default deadline of unary RPCs, in milliseconds. */
 const DEFAULT_TIMEOUT_MS = 30000;
+
+/** Metadata key naming the call an RPC belongs to, for the proxy in front of a cluster (SPEC §8). */
+const ROUTING_HEADER = 'x-callrec-server-call-id';
+
+/**
+ * How many recording -> call pairs a connection remembers: recording ids are opaque (they do not
+ * contain the call id), and a long-running back end sees unboundedly many recordings, of which only
+ * the recent ones are still paused, stopped or queried.
+ */
+const DEFAULT_RECORDING_CACHE_SIZE = 10000;
+
+/**
+ * The header value for a call: the id itself when it is printable ASCII without edge spaces (every
+ * gateway's ids in practice), else `encodeURIComponent` of it (metadata values must be printable
+ * ASCII). The Python client encodes identically, so both hash a call to the same node.
+ */
+function routingValue(serverCallId) {
+  const id = String(serverCallId);
+  return /^[\x20-\x7e]*$/.test(id) && id === id.trim() ? id : encodeURIComponent(id);
+}
+
+/**
+ * A bounded LRU map recording_id -> server_call_id (a Map keeps insertion order: the first key is
+ * the least recently used).
+ */
+class RecordingCalls {
+  constructor(maxSize = DEFAULT_RECORDING_CACHE_SIZE) {
+    if (!(Number.isInteger(maxSize) && maxSize >= 1)) throw new RangeError(`maxSize must be an integer >= 1, got ${maxSize}`);
+    this.maxSize = maxSize;
+    this.calls = new Map();
+  }
+
+  /** How many pairs are remembered. */
+  get size() {
+    return this.calls.size;
+  }
+
+  /** Remembers one pair (the most recently used from now on); empty ids are ignored. */
+  set(recordingId, serverCallId) {
+    if (!recordingId || !serverCallId) return;
+    this.calls.delete(recordingId);
+    this.calls.set(recordingId, serverCallId);
+    while (this.calls.size > this.maxSize) this.calls.delete(this.calls.keys().next().value);
+  }
+
+  /** Remembers the call of each Recording (a response's `recording` or `recordings`). */
+  remember(recordings) {
+    for (const rec of recordings || []) {
+      if (rec) this.set(rec.recording_id, rec.server_call_id);
+    }
+  }
+
+  /** The recording's call, or '' when unknown; a hit counts as a use. */
+  get(recordingId) {
+    const serverCallId = this.calls.get(recordingId);
+    if (serverCallId === undefined) return '';
+    this.calls.delete(recordingId);
+    this.calls.set(recordingId, serverCallId);
+    return serverCallId;
+  }
+
+  /** The call to route a recording's RPC to: `serverCallId` when given (it wins), else the remembered one. */
+  resolve(recordingId, serverCallId = '') {
+    return serverCallId || (recordingId ? this.get(recordingId) : '');
+  }
+}
 
 let cachedPackage = null;
 
@@ -304,16 +378,23 @@ class GatewayStream {
 
 /**
  * Connects to a callrec server at `target` ("host:port") and returns an object with
- * promise-based RecordingService calls, `subscribeEvents` and `openGateway`. Plaintext unless
- * `tls` is given (see channelCredentials); `token` is sent as `authorization: Bearer <token>`.
- * `credentials` (grpc-js ChannelCredentials) overrides `tls`.
+ * promise-based RecordingService calls, `subscribeEvents`, `openGateway`, `downloadContent` and
+ * `deleteContent`. Plaintext unless `tls` is given (see channelCredentials); `token` is sent as
+ * `authorization: Bearer <token>`. `credentials` (grpc-js ChannelCredentials) overrides `tls`.
+ * `recordingCalls` (a RecordingCalls) shares one recording -> call map between connections;
+ * `recordingCacheSize` sizes a connection's own.
  */
-function connect(target, { credentials, tls = null, token = '', timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+function connect(target, {
+  credentials, tls = null, token = '', timeoutMs = DEFAULT_TIMEOUT_MS,
+  recordingCalls = null, recordingCacheSize = DEFAULT_RECORDING_CACHE_SIZE,
+} = {}) {
   credentials = credentials || channelCredentials(tls);
-  /** Fresh metadata for each call: the bearer token, if any. */
-  const metadata = () => {
+  const calls = recordingCalls || new RecordingCalls(recordingCacheSize);
+  /** Fresh metadata for each call: the bearer token, if any, and the routing header of a known call. */
+  const metadata = (serverCallId = '') => {
     const md = new grpc.Metadata();
     if (token) md.set('authorization', `Bearer ${token}`);
+    if (serverCallId) md.set(ROUTING_HEADER, routingValue(serverCallId));
     return md;
   };
   const pkg = loadCallrecPackage();
@@ -324,31 +405,51 @@ function connect(target, { credentials, tls = null, token = '', timeoutMs = DEFA
   const events = new pkg.EventService(target, credentials, { channelOverride });
   const content = new pkg.ContentService(target, credentials, { channelOverride });
 
-  function unary(client, method, request) {
+  function unary(client, method, request, serverCallId = '') {
     return new Promise((resolve, reject) => {
-      client[method](request, metadata(), { deadline: deadlineIn(timeoutMs) }, (err, response) => {
+      client[method](request, metadata(serverCallId), { deadline: deadlineIn(timeoutMs) }, (err, response) => {
         if (err) reject(toCallrecError(method, err));
         else resolve(response);
       });
     });
   }
 
-  const recordingCall = (method) => async (request) => (await unary(recording, method, request)).recording;
+  /** A RecordingService RPC on `request.recording_id`, routed to its call; the answer's call is remembered. */
+  const recordingCall = (method) => async (request = {}, { serverCallId = '' } = {}) => {
+    const { recording: rec } = await unary(recording, method, request, calls.resolve(request.recording_id, serverCallId));
+    calls.remember([rec]);
+    return rec;
+  };
 
   return {
     target,
+    /** The recording -> call map this connection routes recording-id RPCs with (see RecordingCalls). */
+    recordingCalls: calls,
+    /**
+     * grpc.Metadata for a raw call on `clients.*`: the token and, when `serverCallId` is given,
+     * the routing header.
+     */
+    metadata,
     /** StartRecording({server_call_id, content_type, channel_type, format, ...}) -> Recording. */
-    startRecording: recordingCall('StartRecording'),
-    /** GetRecordingState({recording_id}) -> Recording. */
+    async startRecording(request = {}) {
+      const { recording: rec } = await unary(recording, 'StartRecording', request, request.server_call_id);
+      calls.remember([rec]);
+      return rec;
+    },
+    /** GetRecordingState({recording_id}, {serverCallId}) -> Recording; `serverCallId` routes an unknown recording. */
     getRecordingState: recordingCall('GetRecordingState'),
-    /** PauseRecording({recording_id}) -> Recording. */
+    /** PauseRecording({recording_id}, {serverCallId}) -> Recording. */
     pauseRecording: recordingCall('PauseRecording'),
-    /** ResumeRecording({recording_id}) -> Recording. */
+    /** ResumeRecording({recording_id}, {serverCallId}) -> Recording. */
     resumeRecording: recordingCall('ResumeRecording'),
-    /** StopRecording({recording_id}) -> Recording. */
+    /** StopRecording({recording_id}, {serverCallId}) -> Recording. */
     stopRecording: recordingCall('StopRecording'),
     /** ListRecordings({server_call_id, state, page_size, page_token}) -> {recordings, next_page_token}. */
-    listRecordings: (request = {}) => unary(recording, 'ListRecordings', request),
+    async listRecordings(request = {}) {
+      const response = await unary(recording, 'ListRecordings', request, request.server_call_id);
+      calls.remember(response.recordings);
+      return response;
+    },
 
     /**
      * SubscribeEvents({event_types, server_call_id, recording_id, after_sequence, from_oldest})
@@ -359,15 +460,37 @@ function connect(target, { credentials, tls = null, token = '', timeoutMs = DEFA
       if (request.after_sequence !== undefined && request.after_sequence !== null) {
         request.after_sequence = String(request.after_sequence);
       }
-      return new EventSubscription(events.SubscribeEvents(request, metadata()));
+      return new EventSubscription(events.SubscribeEvents(request, metadata(request.server_call_id)));
     },
 
     /**
+     * DownloadContent({location, offset, length}, {serverCallId}) as an async iterator of pieces
+     * `{data, offset, total_size, content_type}` (no deadline: files can be large); `serverCallId`
+     * (the recording's call) routes it to the node holding the file. Failures throw a CallrecError.
+     */
+    async *downloadContent(request, { serverCallId = '' } = {}) {
+      const call = content.DownloadContent(request, metadata(serverCallId));
+      try {
+        for await (const piece of call) yield piece;
+      } catch (err) {
+        throw toCallrecError('DownloadContent', err);
+      } finally {
+        // Breaking out early cancels the RPC; its CANCELLED 'error' event is expected: ignore it.
+        call.on('error', () => {});
+        call.cancel();
+      }
+    },
+
+    /** DeleteContent({location}, {serverCallId}) -> {deleted_locations}; `serverCallId` as in downloadContent. */
+    deleteContent: (request, { serverCallId = '' } = {}) => unary(content, 'DeleteContent', request, serverCallId),
+
+    /**
      * Opens a StreamMedia stream for `serverCallId` as gateway `gatewayId`: sends `open`
-     * and resolves with a GatewayStream once the server answered `opened`.
+     * and resolves with a GatewayStream once the server answered `opened`. The stream carries
+     * the routing header (gRPC sends metadata when the stream is created, before `open`).
      */
     openGateway(serverCallId, gatewayId, { callId = '', timeoutMs: openTimeoutMs = timeoutMs } = {}) {
-      const call = media.StreamMedia(metadata());
+      const call = media.StreamMedia(metadata(serverCallId));
       const gateway = new GatewayStream(call, serverCallId, gatewayId);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
@@ -396,7 +519,7 @@ function connect(target, { credentials, tls = null, token = '', timeoutMs = DEFA
       });
     },
 
-    /** The raw grpc-js clients, for anything not wrapped here (e.g. ContentService). */
+    /** The raw grpc-js clients, for anything not wrapped here (pass `metadata(serverCallId)`). */
     clients: { recording, media, events, content },
 
     /** Closes the channel. */
@@ -408,5 +531,5 @@ function connect(target, { credentials, tls = null, token = '', timeoutMs = DEFA
 
 module.exports = {
   connect, connectionOptionsFromEnv, channelCredentials, loadCallrecPackage, CallrecError, EventSubscription,
-  GatewayStream, PROTO_ROOT, LOADER_OPTIONS,
+  GatewayStream, RecordingCalls, routingValue, PROTO_ROOT, LOADER_OPTIONS, ROUTING_HEADER, DEFAULT_RECORDING_CACHE_SIZE,
 };

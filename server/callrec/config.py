@@ -43,8 +43,26 @@ class ServerConfig:
     """HOST:PORT the gRPC server binds (port 0 picks a free port)."""
     data_dir: Path = Path("./data")
     """SQLite state, the spool and the local store live here."""
+    database_url: str = field(default="", repr=False)
+    """Cluster mode: `postgresql://USER:PASSWORD@HOST:PORT/DB` holds recordings, idempotency keys and the
+    chunk index, shared by every node; empty: SQLite under `data_dir` (the embedded default). Never logged
+    with its password."""
+    node_id: str = ""
+    """Cluster mode: this node's stable name in the node registry (recovers its own recordings after a
+    restart); empty: `HOSTNAME:PORT` of the bound gRPC port."""
+    advertise: str = ""
+    """Cluster mode: HOST:PORT other nodes reach this node at; empty: the bound `listen` address."""
+    node_lease_s: float = 15.0
+    """Cluster mode: seconds a node stays alive in the registry without a heartbeat (renewed every third);
+    a dead node's calls go to the node their gateways re-open them on after this."""
+    events_url: str = field(default="", repr=False)
+    """Cluster mode: `redis://[:PASSWORD@]HOST:PORT[/DB]` holds the event log as a Redis Stream (one order for
+    the whole cluster); empty: the SQLite log under `data_dir`."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus /metrics endpoint; empty disables it."""
+    health_listen: str = ""
+    """HOST:PORT of a plain-HTTP `GET /healthz` (200 while serving, 503 before and while draining), for proxies
+    that check nodes over HTTP/1.1 (HAProxy: `option httpchk GET /healthz` + `check port`); empty disables it."""
     clock: str = "realtime"
     """realtime (production, playout delay) or media (tests/benchmarks: as fast as media arrives)."""
     resource_id: str = "/callrec/deployments/default"
@@ -231,8 +249,16 @@ def load_config(overrides: Mapping[str, Any] | None = None, config_file: Path | 
 def validate(config: ServerConfig) -> None:
     """Reject settings that cannot work, naming the setting and the expected values."""
     config.host_port()  # raises when `listen` is malformed
+    if config.database_url and not config.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database_url must be a postgresql:// URL (cluster mode) or empty (SQLite under data_dir); "
+                          f"got one starting {config.database_url.split(':', 1)[0]!r}")
+    if config.events_url and not config.events_url.startswith(("redis://", "rediss://")):
+        raise ConfigError("events_url must be a redis:// or rediss:// URL (cluster mode) or empty (SQLite under "
+                          f"data_dir); got one starting {config.events_url.split(':', 1)[0]!r}")
     if config.metrics_listen:
         parse_host_port(config.metrics_listen, "metrics_listen")
+    if config.health_listen:
+        parse_host_port(config.health_listen, "health_listen")
     if config.clock not in CLOCK_KINDS:
         raise ConfigError(f"clock must be one of {', '.join(CLOCK_KINDS)}; got {config.clock!r}")
     if config.log_format not in LOG_FORMATS:
@@ -255,6 +281,7 @@ def validate(config: ServerConfig) -> None:
             )
     for name, value in (
         ("reconnect_grace_s", config.reconnect_grace_s),
+        ("node_lease_s", config.node_lease_s),
         ("event_retention_h", config.event_retention_h),
         ("local_retention_h", config.local_retention_h),
         ("drain_timeout_s", config.drain_timeout_s),

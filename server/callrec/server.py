@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,20 +21,25 @@ from callrec import metrics
 from callrec.api.auth import AuthInterceptor
 from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
+from callrec.api.forward import ForwardCredentials, Forwarder
+from callrec.api.healthz import HealthEndpoint
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
 from callrec.api.uploads import UploadServicer
 from callrec.api.wire import MalformedRequestInterceptor
 from callrec.config import ServerConfig, parse_host_port
 from callrec.core.call_hub import CallMediaHub, make_clock_factory
-from callrec.core.call_registry import CallRegistry
+from callrec.core.call_registry import Call, CallRegistry
+from callrec.core.errors import CallrecError
 from callrec.core.media_recorder import MediaRecorder
 from callrec.core.model import RecordingState
 from callrec.core.ports import MediaIngest, MediaRecorderPort
 from callrec.core.recording_registry import RecordingRegistry, RegistrySettings
 from callrec.core.upload_admin import UploadAdmin
-from callrec.events.log import EventLog
+from callrec.events.log import EventLog, EventLogPort
+from callrec.events.model import StoredEvent
 from callrec.events.recording_events import AcsRecordingEvents
+from callrec.events.redis_log import RedisEventLog
 from callrec.logs import get_logger
 from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.video_output import make_video_recording_factory
@@ -44,6 +50,10 @@ from callrec.security.tls import ServerTlsFiles, load_server_tls
 from callrec.security.tokens import TokenVerifier
 from callrec.state.chunks import ChunkIndex
 from callrec.state.db import Database
+from callrec.state.pg_chunks import PgChunkIndex
+from callrec.state.pg_nodes import PgNodeRegistry
+from callrec.state.pg_recordings import PgRecordingRepository
+from callrec.state.postgres import PostgresDatabase
 from callrec.state.recordings import RecordingRepository
 from callrec.storage.local import LocalStore
 from callrec.storage.outbox import Outbox, PruneResult
@@ -82,30 +92,42 @@ class App:
 
     config: ServerConfig
     db: Database
-    repo: RecordingRepository
-    events: EventLog
+    repo: RecordingRepository | PgRecordingRepository
+    events: EventLogPort
     calls: CallRegistry
     registry: RecordingRegistry
     ingest: MediaIngest
     stores: StoreResolver
     outbox: Outbox
-    chunks: ChunkIndex
+    chunks: ChunkIndex | PgChunkIndex
     server: grpc.aio.Server
     health: HealthServicer
     port: int
     uploads: UploadAdmin
     upload_worker: UploadWorker | None = None
+    shared_db: PostgresDatabase | None = None
+    """Cluster mode's state database (`--database-url`); None: recordings and chunks are in `db`."""
+    nodes: PgNodeRegistry | None = None
+    """Cluster mode's node registry: this node's lease and the calls it owns."""
+    healthz: HealthEndpoint | None = None
+    """`GET /healthz` for proxies (`--health-listen`)."""
+    serving: bool = False
+    """True from `start()` until `stop()` begins: what /healthz reports."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def housekeeping(self) -> None:
         """Prune expired events and idempotency keys, apply local stores' retention, and prune the
         outbox and the spool (`prune_uploads`), every `housekeeping_interval_s`."""
         while True:
-            pruned = self.events.prune()
-            forgotten = self.repo.forget_requests_before(timedelta(hours=self.config.idempotency_window_h))
+            try:  # a shared event log or database may be unreachable for a while: the next round tries again
+                pruned = await self.events.prune()
+                forgotten = await self.repo.forget_requests_before(timedelta(hours=self.config.idempotency_window_h))
+            except CallrecError as exc:
+                log.warning("housekeeping could not prune events and request ids", error=exc.message)
+                pruned = forgotten = 0
             swept = await self.sweep_local_stores()
             try:
-                uploads, spool_dirs = self.prune_uploads()
+                uploads, spool_dirs = await self.prune_uploads()
             except Exception:  # never the end of housekeeping: the next round tries again
                 log.exception("pruning uploads and spool failed")
                 uploads, spool_dirs = PruneResult(0, 0, 0), 0
@@ -115,7 +137,7 @@ class App:
                          failed_spool_files_deleted=uploads.failed_files, spool_dirs_removed=spool_dirs)
             await asyncio.sleep(self.config.housekeeping_interval_s)
 
-    def prune_uploads(self) -> tuple[PruneResult, int]:
+    async def prune_uploads(self) -> tuple[PruneResult, int]:
         """Forget stored uploads after `upload_retention_h`; delete failed uploads (rows and spool
         files) after `failed_retention_h`; remove the spool directories of finished recordings
         (COMPLETED, or FAILED longer ago than the failed retention) that no pending or failed upload
@@ -125,32 +147,36 @@ class App:
         result = self.outbox.prune(now - cfg.upload_retention_h * 3600, now - cfg.failed_retention_h * 3600)
         failed_before = datetime.now(UTC) - timedelta(hours=cfg.failed_retention_h)
 
-        def finished(recording_id: str) -> bool:
-            rec = self.repo.get(recording_id)
+        async def finished(recording_id: str) -> bool:
+            rec = await self.repo.get(recording_id)
             if rec is None or rec.state not in (RecordingState.COMPLETED, RecordingState.FAILED):
                 return False
             return rec.state is RecordingState.COMPLETED or (rec.stop_time or rec.start_time) < failed_before
 
-        return result, self.outbox.prune_spool(cfg.spool_dir, finished)
+        spool = cfg.spool_dir
+        names = [entry.name for entry in spool.iterdir() if entry.is_dir()] if spool.is_dir() else []
+        removable = {name for name in names if await finished(name)}
+        return result, self.outbox.prune_spool(spool, removable.__contains__)
 
     async def sweep_local_stores(self) -> int:
         """Delete recordings older than each local store's retention; their locations become NOT_FOUND."""
         swept = 0
         for name, store in self.stores.named.items():
             if isinstance(store, LocalStore) and store.retention:
-                expired = self.chunks.expired(name, store.retention.total_seconds())
+                expired = await self.chunks.expired(name, store.retention.total_seconds())
                 swept += await store.sweep_expired(store.retention)
                 # the index forgets a chunk once its media is gone (the sweep goes by the file's age,
                 # which starts when it was stored): a NOT_FOUND download then means the files are gone
                 for chunk in expired:
                     if await store.head(chunk.media_key) is None:
-                        self.chunks.mark_deleted(chunk.document_id)
+                        await self.chunks.mark_deleted(chunk.document_id)
         return swept
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, finalise recordings, close the server and the database."""
         timeout = self.config.drain_timeout_s if grace is None else grace
         log.info("draining", timeout_s=timeout)
+        self.serving = False  # /healthz says NOT_SERVING: a proxy sends new calls elsewhere
         await self.health.enter_graceful_shutdown()
         await self.registry.drain(timeout)
         await self.calls.close()
@@ -162,7 +188,13 @@ class App:
         if self.upload_worker is not None:
             await asyncio.to_thread(self.upload_worker.close)
         await self.stores.close()
-        self.events.close()
+        await self.events.close()
+        if self.nodes is not None:
+            await self.nodes.stop()
+        if self.shared_db is not None:
+            await self.shared_db.close()
+        if self.healthz is not None:
+            await self.healthz.stop()
         self.db.close()
         log.info("stopped")
 
@@ -187,15 +219,29 @@ async def build_server(
         deadline_s=config.upload_deadline_h * 3600,
         under_pressure=lambda: hub.media_under_pressure(),  # uploads yield to late media (hub: below)
     )
-    chunks = ChunkIndex(db)
-    repo = RecordingRepository(db)
-    events = EventLog(
-        db,
-        timedelta(hours=config.event_retention_h),
-        on_publish=lambda stored: metrics.EVENTS_PUBLISHED.labels(stored.event.event_type.value).inc(),
-        max_subscribers=config.limits.max_event_subscribers,
-        max_queue=config.limits.max_subscriber_queue,
-    )
+    shared_db: PostgresDatabase | None = None
+    repo: RecordingRepository | PgRecordingRepository
+    chunks: ChunkIndex | PgChunkIndex
+    if config.database_url:  # cluster mode: what every node shares is in PostgreSQL; the outbox stays local
+        shared_db = PostgresDatabase(config.database_url)
+        await shared_db.open()
+        repo, chunks = PgRecordingRepository(shared_db), PgChunkIndex(shared_db)
+    else:
+        repo, chunks = RecordingRepository(db), ChunkIndex(db)
+    events: EventLogPort
+    retention = timedelta(hours=config.event_retention_h)
+
+    def published(stored: StoredEvent) -> None:
+        metrics.EVENTS_PUBLISHED.labels(stored.event.event_type.value).inc()
+
+    if config.events_url:  # cluster mode: one Redis Stream, one order of events for every node
+        events = RedisEventLog(config.events_url, retention, on_publish=published,
+                               max_subscribers=config.limits.max_event_subscribers,
+                               max_queue=config.limits.max_subscriber_queue)
+    else:
+        events = EventLog(db, retention, on_publish=published, max_subscribers=config.limits.max_event_subscribers,
+                          max_queue=config.limits.max_subscriber_queue)
+    await events.start()
     calls = CallRegistry(config.reconnect_grace_s, config.limits)
     hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms, config.max_playout_delay_ms),
                        PyAVAudioCodecs(), config.limits)
@@ -234,7 +280,8 @@ async def build_server(
     if verifier:
         interceptors.append(AuthInterceptor(verifier))
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(registry, outbox.group, stores), server)
+    recording_servicer = RecordingServicer(registry, outbox.group, stores)
+    recording_pb2_grpc.add_RecordingServiceServicer_to_server(recording_servicer, server)
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events, config.limits), server)
     content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores, call_of_recording(repo),
@@ -258,9 +305,33 @@ async def build_server(
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
-    uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
+    nodes: PgNodeRegistry | None = None
+    if shared_db is not None and isinstance(repo, PgRecordingRepository):
+        node_id = config.node_id or f"{socket.gethostname()}:{bound}"
+        nodes = PgNodeRegistry(shared_db, node_id, config.advertise or f"{host}:{bound}", lease_s=config.node_lease_s)
+        await nodes.register()
+        repo.node_id = node_id  # recovers only its own recordings
+        calls.ownership = nodes
+        recording_servicer.forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
+        registry_nodes = nodes
+
+        async def release_call(call: Call, reason: str) -> None:
+            await registry_nodes.release(call.server_call_id)
+
+        calls.on_call_ended(release_call)  # last: after the recordings stopped and the media ended
+        log.info("cluster node", node_id=node_id, database=shared_db.where)
+    await uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
-               uploads, upload_worker)
+               uploads, upload_worker, shared_db, nodes)
+
+
+def forward_credentials(tls: ServerTlsFiles | None) -> ForwardCredentials:
+    """How this node calls the others (api/forward.py): TLS like its own port, presenting its own certificate,
+    trusting the client CA (mTLS deployments) or else the system's roots."""
+    if tls is None:
+        return ForwardCredentials()
+    return ForwardCredentials(root_certificates=tls.client_ca, private_key=tls.private_key,
+                              certificate_chain=tls.cert_chain, tls=True)
 
 
 def server_tls(config: ServerConfig) -> ServerTlsFiles | None:
@@ -270,11 +341,11 @@ def server_tls(config: ServerConfig) -> ServerTlsFiles | None:
     return load_server_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
-def call_of_recording(repo: RecordingRepository) -> Callable[[str], str | None]:
+def call_of_recording(repo: RecordingRepository | PgRecordingRepository) -> Callable[[str], Awaitable[str | None]]:
     """recording_id -> its server_call_id (None if unknown): how ContentService checks a token's calls."""
 
-    def call_of(recording_id: str) -> str | None:
-        rec = repo.get(recording_id)
+    async def call_of(recording_id: str) -> str | None:
+        rec = await repo.get(recording_id)
         return rec.server_call_id if rec is not None else None
 
     return call_of
@@ -317,11 +388,17 @@ async def start(app: App) -> None:
     await app.server.start()
     for name in ("", *SERVICE_NAMES):
         await app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.serving = True
+    if app.config.health_listen and app.healthz is None:
+        app.healthz = HealthEndpoint(lambda: app.serving)
+        await app.healthz.start(*parse_host_port(app.config.health_listen, "health_listen"))
     loop = asyncio.get_running_loop()
     app.tasks.append(loop.create_task(app.housekeeping()))
     if app.upload_worker is not None:
         app.upload_worker.start()
     app.tasks.append(loop.create_task(app.outbox.run()))
+    if app.nodes is not None:
+        app.nodes.start()
     log.info("serving", listen=f"{app.config.host_port()[0]}:{app.port}", data_dir=str(app.config.data_dir),
              clock=app.config.clock, tls=app.config.tls_cert is not None, mtls=app.config.tls_client_ca is not None,
              auth=app.config.auth is not None)

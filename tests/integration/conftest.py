@@ -11,6 +11,8 @@ each other's objects:
 - `s3_target_config` / `azure_target_config` -> a storage target mapping (TOML shape, SPEC §5) with a
   unique prefix, for `callrec.storage.targets.store_from_config` or a server's config file.
 - `s3_store` / `azure_store` -> a ready `S3Store` / `AzureBlobStore` on that config, closed afterwards.
+- `postgres_server` -> `PostgresServer` (Debian's PostgreSQL in a temporary directory, loopback; `url`,
+  `reset()`, `kill()`, `start()`), for the whole session; `postgres_url` resets its database first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from callrec.storage.azure_blob import AzureBlobStore
 from callrec.storage.s3 import S3Store
 from callrec.storage.targets import store_from_config
 from tests.integration.storage_servers import TEST_BUCKET, TEST_CONTAINER, AzuriteServer, MotoServer
+from tests.postgres_service import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,23 @@ def azurite_server() -> Iterator[AzuriteServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on loopback for the whole session (started on first use)."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of an empty `callrec` database (dropped and created again for this test)."""
+    postgres_server.reset()
+    return postgres_server.url
 
 
 def _unique_prefix() -> str:

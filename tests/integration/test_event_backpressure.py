@@ -85,7 +85,7 @@ async def serve(tmp_path: Path, limits: Limits, channel_options: list[tuple[str,
     finally:
         await channel.close()
         await server.stop(None)
-        log.close()
+        await log.close()
         db.close()
 
 

@@ -315,7 +315,7 @@ async def test_a_stream_cancelled_after_open_ends_its_call_after_the_grace_perio
     server = Server()
     _gw, stream, recording_id = await start_call(server, "c1")
     await stream.cancel()  # no `end`: a broken stream
-    assert server.recordings.get(recording_id).state is State.ACTIVE
+    assert (await server.recordings.get(recording_id)).state is State.ACTIVE
     await server.time.advance(GRACE_S + 0.1)
     await assert_ended_cleanly(server, recording_id)
 

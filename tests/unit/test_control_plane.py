@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -52,26 +52,26 @@ class MemoryRepository:
         self.saved: dict[str, Recording] = {}
         self.requests: dict[str, str] = {}
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
         yield None
 
-    def save(self, rec: Recording) -> None:
+    async def save(self, rec: Recording) -> None:
         self.saved[rec.recording_id] = rec
 
-    def get(self, recording_id: str) -> Recording | None:
+    async def get(self, recording_id: str) -> Recording | None:
         return self.saved.get(recording_id)
 
-    def in_progress(self) -> list[Recording]:
+    async def in_progress(self) -> list[Recording]:
         return [r for r in self.saved.values() if r.state.in_progress or r.state is RecordingState.STOPPING]
 
-    def list(self, server_call_id, state, page_size, page_token):
+    async def list(self, server_call_id, state, page_size, page_token):
         return list(self.saved.values()), ""
 
-    def remember_request(self, request_id: str, recording_id: str) -> None:
+    async def remember_request(self, request_id: str, recording_id: str) -> None:
         self.requests[request_id] = recording_id
 
-    def recall_request(self, request_id: str, window: timedelta) -> str | None:
+    async def recall_request(self, request_id: str, window: timedelta) -> str | None:
         return self.requests.get(request_id)
 
 
@@ -116,10 +116,10 @@ class MemoryIndex:
 
     chunks: list[StoredChunk] = field(default_factory=list)
 
-    def add(self, chunk: StoredChunk) -> None:
+    async def add(self, chunk: StoredChunk) -> None:
         self.chunks.append(chunk)
 
-    def for_recording(self, recording_id: str) -> list[StoredChunk]:
+    async def for_recording(self, recording_id: str) -> list[StoredChunk]:
         return sorted((c for c in self.chunks if c.recording_id == recording_id), key=lambda c: c.chunk_index)
 
 
@@ -358,12 +358,12 @@ async def test_recovery_never_crash_loops_a_worker_that_cannot_start_fails_its_r
                            destination="local")
     broken = Recording("r-video", "c1", "c1", "conn", mp4, RecordingState.ACTIVE, EPOCH)
     fine = Recording("r-audio", "c2", "c2", "conn", wav, RecordingState.INACTIVE, EPOCH)
-    registry.repo.save(broken)
-    registry.repo.save(fine)
+    await registry.repo.save(broken)
+    await registry.repo.save(fine)
     await registry.recover()  # must not raise
-    assert registry.get("r-video").state is RecordingState.FAILED
-    assert "could not start the video worker" in registry.get("r-video").error.message
-    assert registry.get("r-audio").state is RecordingState.INACTIVE  # the other one goes on, still paused
-    assert ("failed", "r-video", registry.get("r-video").error.message) in events.seen
+    assert (await registry.get("r-video")).state is RecordingState.FAILED
+    assert "could not start the video worker" in (await registry.get("r-video")).error.message
+    assert (await registry.get("r-audio")).state is RecordingState.INACTIVE  # the other one goes on, still paused
+    assert ("failed", "r-video", (await registry.get("r-video")).error.message) in events.seen
     await calls.close()
     await hub.close()

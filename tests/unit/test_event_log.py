@@ -25,16 +25,16 @@ async def test_sequences_retention_and_follow(tmp_path):
     log = EventLog(Database(tmp_path / "db.sqlite3"), retention=timedelta(hours=24))
     for i in range(5):
         stored = await log.append(state_changed(f"r{i % 2}"))
-    assert stored.sequence == 5 and log.oldest_sequence() == 1
-    assert log.prune(now=time.time() + 23 * 3600) == 0
-    assert log.prune(now=time.time() + 25 * 3600) == 5  # older than 24 h: gone
-    assert log.oldest_sequence() == 6 and log.last_sequence() == 5
+    assert stored.sequence == 5 and await log.oldest_sequence() == 1
+    assert await log.prune(now=time.time() + 23 * 3600) == 0
+    assert await log.prune(now=time.time() + 25 * 3600) == 5  # older than 24 h: gone
+    assert await log.oldest_sequence() == 6 and await log.last_sequence() == 5
     assert (await log.append(state_changed())).sequence == 6  # numbers are never reused
 
     got = []
 
     async def follow() -> None:
-        async for stored in log.follow(log.oldest_sequence() - 1, EventFilter(recording_id="r7")):
+        async for stored in log.follow(await log.oldest_sequence() - 1, EventFilter(recording_id="r7")):
             got.append(stored.sequence)
             if len(got) == 2:
                 return
@@ -96,14 +96,14 @@ async def test_sql_filters_and_paging_give_exactly_what_the_filter_matches(tmp_p
         make = file_status if i % 5 == 0 else state_changed
         appended.append(await log.append(make(f"r{i % 7}", f"c{i % 3}")))
     expected = [s.sequence for s in appended if flt.matches(s.event)]
-    with log.subscribe(log.oldest_sequence() - 1, flt) as sub:
+    with log.subscribe(await log.oldest_sequence() - 1, flt) as sub:
         assert await take(sub, len(expected)) == expected
         # then live, without a gap or a repeat
         more = [await log.append((file_status if i % 5 == 0 else state_changed)(f"r{i % 7}", f"c{i % 3}"))
                 for i in range(400, 440)]
         live = [s.sequence for s in more if flt.matches(s.event)]
         assert await take(sub, len(live)) == live
-    log.close()
+    await log.close()
 
 
 async def test_each_filter_reads_a_range_of_its_index_without_sorting(tmp_path) -> None:
@@ -120,7 +120,7 @@ async def test_each_filter_reads_a_range_of_its_index_without_sorting(tmp_path) 
         plan = " | ".join(row[3] for row in log.db.conn.execute("EXPLAIN QUERY PLAN " + sql, [0, 10, *params]))
         plans[name] = plan
         assert f"USING INDEX {index}" in plan and "TEMP B-TREE" not in plan, plan
-    log.close()
+    await log.close()
 
 
 async def test_events_appended_during_the_backlog_follow_it_without_gap_or_repeat(tmp_path, monkeypatch) -> None:
@@ -135,7 +135,7 @@ async def test_events_appended_during_the_backlog_follow_it_without_gap_or_repea
             if len(got) <= 100:
                 await log.append(state_changed())
     assert got == list(range(41, 201))
-    log.close()
+    await log.close()
 
 
 async def test_a_subscriber_that_takes_nothing_overflows_with_its_resume_point(tmp_path) -> None:
@@ -156,7 +156,7 @@ async def test_a_subscriber_that_takes_nothing_overflows_with_its_resume_point(t
     # resuming from the named point gets the rest
     with log.subscribe(1, EventFilter()) as again:
         assert await take(again, published - 1) == list(range(2, published + 1))
-    log.close()
+    await log.close()
 
 
 async def test_a_subscriber_waiting_for_events_never_overflows_on_a_burst(tmp_path) -> None:
@@ -169,7 +169,7 @@ async def test_a_subscriber_waiting_for_events_never_overflows_on_a_burst(tmp_pa
         assert sub.queued <= 3
         first = await waiting
         assert [first.sequence, *await take(sub, 49)] == list(range(1, 51))
-    log.close()
+    await log.close()
 
 
 async def test_subscribers_are_capped(tmp_path) -> None:
@@ -181,7 +181,7 @@ async def test_subscribers_are_capped(tmp_path) -> None:
     first.close()
     log.subscribe(0, EventFilter())
     assert log.subscriber_count() == 2
-    log.close()
+    await log.close()
 
 
 async def test_a_backlog_pruned_before_it_was_read_is_out_of_range(tmp_path) -> None:
@@ -189,11 +189,11 @@ async def test_a_backlog_pruned_before_it_was_read_is_out_of_range(tmp_path) -> 
     for _ in range(5):
         await log.append(state_changed())
     with log.subscribe(0, EventFilter(recording_id="r1")) as sub:
-        log.prune(now=time.time() + 25 * 3600)
+        await log.prune(now=time.time() + 25 * 3600)
         await log.append(state_changed())
         with pytest.raises(OutOfRange, match="pruned"):
             await sub.next()
-    log.close()
+    await log.close()
 
 
 def test_the_filter_indexes_exist(tmp_path) -> None:

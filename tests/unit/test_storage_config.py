@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from callrec.core.object_keys import ChunkKeys, safe_segment
+from callrec.security.redact import redact_text, redact_url
 from callrec.storage.address_policy import DestinationRefused
 from callrec.storage.azure_blob import AzureBlobStore
 from callrec.storage.base import RangeNotSatisfiable, Store, resolve_range
 from callrec.storage.external import ExternalDestination, ExternalPolicy
 from callrec.storage.local import LocalStore
-from callrec.storage.redact import redact_text, redact_url
 from callrec.storage.resolver import StoreResolver, describe_target, external_target
 from callrec.storage.s3 import S3Store
 from callrec.storage.targets import store_from_config, stores_from_config

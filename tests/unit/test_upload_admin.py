@@ -45,14 +45,14 @@ class Setup:
         self.index = MemoryIndex()
         self.admin = UploadAdmin(self.outbox, self.registry, Targets(), self.index)
 
-    def failed_recording(self, recording_id: str = "rec1", chunks: int = 2) -> list[Path]:
+    async def failed_recording(self, recording_id: str = "rec1", chunks: int = 2) -> list[Path]:
         """A recording FAILED because its uploads were refused: chunks indexed, files queued."""
         rec = Recording(recording_id, "call-1", "call-1", "conn-1", WAV, RecordingState.FAILED, EPOCH,
                         session_end_reason="CallEnded", error=RecordingError(14, ERROR))
-        self.registry.repo.save(rec)
+        await self.registry.repo.save(rec)
         files = []
         for i in range(chunks):
-            self.index.add(StoredChunk(f"doc-{i}", recording_id, i, "SessionEnded", "local", f"{i}.wav",
+            await self.index.add(StoredChunk(f"doc-{i}", recording_id, i, "SessionEnded", "local", f"{i}.wav",
                                        f"{i}-metadata.json", "audio/wav", f"mem://local/{i}.wav",
                                        f"mem://local/{i}-metadata.json", f"mem://local/{i}-", samples=16_000 * (i + 1),
                                        participants='[{"participant_id": "alice", "display_name": "Alice", '
@@ -66,7 +66,7 @@ class Setup:
 
 async def test_retry_stores_the_files_and_publishes_file_status_once(tmp_path, fake):
     s = Setup(tmp_path, fake)
-    files = s.failed_recording()
+    files = await s.failed_recording()
     async with running(s.outbox):
         await tick(fake)
         assert {u.state for u in s.outbox.group("rec1")} == {"failed"}
@@ -79,7 +79,7 @@ async def test_retry_stores_the_files_and_publishes_file_status_once(tmp_path, f
         assert result.missing == []
         await tick(fake)
         await asyncio.wait_for(s.admin.idle(), 1.0)
-    rec = s.registry.get("rec1")
+    rec = await s.registry.get("rec1")
     assert rec.state is RecordingState.FAILED and rec.error == RecordingError(14, ERROR), "terminal, error kept"
     assert [c.index for c in rec.chunks] == [0, 1]
     assert rec.duration.total_seconds() == 3.0 and [p.participant_id for p in rec.participants] == ["alice"]
@@ -96,7 +96,7 @@ async def test_retry_refuses_what_it_cannot_do_with_a_reason(tmp_path, fake):
         await s.admin.retry("r" * 300)
     with pytest.raises(NotFound, match="no recording with id 'nope'"):
         await s.admin.retry("nope")
-    files = s.failed_recording(chunks=1)
+    files = await s.failed_recording(chunks=1)
     async with running(s.outbox):
         await tick(fake)
         for f in files:
@@ -105,7 +105,7 @@ async def test_retry_refuses_what_it_cannot_do_with_a_reason(tmp_path, fake):
             await s.admin.retry("rec1")
         failed, _ = await s.admin.list_uploads(UploadState.FAILED, "rec1", 0, "")
         assert len(failed) == 2 and all("is missing: this upload cannot be retried" in u.last_error for u in failed)
-    s.registry.repo.save(Recording("rec2", "call-2", "call-2", "c", WAV, RecordingState.COMPLETED, EPOCH))
+    await s.registry.repo.save(Recording("rec2", "call-2", "call-2", "c", WAV, RecordingState.COMPLETED, EPOCH))
     with pytest.raises(FailedPrecondition, match=r"recording rec2 has no failed uploads to retry \(0 pending, 0 "
                                                  r"stored\); `callrec uploads list --recording rec2` shows them"):
         await s.admin.retry("rec2")
@@ -114,7 +114,7 @@ async def test_retry_refuses_what_it_cannot_do_with_a_reason(tmp_path, fake):
 
 async def test_listing_validates_every_input(tmp_path, fake):
     s = Setup(tmp_path, fake)
-    s.failed_recording()
+    await s.failed_recording()
     uploads, token = await s.admin.list_uploads(None, "", 3, "")
     assert [u.key for u in uploads] == ["1-metadata.json", "1.wav", "0-metadata.json"] and token
     assert uploads[0].spool_path.endswith("rec1/1-metadata.json") and uploads[0].target == "local"
@@ -133,7 +133,7 @@ async def test_listing_validates_every_input(tmp_path, fake):
 
 async def test_a_restart_resumes_watching_a_retried_recording(tmp_path, fake):
     s = Setup(tmp_path, fake)
-    s.failed_recording(chunks=1)
+    await s.failed_recording(chunks=1)
     async with running(s.outbox):
         await tick(fake)
         await tick(fake, 10)
@@ -141,13 +141,13 @@ async def test_a_restart_resumes_watching_a_retried_recording(tmp_path, fake):
     await s.admin.retry("rec1")  # re-queued, then the server stops before the worker ran
     await s.admin.close()
     restarted = UploadAdmin(s.outbox, s.registry, Targets(), s.index)
-    assert restarted.resume() == 1
-    s.registry.repo.save(Recording("rec2", "call-2", "call-2", "c", WAV, RecordingState.COMPLETED, EPOCH))
+    assert await restarted.resume() == 1
+    await s.registry.repo.save(Recording("rec2", "call-2", "call-2", "c", WAV, RecordingState.COMPLETED, EPOCH))
     other = UploadAdmin(s.outbox, s.registry, Targets(), s.index)
-    assert other.resume() == 1, "only rec1 has retried uploads"
+    assert await other.resume() == 1, "only rec1 has retried uploads"
     await other.close()
     async with running(s.outbox):
         await tick(fake)
         await asyncio.wait_for(restarted.idle(), 1.0)
     assert s.events.seen == [("files", "rec1", [0])]
-    assert restarted.resume() == 0, "nothing pending any more"
+    assert await restarted.resume() == 0, "nothing pending any more"

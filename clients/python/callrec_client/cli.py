@@ -5,6 +5,12 @@ prints readable text by default and one JSON object per line with --json. Agains
 with tokens and TLS (SPEC §5) every client command also takes --token (env CALLREC_TOKEN),
 --tls / --tls-ca (trust the server's certificate) and --tls-cert / --tls-key (mTLS);
 `callrec token create` makes a token from the server's config file.
+
+In cluster mode (SPEC §8) every command that concerns one call sends the routing header
+`x-callrec-server-call-id` so the proxy picks the node owning the call: `start`, `list --call`,
+`events --call` and `gateway-sim` know the call; the commands taking a recording id or a location
+take it as --server-call-id (a new process has no memory of earlier recordings). Without it they
+send no header and the node that receives the RPC forwards it to the owner.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ TlsCert = Annotated[Path | None, typer.Option(
     help="PEM client certificate, when the server asks for one (mTLS).")]
 TlsKey = Annotated[Path | None, typer.Option(
     "--tls-key", envvar="CALLREC_TLS_CLIENT_KEY", help="PEM private key of --tls-cert.")]
+ServerCallId = Annotated[str, typer.Option(
+    "--server-call-id", show_default=False,
+    help="The call (server_call_id) the recording belongs to, sent as the x-callrec-server-call-id header "
+         "so a cluster's proxy routes straight to the node that owns the call; without it no header is "
+         "sent and the receiving node forwards the RPC.")]
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,9 @@ def serve(
                       help="TOML config file (flags and CALLREC_* env override it).")] = None,
     metrics_listen: Annotated[str | None, typer.Option(envvar="CALLREC_METRICS_LISTEN",
                               help="HOST:PORT for Prometheus /metrics; empty disables [default: off].")] = None,
+    health_listen: Annotated[str | None, typer.Option(envvar="CALLREC_HEALTH_LISTEN",
+                             help="HOST:PORT for a plain-HTTP GET /healthz (200 while serving, 503 while "
+                             "draining) for proxies such as HAProxy [default: off].")] = None,
     clock: Annotated[str | None, typer.Option(envvar="CALLREC_CLOCK",
                      help="realtime (production) or media (tests, benchmarks) [default: realtime].")] = None,
     resource_id: Annotated[str | None, typer.Option(envvar="CALLREC_RESOURCE_ID",
@@ -178,6 +192,21 @@ def serve(
                                      help="Seconds between retention sweeps [default: 60].")] = None,
     drain_timeout: Annotated[float | None, typer.Option(envvar="CALLREC_DRAIN_TIMEOUT",
                              help="Seconds SIGTERM waits for recordings to finish [default: 60].")] = None,
+    database_url: Annotated[str | None, typer.Option(envvar="CALLREC_DATABASE_URL", show_default=False,
+                            help="Cluster mode: postgresql://USER:PASSWORD@HOST:PORT/DB for the state every "
+                            "node shares (recordings, request ids, chunk index, node registry) [default: SQLite "
+                            "under --data-dir].")] = None,
+    events_url: Annotated[str | None, typer.Option(envvar="CALLREC_EVENTS_URL", show_default=False,
+                          help="Cluster mode: redis://[:PASSWORD@]HOST:PORT[/DB] for the event log as a Redis "
+                          "Stream, one order for the whole cluster [default: SQLite under --data-dir].")] = None,
+    node_id: Annotated[str | None, typer.Option(envvar="CALLREC_NODE_ID",
+                       help="Cluster mode: this node's stable name [default: HOSTNAME:PORT].")] = None,
+    advertise: Annotated[str | None, typer.Option(envvar="CALLREC_ADVERTISE",
+                         help="Cluster mode: HOST:PORT other nodes reach this node at [default: the bound "
+                         "--listen address].")] = None,
+    node_lease: Annotated[float | None, typer.Option(envvar="CALLREC_NODE_LEASE",
+                          help="Cluster mode: seconds a node stays alive without a heartbeat; then its calls go "
+                          "to the node their gateways re-open them on [default: 15].")] = None,
 ) -> None:
     """Run the server (SQLite + local storage under --data-dir; no external service needed).
 
@@ -191,13 +220,16 @@ def serve(
     Examples:
       callrec serve --listen 127.0.0.1:50051 --data-dir ./data --config callrec.toml
       callrec serve --listen 0.0.0.0:50051 --config callrec.toml --tls-cert server.pem --tls-key server.key
+      callrec serve --listen 127.0.0.1:50061 --data-dir ./node1 --node-id node1 \\
+          --database-url postgresql://callrec:secret@127.0.0.1:5432/callrec --events-url redis://127.0.0.1:6379/0
     """
     from callrec.config import ConfigError, load_config
     from callrec.logs import configure_logging
     from callrec.server import run
 
     overrides = {
-        "listen": listen, "data_dir": data_dir, "metrics_listen": metrics_listen, "clock": clock,
+        "listen": listen, "data_dir": data_dir, "metrics_listen": metrics_listen, "health_listen": health_listen,
+        "clock": clock,
         "resource_id": resource_id, "log_level": log_level, "log_format": log_format, "insecure": insecure,
         "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
         "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
@@ -207,7 +239,8 @@ def serve(
         "housekeeping_interval_s": housekeeping_interval, "upload_backoff_max_s": upload_backoff_max,
         "upload_concurrency": upload_concurrency, "upload_timeout_s": upload_timeout,
         "upload_deadline_h": upload_deadline_h, "upload_retention_h": upload_retention_h,
-        "failed_retention_h": failed_retention_h,
+        "failed_retention_h": failed_retention_h, "database_url": database_url, "events_url": events_url,
+        "node_id": node_id, "advertise": advertise, "node_lease_s": node_lease,
     }
     try:
         cfg = load_config(overrides, config)
@@ -262,10 +295,10 @@ def start(
     typer.echo(to_json(rec) if json else recording_text(rec))
 
 
-def _one(verb: str, recording_id: str, server: str, json: bool) -> None:
+def _one(verb: str, recording_id: str, server: str, json: bool, server_call_id: str) -> None:
     try:
         with _client(server) as c:
-            rec = getattr(c, verb)(recording_id)
+            rec = getattr(c, verb)(recording_id, server_call_id=server_call_id)
     except CallrecError as exc:
         _fail(exc)
     typer.echo(to_json(rec) if json else recording_text(rec))
@@ -276,30 +309,38 @@ RecordingId = Annotated[str, typer.Argument(help="The recording id StartRecordin
 
 @app.command()
 @connection_options
-def state(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+def state(
+    recording_id: RecordingId, server_call_id: ServerCallId = "", server: Server = DEFAULT_TARGET, json: Json = False,
+) -> None:
     """Show a recording's state, chunks and media counters."""
-    _one("get_recording_state", recording_id, server, json)
+    _one("get_recording_state", recording_id, server, json, server_call_id)
 
 
 @app.command()
 @connection_options
-def pause(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+def pause(
+    recording_id: RecordingId, server_call_id: ServerCallId = "", server: Server = DEFAULT_TARGET, json: Json = False,
+) -> None:
     """Pause a recording (no-op when paused)."""
-    _one("pause_recording", recording_id, server, json)
+    _one("pause_recording", recording_id, server, json, server_call_id)
 
 
 @app.command()
 @connection_options
-def resume(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+def resume(
+    recording_id: RecordingId, server_call_id: ServerCallId = "", server: Server = DEFAULT_TARGET, json: Json = False,
+) -> None:
     """Resume a paused recording (no-op when active)."""
-    _one("resume_recording", recording_id, server, json)
+    _one("resume_recording", recording_id, server, json, server_call_id)
 
 
 @app.command()
 @connection_options
-def stop(recording_id: RecordingId, server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+def stop(
+    recording_id: RecordingId, server_call_id: ServerCallId = "", server: Server = DEFAULT_TARGET, json: Json = False,
+) -> None:
     """Stop a recording; its files are finalised and stored (idempotent)."""
-    _one("stop_recording", recording_id, server, json)
+    _one("stop_recording", recording_id, server, json, server_call_id)
 
 
 @app.command("list")
@@ -366,6 +407,7 @@ def download_(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write [default: the name in "
                                                 "the location].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    server_call_id: ServerCallId = "",
     server: Server = DEFAULT_TARGET,
 ) -> None:
     """Download a recorded file with a progress bar; an interrupted download resumes where it stopped.
@@ -377,7 +419,7 @@ def download_(
     target = output or Path(default_name(location))
     try:
         with _client(server) as c:
-            size = download(c, location, target, show_progress=not quiet)
+            size = download(c, location, target, show_progress=not quiet, server_call_id=server_call_id)
     except CallrecError as exc:
         _fail(exc)
     except RuntimeError as exc:
@@ -390,13 +432,14 @@ def download_(
 @connection_options
 def delete(
     location: Annotated[str, typer.Argument(help="A chunk's deleteLocation.")],
+    server_call_id: ServerCallId = "",
     server: Server = DEFAULT_TARGET,
     json: Json = False,
 ) -> None:
     """Delete a chunk's media and metadata by its deleteLocation."""
     try:
         with _client(server) as c:
-            resp = c.delete(location)
+            resp = c.delete(location, server_call_id=server_call_id)
     except CallrecError as exc:
         _fail(exc)
     if json:
@@ -420,6 +463,10 @@ def uploads_list(
     state: Annotated[str | None, typer.Option(help="Only uploads in this state: pending, stored or failed.")] = None,
     recording: Annotated[str, typer.Option("--recording", help="Only the uploads of this recording.")] = "",
     limit: Annotated[int, typer.Option(help="Most uploads to show (pages are fetched as needed).")] = 100,
+    server_call_id: Annotated[str, typer.Option(
+        "--server-call-id", show_default=False,
+        help="With --recording: the recording's call (server_call_id), sent as the x-callrec-server-call-id "
+             "header so a cluster's proxy routes straight to the node that owns the call.")] = "",
     server: Server = DEFAULT_TARGET,
     json: Json = False,
 ) -> None:
@@ -443,7 +490,8 @@ def uploads_list(
     try:
         with _client(server) as c:
             while shown < limit:
-                page = c.list_uploads(state, recording, min(1000, limit - shown), token)
+                page = c.list_uploads(state, recording, min(1000, limit - shown), token,
+                                      server_call_id=server_call_id)
                 for upload in page.uploads:
                     if json:
                         typer.echo(to_json(upload))
@@ -468,6 +516,7 @@ def uploads_list(
 @connection_options
 def uploads_retry(
     recording_id: Annotated[str, typer.Argument(help="The recording whose failed uploads to re-queue.")],
+    server_call_id: ServerCallId = "",
     server: Server = DEFAULT_TARGET,
     json: Json = False,
 ) -> None:
@@ -488,7 +537,7 @@ def uploads_retry(
     """
     try:
         with _client(server) as c:
-            resp = c.retry_uploads(recording_id)
+            resp = c.retry_uploads(recording_id, server_call_id=server_call_id)
     except CallrecError as exc:
         _fail(exc)
     if json:

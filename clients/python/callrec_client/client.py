@@ -5,7 +5,15 @@ Errors come back as `CallrecError` with the gRPC status code and the server's me
 Security (SPEC §5): `token=` sends `authorization: Bearer <token>` with every call the wrappers
 make (also over plaintext, for a loopback server with `[auth]` but no TLS); `tls=TlsOptions(...)`
 connects with TLS, trusting `ca_file` (default: the system's CAs) and, for mTLS, presenting
-`cert_file` / `key_file`. Raw stub calls (`client.recordings.X(...)`) take `metadata=client.metadata`.
+`cert_file` / `key_file`. Raw stub calls (`client.recordings.X(...)`) take `metadata=client.metadata`,
+or `metadata=client.call_metadata(server_call_id)` to add the routing header.
+
+Cluster mode (SPEC §8, `callrec_client.routing`): every call-scoped RPC also carries
+`x-callrec-server-call-id` (`ROUTING_HEADER`) so the proxy sends it to the node owning the call.
+The value comes from the request (`start_recording`, `list_recordings` / `subscribe_events` filtered
+by call), from the `server_call_id=` keyword of the methods taking a recording id or a location,
+or from `recording_calls`, the LRU map of `recording_id -> server_call_id` filled from every
+`Recording` received. Unknown: no header (the node that gets the RPC forwards it to the owner).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from callrec.v1 import (
     uploads_pb2,
     uploads_pb2_grpc,
 )
+from callrec_client.routing import DEFAULT_RECORDING_CACHE_SIZE, RecordingCalls, routing_metadata
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -158,6 +167,21 @@ def start_request(
     return req
 
 
+def list_recordings_request(
+    server_call_id: str = "", state: str | None = None, page_size: int = 0, page_token: str = ""
+) -> recording_pb2.ListRecordingsRequest:
+    """Build a ListRecordingsRequest; `state` "active", "inactive", "stopping", "completed", "failed" or None.
+
+    An unknown `state` raises KeyError (the CLI turns it into a usage message).
+    """
+    return recording_pb2.ListRecordingsRequest(
+        server_call_id=server_call_id,
+        state=STATES[state] if state else recording_pb2.RECORDING_STATE_UNSPECIFIED,
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
 def list_uploads_request(
     state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
 ) -> uploads_pb2.ListUploadsRequest:
@@ -192,7 +216,9 @@ def subscribe_request(
 class AsyncCallrecClient:
     """asyncio client: `async with AsyncCallrecClient("127.0.0.1:50051") as c: await c.start_recording(...)`.
 
-    `token` (a JWT from `callrec token create`) and `tls` as in the module docstring.
+    `token` (a JWT from `callrec token create`) and `tls` as in the module docstring;
+    `recording_calls` to share one recording -> call map between clients (default: a map of
+    `DEFAULT_RECORDING_CACHE_SIZE` of its own).
     """
 
     def __init__(
@@ -202,9 +228,12 @@ class AsyncCallrecClient:
         *,
         token: str = "",
         tls: TlsOptions | None = None,
+        recording_calls: RecordingCalls | None = None,
     ) -> None:
         self.channel = channel or open_aio_channel(target, tls)
         self.metadata = auth_metadata(token)
+        self.recording_calls = recording_calls if recording_calls is not None else RecordingCalls(
+            DEFAULT_RECORDING_CACHE_SIZE)
         self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.content = content_pb2_grpc.ContentServiceStub(self.channel)
@@ -220,64 +249,84 @@ class AsyncCallrecClient:
         """Close the channel."""
         await self.channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float | None = 30.0) -> Any:
+    def call_metadata(self, server_call_id: str = "") -> tuple[tuple[str, str], ...]:
+        """The metadata of an RPC of `server_call_id`: the token and, for a known call, the routing header."""
+        return self.metadata + routing_metadata(server_call_id)
+
+    async def _call(self, method: Any, request: Any, server_call_id: str = "", timeout: float | None = 30.0) -> Any:
         try:
-            return await method(request, timeout=timeout, metadata=self.metadata)
+            return await method(request, timeout=timeout, metadata=self.call_metadata(server_call_id))
         except grpc.aio.AioRpcError as exc:
             raise _wrap(exc) from None
 
+    async def _recording_call(self, method: Any, request: Any, server_call_id: str) -> recording_pb2.Recording:
+        """A RecordingService RPC on `request.recording_id`, routed to its call; its call is remembered."""
+        call = self.recording_calls.resolve(request.recording_id, server_call_id)
+        rec: recording_pb2.Recording = (await self._call(method, request, call)).recording
+        self.recording_calls.remember((rec,))
+        return rec
+
     async def start_recording(self, server_call_id: str, **options: Any) -> recording_pb2.Recording:
         """Start recording a call; options as in `start_request`."""
-        resp = await self._call(self.recordings.StartRecording, start_request(server_call_id, **options))
+        resp = await self._call(self.recordings.StartRecording, start_request(server_call_id, **options),
+                                server_call_id)
+        self.recording_calls.remember((resp.recording,))
         return resp.recording
 
-    async def get_recording_state(self, recording_id: str) -> recording_pb2.Recording:
-        """The recording's current state."""
+    async def get_recording_state(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """The recording's current state; `server_call_id` (its call) routes it when the client does not know it."""
         req = recording_pb2.GetRecordingStateRequest(recording_id=recording_id)
-        return (await self._call(self.recordings.GetRecordingState, req)).recording
+        return await self._recording_call(self.recordings.GetRecordingState, req, server_call_id)
 
-    async def pause_recording(self, recording_id: str) -> recording_pb2.Recording:
-        """Pause (no-op when paused)."""
+    async def pause_recording(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """Pause (no-op when paused); `server_call_id` as in `get_recording_state`."""
         req = recording_pb2.PauseRecordingRequest(recording_id=recording_id)
-        return (await self._call(self.recordings.PauseRecording, req)).recording
+        return await self._recording_call(self.recordings.PauseRecording, req, server_call_id)
 
-    async def resume_recording(self, recording_id: str) -> recording_pb2.Recording:
-        """Resume (no-op when active)."""
+    async def resume_recording(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """Resume (no-op when active); `server_call_id` as in `get_recording_state`."""
         req = recording_pb2.ResumeRecordingRequest(recording_id=recording_id)
-        return (await self._call(self.recordings.ResumeRecording, req)).recording
+        return await self._recording_call(self.recordings.ResumeRecording, req, server_call_id)
 
-    async def stop_recording(self, recording_id: str) -> recording_pb2.Recording:
-        """Stop (idempotent)."""
+    async def stop_recording(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """Stop (idempotent); `server_call_id` as in `get_recording_state`."""
         req = recording_pb2.StopRecordingRequest(recording_id=recording_id)
-        return (await self._call(self.recordings.StopRecording, req)).recording
+        return await self._recording_call(self.recordings.StopRecording, req, server_call_id)
 
     async def list_recordings(
         self, server_call_id: str = "", state: str | None = None, page_size: int = 0, page_token: str = ""
     ) -> recording_pb2.ListRecordingsResponse:
-        """One page of recordings, newest first."""
-        req = recording_pb2.ListRecordingsRequest(
-            server_call_id=server_call_id,
-            state=STATES[state] if state else recording_pb2.RECORDING_STATE_UNSPECIFIED,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return await self._call(self.recordings.ListRecordings, req)
+        """One page of recordings, newest first (routed to the call when filtered by one)."""
+        req = list_recordings_request(server_call_id, state, page_size, page_token)
+        resp: recording_pb2.ListRecordingsResponse = await self._call(self.recordings.ListRecordings, req,
+                                                                       server_call_id)
+        self.recording_calls.remember(resp.recordings)
+        return resp
 
     async def list_uploads(
-        self, state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
+        self, state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = "", *,
+        server_call_id: str = "",
     ) -> uploads_pb2.ListUploadsResponse:
-        """One page of uploads, newest first; `state` "pending", "stored", "failed" or None (any)."""
-        req = list_uploads_request(state, recording_id, page_size, page_token)
-        return await self._call(self.uploads.ListUploads, req)
+        """One page of uploads, newest first; `state` "pending", "stored", "failed" or None (any).
 
-    async def retry_uploads(self, recording_id: str) -> uploads_pb2.RetryUploadsResponse:
-        """Re-queue every failed upload of a recording (`uploads`; `missing_uploads` cannot be retried)."""
+        Routed to the recording's call (`server_call_id`, else the remembered one) when filtered by a recording.
+        """
+        req = list_uploads_request(state, recording_id, page_size, page_token)
+        call = self.recording_calls.resolve(recording_id, server_call_id) if recording_id else ""
+        return await self._call(self.uploads.ListUploads, req, call)
+
+    async def retry_uploads(self, recording_id: str, *, server_call_id: str = "") -> uploads_pb2.RetryUploadsResponse:
+        """Re-queue every failed upload of a recording (`uploads`; `missing_uploads` cannot be retried);
+        `server_call_id` as in `get_recording_state`."""
         req = uploads_pb2.RetryUploadsRequest(recording_id=recording_id)
-        return await self._call(self.uploads.RetryUploads, req)
+        call = self.recording_calls.resolve(recording_id, server_call_id)
+        return await self._call(self.uploads.RetryUploads, req, call)
 
     async def subscribe_events(self, **filters: Any) -> AsyncGenerator[events_pb2.Event, None]:
-        """Events as they happen; filters as in `subscribe_request`. Cancel the iteration to stop."""
-        call = self.events.SubscribeEvents(subscribe_request(**filters), metadata=self.metadata)
+        """Events as they happen; filters as in `subscribe_request` (routed to the call when filtered by one).
+        Cancel the iteration to stop."""
+        req = subscribe_request(**filters)
+        call = self.events.SubscribeEvents(req, metadata=self.call_metadata(req.server_call_id))
         try:
             async for resp in call:
                 yield resp.event
@@ -288,29 +337,33 @@ class AsyncCallrecClient:
             call.cancel()
 
     async def download(
-        self, location: str, offset: int = 0, length: int = 0
+        self, location: str, offset: int = 0, length: int = 0, *, server_call_id: str = ""
     ) -> AsyncIterator[content_pb2.DownloadContentResponse]:
-        """Pieces of a stored file."""
+        """Pieces of a stored file; `server_call_id` (the recording's call) routes it to the node holding it."""
         req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
         try:
-            async for piece in self.content.DownloadContent(req, metadata=self.metadata):
+            async for piece in self.content.DownloadContent(req, metadata=self.call_metadata(server_call_id)):
                 yield piece
         except grpc.aio.AioRpcError as exc:
             raise _wrap(exc) from None
 
-    async def delete(self, location: str) -> content_pb2.DeleteContentResponse:
-        """Delete a chunk by its deleteLocation."""
-        return await self._call(self.content.DeleteContent, content_pb2.DeleteContentRequest(location=location))
+    async def delete(self, location: str, *, server_call_id: str = "") -> content_pb2.DeleteContentResponse:
+        """Delete a chunk by its deleteLocation; `server_call_id` as in `download`."""
+        return await self._call(self.content.DeleteContent, content_pb2.DeleteContentRequest(location=location),
+                                server_call_id)
 
 
 class CallrecClient:
-    """Blocking client with the same methods (and `token` / `tls`) as AsyncCallrecClient."""
+    """Blocking client with the same methods (and `token` / `tls` / `recording_calls`) as AsyncCallrecClient."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 30.0, *, token: str = "", tls: TlsOptions | None = None
+        self, target: str = DEFAULT_TARGET, timeout: float = 30.0, *, token: str = "", tls: TlsOptions | None = None,
+        recording_calls: RecordingCalls | None = None,
     ) -> None:
         self.channel = open_channel(target, tls)
         self.metadata = auth_metadata(token)
+        self.recording_calls = recording_calls if recording_calls is not None else RecordingCalls(
+            DEFAULT_RECORDING_CACHE_SIZE)
         self.timeout = timeout
         self.recordings = recording_pb2_grpc.RecordingServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
@@ -327,61 +380,83 @@ class CallrecClient:
         """Close the channel."""
         self.channel.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def call_metadata(self, server_call_id: str = "") -> tuple[tuple[str, str], ...]:
+        """The metadata of an RPC of `server_call_id`: the token and, for a known call, the routing header."""
+        return self.metadata + routing_metadata(server_call_id)
+
+    def _call(self, method: Any, request: Any, server_call_id: str = "") -> Any:
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(request, timeout=self.timeout, metadata=self.call_metadata(server_call_id))
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 
+    def _recording_call(self, method: Any, request: Any, server_call_id: str) -> recording_pb2.Recording:
+        """A RecordingService RPC on `request.recording_id`, routed to its call; its call is remembered."""
+        call = self.recording_calls.resolve(request.recording_id, server_call_id)
+        rec: recording_pb2.Recording = self._call(method, request, call).recording
+        self.recording_calls.remember((rec,))
+        return rec
+
     def start_recording(self, server_call_id: str, **options: Any) -> recording_pb2.Recording:
         """Start recording a call; options as in `start_request`."""
-        return self._call(self.recordings.StartRecording, start_request(server_call_id, **options)).recording
+        rec: recording_pb2.Recording = self._call(
+            self.recordings.StartRecording, start_request(server_call_id, **options), server_call_id).recording
+        self.recording_calls.remember((rec,))
+        return rec
 
-    def get_recording_state(self, recording_id: str) -> recording_pb2.Recording:
-        """The recording's current state."""
+    def get_recording_state(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """The recording's current state; `server_call_id` (its call) routes it when the client does not know it."""
         req = recording_pb2.GetRecordingStateRequest(recording_id=recording_id)
-        return self._call(self.recordings.GetRecordingState, req).recording
+        return self._recording_call(self.recordings.GetRecordingState, req, server_call_id)
 
-    def pause_recording(self, recording_id: str) -> recording_pb2.Recording:
-        """Pause (no-op when paused)."""
+    def pause_recording(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """Pause (no-op when paused); `server_call_id` as in `get_recording_state`."""
         req = recording_pb2.PauseRecordingRequest(recording_id=recording_id)
-        return self._call(self.recordings.PauseRecording, req).recording
+        return self._recording_call(self.recordings.PauseRecording, req, server_call_id)
 
-    def resume_recording(self, recording_id: str) -> recording_pb2.Recording:
-        """Resume (no-op when active)."""
+    def resume_recording(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """Resume (no-op when active); `server_call_id` as in `get_recording_state`."""
         req = recording_pb2.ResumeRecordingRequest(recording_id=recording_id)
-        return self._call(self.recordings.ResumeRecording, req).recording
+        return self._recording_call(self.recordings.ResumeRecording, req, server_call_id)
 
-    def stop_recording(self, recording_id: str) -> recording_pb2.Recording:
-        """Stop (idempotent)."""
+    def stop_recording(self, recording_id: str, *, server_call_id: str = "") -> recording_pb2.Recording:
+        """Stop (idempotent); `server_call_id` as in `get_recording_state`."""
         req = recording_pb2.StopRecordingRequest(recording_id=recording_id)
-        return self._call(self.recordings.StopRecording, req).recording
+        return self._recording_call(self.recordings.StopRecording, req, server_call_id)
 
     def list_recordings(
         self, server_call_id: str = "", state: str | None = None, page_size: int = 0, page_token: str = ""
     ) -> recording_pb2.ListRecordingsResponse:
-        """One page of recordings, newest first."""
-        req = recording_pb2.ListRecordingsRequest(
-            server_call_id=server_call_id,
-            state=STATES[state] if state else recording_pb2.RECORDING_STATE_UNSPECIFIED,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return self._call(self.recordings.ListRecordings, req)
+        """One page of recordings, newest first (routed to the call when filtered by one)."""
+        req = list_recordings_request(server_call_id, state, page_size, page_token)
+        resp: recording_pb2.ListRecordingsResponse = self._call(self.recordings.ListRecordings, req, server_call_id)
+        self.recording_calls.remember(resp.recordings)
+        return resp
 
     def list_uploads(
-        self, state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
+        self, state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = "", *,
+        server_call_id: str = "",
     ) -> uploads_pb2.ListUploadsResponse:
-        """One page of uploads, newest first; `state` "pending", "stored", "failed" or None (any)."""
-        return self._call(self.uploads.ListUploads, list_uploads_request(state, recording_id, page_size, page_token))
+        """One page of uploads, newest first; `state` "pending", "stored", "failed" or None (any).
 
-    def retry_uploads(self, recording_id: str) -> uploads_pb2.RetryUploadsResponse:
-        """Re-queue every failed upload of a recording (`uploads`; `missing_uploads` cannot be retried)."""
-        return self._call(self.uploads.RetryUploads, uploads_pb2.RetryUploadsRequest(recording_id=recording_id))
+        Routed to the recording's call (`server_call_id`, else the remembered one) when filtered by a recording.
+        """
+        call = self.recording_calls.resolve(recording_id, server_call_id) if recording_id else ""
+        return self._call(self.uploads.ListUploads, list_uploads_request(state, recording_id, page_size, page_token),
+                          call)
+
+    def retry_uploads(self, recording_id: str, *, server_call_id: str = "") -> uploads_pb2.RetryUploadsResponse:
+        """Re-queue every failed upload of a recording (`uploads`; `missing_uploads` cannot be retried);
+        `server_call_id` as in `get_recording_state`."""
+        call = self.recording_calls.resolve(recording_id, server_call_id)
+        return self._call(self.uploads.RetryUploads, uploads_pb2.RetryUploadsRequest(recording_id=recording_id),
+                          call)
 
     def subscribe_events(self, **filters: Any) -> Iterator[events_pb2.Event]:
-        """Events as they happen (blocking iterator); filters as in `subscribe_request`."""
-        call = self.events.SubscribeEvents(subscribe_request(**filters), metadata=self.metadata)
+        """Events as they happen (blocking iterator); filters as in `subscribe_request` (routed to the call
+        when filtered by one)."""
+        req = subscribe_request(**filters)
+        call = self.events.SubscribeEvents(req, metadata=self.call_metadata(req.server_call_id))
         try:
             for resp in call:
                 yield resp.event
@@ -392,15 +467,16 @@ class CallrecClient:
             call.cancel()
 
     def download(
-        self, location: str, offset: int = 0, length: int = 0
+        self, location: str, offset: int = 0, length: int = 0, *, server_call_id: str = ""
     ) -> Iterator[content_pb2.DownloadContentResponse]:
-        """Pieces of a stored file."""
+        """Pieces of a stored file; `server_call_id` (the recording's call) routes it to the node holding it."""
         req = content_pb2.DownloadContentRequest(location=location, offset=offset, length=length)
         try:
-            yield from self.content.DownloadContent(req, timeout=None, metadata=self.metadata)
+            yield from self.content.DownloadContent(req, timeout=None, metadata=self.call_metadata(server_call_id))
         except grpc.RpcError as exc:
             raise _wrap(exc) from None
 
-    def delete(self, location: str) -> content_pb2.DeleteContentResponse:
-        """Delete a chunk by its deleteLocation."""
-        return self._call(self.content.DeleteContent, content_pb2.DeleteContentRequest(location=location))
+    def delete(self, location: str, *, server_call_id: str = "") -> content_pb2.DeleteContentResponse:
+        """Delete a chunk by its deleteLocation; `server_call_id` as in `download`."""
+        return self._call(self.content.DeleteContent, content_pb2.DeleteContentRequest(location=location),
+                          server_call_id)

@@ -17,10 +17,13 @@ def default_name(location: str) -> str:
     return name or "download.bin"
 
 
-def download(client: CallrecClient, location: str, output: Path, show_progress: bool = True) -> int:
+def download(
+    client: CallrecClient, location: str, output: Path, show_progress: bool = True, server_call_id: str = ""
+) -> int:
     """Download `location` into `output`; a leftover `output.part` is resumed with a ranged read.
 
     Returns the file's size. The file appears under its final name only when complete.
+    `server_call_id` (the recording's call) routes the download in a cluster (routing header).
     """
     part = output.with_name(output.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -31,7 +34,7 @@ def download(client: CallrecClient, location: str, output: Path, show_progress: 
     ) as progress:
         task = progress.add_task(output.name, total=None, completed=offset)
         with open(part, "ab") as out:
-            for piece in client.download(location, offset=offset):
+            for piece in client.download(location, offset=offset, server_call_id=server_call_id):
                 if total is None:
                     total = piece.total_size
                     progress.update(task, total=total)

@@ -9,6 +9,10 @@ of all of them in one `batch` (one message costs the server ~20 µs before any w
  Responses (acks, warnings,
 recording_state) are collected in `responses` and can be awaited with `next_response`.
 With `[auth]` on the server, pass a gateway (or admin) `token`; `tls` as in `callrec_client.client`.
+
+The stream carries the `x-callrec-server-call-id` routing header (cluster mode, SPEC §8): gRPC sends
+metadata when the stream is created, before `open`, so the call id is a constructor argument and a
+proxy hashing on the header routes every stream of the call to the node that owns it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import grpc
 from callrec.v1 import media_pb2 as pb
 from callrec.v1 import media_pb2_grpc
 from callrec_client.client import CallrecError, TlsOptions, auth_metadata, open_aio_channel
+from callrec_client.routing import routing_metadata
 
 AUDIO_ENCODINGS = {"pcm16le": pb.AUDIO_ENCODING_PCM16LE, "pcmu": pb.AUDIO_ENCODING_PCMU,
                    "pcma": pb.AUDIO_ENCODING_PCMA, "opus": pb.AUDIO_ENCODING_OPUS}
@@ -45,7 +50,8 @@ class GatewayConnection:
     ) -> None:
         self._own_channel = channel is None
         self.channel = channel or open_aio_channel(target, tls)
-        self.metadata = auth_metadata(token)
+        # the token and the routing header: sent once, when `open()` creates the stream
+        self.metadata = auth_metadata(token) + routing_metadata(server_call_id)
         self.stub = media_pb2_grpc.MediaServiceStub(self.channel)
         self.server_call_id = server_call_id
         self.gateway_id = gateway_id

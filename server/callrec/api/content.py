@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -11,10 +11,11 @@ from callrec.api.errors import streaming, unary
 from callrec.core.errors import CallrecError, ErrorCode, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from callrec.core.limits import check_text
 from callrec.core.ports import StoredChunk
+from callrec.security.redact import redact_text, redact_url
 from callrec.state.chunks import ChunkIndex
+from callrec.state.pg_chunks import PgChunkIndex
 from callrec.storage.address_policy import DestinationRefused
 from callrec.storage.base import StorageError, Store
-from callrec.storage.redact import redact_text, redact_url
 from callrec.storage.resolver import StoreResolver, describe_target
 from callrec.v1 import content_pb2 as pb
 from callrec.v1 import content_pb2_grpc
@@ -38,8 +39,8 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
     """DownloadContent / DeleteContent."""
 
     def __init__(
-        self, index: ChunkIndex, stores: StoreResolver, call_of: Callable[[str], str | None] | None = None,
-        max_location_bytes: int = 4096,
+        self, index: ChunkIndex | PgChunkIndex, stores: StoreResolver,
+        call_of: Callable[[str], Awaitable[str | None]] | None = None, max_location_bytes: int = 4096,
     ) -> None:
         self.index = index
         self.stores = stores
@@ -47,11 +48,11 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         self.call_of = call_of
         """recording_id -> server_call_id, for tokens limited to calls (api/auth.py)."""
 
-    def _require_call(self, chunk: StoredChunk | None, location: str) -> None:
+    async def _require_call(self, chunk: StoredChunk | None, location: str) -> None:
         """A call-limited token may only reach chunks of its calls; a location the index does not
         attribute to a recording belongs to none of them (and NOT_FOUND would tell it what exists)."""
         if auth.call_limited():
-            call = self.call_of(chunk.recording_id) if chunk is not None and self.call_of is not None else None
+            call = await self.call_of(chunk.recording_id) if chunk is not None and self.call_of is not None else None
             auth.require_call(call or "", f"location {redact_url(location)!r}")
 
     def _store(self, target: str) -> Store:
@@ -68,13 +69,13 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
                 f"the chunk's storage ({describe_target(target)}) cannot be used: {redact_text(str(exc))}"
             ) from None
 
-    def _resolve(self, location: str) -> tuple[Store, str, str]:
+    async def _resolve(self, location: str) -> tuple[Store, str, str]:
         """The store, key and content type of a content or metadata location."""
         if not location:
             raise InvalidArgument("location is required: a contentLocation or metadataLocation from an event")
         check_text(location, "location", self.max_location_bytes, "max_location_bytes")
-        found = self.index.by_location(location)
-        self._require_call(found[0] if found else None, location)
+        found = await self.index.by_location(location)
+        await self._require_call(found[0] if found else None, location)
         if found is not None:
             chunk, what = found
             if what == "delete":
@@ -96,7 +97,7 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         self, request: pb.DownloadContentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DownloadContentResponse]:
         location = request.location
-        store, key, content_type = self._resolve(location)
+        store, key, content_type = await self._resolve(location)
         try:
             info = await store.head(key)
         except StorageError as exc:
@@ -132,8 +133,8 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         if not location:
             raise InvalidArgument("location is required: a deleteLocation from an event")
         check_text(location, "location", self.max_location_bytes, "max_location_bytes")
-        found = self.index.by_location(location)
-        self._require_call(found[0] if found else None, location)
+        found = await self.index.by_location(location)
+        await self._require_call(found[0] if found else None, location)
         if found is None:
             raise NotFound(
                 f"no stored chunk has deleteLocation {redact_url(location)!r}: DeleteContent takes only a "
@@ -154,5 +155,5 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
             except StorageError as exc:
                 if exc.code != "NOT_FOUND":
                     raise _domain(exc, loc) from None
-        self.index.mark_deleted(chunk.document_id)
+        await self.index.mark_deleted(chunk.document_id)
         return pb.DeleteContentResponse(deleted_locations=deleted)

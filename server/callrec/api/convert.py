@@ -28,7 +28,7 @@ from callrec.core.model import (
 from callrec.core.recording_state import Recording
 from callrec.core.upload_admin import UploadInfo, UploadState
 from callrec.events.model import EventType, StoredEvent
-from callrec.storage.redact import redact_url
+from callrec.security.redact import redact_url
 from callrec.v1 import events_pb2, media_pb2, recording_pb2, uploads_pb2
 
 pb = recording_pb2

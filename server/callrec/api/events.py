@@ -17,7 +17,7 @@ from callrec.api import auth, convert
 from callrec.api.errors import status_of
 from callrec.core.errors import CallrecError, InvalidArgument, OutOfRange
 from callrec.core.limits import Limits, check_items, check_text
-from callrec.events.log import EventLog, EventSubscription
+from callrec.events.log import EventLogPort, EventSubscription
 from callrec.events.model import EventFilter, EventType
 from callrec.v1 import events_pb2 as pb
 from callrec.v1 import events_pb2_grpc
@@ -32,13 +32,13 @@ def _ignore_result(task: asyncio.Future[None]) -> None:
 class EventServicer(events_pb2_grpc.EventServiceServicer):
     """SubscribeEvents: replay from a cursor, then follow the log."""
 
-    def __init__(self, log: EventLog, limits: Limits | None = None) -> None:
+    def __init__(self, log: EventLogPort, limits: Limits | None = None) -> None:
         self.log = log
         self.limits = limits or Limits()
 
-    def _start_after(self, request: pb.SubscribeEventsRequest) -> int:
-        last = self.log.last_sequence()
-        oldest = self.log.oldest_sequence()
+    async def _start_after(self, request: pb.SubscribeEventsRequest) -> int:
+        last = await self.log.last_sequence()
+        oldest = await self.log.oldest_sequence()
         if request.HasField("after_sequence"):
             after = request.after_sequence
             if after > last:
@@ -74,7 +74,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         try:
             flt = self._filter(request)
             auth.require_call(request.server_call_id)  # a call-limited token subscribes to one of its calls
-            with self.log.subscribe(self._start_after(request), flt) as sub:
+            with self.log.subscribe(await self._start_after(request), flt) as sub:
                 await self._stream(sub, context)
         except CallrecError as exc:
             await context.abort(status_of(exc), exc.message)

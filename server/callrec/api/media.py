@@ -183,6 +183,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             async for req in requests:
                 if s.call is None and req.HasField("open"):
                     await self.calls.wait_ended(req.open.server_call_id)
+                    await self.calls.claim(req.open.server_call_id)  # cluster mode: one owner per call
                 self._handle(s, req)
             await s.out.put(_Broken())
         except _EndOfStream as end:

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from callrec.api import auth, convert
 from callrec.api.errors import unary
-from callrec.core.errors import CallrecError, ErrorCode, InvalidArgument
+from callrec.api.forward import Forwarder
+from callrec.core.errors import CallrecError, ErrorCode, InvalidArgument, RecordedElsewhere
 from callrec.core.model import RecordingOptions
 from callrec.core.recording_registry import RecordingRegistry
 from callrec.core.recording_state import Recording
+from callrec.security.redact import redact_text
 from callrec.storage.address_policy import SETTING, DestinationRefused
 from callrec.storage.outbox import Upload
-from callrec.storage.redact import redact_text
 from callrec.storage.resolver import StoreResolver
 from callrec.v1 import recording_pb2 as pb
 from callrec.v1 import recording_pb2_grpc
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RecordingService"].full_name
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
 
 
 async def check_storage(stores: StoreResolver, options: RecordingOptions) -> None:
@@ -63,15 +70,30 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         registry: RecordingRegistry,
         uploads_of: Callable[[str], Sequence[Upload]] | None = None,
         stores: StoreResolver | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.registry = registry
         self.uploads_of = uploads_of
         self.stores = stores
+        self.forwarder = forwarder
+        """Cluster mode: sends an RPC of a call another node owns on to that node (api/forward.py)."""
 
-    def _require_call_of(self, recording_id: str) -> None:
+    async def _forward(self, context: grpc.aio.ServicerContext, method: str, request: M, response_type: type[R],
+                       *, recording_id: str = "", server_call_id: str = "") -> R | None:
+        """The owner node's answer when another live node records the recording (or owns the call);
+        None when this node should answer (single node, no live owner elsewhere, or already forwarded)."""
+        if self.forwarder is None or Forwarder.was_forwarded(context):
+            return None
+        locator = self.forwarder.locator
+        node = await (locator.node_of_recording(recording_id) if recording_id else locator.node_of_call(server_call_id))
+        if node is None:
+            return None
+        return await self.forwarder.unary(node, f"/{SERVICE}/{method}", request, response_type, context)
+
+    async def _require_call_of(self, recording_id: str) -> None:
         """A call-limited token may only act on recordings of its calls (NOT_FOUND for unknown ids)."""
         if auth.call_limited():
-            auth.require_call(self.registry.get(recording_id).server_call_id, f"recording {recording_id!r}")
+            auth.require_call((await self.registry.get(recording_id)).server_call_id, f"recording {recording_id!r}")
 
     def _out(self, rec: Recording) -> pb.Recording:
         """The resource, with the upload progress of its files."""
@@ -99,6 +121,11 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         self.registry.check_request_sizes(request.server_call_id, options)  # before anything echoes a field
         if self.stores is not None:
             await check_storage(self.stores, options)
+        if not self.registry.has_call(request.server_call_id):  # cluster mode: the call may be another node's
+            forwarded = await self._forward(context, "StartRecording", request, pb.StartRecordingResponse,
+                                            server_call_id=request.server_call_id)
+            if forwarded is not None:
+                return forwarded
         rec = await self.registry.start(request.server_call_id, options)
         return pb.StartRecordingResponse(recording=self._out(rec))
 
@@ -106,31 +133,57 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def GetRecordingState(
         self, request: pb.GetRecordingStateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRecordingStateResponse:
-        self._require_call_of(request.recording_id)
-        return pb.GetRecordingStateResponse(recording=self._out(self.registry.get(request.recording_id)))
+        await self._require_call_of(request.recording_id)
+        if not self.registry.is_live(request.recording_id):  # another node's: it knows its upload progress
+            forwarded = await self._forward(context, "GetRecordingState", request, pb.GetRecordingStateResponse,
+                                            recording_id=request.recording_id)
+            if forwarded is not None:
+                return forwarded
+        return pb.GetRecordingStateResponse(recording=self._out(await self.registry.get(request.recording_id)))
 
     @unary
     async def PauseRecording(
         self, request: pb.PauseRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.PauseRecordingResponse:
-        self._require_call_of(request.recording_id)
-        rec = await self.registry.pause(request.recording_id)
+        await self._require_call_of(request.recording_id)
+        try:
+            rec = await self.registry.pause(request.recording_id)
+        except RecordedElsewhere:
+            forwarded = await self._forward(context, "PauseRecording", request, pb.PauseRecordingResponse,
+                                            recording_id=request.recording_id)
+            if forwarded is None:
+                raise
+            return forwarded
         return pb.PauseRecordingResponse(recording=self._out(rec))
 
     @unary
     async def ResumeRecording(
         self, request: pb.ResumeRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeRecordingResponse:
-        self._require_call_of(request.recording_id)
-        rec = await self.registry.resume(request.recording_id)
+        await self._require_call_of(request.recording_id)
+        try:
+            rec = await self.registry.resume(request.recording_id)
+        except RecordedElsewhere:
+            forwarded = await self._forward(context, "ResumeRecording", request, pb.ResumeRecordingResponse,
+                                            recording_id=request.recording_id)
+            if forwarded is None:
+                raise
+            return forwarded
         return pb.ResumeRecordingResponse(recording=self._out(rec))
 
     @unary
     async def StopRecording(
         self, request: pb.StopRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.StopRecordingResponse:
-        self._require_call_of(request.recording_id)
-        rec = await self.registry.stop(request.recording_id)
+        await self._require_call_of(request.recording_id)
+        try:
+            rec = await self.registry.stop(request.recording_id)
+        except RecordedElsewhere:
+            forwarded = await self._forward(context, "StopRecording", request, pb.StopRecordingResponse,
+                                            recording_id=request.recording_id)
+            if forwarded is None:
+                raise
+            return forwarded
         return pb.StopRecordingResponse(recording=self._out(rec))
 
     @unary
@@ -138,7 +191,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         self, request: pb.ListRecordingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRecordingsResponse:
         auth.require_call(request.server_call_id)
-        recs, token = self.registry.list(
+        recs, token = await self.registry.list(
             request.server_call_id, convert.state_filter(request.state), request.page_size, request.page_token
         )
         return pb.ListRecordingsResponse(recordings=[self._out(r) for r in recs], next_page_token=token)

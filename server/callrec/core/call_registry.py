@@ -28,7 +28,7 @@ from callrec.core.errors import FailedPrecondition, InvalidArgument
 from callrec.core.limits import Limits, check_count, check_text
 from callrec.core.log import get_logger
 from callrec.core.model import AudioFormat, MediaStats, RecordingState, VideoFormat
-from callrec.core.ports import TimeSource
+from callrec.core.ports import CallOwnershipPort, TimeSource
 
 log = get_logger(__name__)
 
@@ -93,8 +93,10 @@ class CallRegistry:
     """All calls currently open on this server, by server_call_id."""
 
     def __init__(self, reconnect_grace_s: float, limits: Limits | None = None,
-                 time: TimeSource | None = None) -> None:
+                 time: TimeSource | None = None, ownership: CallOwnershipPort | None = None) -> None:
         self.reconnect_grace_s = reconnect_grace_s
+        self.ownership = ownership
+        """Cluster mode: which node owns each call (None on a single node: every call is ours)."""
         self.time: TimeSource = time or SystemTime()
         self.limits = limits or Limits()
         self.streams = 0  # StreamMedia streams being served (`admit_stream` / `release_stream`)
@@ -135,6 +137,17 @@ class CallRegistry:
         if pending:
             log.warning("previous call still ending; opening anyway", server_call_id=server_call_id,
                         waited_s=timeout)
+
+    async def claim(self, server_call_id: str) -> None:
+        """Cluster mode: become the call's owner before its stream opens here, and release it when it ends.
+
+        FailedPrecondition names the owner when another live node has the call. Ids are checked first,
+        so nothing oversized reaches the shared state; an empty id is left to `open` to refuse.
+        """
+        if self.ownership is None or not server_call_id:
+            return
+        self.check_id(server_call_id, "open.server_call_id")
+        await self.ownership.claim(server_call_id)
 
     def admit_stream(self) -> None:
         """A new StreamMedia stream; ResourceExhausted past `[limits] max_streams`."""

@@ -74,3 +74,12 @@ class OutOfRange(CallrecError):
     """A position (offset, sequence) lies outside what exists."""
 
     code = ErrorCode.OUT_OF_RANGE
+
+
+class RecordedElsewhere(FailedPrecondition):
+    """The recording is in progress on another node of the cluster: the API layer forwards the RPC there."""
+
+    def __init__(self, message: str, recording_id: str, server_call_id: str) -> None:
+        super().__init__(message)
+        self.recording_id = recording_id
+        self.server_call_id = server_call_id

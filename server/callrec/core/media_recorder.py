@@ -139,12 +139,12 @@ class MediaRecorder:
         spool = self.spool_dir / rec.recording_id
         on_error = self._error_handler(rec.recording_id, active)
         # A recording recovered after a restart goes on after its stored chunks, paused if it was.
-        stored = self.index.for_recording(rec.recording_id)
+        stored = await self.index.for_recording(rec.recording_id)
         first_index = 1 + max(c.chunk_index for c in stored) if stored else 0
         paused = rec.state is RecordingState.INACTIVE
 
-        def on_chunk(chunk: FinishedChunk) -> None:
-            self._chunk_finished(rec.recording_id, chunk)
+        async def on_chunk(chunk: FinishedChunk) -> None:
+            await self._chunk_finished(rec.recording_id, chunk)
 
         if video:
             assert self.video_recording_factory is not None
@@ -184,17 +184,17 @@ class MediaRecorder:
         return ChunkKeys.for_recording(started=rec.start_time, call_id=rec.call_id, recording_id=rec.recording_id,
                                        unique_id=unique)
 
-    def _chunk_finished(self, recording_id: str, chunk: FinishedChunk) -> None:
+    async def _chunk_finished(self, recording_id: str, chunk: FinishedChunk) -> None:
         """Index the chunk and queue its two files; runs in chunk order."""
         active = self._active[recording_id]
-        self._index_and_queue(recording_id, active.keys, active.target, chunk)
+        await self._index_and_queue(recording_id, active.keys, active.target, chunk)
 
-    def _index_and_queue(self, recording_id: str, keys: ChunkKeys, target: str, chunk: FinishedChunk) -> None:
+    async def _index_and_queue(self, recording_id: str, keys: ChunkKeys, target: str, chunk: FinishedChunk) -> None:
         ext = chunk.media_path.suffix.lstrip(".")
         media_key = keys.media(chunk.index, "video" if ext == "mp4" else "audio", ext)
         metadata_key = keys.metadata(chunk.index)
         location = self.targets.location
-        self.index.add(StoredChunk(
+        await self.index.add(StoredChunk(
             document_id=chunk.document_id,
             recording_id=recording_id,
             chunk_index=chunk.index,
@@ -229,22 +229,22 @@ class MediaRecorder:
         except ValueError as exc:
             raise CallrecError(f"cannot recover the recording's files: {exc}", ErrorCode.FAILED_PRECONDITION) \
                 from None
-        indexed = {c.chunk_index for c in self.index.for_recording(rec.recording_id)}
+        indexed = {c.chunk_index for c in await self.index.for_recording(rec.recording_id)}
         factory = None if rec.options.format is Format.MP4 else self.writer_factory_for(rec.options)
         repair = self.repair
         chunks = await asyncio.get_running_loop().run_in_executor(
             None, lambda: recover_chunks(spool, indexed, repair, factory.bit_rate if factory else None))
         keys = self._keys(rec)
         for chunk in chunks:
-            self._index_and_queue(rec.recording_id, keys, target, chunk)
+            await self._index_and_queue(rec.recording_id, keys, target, chunk)
             forget_journal(chunk)
-        self._requeue_unqueued(rec.recording_id, spool)
+        await self._requeue_unqueued(rec.recording_id, spool)
 
-    def _requeue_unqueued(self, recording_id: str, spool: Path) -> None:
+    async def _requeue_unqueued(self, recording_id: str, spool: Path) -> None:
         """Queue the files of indexed chunks that never reached the outbox (a crash between the two)."""
         queued = self.uploads.queued_keys(recording_id)
         stem = spool_stem(recording_id)
-        for c in self.index.for_recording(recording_id):
+        for c in await self.index.for_recording(recording_id):
             ext = c.media_key.rsplit(".", 1)[-1]
             files = ((c.media_key, spool / f"{stem}-{c.chunk_index}.{ext}", c.media_type),
                      (c.metadata_key, spool / f"{stem}-{c.chunk_index}-metadata.json", "application/json"))
@@ -284,7 +284,7 @@ class MediaRecorder:
         failure = await self.uploads.wait_stored(rec.recording_id)
         if failure is not None:
             raise CallrecError(f"{failure} ({self.targets.describe(self.target_of(rec))})", ErrorCode.UNAVAILABLE)
-        stored = self.index.for_recording(rec.recording_id)
+        stored = await self.index.for_recording(rec.recording_id)
         if active is None:  # finalised by a process that wrote none of the chunks (after a restart)
             seen: dict[str, RecordedParticipant] = {}
             for c in stored:

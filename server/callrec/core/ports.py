@@ -17,7 +17,7 @@ Implementations: `media.decode.PyAVAudioCodecs` (AudioCodecs), `media.writers`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ __all__ = [
     "AudioWriter",
     "AudioWriterFactory",
     "BlockResampler",
+    "CallOwnershipPort",
     "ChunkIndexPort",
     "ChunkRepairPort",
     "ChunkWritten",
@@ -333,35 +334,55 @@ class MediaRecorderPort(Protocol):
 
 
 class RecordingRepositoryPort(Protocol):
-    """Durable recordings and idempotency keys."""
+    """Durable recordings and idempotency keys.
 
-    def transaction(self) -> AbstractContextManager[object]:
-        """Everything saved inside commits together."""
+    Async because the cluster's implementation (PostgreSQL) does network I/O: a query must never
+    hold the event loop that mixes every call's media.
+    """
+
+    def transaction(self) -> AbstractAsyncContextManager[object]:
+        """Everything saved inside (by this task) commits together."""
         ...
 
-    def save(self, rec: Recording) -> None:
+    async def save(self, rec: Recording) -> None:
         """Insert or update a recording."""
         ...
 
-    def get(self, recording_id: str) -> Recording | None:
+    async def get(self, recording_id: str) -> Recording | None:
         """A recording by id."""
         ...
 
-    def in_progress(self) -> list[Recording]:
+    async def in_progress(self) -> list[Recording]:
         """Recordings that were active, paused or stopping (for recovery)."""
         ...
 
-    def list(self, server_call_id: str, state: RecordingState | None, page_size: int,
-             page_token: str) -> tuple[list[Recording], str]:
+    async def list(self, server_call_id: str, state: RecordingState | None, page_size: int,
+                   page_token: str) -> tuple[list[Recording], str]:
         """A page, newest first; ValueError for a bad token."""
         ...
 
-    def remember_request(self, request_id: str, recording_id: str) -> None:
+    async def remember_request(self, request_id: str, recording_id: str) -> None:
         """Remember which recording a StartRecording request_id created."""
         ...
 
-    def recall_request(self, request_id: str, window: timedelta) -> str | None:
+    async def recall_request(self, request_id: str, window: timedelta) -> str | None:
         """The recording a request_id created within `window`, if any."""
+        ...
+
+
+class CallOwnershipPort(Protocol):
+    """Which node of a cluster owns each call (`state.pg_nodes.PgNodeRegistry`; none on a single node).
+
+    A call belongs to the node where its gateway opened it, while that node's lease lasts: so a call
+    never has two owners, and a dead node's calls go to whichever node their gateways re-open them on.
+    """
+
+    async def claim(self, server_call_id: str) -> None:
+        """Make this node the call's owner; FailedPrecondition naming the owner when another live node is."""
+        ...
+
+    async def release(self, server_call_id: str) -> None:
+        """The call ended here: forget its owner (if it is still this node)."""
         ...
 
 
@@ -387,13 +408,13 @@ class StoredChunk:
 
 
 class ChunkIndexPort(Protocol):
-    """Which chunks a recording has and where they are stored."""
+    """Which chunks a recording has and where they are stored (async: see RecordingRepositoryPort)."""
 
-    def add(self, chunk: StoredChunk) -> None:
+    async def add(self, chunk: StoredChunk) -> None:
         """Index a chunk (before its upload starts)."""
         ...
 
-    def for_recording(self, recording_id: str) -> list[StoredChunk]:
+    async def for_recording(self, recording_id: str) -> list[StoredChunk]:
         """A recording's chunks in index order."""
         ...
 

@@ -17,6 +17,7 @@ from callrec.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    RecordedElsewhere,
 )
 from callrec.core.limits import Limits, check_count, check_text
 from callrec.core.log import get_logger
@@ -106,12 +107,12 @@ class RecordingRegistry:
         calls.on_call_ended(self._on_call_ended)
 
     # ---- queries -------------------------------------------------------------------------------
-    def get(self, recording_id: str) -> Recording:
+    async def get(self, recording_id: str) -> Recording:
         """The recording, or NotFound."""
         if not recording_id:
             raise InvalidArgument("recording_id is required")
         check_text(recording_id, "recording_id", self.settings.limits.max_id_bytes, "max_id_bytes")
-        rec = self._live.get(recording_id) or self.repo.get(recording_id)
+        rec = self._live.get(recording_id) or await self.repo.get(recording_id)
         if rec is None:
             raise NotFound(f"no recording with id {recording_id!r}; ListRecordings shows the known ones")
         return rec
@@ -121,7 +122,15 @@ class RecordingRegistry:
         task = self._finalizers.get(recording_id)
         if task is not None:
             await asyncio.shield(task)
-        return self.get(recording_id)
+        return await self.get(recording_id)
+
+    def is_live(self, recording_id: str) -> bool:
+        """Whether this node records (or finalises) the recording now."""
+        return recording_id in self._live
+
+    def has_call(self, server_call_id: str) -> bool:
+        """Whether a gateway has the call open on this node (or it waits here for a reconnect)."""
+        return self.calls.get(server_call_id) is not None
 
     def in_progress_for_call(self, server_call_id: str) -> Recording | None:
         """The call's active or paused recording, if any."""
@@ -130,7 +139,7 @@ class RecordingRegistry:
                 return rec
         return None
 
-    def list(
+    async def list(
         self, server_call_id: str, state: RecordingState | None, page_size: int, page_token: str
     ) -> tuple[list[Recording], str]:
         """A page of recordings, newest first."""
@@ -142,7 +151,7 @@ class RecordingRegistry:
         if not 1 <= page_size <= 1000:
             raise InvalidArgument(f"page_size must be between 1 and 1000 (0 = 50); got {page_size}")
         try:
-            recs, token = self.repo.list(server_call_id, state, page_size, page_token)
+            recs, token = await self.repo.list(server_call_id, state, page_size, page_token)
         except ValueError:
             raise InvalidArgument(
                 "page_token is not valid: pass the next_page_token of a previous ListRecordings response"
@@ -164,9 +173,9 @@ class RecordingRegistry:
         self.check_request_sizes(server_call_id, options)
         async with self._lock:
             if options.request_id:
-                earlier = self.repo.recall_request(options.request_id, self.settings.idempotency_window)
+                earlier = await self.repo.recall_request(options.request_id, self.settings.idempotency_window)
                 if earlier is not None:
-                    rec = self.get(earlier)
+                    rec = await self.get(earlier)
                     if rec.server_call_id != server_call_id:
                         raise InvalidArgument(
                             f"request_id {options.request_id!r} was already used to start recording "
@@ -206,10 +215,10 @@ class RecordingRegistry:
             if options.pause_on_start:
                 rec.pause_intervals.append(PauseInterval(start_time=now))
             self._live[rec.recording_id] = rec
-            with self.repo.transaction():
-                self.repo.save(rec)
+            async with self.repo.transaction():
+                await self.repo.save(rec)
                 if options.request_id:
-                    self.repo.remember_request(options.request_id, rec.recording_id)
+                    await self.repo.remember_request(options.request_id, rec.recording_id)
             try:
                 await self.media.start(rec, call)
             except CallrecError as exc:
@@ -223,11 +232,11 @@ class RecordingRegistry:
     async def pause(self, recording_id: str) -> Recording:
         """Pause (a no-op when paused)."""
         async with self._lock:
-            rec = self._require_in_progress(recording_id, "paused")
+            rec = await self._require_in_progress(recording_id, "paused")
             at = self.now()
             if rec.pause(at):
                 self.media.pause(rec, at)
-                self.repo.save(rec)
+                await self.repo.save(rec)
                 log.info("recording paused", recording_id=recording_id)
                 await self._state_changed(rec, active=False)
             return rec
@@ -235,11 +244,11 @@ class RecordingRegistry:
     async def resume(self, recording_id: str) -> Recording:
         """Resume (a no-op when active)."""
         async with self._lock:
-            rec = self._require_in_progress(recording_id, "resumed")
+            rec = await self._require_in_progress(recording_id, "resumed")
             at = self.now()
             if rec.resume(at):
                 self.media.resume(rec, at)
-                self.repo.save(rec)
+                await self.repo.save(rec)
                 log.info("recording resumed", recording_id=recording_id)
                 await self._state_changed(rec, active=True)
             return rec
@@ -247,25 +256,42 @@ class RecordingRegistry:
     async def stop(self, recording_id: str, reason: str = STOPPED_BY_REQUEST) -> Recording:
         """Stop and finalise in the background (idempotent)."""
         async with self._lock:
-            rec = self.get(recording_id)
+            rec = await self.get(recording_id)
+            self._require_here(rec, "stopped")
             await self._begin_stop(rec, reason)
             return rec
 
     async def _begin_stop(self, rec: Recording, reason: str) -> None:
         if not rec.begin_stop(self.now(), reason):
             return
-        self.repo.save(rec)
+        await self.repo.save(rec)
         log.info("recording stopping", recording_id=rec.recording_id, reason=reason)
         await self._state_changed(rec, active=False)
         self._finalizers[rec.recording_id] = asyncio.get_running_loop().create_task(self._finalize(rec))
 
-    def _require_in_progress(self, recording_id: str, verb: str) -> Recording:
-        rec = self.get(recording_id)
+    async def _require_in_progress(self, recording_id: str, verb: str) -> Recording:
+        rec = await self.get(recording_id)
         if not rec.state.in_progress:
             raise FailedPrecondition(
                 f"recording {recording_id} is {rec.state.value} and cannot be {verb}; start a new recording"
             )
+        self._require_here(rec, verb)
         return rec
+
+    def _require_here(self, rec: Recording, verb: str) -> None:
+        """FailedPrecondition for a recording in progress that another node records (cluster mode).
+
+        A node holds every recording it records in `_live` (recovered ones too), so one in progress
+        that is not there is another node's: changing it here would write a state its media never
+        follows.
+        """
+        if rec.state.in_progress and rec.recording_id not in self._live:
+            raise RecordedElsewhere(
+                f"recording {rec.recording_id} is recorded by another node of the cluster (call "
+                f"{rec.server_call_id!r}), and cannot be {verb} here; send the RPC with the header "
+                "x-callrec-server-call-id so the proxy routes it to that node",
+                rec.recording_id, rec.server_call_id,
+            )
 
     async def _finalize(self, rec: Recording) -> None:
         try:
@@ -286,7 +312,7 @@ class RecordingRegistry:
         if rec.chunks:
             await self.events.file_status_updated(rec)
         rec.transition(RecordingState.COMPLETED)
-        self.repo.save(rec)
+        await self.repo.save(rec)
         self._live.pop(rec.recording_id, None)
         log.info("recording completed", recording_id=rec.recording_id, chunks=len(rec.chunks),
                  duration_s=rec.duration.total_seconds())
@@ -295,7 +321,7 @@ class RecordingRegistry:
     async def _fail(self, rec: Recording, exc: CallrecError) -> None:
         code = RPC_CODE_NUMBERS.get(exc.code, RPC_CODE_NUMBERS[ErrorCode.INTERNAL])
         rec.fail(RecordingError(code, exc.message), self.now())
-        self.repo.save(rec)
+        await self.repo.save(rec)
         self._live.pop(rec.recording_id, None)
         log.error("recording failed", recording_id=rec.recording_id, error=exc.message)
         await self.events.failed(rec, code, exc.message)
@@ -315,7 +341,7 @@ class RecordingRegistry:
     async def recover(self) -> None:
         """After a restart: resume finalising STOPPING recordings; give in-progress ones the
         reconnect grace period, after which they stop with ServerRestarted."""
-        for rec in self.repo.in_progress():
+        for rec in await self.repo.in_progress():
             self._live[rec.recording_id] = rec
             try:
                 await self.media.recover(rec)  # the chunks the crash left open, finished and queued
@@ -352,15 +378,15 @@ class RecordingRegistry:
         RecordingFileStatusUpdated; it stays FAILED (terminal) and keeps its `error`. A recording
         still in progress or stopping needs nothing here: its own finalising waits for the files.
         """
-        rec = self.get(recording_id)
+        rec = await self.get(recording_id)
         if rec.state is not RecordingState.FAILED:
             return rec
         failure = await uploads.wait_stored(recording_id)
-        rec = self.get(recording_id)
+        rec = await self.get(recording_id)
         if failure is not None:
             log.warning("retried uploads failed again", recording_id=recording_id, error=failure)
             return rec
-        stored = index.for_recording(recording_id)
+        stored = await index.for_recording(recording_id)
         rec.chunks = [
             ChunkInfo(c.document_id, c.chunk_index, ChunkEndReason(c.end_reason), c.metadata_location,
                       c.content_location, c.delete_location)
@@ -374,7 +400,7 @@ class RecordingRegistry:
                 for p in json.loads(c.participants):
                     seen.setdefault(p["participant_id"], RecordedParticipant(**p))
             rec.participants = list(seen.values())
-        self.repo.save(rec)
+        await self.repo.save(rec)
         if rec.chunks:
             await self.events.file_status_updated(rec)
         log.info("retried uploads stored", recording_id=recording_id, chunks=len(rec.chunks))

@@ -219,7 +219,7 @@ class UploadAdmin:
         re-queues some reports the others in `missing`).
         """
         _check_recording_id(recording_id, required=True)
-        self.registry.get(recording_id)  # NotFound for an unknown recording
+        await self.registry.get(recording_id)  # NotFound for an unknown recording
         uploads = self.outbox.group(recording_id)
         if not any(u.state == UploadState.FAILED for u in uploads):
             counts = {s: sum(1 for u in uploads if u.state == s) for s in UploadState}
@@ -240,13 +240,13 @@ class UploadAdmin:
         self._watch_later(recording_id)
         return UploadRetried(recording_id, retried, missing)
 
-    def resume(self) -> int:
+    async def resume(self) -> int:
         """After a restart: watch again the FAILED recordings whose retried uploads are still pending
         (their RecordingFileStatusUpdated is still due); returns how many."""
         resumed = 0
         for recording_id in self.outbox.retried_groups():
             try:
-                rec = self.registry.get(recording_id)
+                rec = await self.registry.get(recording_id)
             except CallrecError:
                 continue
             if rec.state is RecordingState.FAILED:

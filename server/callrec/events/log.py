@@ -1,18 +1,28 @@
 """The durable event log: dense sequence numbers, retention, and delivery to subscribers.
 
+Two backends share this module's subscription machinery and differ only in storage: `EventLog`
+(SQLite, here; the embedded default) and `callrec.events.redis_log.RedisEventLog` (a Redis Stream, for
+cluster mode, where every node appends to and follows one log). The rest of the server sees either
+through `EventLogPort`. What is shared (`EventLogBase`, `EventSubscription`): the set of subscriptions,
+the cap on it, the backlog→live handover and the bounded queues. What each backend provides: `append`,
+`last_sequence`, `oldest_sequence`, `prune`, reading one page of backlog (`_read_page`), and the
+sequence up to which it has handed committed events to its subscriptions (`_queue_from`).
+
 A subscriber reads in two phases, so that it sees every matching event exactly once, in order:
 
-- Backlog: events already in the log are read in SQL pages (at most `PAGE_SIZE` events and
-  `SCAN_SPAN` sequence numbers per query), filtered by SQLite through the indexes of migration 0005
-  on type, call and recording, on a worker thread with its own read connection. Filtering used to
-  happen in Python on the event loop: a filtered subscriber over a 200 000-event log stalled every
-  call on the server for ~4 s.
+- Backlog: events already in the log are read in pages. SQLite reads SQL pages (at most `PAGE_SIZE`
+  events and `SCAN_SPAN` sequence numbers per query), filtered by SQLite through the indexes of
+  migration 0005 on type, call and recording, on a worker thread with its own read connection.
+  Filtering used to happen in Python on the event loop: a filtered subscriber over a 200 000-event
+  log stalled every call on the server for ~4 s. Redis reads `XRANGE` pages (see its module).
 - Live: once caught up, the `append` that commits an event pushes it into each matching
-  subscriber's queue, so following the log costs no query per event per subscriber.
+  subscriber's queue (with Redis: the one task per node that follows the stream, for the appends of
+  every node), so following the log costs no query per event per subscriber.
 
-Handover without gap or duplicate: a subscription is registered, and the last sequence read, in one
-step on the event loop, where appends commit; from then on its queue holds every matching event
-after that sequence (`_queue_from`), and the backlog is read from SQL up to exactly there.
+Handover without gap or duplicate: a subscription is registered, and the sequence of the last event
+delivered to subscriptions is read, in one step on the event loop, where events are delivered
+(SQLite: where appends commit); from then on its queue holds every matching event after that
+sequence (`_queue_from`), and the backlog is read from the store up to exactly there.
 
 Bounded memory: a queue holds at most `max_queue` events. When it is full and the subscriber is still
 taking events (only slower than a burst), the queue is dropped and those events are read again from
@@ -27,10 +37,12 @@ import asyncio
 import json
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from types import TracebackType
+from typing import Protocol
 
 from callrec.core.errors import OutOfRange, ResourceExhausted
 from callrec.core.limits import check_count
@@ -47,8 +59,137 @@ shared by every subscriber, is never held long by one of them."""
 _COLUMNS = "sequence, id, event_type, subject, server_call_id, recording_id, event_time, payload, json"
 
 
-class EventLog:
-    """Appends events durably and serves them to subscribers."""
+class EventLogPort(Protocol):
+    """What the server uses of an event log, whichever backend stores it (SQLite or Redis).
+
+    `start` before the first `subscribe` (a Redis log starts following the stream there) and `close`
+    at shutdown. Sequence queries and `prune` are coroutines because a remote backend needs I/O;
+    `subscribe` is not, because the handover from backlog to live must happen in one step of the
+    event loop.
+    """
+
+    max_subscribers: int
+    max_queue: int
+
+    async def start(self) -> None:
+        """Get ready to serve subscribers (connect, follow the log); raises UNAVAILABLE when it cannot."""
+        ...
+
+    async def close(self) -> None:
+        """Stop following the log and release connections."""
+        ...
+
+    async def append(self, event: NewEvent) -> StoredEvent:
+        """Store `event` with the next sequence number; it then reaches every matching subscriber."""
+        ...
+
+    async def last_sequence(self) -> int:
+        """Sequence of the newest event ever appended (0 when none)."""
+        ...
+
+    async def oldest_sequence(self) -> int:
+        """Sequence of the oldest retained event (last + 1 when the log is empty)."""
+        ...
+
+    async def prune(self, now: float | None = None) -> int:
+        """Delete events older than the retention and say how many; sequence numbers are never reused."""
+        ...
+
+    def subscribe(self, after: int, flt: EventFilter) -> EventSubscription:
+        """A subscription to every matching event after `after`; close it when done."""
+        ...
+
+    def follow(self, after: int, flt: EventFilter) -> AsyncIterator[StoredEvent]:
+        """Every matching event after `after`, then new ones as they are appended, forever."""
+        ...
+
+    def subscriber_count(self) -> int:
+        """Subscriptions open now."""
+        ...
+
+    def subscriptions(self) -> list[EventSubscription]:
+        """The open subscriptions (for metrics and tests)."""
+        ...
+
+
+class EventLogBase(ABC):
+    """The backend-neutral half of an event log: its subscriptions and the delivery of committed events.
+
+    A backend calls `_deliver` with every committed event, in sequence order and once each, on the
+    event loop; `_queue_from` must return the sequence of the last event it delivered (or of the newest
+    committed one, when no event is committed that it has not delivered yet). A subscription reads its
+    backlog with `_read_page` up to that sequence and takes the rest from its queue.
+    """
+
+    def __init__(
+        self,
+        on_publish: Callable[[StoredEvent], None] | None,
+        max_subscribers: int,
+        max_queue: int,
+    ) -> None:
+        if max_subscribers < 1 or max_queue < 1:
+            raise ValueError(
+                f"[limits] max_event_subscribers ({max_subscribers}) and max_subscriber_queue ({max_queue}) "
+                "must be >= 1"
+            )
+        self.max_subscribers = max_subscribers
+        self.max_queue = max_queue
+        self._on_publish = on_publish
+        self._subscriptions: set[EventSubscription] = set()
+
+    def subscribe(self, after: int, flt: EventFilter) -> EventSubscription:
+        """A subscription to every matching event after `after` (which the caller has checked is
+        retained and not beyond the log); close it when done (it is a context manager)."""
+        check_count(len(self._subscriptions), self.max_subscribers, "event subscribers", "max_event_subscribers")
+        sub = EventSubscription(self, after, flt, queue_from=self._queue_from())
+        self._subscriptions.add(sub)
+        return sub
+
+    def subscriber_count(self) -> int:
+        """Subscriptions open now."""
+        return len(self._subscriptions)
+
+    def subscriptions(self) -> list[EventSubscription]:
+        """The open subscriptions (for metrics and tests)."""
+        return list(self._subscriptions)
+
+    async def follow(self, after: int, flt: EventFilter) -> AsyncIterator[StoredEvent]:
+        """Every matching event after `after`, then new ones as they are appended, forever."""
+        with self.subscribe(after, flt) as sub:
+            while True:
+                stored = await sub.next()
+                sub.delivered = stored.sequence
+                yield stored
+
+    def _deliver(self, stored: StoredEvent) -> None:
+        """Push a committed event to every subscription (each keeps it if it matches)."""
+        for sub in list(self._subscriptions):
+            sub._offer(stored)
+
+    def _unsubscribe(self, sub: EventSubscription) -> None:
+        self._subscriptions.discard(sub)
+
+    @abstractmethod
+    def _queue_from(self) -> int:
+        """The sequence after which every committed event will still reach `_deliver` (see the class)."""
+
+    @abstractmethod
+    async def _read_page(self, after: int, upto: int, flt: EventFilter) -> tuple[list[StoredEvent], int]:
+        """Matching events in (after, upto] (all committed), at most about a page of them, and the cursor
+        to continue from (`upto` once every match up to there was returned). Raises OUT_OF_RANGE
+        (`pruned_error`) when events after `after` were pruned before they were read."""
+
+
+def pruned_error(after: int) -> OutOfRange:
+    """The error a subscription ends with when its backlog was pruned before it read it."""
+    return OutOfRange(
+        f"events after {after} were pruned (older than the retention) before this subscriber read "
+        "them; resubscribe with from_oldest=true and reconcile with ListRecordings"
+    )
+
+
+class EventLog(EventLogBase):
+    """Appends events durably to SQLite and serves them to subscribers (the embedded backend)."""
 
     def __init__(
         self,
@@ -59,23 +200,18 @@ class EventLog:
         max_subscribers: int = 1000,
         max_queue: int = 10_000,
     ) -> None:
-        if max_subscribers < 1 or max_queue < 1:
-            raise ValueError(
-                f"[limits] max_event_subscribers ({max_subscribers}) and max_subscriber_queue ({max_queue}) "
-                "must be >= 1"
-            )
+        super().__init__(on_publish, max_subscribers, max_queue)
         self.db = db
         self.retention = retention
-        self.max_subscribers = max_subscribers
-        self.max_queue = max_queue
-        self._on_publish = on_publish
-        self._subscriptions: set[EventSubscription] = set()
 
-    def last_sequence(self) -> int:
+    async def start(self) -> None:
+        """Nothing to start: appends deliver to subscribers directly."""
+
+    async def last_sequence(self) -> int:
         """Sequence of the newest event ever appended (0 when none)."""
         return _last_sequence(self.db.conn)
 
-    def oldest_sequence(self) -> int:
+    async def oldest_sequence(self) -> int:
         """Sequence of the oldest retained event (last + 1 when the log is empty)."""
         return _oldest_sequence(self.db.conn)
 
@@ -107,41 +243,20 @@ class EventLog:
         stored = StoredEvent(sequence, event)
         if self._on_publish:
             self._on_publish(stored)
-        for sub in list(self._subscriptions):
-            sub._offer(stored)
+        self._deliver(stored)
         return stored
 
-    def subscribe(self, after: int, flt: EventFilter) -> EventSubscription:
-        """A subscription to every matching event after `after` (which the caller has checked is
-        retained and not beyond the log); close it when done (it is a context manager)."""
-        check_count(len(self._subscriptions), self.max_subscribers, "event subscribers", "max_event_subscribers")
-        sub = EventSubscription(self, after, flt, queue_from=self.last_sequence())
-        self._subscriptions.add(sub)
-        return sub
-
-    def subscriber_count(self) -> int:
-        """Subscriptions open now."""
-        return len(self._subscriptions)
-
-    def subscriptions(self) -> list[EventSubscription]:
-        """The open subscriptions (for metrics and tests)."""
-        return list(self._subscriptions)
-
-    async def follow(self, after: int, flt: EventFilter) -> AsyncIterator[StoredEvent]:
-        """Every matching event after `after`, then new ones as they are appended, forever."""
-        with self.subscribe(after, flt) as sub:
-            while True:
-                stored = await sub.next()
-                sub.delivered = stored.sequence
-                yield stored
-
-    def prune(self, now: float | None = None) -> int:
+    async def prune(self, now: float | None = None) -> int:
         """Delete events older than the retention; sequence numbers are never reused."""
         cutoff = (now if now is not None else time.time()) - self.retention.total_seconds()
         return self.db.conn.execute("DELETE FROM events WHERE created_at < ?", (cutoff,)).rowcount
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Nothing to release: reads run on the database's reader thread (`Database.close` stops it)."""
+
+    def _queue_from(self) -> int:
+        """The newest committed sequence: `append` delivers in the step that commits, so none is pending."""
+        return _last_sequence(self.db.conn)
 
     async def _read_page(self, after: int, upto: int, flt: EventFilter) -> tuple[list[StoredEvent], int]:
         """Matching events in (after, upto], read on the database's reader thread: see `_read_page_blocking`."""
@@ -161,10 +276,7 @@ class EventLog:
         try:
             oldest = _oldest_sequence(conn)
             if after + 1 < oldest and after < upto:
-                raise OutOfRange(
-                    f"events after {after} were pruned (older than the retention) before this subscriber read "
-                    "them; resubscribe with from_oldest=true and reconcile with ListRecordings"
-                )
+                raise pruned_error(after)
             if len(flt.event_types) > 1 and not flt.server_call_id and not flt.recording_id:
                 parts = [_select(conn, after, upto, EventFilter(frozenset({t}))) for t in sorted(flt.event_types)]
             else:
@@ -176,9 +288,6 @@ class EventLog:
         merged = sorted((row for rows in parts for row in rows if row.sequence <= cursor), key=lambda s: s.sequence)
         return merged, cursor
 
-    def _unsubscribe(self, sub: EventSubscription) -> None:
-        self._subscriptions.discard(sub)
-
 
 class EventSubscription:
     """One subscriber: its filter, its place in the log and its bounded queue of live events.
@@ -187,7 +296,7 @@ class EventSubscription:
     `_offer()` for every appended event.
     """
 
-    def __init__(self, log: EventLog, after: int, flt: EventFilter, queue_from: int) -> None:
+    def __init__(self, log: EventLogBase, after: int, flt: EventFilter, queue_from: int) -> None:
         self.filter = flt
         self.delivered = after
         """Last sequence the consumer handed to its transport: where a resume starts."""

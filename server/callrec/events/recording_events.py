@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from callrec.core.recording_state import Recording
 from callrec.events import acs
-from callrec.events.log import EventLog
+from callrec.events.log import EventLogPort
 
 __all__ = ["AcsRecordingEvents"]
 
@@ -17,7 +17,7 @@ __all__ = ["AcsRecordingEvents"]
 class AcsRecordingEvents:
     """Publishes recording events to the event log (implements `core.ports.RecordingEventsPort`)."""
 
-    def __init__(self, log: EventLog, resource_id: str) -> None:
+    def __init__(self, log: EventLogPort, resource_id: str) -> None:
         self.log = log
         self.resource_id = resource_id
 

@@ -19,7 +19,7 @@ class ChunkIndex:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, chunk: StoredChunk) -> None:
+    async def add(self, chunk: StoredChunk) -> None:
         """Record a stored chunk (idempotent per document id)."""
         fields = list(StoredChunk.__dataclass_fields__)
         self.db.conn.execute(
@@ -28,7 +28,7 @@ class ChunkIndex:
             (*(getattr(chunk, f) for f in fields), time.time()),
         )
 
-    def by_location(self, location: str) -> tuple[StoredChunk, str] | None:
+    async def by_location(self, location: str) -> tuple[StoredChunk, str] | None:
         """The live chunk a location names and which file ("media", "metadata" or "delete")."""
         for column, what in (("content_location", "media"), ("metadata_location", "metadata"),
                              ("delete_location", "delete")):
@@ -39,18 +39,18 @@ class ChunkIndex:
                 return _chunk(row), what
         return None
 
-    def for_recording(self, recording_id: str) -> list[StoredChunk]:
+    async def for_recording(self, recording_id: str) -> list[StoredChunk]:
         """A recording's chunks by index."""
         rows = self.db.conn.execute(
             "SELECT * FROM chunks WHERE recording_id = ? ORDER BY chunk_index", (recording_id,)
         ).fetchall()
         return [_chunk(r) for r in rows]
 
-    def mark_deleted(self, document_id: str) -> None:
+    async def mark_deleted(self, document_id: str) -> None:
         """The chunk's files are gone (deleted by a user or by retention)."""
         self.db.conn.execute("UPDATE chunks SET deleted_at = ? WHERE document_id = ?", (time.time(), document_id))
 
-    def expired(self, target: str, older_than_s: float) -> list[StoredChunk]:
+    async def expired(self, target: str, older_than_s: float) -> list[StoredChunk]:
         """Live chunks of a target stored more than `older_than_s` ago."""
         rows = self.db.conn.execute(
             "SELECT * FROM chunks WHERE target = ? AND deleted_at IS NULL AND created_at < ?",

@@ -6,7 +6,8 @@ import base64
 import json
 import sqlite3
 import time
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -141,7 +142,8 @@ def recording_from_dict(d: dict[str, Any]) -> Recording:
     )
 
 
-def _encode_token(seq: int) -> str:
+def encode_page_token(seq: int) -> str:
+    """The page token of a paging cursor (opaque to clients)."""
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
 
 
@@ -160,11 +162,17 @@ class RecordingRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """Everything saved inside commits together (a recording and its request id)."""
-        return self.db.transaction()
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[sqlite3.Connection]:
+        """Everything saved inside commits together (a recording and its request id).
 
-    def save(self, rec: Recording) -> None:
+        The methods below never suspend (SQLite is local), so no other task's statement can slip
+        into the transaction while it is open.
+        """
+        with self.db.transaction() as conn:
+            yield conn
+
+    async def save(self, rec: Recording) -> None:
         """Insert or update the recording (whole row)."""
         body = json.dumps(recording_to_dict(rec), separators=(",", ":"))
         now = datetime.now(UTC).isoformat()
@@ -175,19 +183,19 @@ class RecordingRepository:
             (rec.recording_id, rec.server_call_id, rec.state.value, body, now),
         )
 
-    def get(self, recording_id: str) -> Recording | None:
+    async def get(self, recording_id: str) -> Recording | None:
         """The recording, or None."""
         row = self.db.conn.execute("SELECT body FROM recordings WHERE recording_id = ?", (recording_id,)).fetchone()
         return recording_from_dict(json.loads(row["body"])) if row else None
 
-    def in_progress(self) -> list[Recording]:
+    async def in_progress(self) -> list[Recording]:
         """Recordings that were active, paused or stopping (for recovery after a restart)."""
         rows = self.db.conn.execute(
             "SELECT body FROM recordings WHERE state IN ('active', 'inactive', 'stopping') ORDER BY seq"
         ).fetchall()
         return [recording_from_dict(json.loads(r["body"])) for r in rows]
 
-    def list(
+    async def list(
         self, server_call_id: str = "", state: RecordingState | None = None, page_size: int = 50, page_token: str = ""
     ) -> tuple[list[Recording], str]:
         """A page of recordings, newest first, and the next page's token ("" on the last page)."""
@@ -207,17 +215,17 @@ class RecordingRepository:
             f"SELECT seq, body FROM recordings {where} ORDER BY seq DESC LIMIT ?", (*params, page_size + 1)
         ).fetchall()
         page = rows[:page_size]
-        next_token = _encode_token(page[-1]["seq"]) if len(rows) > page_size else ""
+        next_token = encode_page_token(page[-1]["seq"]) if len(rows) > page_size else ""
         return [recording_from_dict(json.loads(r["body"])) for r in page], next_token
 
-    def remember_request(self, request_id: str, recording_id: str) -> None:
+    async def remember_request(self, request_id: str, recording_id: str) -> None:
         """Store an idempotency key."""
         self.db.conn.execute(
             "INSERT OR REPLACE INTO idempotency_keys (request_id, recording_id, created_at) VALUES (?, ?, ?)",
             (request_id, recording_id, time.time()),
         )
 
-    def recall_request(self, request_id: str, window: timedelta) -> str | None:
+    async def recall_request(self, request_id: str, window: timedelta) -> str | None:
         """The recording started with `request_id` within `window`, if any."""
         row = self.db.conn.execute(
             "SELECT recording_id FROM idempotency_keys WHERE request_id = ? AND created_at >= ?",
@@ -225,7 +233,7 @@ class RecordingRepository:
         ).fetchone()
         return row["recording_id"] if row else None
 
-    def forget_requests_before(self, window: timedelta) -> int:
+    async def forget_requests_before(self, window: timedelta) -> int:
         """Drop idempotency keys older than the window."""
         cur = self.db.conn.execute(
             "DELETE FROM idempotency_keys WHERE created_at < ?", (time.time() - window.total_seconds(),)

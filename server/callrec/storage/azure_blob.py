@@ -48,6 +48,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import BlobBlock, ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
+from callrec.security.redact import redact_text
 from callrec.storage.address_policy import AddressRefused, find_refusal
 from callrec.storage.base import (
     DEFAULT_CONTENT_TYPE,
@@ -71,7 +72,6 @@ from callrec.storage.base import (
     split_pieces,
     strip_prefix,
 )
-from callrec.storage.redact import redact_text
 
 _CHECKSUM_CODES = {"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"}
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
+from callrec.security.redact import redact_url
 from callrec.storage.address_policy import (
     DEFAULT_PORTS,
     SETTING,
@@ -64,7 +65,6 @@ from callrec.storage.address_policy import (
     system_resolve,
 )
 from callrec.storage.base import Store
-from callrec.storage.redact import redact_url
 
 S3_SETTING = "[[storage.external.s3]]"
 LABEL = "external_storage"

@@ -37,9 +37,9 @@ from pathlib import Path
 
 from callrec import metrics
 from callrec.logs import get_logger
+from callrec.security.redact import redact_text
 from callrec.state.db import Database
 from callrec.storage.base import FileUploader, StorageError
-from callrec.storage.redact import redact_text
 from callrec.storage.resolver import describe_target
 
 log = get_logger("outbox")

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from callrec.security.redact import redact_url
 from callrec.storage.base import Store
 from callrec.storage.external import ExternalDestination, ExternalPolicy
-from callrec.storage.redact import redact_url
 
 EXTERNAL = "external"
 

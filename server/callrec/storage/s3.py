@@ -37,6 +37,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.utils import ChunksizeAdjuster
 
+from callrec.security.redact import redact_text
 from callrec.storage.base import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_PART_SIZE,
@@ -58,7 +59,6 @@ from callrec.storage.base import (
     resolve_range,
     strip_prefix,
 )
-from callrec.storage.redact import redact_text
 
 T = TypeVar("T")
 

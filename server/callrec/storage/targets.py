@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from callrec.security.redact import redact_text, redact_url
 from callrec.storage.base import Store
-from callrec.storage.redact import redact_text, redact_url
 
 MIB = 1024 * 1024
 _Choice = TypeVar("_Choice", bound=str)

@@ -1,0 +1,220 @@
+"""A callrec cluster on this machine: PostgreSQL, Redis, N nodes and HAProxy, all on loopback.
+
+`make cluster` (python -m bench.cluster) starts the three-node layout of deploy/haproxy.cfg for a person
+to try, prints how to reach it, and stops everything on Ctrl-C. The tests (tests/integration/
+test_cluster_proxy.py) and the capacity benchmark start the same thing on free ports: `Cluster(...)`.
+
+The engines are Debian's: `postgresql` (initdb/pg_ctl as the `postgres` user when we are root),
+`redis-server` (append-only file, fsync always: a published sequence is never reused) and `haproxy`
+(rendered from deploy/haproxy.cfg with this run's ports; `haproxy -c` checks it first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import ROOT
+from tests.harness import ServerProcess, free_port
+from tests.postgres_service import PostgresServer
+from tests.redis_service import RedisServer, start_redis
+
+HAPROXY_TEMPLATE = ROOT / "deploy" / "haproxy.cfg"
+FIXED_PROXY_PORT = 50050
+FIXED_NODE_PORTS = (50061, 50062, 50063)
+FIXED_HEALTH_PORTS = (50071, 50072, 50073)
+
+
+def render_haproxy(template: str, proxy_port: int, nodes: list[tuple[str, int, int]]) -> str:
+    """deploy/haproxy.cfg with this run's proxy port and one `server` line per (name, port, health port)."""
+    text = re.sub(r"bind 127\.0\.0\.1:\d+", f"bind 127.0.0.1:{proxy_port}", template)
+    lines = [line for line in text.splitlines() if not line.strip().startswith("server ")]
+    servers = [f"    server {name} 127.0.0.1:{port} check port {health}" for name, port, health in nodes]
+    return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(servers) + "\n"
+
+
+class HaproxyProcess:
+    """`haproxy -db -f <config>` in the foreground of a subprocess."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> HaproxyProcess:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(binary).exists():
+            raise RuntimeError("HAProxy is not installed: `apt-get install haproxy` (make test-deps does it)")
+        check = subprocess.run([binary, "-c", "-f", str(self.config)], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy -c refused {self.config}:\n{check.stdout}{check.stderr}")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    """PostgreSQL + Redis + `nodes` callrec nodes + HAProxy, under `root` (a temporary directory by default)."""
+
+    nodes: int = 3
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="callrec-cluster-")))
+    fixed_ports: bool = False
+    """The ports of deploy/haproxy.cfg (make cluster) instead of free ones (tests)."""
+    node_args: tuple[str, ...] = ()
+    """Extra `callrec serve` arguments of every node (a --config with storage targets, --clock media...)."""
+    node_env: dict[str, str] = field(default_factory=dict)
+    lease_s: float = 3.0
+    postgres: PostgresServer | None = None
+    redis: RedisServer | None = None
+    servers: list[ServerProcess] = field(default_factory=list)
+    health_ports: list[int] = field(default_factory=list)
+    proxy: HaproxyProcess | None = None
+    proxy_port: int = 0
+
+    @property
+    def target(self) -> str:
+        """Where clients connect: the proxy."""
+        return f"127.0.0.1:{self.proxy_port}"
+
+    def node_url_args(self) -> tuple[str, ...]:
+        assert self.postgres is not None and self.redis is not None
+        return ("--database-url", self.postgres.url, "--events-url", self.redis.url)
+
+    def start(self) -> Cluster:
+        """Start everything and wait until the proxy routes to every node; stops what started on failure."""
+        try:
+            self.postgres = PostgresServer().start()
+            self.redis = start_redis(self.root / "redis")
+            for i in range(self.nodes):
+                self.servers.append(self._node(i))
+                self.servers[-1].start(timeout=60)
+            self._start_proxy()
+            self.wait_routed()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _node(self, i: int) -> ServerProcess:
+        health = FIXED_HEALTH_PORTS[i] if self.fixed_ports else free_port()
+        self.health_ports.append(health)
+        server = ServerProcess(self.root / f"node{i + 1}", *self.node_url_args(), "--node-id", f"node{i + 1}",
+                               "--health-listen", f"127.0.0.1:{health}", "--node-lease", str(self.lease_s),
+                               *self.node_args, env=self.node_env)
+        if self.fixed_ports:
+            server.port = FIXED_NODE_PORTS[i]
+        return server
+
+    def restart_node(self, i: int) -> ServerProcess:
+        """Start node i again on its data directory and ports (after `kill -9`)."""
+        server = self.servers[i]
+        server.start(timeout=60)
+        return server
+
+    def _start_proxy(self) -> None:
+        self.proxy_port = FIXED_PROXY_PORT if self.fixed_ports else free_port()
+        config = self.root / "haproxy.cfg"
+        nodes = [(f"node{i + 1}", s.port, self.health_ports[i]) for i, s in enumerate(self.servers)]
+        config.write_text(render_haproxy(HAPROXY_TEMPLATE.read_text(), self.proxy_port, nodes))
+        self.proxy = HaproxyProcess(config, self.root / "haproxy.log").start()
+
+    def wait_routed(self, timeout: float = 30.0) -> None:
+        """Until a gRPC health check through the proxy answers SERVING for a handful of calls in a row."""
+        deadline = time.monotonic() + timeout
+        ok = 0
+        last: Exception | None = None
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proxy is not None and self.proxy.proc is not None and self.proxy.proc.poll() is not None:
+                    raise RuntimeError(f"haproxy exited ({self.proxy.proc.returncode}):\n"
+                                       f"{self.proxy.log.read_text(errors='replace')[-2000:]}")
+                try:
+                    answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    ok = ok + 1 if answer.status == health_pb2.HealthCheckResponse.SERVING else 0
+                    if ok >= 2 * self.nodes:
+                        time.sleep(1.5)  # one more round of HAProxy's checks (inter 1s): every node UP
+                        return
+                except grpc.RpcError as exc:
+                    ok, last = 0, exc
+                time.sleep(0.1)
+        raise RuntimeError(f"the proxy on {self.target} did not route within {timeout} s: {last}")
+
+    def stop(self) -> None:
+        """Stop the proxy, the nodes, Redis and PostgreSQL (in that order)."""
+        if self.proxy is not None:
+            self.proxy.stop()
+        for server in self.servers:
+            server.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=3, help="callrec nodes (default 3; ports 50061...)")
+    parser.add_argument("--dir", type=Path, default=ROOT / "cluster-data",
+                        help="where the nodes, PostgreSQL and Redis keep their data (default ./cluster-data)")
+    args = parser.parse_args(argv)
+    if args.nodes > len(FIXED_NODE_PORTS):
+        parser.error(f"at most {len(FIXED_NODE_PORTS)} nodes on the fixed ports of deploy/haproxy.cfg")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(nodes=args.nodes, root=args.dir, fixed_ports=True, lease_s=15.0)
+    print(f"starting PostgreSQL, Redis, {args.nodes} callrec nodes and HAProxy under {args.dir} ...", flush=True)
+    cluster.start()
+    assert cluster.postgres is not None and cluster.redis is not None
+    print(f"""
+callrec cluster is up:
+  proxy (clients connect here)  {cluster.target}
+  nodes                         {", ".join(s.target for s in cluster.servers)}  (logs: {args.dir}/node*/server.log)
+  PostgreSQL                    {cluster.postgres.url}
+  Redis                         {cluster.redis.url}
+
+try:
+  callrec gateway-sim --server {cluster.target} --calls 3 --seconds 20 --record
+  callrec list --server {cluster.target}
+  callrec events --server {cluster.target} --from-oldest
+
+Ctrl-C stops everything.""", flush=True)
+    stop = False
+
+    def interrupted(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        print("stopping ...", flush=True)
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
