@@ -9,11 +9,11 @@ TOOLS_STAMP := tools/node_modules/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 # Debian packages the server needs at run time: the font of the names in mp4 recordings
 RUN_APT_PACKAGES := fonts-noto-cjk
-# cluster mode's engines, started by the tests on loopback (SPEC §8): PostgreSQL and Redis
-CLUSTER_APT_PACKAGES := postgresql redis-server
+# cluster mode's engines, started by the tests on loopback (SPEC §8): PostgreSQL, Redis, HAProxy
+CLUSTER_APT_PACKAGES := postgresql redis-server haproxy
 APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
 
-.PHONY: run run-deps test test-slow test-deps proto lint bench soak clean apt-deps apt-install
+.PHONY: run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,12 @@ lint: $(STAMP) $(TOOLS_STAMP)
 bench: $(STAMP) apt-deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="ffmpeg"
 	$(BIN)/python -m bench $(ARGS)
+
+## cluster: PostgreSQL, Redis, three callrec nodes (127.0.0.1:50061-50063) and HAProxy (127.0.0.1:50050) from
+## Debian's packages, node data under ./cluster-data; Ctrl-C stops them (bench/cluster.py, deploy/haproxy.cfg)
+cluster: $(STAMP) run-deps
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(CLUSTER_APT_PACKAGES)"
+	$(BIN)/python -m bench.cluster $(ARGS)
 
 ## soak: 30 min, 20 calls, a kill -9 every 2-5 min and a 10-min store outage (moto on loopback);
 ## prints media lost per kill and uploads lost, fails above 1 s / any (make soak ARGS=--quick: ~8 min)

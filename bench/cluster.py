@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=3, help="callrec nodes (default 3; ports 50061...)")
     parser.add_argument("--dir", type=Path, default=ROOT / "cluster-data",
-                        help="where the nodes, PostgreSQL and Redis keep their data (default ./cluster-data)")
+                        help="where the nodes and Redis keep their data (default ./cluster-data; PostgreSQL runs in a "
+                        "temporary directory, removed on exit)")
     args = parser.parse_args(argv)
     if args.nodes > len(FIXED_NODE_PORTS):
         parser.error(f"at most {len(FIXED_NODE_PORTS)} nodes on the fixed ports of deploy/haproxy.cfg")
@@ -194,10 +195,11 @@ callrec cluster is up:
   PostgreSQL                    {cluster.postgres.url}
   Redis                         {cluster.redis.url}
 
-try:
-  callrec gateway-sim --server {cluster.target} --calls 3 --seconds 20 --record
-  callrec list --server {cluster.target}
-  callrec events --server {cluster.target} --from-oldest
+try (another terminal; every command goes through the proxy):
+  callrec gateway-sim call-1 -s {cluster.target} --duration 30 &
+  callrec start call-1 -s {cluster.target} --content audio --format mp3
+  callrec list -s {cluster.target}
+  callrec events -s {cluster.target} --follow
 
 Ctrl-C stops everything.""", flush=True)
     stop = False

@@ -1,0 +1,84 @@
+"""The deployment files in deploy/ stay true to the server they deploy.
+
+`deploy/haproxy.cfg` itself is run by the cluster tests (bench/cluster.py renders it with free ports);
+the docker-compose files cannot run here (no Docker daemon), so this checks what can go stale: every
+flag and environment variable they give `callrec serve` exists, the storage config loads, the compose
+proxy's routing rules are the tested file's, and Envoy hashes on the header the clients send.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from callrec.config import load_config
+from callrec_client import ROUTING_HEADER
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def serve_help() -> str:
+    result = subprocess.run([sys.executable, "-m", "callrec_client.cli", "serve", "--help"], capture_output=True,
+                            text=True, timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}, check=True)
+    return result.stdout
+
+
+def test_compose_nodes_use_only_flags_and_variables_that_serve_knows() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "minio", "node1", "node2", "node3", "haproxy"} <= set(services)
+    text = serve_help()
+    flat = " ".join(text.split())
+    for name in ("node1", "node2", "node3"):
+        node = services[name]
+        command = node["command"]
+        assert command[0] == "serve" and "--node-id" in command and name in command
+        for flag in (arg for arg in command if arg.startswith("--")):
+            assert re.search(rf"(^|\s){re.escape(flag)}[\s/,]", text, re.M), f"{name}: unknown flag {flag}"
+        for variable in node["environment"]:
+            if variable.startswith("CALLREC_"):
+                assert f"env var: {variable}" in flat, f"{name}: unknown environment variable {variable}"
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--appendfsync") + 1] == "always", "a published sequence must never be reused"
+
+
+def test_the_compose_storage_config_loads() -> None:
+    config = load_config(config_file=DEPLOY / "callrec-cluster.toml")
+    assert config.default_storage == "archive" and config.storage_targets["archive"]["kind"] == "s3"
+
+
+def backend_rules(text: str) -> list[str]:
+    """The routing and health-check lines of a backend (server lines and addresses left out)."""
+    keep = ("balance", "hash-type", "option httpchk", "http-check")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(keep)]
+
+
+def test_the_compose_proxy_routes_like_the_tested_one() -> None:
+    tested = (DEPLOY / "haproxy.cfg").read_text()
+    compose = (DEPLOY / "haproxy-compose.cfg").read_text()
+    assert backend_rules(compose) == backend_rules(tested)
+    assert f"balance hdr({ROUTING_HEADER})" in backend_rules(tested)
+    for text in (tested, compose):
+        assert re.search(r"default-server proto h2 ", text) and re.search(r"bind \S+ proto h2", text)
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is not installed: `apt-get install haproxy` (make test-deps does it)")
+    check = subprocess.run(["haproxy", "-c", "-f", str(DEPLOY / "haproxy-compose.cfg")], capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_envoy_hashes_on_the_routing_header_and_checks_healthz() -> None:
+    envoy = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
+    listener = envoy["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    (route,) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["route"]["hash_policy"] == [{"header": {"header_name": ROUTING_HEADER}}]
+    (cluster,) = envoy["static_resources"]["clusters"]
+    assert cluster["lb_policy"] == "RING_HASH"
+    assert cluster["health_checks"][0]["http_health_check"]["path"] == "/healthz"
