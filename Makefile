@@ -57,7 +57,8 @@ test-deps: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) apt-deps
 test: test-deps
 	$(BIN)/pytest -q -m "not slow"
 
-## test-slow: the slow-marked tests (20 kill -9s, 1000 cancelled streams, a minute of A/V sync: ~3.5 min)
+## test-slow: the slow-marked tests (20 kill -9s, 1000 cancelled streams, a minute of A/V sync, store outages,
+## the three-node cluster behind HAProxy: ~7 min)
 test-slow: test-deps
 	$(BIN)/pytest -q -m slow
 

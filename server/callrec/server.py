@@ -137,6 +137,17 @@ class App:
                          failed_spool_files_deleted=uploads.failed_files, spool_dirs_removed=spool_dirs)
             await asyncio.sleep(self.config.housekeeping_interval_s)
 
+    async def end_abandoned_recordings(self) -> None:
+        """Cluster mode: every lease period, end the recordings of nodes dead for longer than the reconnect
+        grace whose calls no gateway re-opened anywhere (ServerRestarted), so none stays ACTIVE forever."""
+        assert self.nodes is not None
+        while True:
+            await asyncio.sleep(self.nodes.lease_s)
+            try:
+                await self.registry.end_abandoned(self.config.reconnect_grace_s)
+            except CallrecError as exc:
+                log.warning("could not look for abandoned recordings", error=exc.message)
+
     async def prune_uploads(self) -> tuple[PruneResult, int]:
         """Forget stored uploads after `upload_retention_h`; delete failed uploads (rows and spool
         files) after `failed_retention_h`; remove the spool directories of finished recordings
@@ -312,6 +323,7 @@ async def build_server(
         await nodes.register()
         repo.node_id = node_id  # recovers only its own recordings
         calls.ownership = nodes
+        registry.orphans = repo
         recording_servicer.forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
         registry_nodes = nodes
 
@@ -385,6 +397,9 @@ async def start(app: App) -> None:
     """Recover persisted recordings, start serving and mark every service healthy."""
     check_font_at_startup(log)
     await app.registry.recover()
+    moved = await app.registry.recover_moved_away()  # cluster mode: chunks of recordings taken over meanwhile
+    if moved:
+        log.info("finished chunks of recordings other nodes took over", recordings=moved)
     await app.server.start()
     for name in ("", *SERVICE_NAMES):
         await app.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -399,6 +414,7 @@ async def start(app: App) -> None:
     app.tasks.append(loop.create_task(app.outbox.run()))
     if app.nodes is not None:
         app.nodes.start()
+        app.tasks.append(loop.create_task(app.end_abandoned_recordings()))
     log.info("serving", listen=f"{app.config.host_port()[0]}:{app.port}", data_dir=str(app.config.data_dir),
              clock=app.config.clock, tls=app.config.tls_cert is not None, mtls=app.config.tls_client_ca is not None,
              auth=app.config.auth is not None)

@@ -221,6 +221,7 @@ async def check_completed_once(client, bucket, prefix, recording_id, tmp_path, v
     return done, doc
 
 
+@pytest.mark.slow  # ~40 s per backend: a minute-long outage scenario (make test-slow)
 async def test_store_down_at_stop_then_back_uploads_everything_once(
     bucket: Bucket, forward: PortForward, make_server, tmp_path, validate_json
 ):

@@ -105,9 +105,12 @@ class Forwarder:
         request: Message,
         response_type: type[M],
         context: grpc.aio.ServicerContext,
-    ) -> M:
+        *,
+        unreachable_ok: bool = False,
+    ) -> M | None:
         """Call `method` (`/callrec.v1.Service/Method`) on `node` with the caller's credentials; a
-        status from the owner is relayed as it is (abort)."""
+        status from the owner is relayed as it is (abort). With `unreachable_ok` (reads that this node
+        can also answer, from the shared state), an owner that does not answer gives None instead."""
         metadata: list[tuple[str, str]] = [
             (key, value) for key, value in context.invocation_metadata() or ()
             if key in PASSED_ON and isinstance(value, str)
@@ -124,6 +127,9 @@ class Forwarder:
             code = exc.code()
             details = exc.details() or ""
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if unreachable_ok:
+                    log.info("owner node did not answer; answering here", method=method, node=node.node_id)
+                    return None
                 details = (f"node {node.node_id!r} ({node.advertise}) owns this call but did not answer: {details}; "
                            "retry (if that node died, its lease lapses within --node-lease seconds)")
             log.info("forwarded RPC failed", method=method, node=node.node_id, code=code.name)

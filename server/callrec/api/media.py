@@ -184,6 +184,7 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
                 if s.call is None and req.HasField("open"):
                     await self.calls.wait_ended(req.open.server_call_id)
                     await self.calls.claim(req.open.server_call_id)  # cluster mode: one owner per call
+                    await self.recordings.take_over(req.open.server_call_id)  # ... and a dead node's recordings
                 self._handle(s, req)
             await s.out.put(_Broken())
         except _EndOfStream as end:

@@ -121,8 +121,12 @@ class MediaRecorder:
         ext = rec.options.external_storage
         return self.targets.external_target(ext.kind, ext.container_url) if ext else rec.options.destination
 
-    async def start(self, rec: Recording, call: Call | None) -> None:
-        """Attach the recording's sink to its call's media, starting at the recording's start time."""
+    async def start(self, rec: Recording, call: Call | None, *, first_index_gap: int = 1) -> None:
+        """Attach the recording's sink to its call's media, starting at the recording's start time.
+
+        `first_index_gap`: the first chunk index is this far after the last one indexed (a node taking
+        over a dead node's recording leaves room for the chunks that node may still finish from its spool).
+        """
         target = self.target_of(rec)
         try:
             self.targets.check(target)
@@ -140,7 +144,7 @@ class MediaRecorder:
         on_error = self._error_handler(rec.recording_id, active)
         # A recording recovered after a restart goes on after its stored chunks, paused if it was.
         stored = await self.index.for_recording(rec.recording_id)
-        first_index = 1 + max(c.chunk_index for c in stored) if stored else 0
+        first_index = first_index_gap + max(c.chunk_index for c in stored) if stored else first_index_gap - 1
         paused = rec.state is RecordingState.INACTIVE
 
         async def on_chunk(chunk: FinishedChunk) -> None:
@@ -253,6 +257,12 @@ class MediaRecorder:
                     log.warning("indexed chunk file was never queued; queueing it now", recording_id=recording_id,
                                 index=c.chunk_index, key=key)
                     self.uploads.enqueue(recording_id, c.target, key, path, content_type)
+
+    def spooled(self) -> list[str]:
+        """Recording ids with a spool directory on this node (what a crash may have left open)."""
+        if not self.spool_dir.is_dir():
+            return []
+        return sorted(entry.name for entry in self.spool_dir.iterdir() if entry.is_dir())
 
     async def finish(self, rec: Recording) -> FinishedMedia:
         """Close the recording's last chunk and wait until every chunk is stored."""

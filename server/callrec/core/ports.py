@@ -45,6 +45,7 @@ __all__ = [
     "FrameRejected",
     "MediaIngest",
     "MediaRecorderPort",
+    "OrphanRecordingsPort",
     "RecordingEventsPort",
     "RecordingRepositoryPort",
     "RepairedMedia",
@@ -309,8 +310,10 @@ class FinishedMedia:
 class MediaRecorderPort(Protocol):
     """The media side of recordings, as the recording registry drives it."""
 
-    async def start(self, recording: Recording, call: Call | None) -> None:
-        """Begin writing the recording (paused already when pause_on_start)."""
+    async def start(self, recording: Recording, call: Call | None, *, first_index_gap: int = 1) -> None:
+        """Begin writing the recording (paused already when pause_on_start); its first chunk index is
+        `first_index_gap` after the last one indexed (more than 1 leaves room for chunks a dead node
+        may still finish)."""
         ...
 
     def pause(self, recording: Recording, at: datetime) -> None:
@@ -327,6 +330,10 @@ class MediaRecorderPort(Protocol):
 
     async def recover(self, recording: Recording) -> None:
         """After a crash: finish the chunks the last process left open and queue them for upload."""
+        ...
+
+    def spooled(self) -> list[str]:
+        """Recording ids with a spool directory on this node."""
         ...
 
 
@@ -383,6 +390,23 @@ class CallOwnershipPort(Protocol):
 
     async def release(self, server_call_id: str) -> None:
         """The call ended here: forget its owner (if it is still this node)."""
+        ...
+
+
+class OrphanRecordingsPort(Protocol):
+    """Cluster mode: recordings in progress whose node died (its lease lapsed); `state.pg_recordings`.
+
+    Each method moves the recordings it returns to this node in one atomic statement, so a recording
+    is taken over by one node only.
+    """
+
+    async def take_over_call(self, server_call_id: str) -> list[Recording]:
+        """The call's recordings in progress on a dead node, now this node's (its gateway re-opened it here)."""
+        ...
+
+    async def take_over_abandoned(self, dead_for_s: float) -> list[Recording]:
+        """Recordings in progress on nodes dead for more than `dead_for_s` whose call no live node owns,
+        now this node's (to be ended: no gateway came back for them)."""
         ...
 
 

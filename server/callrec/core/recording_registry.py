@@ -37,6 +37,7 @@ from callrec.core.ports import (
     ChunkIndexPort,
     FinishedMedia,
     MediaRecorderPort,
+    OrphanRecordingsPort,
     RecordingEventsPort,
     RecordingRepositoryPort,
     UploadQueuePort,
@@ -46,6 +47,9 @@ from callrec.core.recording_state import Recording, new_recording_id
 log = get_logger(__name__)
 
 STOPPED_BY_REQUEST = "StoppedByRequest"
+#: A node taking over a dead node's recording starts this many chunk indexes after the last indexed one:
+#: the dead node may still finish its open chunk (and one finished but not yet indexed) from its spool.
+TAKEOVER_INDEX_GAP = 3
 SERVER_SHUTDOWN = "ServerShutdown"
 
 
@@ -104,6 +108,8 @@ class RecordingRegistry:
         self._live: dict[str, Recording] = {}
         self._finalizers: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
+        self.orphans: OrphanRecordingsPort | None = None
+        """Cluster mode: dead nodes' recordings this node may take over (None on a single node)."""
         calls.on_call_ended(self._on_call_ended)
 
     # ---- queries -------------------------------------------------------------------------------
@@ -359,6 +365,66 @@ class RecordingRegistry:
                 await self._fail(rec, CallrecError(f"could not recover after a restart: {exc}"))
                 continue
             log.info("recording recovered", recording_id=rec.recording_id, state=rec.state.value)
+
+    async def recover_moved_away(self) -> int:
+        """Cluster mode, after a restart: finish the chunks this node's crash left open in recordings that
+        another node took over meanwhile (their gateway re-opened the call there), and queue them for
+        upload, so nothing this node wrote is lost. Returns how many recordings had such leftovers."""
+        if self.orphans is None:
+            return 0
+        count = 0
+        for recording_id in self.media.spooled():
+            if recording_id in self._live:
+                continue
+            rec = await self.repo.get(recording_id)
+            if rec is None or rec.state is RecordingState.FAILED:
+                continue
+            try:
+                await self.media.recover(rec)
+                count += 1
+            except CallrecError as exc:
+                log.error("could not finish a chunk left by the crash", recording_id=recording_id, error=exc.message)
+        return count
+
+    async def take_over(self, server_call_id: str) -> None:
+        """Cluster mode: a gateway opens here a call whose recording node died: its recordings go on here.
+
+        Same recording ids; the chunk indexes continue after the indexed ones, leaving room for the two
+        chunks the dead node may still finish from its spool when it comes back (so no object key is
+        ever used twice); a paused recording stays paused.
+        """
+        if self.orphans is None:
+            return
+        async with self._lock:
+            for rec in await self.orphans.take_over_call(server_call_id):
+                self._live[rec.recording_id] = rec
+                try:
+                    self.calls.adopt(rec.server_call_id, rec.call_id, rec.call_connection_id, SERVER_RESTARTED)
+                    await self.media.start(rec, None, first_index_gap=TAKEOVER_INDEX_GAP)
+                except CallrecError as exc:
+                    await self._fail(rec, CallrecError(f"could not take over from a dead node: {exc.message}",
+                                                       exc.code))
+                    continue
+                log.info("recording taken over from a dead node", recording_id=rec.recording_id,
+                         server_call_id=server_call_id, state=rec.state.value)
+
+    async def end_abandoned(self, dead_for_s: float) -> int:
+        """Cluster mode: end the recordings of nodes dead for more than `dead_for_s` that no gateway
+        re-opened anywhere (ServerRestarted, their stored chunks listed), so none stays ACTIVE forever."""
+        if self.orphans is None:
+            return 0
+        ended = 0
+        async with self._lock:
+            for rec in await self.orphans.take_over_abandoned(dead_for_s):
+                self._live[rec.recording_id] = rec
+                log.warning("recording abandoned by a dead node; ending it", recording_id=rec.recording_id,
+                            server_call_id=rec.server_call_id)
+                if rec.state is RecordingState.STOPPING:
+                    self._finalizers[rec.recording_id] = asyncio.get_running_loop().create_task(self._finalize(rec))
+                else:
+                    await self._begin_stop(rec, SERVER_RESTARTED)
+                ended += 1
+        return ended
 
     async def drain(self, timeout: float) -> None:
         """Stop every recording in progress and wait for them to be finalised (SIGTERM)."""

@@ -69,6 +69,36 @@ class PgRecordingRepository:
             rows = await cur.fetchall()
         return [recording_from_dict(json.loads(r["body"])) for r in rows]
 
+    async def take_over_call(self, server_call_id: str) -> list[Recording]:
+        """The call's recordings in progress on nodes whose lease lapsed, moved to this node (one statement:
+        PostgreSQL locks each row it updates, so two nodes never both take one)."""
+        return await self._take_over(
+            "UPDATE recordings r SET node_id = %s WHERE r.server_call_id = %s AND r.state = ANY(%s) "
+            "AND r.node_id <> %s AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = r.node_id "
+            "AND n.lease_expires_at > now()) RETURNING r.seq, r.body",
+            (self.node_id, server_call_id, list(IN_PROGRESS), self.node_id),
+        )
+
+    async def take_over_abandoned(self, dead_for_s: float) -> list[Recording]:
+        """Recordings in progress on nodes dead for more than `dead_for_s` whose call no live node owns,
+        moved to this node (to be ended)."""
+        return await self._take_over(
+            "UPDATE recordings r SET node_id = %s WHERE r.state = ANY(%s) AND r.node_id <> %s "
+            "AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = r.node_id "
+            "AND n.lease_expires_at > now() - make_interval(secs => %s)) "
+            "AND NOT EXISTS (SELECT 1 FROM call_owners o JOIN nodes n2 USING (node_id) "
+            "WHERE o.server_call_id = r.server_call_id AND n2.lease_expires_at > now()) RETURNING r.seq, r.body",
+            (self.node_id, list(IN_PROGRESS), self.node_id, dead_for_s),
+        )
+
+    async def _take_over(self, query: str, params: tuple[object, ...]) -> list[Recording]:
+        if not self.node_id:
+            return []
+        async with self.db.connection() as conn:
+            cur = await conn.execute(query.encode(), params)
+            rows = sorted(await cur.fetchall(), key=lambda r: r["seq"])
+        return [recording_from_dict(json.loads(r["body"])) for r in rows]
+
     async def list(
         self, server_call_id: str = "", state: RecordingState | None = None, page_size: int = 50, page_token: str = ""
     ) -> tuple[list[Recording], str]:
