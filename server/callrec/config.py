@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from callrec.core.admission import Capacity
 from callrec.core.limits import Limits
+
+CLUSTER_AUDIO_PARTICIPANTS = 80.0
+"""Audio participants one node keeps at real time (`make bench` on the 2-core development machine: 80 at
+real time, 10-person Opus calls, mixed mp3): cluster mode's default capacity."""
+CLUSTER_VIDEO_COMPOSITES = 1.0
+"""1080p16 composites one node sustains (`make bench`, same machine)."""
 
 ENV_PREFIX = "CALLREC_"
 CLOCK_KINDS = ("realtime", "media")
@@ -55,6 +62,15 @@ class ServerConfig:
     node_lease_s: float = 15.0
     """Cluster mode: seconds a node stays alive in the registry without a heartbeat (renewed every third);
     a dead node's calls go to the node their gateways re-open them on after this."""
+    capacity_audio_participants: float = 0.0
+    """Admission: audio participants this node keeps at real time; 0 = automatic: off on a single node, and
+    in cluster mode the figure `make bench` measured for one node on the 2-core development machine (80)."""
+    capacity_video_composites: float = 0.0
+    """Admission: 1080p mp4 composites this node keeps at real time; 0 = automatic: off on a single node,
+    1 in cluster mode (measured likewise)."""
+    admission_ceiling: float = 0.8
+    """Admission: a node whose load (participants / capacity + composites / capacity) reached this refuses new
+    calls with RESOURCE_EXHAUSTED; participants joining calls already here are refused past 1.0."""
     events_url: str = field(default="", repr=False)
     """Cluster mode: `redis://[:PASSWORD@]HOST:PORT[/DB]` holds the event log as a Redis Stream (one order for
     the whole cluster); empty: the SQLite log under `data_dir`."""
@@ -123,6 +139,14 @@ class ServerConfig:
     see callrec.storage.external); empty: StartRecording refuses every `external_storage`."""
     limits: Limits = field(default_factory=Limits)
     """Resource limits ([limits] in the TOML file)."""
+
+    @property
+    def capacity(self) -> Capacity:
+        """The node's admission capacity: the settings, or the measured defaults in cluster mode (0 = automatic)."""
+        cluster = bool(self.database_url)
+        audio = self.capacity_audio_participants or (CLUSTER_AUDIO_PARTICIPANTS if cluster else 0.0)
+        video = self.capacity_video_composites or (CLUSTER_VIDEO_COMPOSITES if cluster else 0.0)
+        return Capacity(audio, video, self.admission_ceiling)
 
     @property
     def state_db_path(self) -> Path:
@@ -293,6 +317,11 @@ def validate(config: ServerConfig) -> None:
     ):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0; got {value}")
+    if not 0 < config.admission_ceiling <= 1:
+        raise ConfigError(f"admission_ceiling must be in (0, 1] (a fraction of the node's capacity); "
+                          f"got {config.admission_ceiling}")
+    if config.capacity_audio_participants < 0 or config.capacity_video_composites < 0:
+        raise ConfigError("capacity_audio_participants and capacity_video_composites must be >= 0 (0 = automatic)")
     if config.max_playout_delay_ms < config.playout_delay_ms:
         raise ConfigError(
             f"max_playout_delay_ms ({config.max_playout_delay_ms}) must be >= "

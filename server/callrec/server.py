@@ -28,6 +28,7 @@ from callrec.api.recording import RecordingServicer
 from callrec.api.uploads import UploadServicer
 from callrec.api.wire import MalformedRequestInterceptor
 from callrec.config import ServerConfig, parse_host_port
+from callrec.core.admission import Admission
 from callrec.core.call_hub import CallMediaHub, make_clock_factory
 from callrec.core.call_registry import Call, CallRegistry
 from callrec.core.errors import CallrecError
@@ -277,6 +278,12 @@ async def build_server(
         ),
     )
     calls.on_call_ended(hub.on_call_ended)  # after the registry's: recordings stop first, then media ends
+    capacity = config.capacity
+    admission: Admission | None = None
+    if capacity.enabled:
+        admission = Admission(capacity, calls.participant_count, registry.composite_count,
+                              node=f"node {config.node_id!r}" if config.node_id else "this node")
+        calls.admission = admission
     metrics.CALLS_OPEN.set_function(lambda: len(calls.calls()))
     metrics.CALL_MEDIA_TASKS.set_function(hub.running_tasks)
     metrics.PLAYOUT_DELAY_MAX.set_function(hub.max_playout_delay_s)
@@ -319,7 +326,10 @@ async def build_server(
     nodes: PgNodeRegistry | None = None
     if shared_db is not None and isinstance(repo, PgRecordingRepository):
         node_id = config.node_id or f"{socket.gethostname()}:{bound}"
-        nodes = PgNodeRegistry(shared_db, node_id, config.advertise or f"{host}:{bound}", lease_s=config.node_lease_s)
+        nodes = PgNodeRegistry(shared_db, node_id, config.advertise or f"{host}:{bound}", lease_s=config.node_lease_s,
+                               load=admission.load if admission is not None else None)
+        if admission is not None:
+            admission.node = f"node {node_id!r}"
         await nodes.register()
         repo.node_id = node_id  # recovers only its own recordings
         calls.ownership = nodes

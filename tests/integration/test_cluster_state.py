@@ -226,3 +226,45 @@ async def test_every_node_serves_the_whole_clusters_events_in_one_order(
             assert first_live.sequence == 1 and first_live.id == everything[0].id
     finally:
         redis.stop()
+
+
+async def test_a_full_node_refuses_new_calls_and_advertises_its_load(
+    make_server, moto_server: MotoServer, postgres_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    config = cluster_config(tmp_path / "callrec.toml", moto_server, new_prefix("cluster"), postgres_url)
+    node = make_server(*server_args(config, "--node-id", "small", "--node-lease", "1.5",
+                                    "--capacity-audio-participants", "4", "--admission-ceiling", "0.5"),
+                       data_dir=tmp_path / "small", env=moto_env(moto_server))
+    first = GatewayConnection(node.target, unique("full"), gateway_id="gw-1")
+    await first.open()
+    for pid in ("p1", "p2"):
+        await first.join(pid, pid, audio="pcm16le", sample_rate=16_000, channels=1)
+    await asyncio.sleep(0.3)
+    # 2 of 4 participants = 50 %: the ceiling; a new call is refused with the figures and the setting
+    second = GatewayConnection(node.target, unique("full"), gateway_id="gw-2")
+    with pytest.raises(CallrecError) as caught:
+        await second.open()
+    await second.close()
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for fragment in ("node 'small' is full", "2 audio participants of 4", "admission_ceiling"):
+        assert fragment in caught.value.details, caught.value.details
+    # the admitted call still grows to the node's full capacity, not past it
+    for pid in ("p3", "p4"):
+        await first.join(pid, pid, audio="pcm16le", sample_rate=16_000, channels=1)
+    await first.join("p5", "p5", audio="pcm16le", sample_rate=16_000, channels=1)
+    with pytest.raises(CallrecError) as caught:
+        await first.next_response(timeout=10)
+        await first.next_response(timeout=10)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "capacity_audio_participants" in \
+        caught.value.details
+    # the node advertises its load with its heartbeat (1.0 = all it keeps at real time)
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        for _ in range(50):
+            row = await (await conn.execute("SELECT load FROM nodes WHERE node_id = 'small'")).fetchone()
+            if row and row[0] > 0:
+                break
+            await asyncio.sleep(0.1)
+    assert row is not None and row[0] == pytest.approx(1.0), row
+    await first.close()

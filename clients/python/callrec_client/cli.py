@@ -204,6 +204,17 @@ def serve(
     advertise: Annotated[str | None, typer.Option(envvar="CALLREC_ADVERTISE",
                          help="Cluster mode: HOST:PORT other nodes reach this node at [default: the bound "
                          "--listen address].")] = None,
+    capacity_audio_participants: Annotated[float | None, typer.Option(
+        envvar="CALLREC_CAPACITY_AUDIO_PARTICIPANTS",
+        help="Admission: audio participants this node keeps at real time; 0 = automatic (off on a single node, "
+        "80 in cluster mode) [default: 0].")] = None,
+    capacity_video_composites: Annotated[float | None, typer.Option(
+        envvar="CALLREC_CAPACITY_VIDEO_COMPOSITES",
+        help="Admission: 1080p mp4 composites this node keeps at real time; 0 = automatic (off on a single "
+        "node, 1 in cluster mode) [default: 0].")] = None,
+    admission_ceiling: Annotated[float | None, typer.Option(
+        envvar="CALLREC_ADMISSION_CEILING",
+        help="Admission: share of the capacity at which new calls get RESOURCE_EXHAUSTED [default: 0.8].")] = None,
     node_lease: Annotated[float | None, typer.Option(envvar="CALLREC_NODE_LEASE",
                           help="Cluster mode: seconds a node stays alive without a heartbeat; then its calls go "
                           "to the node their gateways re-open them on [default: 15].")] = None,
@@ -241,6 +252,8 @@ def serve(
         "upload_deadline_h": upload_deadline_h, "upload_retention_h": upload_retention_h,
         "failed_retention_h": failed_retention_h, "database_url": database_url, "events_url": events_url,
         "node_id": node_id, "advertise": advertise, "node_lease_s": node_lease,
+        "capacity_audio_participants": capacity_audio_participants,
+        "capacity_video_composites": capacity_video_composites, "admission_ceiling": admission_ceiling,
     }
     try:
         cfg = load_config(overrides, config)

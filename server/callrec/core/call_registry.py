@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from callrec.core.admission import Admission
 from callrec.core.clock import SystemTime
 from callrec.core.errors import FailedPrecondition, InvalidArgument
 from callrec.core.limits import Limits, check_count, check_text
@@ -97,6 +98,8 @@ class CallRegistry:
         self.reconnect_grace_s = reconnect_grace_s
         self.ownership = ownership
         """Cluster mode: which node owns each call (None on a single node: every call is ours)."""
+        self.admission: Admission | None = None
+        """Cost-based admission of new calls and participants (None: the count limits only)."""
         self.time: TimeSource = time or SystemTime()
         self.limits = limits or Limits()
         self.streams = 0  # StreamMedia streams being served (`admit_stream` / `release_stream`)
@@ -114,6 +117,10 @@ class CallRegistry:
     def get(self, server_call_id: str) -> Call | None:
         """The open call, or None."""
         return self._calls.get(server_call_id)
+
+    def participant_count(self) -> int:
+        """Participants of every open call (what admission counts)."""
+        return sum(len(call.participants) for call in self._calls.values())
 
     def calls(self) -> list[Call]:
         """Every open call."""
@@ -174,6 +181,8 @@ class CallRegistry:
         call = self._calls.get(server_call_id)
         if call is None:
             check_count(len(self._calls), self.limits.max_calls, "too many open calls", "max_calls")
+            if self.admission is not None:
+                self.admission.check_open()
         stream = GatewayStream(connection_id=str(uuid.uuid4()), gateway_id=gateway_id)
         if call is None:
             call = Call(server_call_id, call_id or server_call_id, stream.connection_id)
@@ -223,6 +232,8 @@ class CallRegistry:
         if existing is None:
             check_count(len(call.participants), self.limits.max_participants_per_call,
                         f"call {call.server_call_id} is full", "max_participants_per_call")
+            if self.admission is not None:
+                self.admission.check_join()
         participant = CallParticipant(participant_id, display_name, audio_format, video_format, stream.connection_id,
                                       gateway_id=stream.gateway_id)
         if existing is not None:

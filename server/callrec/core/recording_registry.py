@@ -130,6 +130,10 @@ class RecordingRegistry:
             await asyncio.shield(task)
         return await self.get(recording_id)
 
+    def composite_count(self) -> int:
+        """mp4 recordings in progress here (each runs a video composite: what admission counts)."""
+        return sum(1 for r in self._live.values() if r.state.in_progress and r.options.format is Format.MP4)
+
     def is_live(self, recording_id: str) -> bool:
         """Whether this node records (or finalises) the recording now."""
         return recording_id in self._live
@@ -206,6 +210,8 @@ class RecordingRegistry:
                 videos = sum(1 for r in in_progress if r.options.format is Format.MP4)
                 check_count(videos, limits.max_video_recordings,
                             "too many mp4 recordings (each runs a video worker)", "max_video_recordings")
+                if self.calls.admission is not None:
+                    self.calls.admission.check_composite()
             if not options.destination and options.external_storage is None:
                 options = replace(options, destination=self.settings.default_destination)
             now = self.now()

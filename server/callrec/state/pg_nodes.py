@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,12 +36,15 @@ class NodeInfo:
     advertise: str
     heartbeat_at: datetime
     alive: bool
+    load: float = 0.0
+    """The load it advertised with its last heartbeat (1.0 = all it keeps at real time)."""
 
 
 class PgNodeRegistry:
     """This node's lease, the cluster's live nodes, and which node owns each call (`CallOwnershipPort`)."""
 
-    def __init__(self, db: PostgresDatabase, node_id: str, advertise: str, *, lease_s: float = 15.0) -> None:
+    def __init__(self, db: PostgresDatabase, node_id: str, advertise: str, *, lease_s: float = 15.0,
+                 load: Callable[[], float] | None = None) -> None:
         if not node_id:
             raise ValueError("a cluster node needs a node_id (--node-id)")
         if lease_s <= 0:
@@ -49,6 +53,8 @@ class PgNodeRegistry:
         self.node_id = node_id
         self.advertise = advertise
         self.lease_s = lease_s
+        self.load = load
+        """The node's admission load (1.0 = all it keeps at real time), advertised with each heartbeat."""
         self._task: asyncio.Task[None] | None = None
 
     async def register(self) -> None:
@@ -66,9 +72,9 @@ class PgNodeRegistry:
         """Extend this node's lease by `lease_s` from now."""
         async with self.db.connection() as conn:
             await conn.execute(
-                "UPDATE nodes SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %s) "
-                "WHERE node_id = %s",
-                (self.lease_s, self.node_id),
+                "UPDATE nodes SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %s), "
+                "capacity = 1.0, load = %s WHERE node_id = %s",
+                (self.lease_s, self.load() if self.load is not None else 0.0, self.node_id),
             )
 
     def start(self) -> None:
@@ -104,10 +110,12 @@ class PgNodeRegistry:
         """Every registered node and whether its lease holds now."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
-                "SELECT node_id, advertise, heartbeat_at, lease_expires_at > now() AS alive FROM nodes ORDER BY node_id"
+                "SELECT node_id, advertise, heartbeat_at, lease_expires_at > now() AS alive, load FROM nodes "
+                "ORDER BY node_id"
             )
             rows = await cur.fetchall()
-        return [NodeInfo(r["node_id"], r["advertise"], r["heartbeat_at"], bool(r["alive"])) for r in rows]
+        return [NodeInfo(r["node_id"], r["advertise"], r["heartbeat_at"], bool(r["alive"]), float(r["load"]))
+                for r in rows]
 
     async def claim(self, server_call_id: str) -> None:
         """Own the call, unless another node with a live lease does (FailedPrecondition naming it)."""
