@@ -1,9 +1,10 @@
-"""`python -m bench [--quick] [--only audio,video,control,ffmpeg]`: SPEC §7's table.
+"""`python -m bench [--quick] [--only audio,video,control,ffmpeg,cluster]`: SPEC §7's table.
 
 Progress and per-step details go to stderr; the table (and its header: machine, load, versions)
 to stdout. `--quick` runs a few seconds per row (a smoke run, under 90 s; the capacity rows are
 then lower bounds, not ramped to failure). `--only` takes group names or row numbers 1-7:
-1, 2, 4 -> audio; 3, 4 -> video; 5, 6 -> control; 7 -> ffmpeg.
+1, 2, 4 -> audio; 3, 4 -> video; 5, 6 -> control; 7 -> ffmpeg; 8 -> cluster (SPEC §8: the audio ramp
+through HAProxy in front of one node, then one node per core).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import traceback
 import bench  # noqa: F401  (sys.path)
 from bench.common import CORES, Row, Section
 
-GROUPS = ("audio", "video", "control", "ffmpeg")
-GROUP_KEYS = {"audio": "1", "video": "3", "control": "5", "ffmpeg": "7"}
+GROUPS = ("audio", "video", "control", "ffmpeg", "cluster")
+GROUP_KEYS = {"audio": "1", "video": "3", "control": "5", "ffmpeg": "7", "cluster": "8"}
 ROW_GROUPS = {"1": ["audio"], "2": ["audio"], "3": ["video"], "4": ["audio", "video"], "5": ["control"],
-              "6": ["control"], "7": ["ffmpeg"]}
+              "6": ["control"], "7": ["ffmpeg"], "8": ["cluster"]}
 
 
 def log(message: str) -> None:
@@ -36,7 +37,7 @@ def parse_only(value: str | None) -> list[str]:
     for item in (v.strip().lower() for v in value.split(",") if v.strip()):
         names = ROW_GROUPS.get(item) or ([item] if item in GROUPS else None)
         if names is None:
-            raise SystemExit(f"--only: unknown row {item!r}; use {', '.join(GROUPS)} or 1-7")
+            raise SystemExit(f"--only: unknown row {item!r}; use {', '.join(GROUPS)} or 1-8")
         chosen += [n for n in names if n not in chosen]
     return [g for g in GROUPS if g in chosen]
 
@@ -125,6 +126,11 @@ async def main_async(args: argparse.Namespace, groups: list[str]) -> list[Row]:
                 from bench import ffmpeg_compare
 
                 section = await asyncio.to_thread(ffmpeg_compare.run, args.quick, log)
+            elif group == "cluster":
+                from bench import cluster_capacity
+
+                section = await cluster_capacity.run(args.quick, args.codec,
+                                                     60 if args.quick else args.cluster_budget, log)
         except Exception as exc:  # one broken group must not lose the others' rows
             error = exc
         guard(group, section, error)
@@ -136,11 +142,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds per row (smoke run, < 90 s)")
-    parser.add_argument("--only", help="comma-separated: audio, video, control, ffmpeg, or row numbers 1-7")
+    parser.add_argument("--only", help="comma-separated: audio, video, control, ffmpeg, cluster, or row numbers 1-8")
     parser.add_argument("--codec", default="opus", choices=["opus", "pcm16le", "pcmu", "pcma"],
                         help="audio codec the load generator sends (default opus)")
     parser.add_argument("--audio-budget", type=float, default=330.0, help="seconds for the audio ramp (full run)")
     parser.add_argument("--video-budget", type=float, default=240.0, help="seconds for the video ramp (full run)")
+    parser.add_argument("--cluster-budget", type=float, default=900.0,
+                        help="seconds for the cluster ramps, one node then two (full run)")
     args = parser.parse_args()
     groups = parse_only(args.only)
     head = header(args.quick, args.codec)
