@@ -335,10 +335,9 @@ async def build_server(
         calls.ownership = nodes
         registry.orphans = repo
         recording_servicer.forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
-        registry_nodes = nodes
 
         async def release_call(call: Call, reason: str) -> None:
-            await registry_nodes.release(call.server_call_id)
+            await calls.release(call.server_call_id)
 
         calls.on_call_ended(release_call)  # last: after the recordings stopped and the media ended
         log.info("cluster node", node_id=node_id, database=shared_db.where)

@@ -243,13 +243,19 @@ async def test_a_full_node_refuses_new_calls_and_advertises_its_load(
         await first.join(pid, pid, audio="pcm16le", sample_rate=16_000, channels=1)
     await asyncio.sleep(0.3)
     # 2 of 4 participants = 50 %: the ceiling; a new call is refused with the figures and the setting
-    second = GatewayConnection(node.target, unique("full"), gateway_id="gw-2")
+    refused_call = unique("full")
+    second = GatewayConnection(node.target, refused_call, gateway_id="gw-2")
     with pytest.raises(CallrecError) as caught:
         await second.open()
     await second.close()
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     for fragment in ("node 'small' is full", "2 audio participants of 4", "admission_ceiling"):
         assert fragment in caught.value.details, caught.value.details
+    # a refused open gives its claim back: the call stays free for another node
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        owners = await (await conn.execute("SELECT node_id FROM call_owners WHERE server_call_id = %s",
+                                           (refused_call,))).fetchall()
+    assert owners == [], owners
     # the admitted call still grows to the node's full capacity, not past it
     for pid in ("p3", "p4"):
         await first.join(pid, pid, audio="pcm16le", sample_rate=16_000, channels=1)
@@ -263,7 +269,7 @@ async def test_a_full_node_refuses_new_calls_and_advertises_its_load(
     async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
         for _ in range(50):
             row = await (await conn.execute("SELECT load FROM nodes WHERE node_id = 'small'")).fetchone()
-            if row and row[0] > 0:
+            if row and row[0] >= 0.999:  # 4 of 4 participants, at the next heartbeat (every 0.5 s)
                 break
             await asyncio.sleep(0.1)
     assert row is not None and row[0] == pytest.approx(1.0), row

@@ -182,15 +182,31 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         try:
             async for req in requests:
                 if s.call is None and req.HasField("open"):
-                    await self.calls.wait_ended(req.open.server_call_id)
-                    await self.calls.claim(req.open.server_call_id)  # cluster mode: one owner per call
-                    await self.recordings.take_over(req.open.server_call_id)  # ... and a dead node's recordings
+                    await self._open(s, req)
+                    continue
                 self._handle(s, req)
             await s.out.put(_Broken())
         except _EndOfStream as end:
             await s.out.put(end.end)
         except CallrecError as exc:
             await s.out.put(exc)
+
+    async def _open(self, s: _Session, req: pb.StreamMediaRequest) -> None:
+        """`open`: after the call's previous ending, and in cluster mode after this node became its owner
+        (taking over a dead node's recordings of it). A token's call limit is checked before anything is
+        claimed, and a claim whose `open` is then refused (a limit, a bad id) is given back at once: a
+        refused open must not keep a call on this node."""
+        call_id = req.open.server_call_id
+        auth.require_call(call_id)
+        await self.calls.wait_ended(call_id)
+        await self.calls.claim(call_id)  # cluster mode: one owner per call
+        try:
+            await self.recordings.take_over(call_id)  # ... and a dead node's recordings of it
+            self._handle(s, req)
+        except BaseException:
+            if self.calls.get(call_id) is None:
+                await asyncio.shield(self.calls.release(call_id))
+            raise
 
     async def _forward_notices(self, s: _Session) -> None:
         while s.stream is None:

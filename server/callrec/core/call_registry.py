@@ -156,6 +156,11 @@ class CallRegistry:
         self.check_id(server_call_id, "open.server_call_id")
         await self.ownership.claim(server_call_id)
 
+    async def release(self, server_call_id: str) -> None:
+        """Cluster mode: give the call's ownership back (it ended here, or its `open` was refused)."""
+        if self.ownership is not None and server_call_id:
+            await self.ownership.release(server_call_id)
+
     def admit_stream(self) -> None:
         """A new StreamMedia stream; ResourceExhausted past `[limits] max_streams`."""
         check_count(self.streams, self.limits.max_streams, "too many media streams", "max_streams")
