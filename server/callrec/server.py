@@ -112,6 +112,8 @@ class App:
     """Cluster mode's node registry: this node's lease and the calls it owns."""
     healthz: HealthEndpoint | None = None
     """`GET /healthz` for proxies (`--health-listen`)."""
+    forwarder: Forwarder | None = None
+    """Cluster mode: the channels to the other nodes, for RPCs of calls they own."""
     serving: bool = False
     """True from `start()` until `stop()` begins: what /healthz reports."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -201,6 +203,8 @@ class App:
             await asyncio.to_thread(self.upload_worker.close)
         await self.stores.close()
         await self.events.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         if self.nodes is not None:
             await self.nodes.stop()
         if self.shared_db is not None:
@@ -302,9 +306,8 @@ async def build_server(
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(recording_servicer, server)
     media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events, config.limits), server)
-    content_pb2_grpc.add_ContentServiceServicer_to_server(ContentServicer(chunks, stores, call_of_recording(repo),
-                                                                        config.limits.max_location_bytes),
-                                                        server)
+    content_servicer = ContentServicer(chunks, stores, call_of_recording(repo), config.limits.max_location_bytes)
+    content_pb2_grpc.add_ContentServiceServicer_to_server(content_servicer, server)
     uploads = UploadAdmin(outbox, registry, stores, chunks)
     uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
     health = HealthServicer()
@@ -324,6 +327,7 @@ async def build_server(
     if bound == 0:
         raise OSError(f"cannot listen on {config.listen}: the address is in use or not available")
     nodes: PgNodeRegistry | None = None
+    forwarder: Forwarder | None = None
     if shared_db is not None and isinstance(repo, PgRecordingRepository):
         node_id = config.node_id or f"{socket.gethostname()}:{bound}"
         nodes = PgNodeRegistry(shared_db, node_id, config.advertise or f"{host}:{bound}", lease_s=config.node_lease_s,
@@ -334,7 +338,10 @@ async def build_server(
         repo.node_id = node_id  # recovers only its own recordings
         calls.ownership = nodes
         registry.orphans = repo
-        recording_servicer.forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
+        forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
+        recording_servicer.forwarder = content_servicer.forwarder = forwarder
+        if isinstance(chunks, PgChunkIndex):
+            chunks.node_id = node_id  # its local store's chunks are on this node's disk
 
         async def release_call(call: Call, reason: str) -> None:
             await calls.release(call.server_call_id)
@@ -343,7 +350,7 @@ async def build_server(
         log.info("cluster node", node_id=node_id, database=shared_db.where)
     await uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
-               uploads, upload_worker, shared_db, nodes)
+               uploads, upload_worker, shared_db, nodes, forwarder=forwarder)
 
 
 def forward_credentials(tls: ServerTlsFiles | None) -> ForwardCredentials:

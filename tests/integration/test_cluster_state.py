@@ -24,6 +24,7 @@ from callrec_client import AsyncCallrecClient, CallrecError
 from callrec_client.client import start_request
 from callrec_client.gateway import GatewayConnection
 from tests.harness import unique
+from tests.integration.audio_recording import download
 from tests.integration.storage_servers import MotoServer
 from tests.integration.test_recording_service import wait_state
 from tests.integration.test_storage_e2e import (
@@ -274,3 +275,29 @@ async def test_a_full_node_refuses_new_calls_and_advertises_its_load(
             await asyncio.sleep(0.1)
     assert row is not None and row[0] == pytest.approx(1.0), row
     await first.close()
+
+
+async def test_a_file_in_a_nodes_local_store_is_downloaded_and_deleted_through_another_node(
+    make_server, postgres_url: str, tmp_path: Path
+) -> None:
+    """The built-in local store is on each node's own disk: the other node forwards to the one holding it."""
+    args = server_args(None, "--database-url", postgres_url)
+    node_a = make_server(*args, "--node-id", "disk-a", data_dir=tmp_path / "node-a")
+    node_b = make_server(*args, "--node-id", "disk-b", data_dir=tmp_path / "node-b")
+    started = await stream_call(node_a.target)
+    async with AsyncCallrecClient(node_a.target) as on_a, AsyncCallrecClient(node_b.target) as on_b:
+        done = await wait_state(on_a, started.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=30)
+        assert len(done.chunks) == 2 and done.chunks[0].content_location.startswith("file:"), done.chunks[0]
+        for chunk in done.chunks:
+            for location in (chunk.content_location, chunk.metadata_location):
+                assert await download(on_b, location) == await download(on_a, location)
+        assert not any((tmp_path / "node-b").rglob("*.wav")), "node B never had the files: it forwarded"
+        # a range through the other node, then the delete through it
+        part = await download(on_b, done.chunks[0].content_location, offset=100, length=50)
+        assert part == (await download(on_a, done.chunks[0].content_location))[100:150]
+        deleted = await on_b.delete(done.chunks[0].delete_location)
+        assert sorted(deleted.deleted_locations) == sorted([done.chunks[0].content_location,
+                                                            done.chunks[0].metadata_location])
+        with pytest.raises(CallrecError) as caught:
+            await download(on_a, done.chunks[0].content_location)
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND

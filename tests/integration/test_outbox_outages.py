@@ -276,6 +276,7 @@ async def crash_with_uploads_pending(
     return make_server(*server_args(config), data_dir=data), rec
 
 
+@pytest.mark.slow  # 12-16 s per backend (make test-slow); keeps make test under 10 minutes
 async def test_kill_9_with_uploads_pending_completes_after_restart(
     bucket: Bucket, forward: PortForward, make_server, tmp_path, validate_json
 ):

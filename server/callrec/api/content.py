@@ -8,6 +8,7 @@ import grpc
 
 from callrec.api import auth
 from callrec.api.errors import streaming, unary
+from callrec.api.forward import Forwarder, NodeAddress
 from callrec.core.errors import CallrecError, ErrorCode, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from callrec.core.limits import check_text
 from callrec.core.ports import StoredChunk
@@ -16,11 +17,13 @@ from callrec.state.chunks import ChunkIndex
 from callrec.state.pg_chunks import PgChunkIndex
 from callrec.storage.address_policy import DestinationRefused
 from callrec.storage.base import StorageError, Store
+from callrec.storage.local import LocalStore
 from callrec.storage.resolver import StoreResolver, describe_target
 from callrec.v1 import content_pb2 as pb
 from callrec.v1 import content_pb2_grpc
 
 PIECE = 1024 * 1024
+SERVICE = pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 METADATA_TYPE = "application/json"
 
 
@@ -47,6 +50,19 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         self.max_location_bytes = max_location_bytes
         self.call_of = call_of
         """recording_id -> server_call_id, for tokens limited to calls (api/auth.py)."""
+        self.forwarder: Forwarder | None = None
+        """Cluster mode: a file in another node's local store is served (or deleted) by that node."""
+
+    async def _holder(self, context: grpc.aio.ServicerContext, location: str) -> NodeAddress | None:
+        """The live node whose local store holds the file a location names, when it is not this node (the
+        local store is on each node's own disk; shared stores are served by any node)."""
+        if self.forwarder is None or Forwarder.was_forwarded(context) or not location:
+            return None
+        check_text(location, "location", self.max_location_bytes, "max_location_bytes")
+        found = await self.index.by_location(location)
+        if found is None or not isinstance(self._store(found[0].target), LocalStore):
+            return None
+        return await self.forwarder.locator.node_of_chunk(location)
 
     async def _require_call(self, chunk: StoredChunk | None, location: str) -> None:
         """A call-limited token may only reach chunks of its calls; a location the index does not
@@ -97,6 +113,12 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         self, request: pb.DownloadContentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DownloadContentResponse]:
         location = request.location
+        holder = await self._holder(context, location)
+        if holder is not None and self.forwarder is not None:
+            async for message in self.forwarder.stream(holder, f"/{SERVICE}/DownloadContent", request,
+                                                       pb.DownloadContentResponse, context):
+                yield message
+            return
         store, key, content_type = await self._resolve(location)
         try:
             info = await store.head(key)
@@ -130,6 +152,12 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         self, request: pb.DeleteContentRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteContentResponse:
         location = request.location
+        holder = await self._holder(context, location)
+        if holder is not None and self.forwarder is not None:
+            forwarded = await self.forwarder.unary(holder, f"/{SERVICE}/DeleteContent", request,
+                                                   pb.DeleteContentResponse, context)
+            assert forwarded is not None  # unreachable_ok is off: the holder's error is relayed
+            return forwarded
         if not location:
             raise InvalidArgument("location is required: a deleteLocation from an event")
         check_text(location, "location", self.max_location_bytes, "max_location_bytes")

@@ -15,7 +15,7 @@ client CA (`--tls-client-ca`) or the system's roots, and presents this node's ce
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -59,6 +59,10 @@ class NodeLocator(Protocol):
 
     async def node_of_call(self, server_call_id: str) -> NodeAddress | None:
         """The node owning the call, or None."""
+        ...
+
+    async def node_of_chunk(self, location: str) -> NodeAddress | None:
+        """The node that stored the chunk a location names, or None."""
         ...
 
 
@@ -111,11 +115,7 @@ class Forwarder:
         """Call `method` (`/callrec.v1.Service/Method`) on `node` with the caller's credentials; a
         status from the owner is relayed as it is (abort). With `unreachable_ok` (reads that this node
         can also answer, from the shared state), an owner that does not answer gives None instead."""
-        metadata: list[tuple[str, str]] = [
-            (key, value) for key, value in context.invocation_metadata() or ()
-            if key in PASSED_ON and isinstance(value, str)
-        ]
-        metadata.append((FORWARDED_HEADER, self.node_id))
+        metadata = self._metadata(context)
         call: Callable[..., Awaitable[Any]] = self._channel(node.advertise).unary_unary(
             method, request_serializer=type(request).SerializeToString, response_deserializer=response_type.FromString
         )
@@ -137,6 +137,42 @@ class Forwarder:
             raise AssertionError("unreachable") from exc
         log.debug("forwarded RPC", method=method, node=node.node_id)
         return response
+
+    async def stream(
+        self,
+        node: NodeAddress,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[M]:
+        """A server-streaming `method` on `node`: its messages, then its status relayed (abort)."""
+        call = self._channel(node.advertise).unary_stream(
+            method, request_serializer=type(request).SerializeToString, response_deserializer=response_type.FromString
+        )
+        stream = call(request, metadata=self._metadata(context))
+        try:
+            async for message in stream:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            details = exc.details() or ""
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                details = f"node {node.node_id!r} ({node.advertise}) holds this file but did not answer: {details}"
+            await context.abort(exc.code(), details)
+        finally:
+            stream.cancel()
+
+    def _metadata(self, context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
+        """The caller's credentials and routing header, and who forwards it (never forwarded again)."""
+        return [*self._metadata_of(context), (FORWARDED_HEADER, self.node_id)]
+
+    @staticmethod
+    def _metadata_of(context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
+        passed: list[tuple[str, str]] = [
+            (key, value) for key, value in context.invocation_metadata() or ()
+            if key in PASSED_ON and isinstance(value, str)
+        ]
+        return passed
 
     async def close(self) -> None:
         """Close the channels to other nodes."""

@@ -24,8 +24,10 @@ def _chunk(row: dict[str, Any]) -> StoredChunk:
 class PgChunkIndex:
     """Insert chunks when stored; resolve content, metadata and delete locations."""
 
-    def __init__(self, db: PostgresDatabase) -> None:
+    def __init__(self, db: PostgresDatabase, node_id: str = "") -> None:
         self.db = db
+        self.node_id = node_id
+        """The node whose chunks this instance indexes (where a local store's files are)."""
 
     async def add(self, chunk: StoredChunk) -> None:
         """Record a stored chunk (idempotent per document id: a re-index replaces the row)."""
@@ -33,10 +35,10 @@ class PgChunkIndex:
         updates = ", ".join(f"{f} = excluded.{f}" for f in _FIELDS if f != "document_id")
         async with self.db.connection() as conn:
             await conn.execute(
-                f"INSERT INTO chunks ({columns}, created_at, deleted_at) VALUES ({', '.join(['%s'] * len(_FIELDS))}, "
-                f"%s, NULL) ON CONFLICT (document_id) DO UPDATE SET {updates}, created_at = excluded.created_at, "
-                "deleted_at = NULL".encode(),
-                (*(getattr(chunk, f) for f in _FIELDS), time.time()),
+                f"INSERT INTO chunks ({columns}, created_at, deleted_at, node_id) VALUES "
+                f"({', '.join(['%s'] * len(_FIELDS))}, %s, NULL, %s) ON CONFLICT (document_id) DO UPDATE SET "
+                f"{updates}, created_at = excluded.created_at, deleted_at = NULL, node_id = excluded.node_id".encode(),
+                (*(getattr(chunk, f) for f in _FIELDS), time.time(), self.node_id),
             )
 
     async def by_location(self, location: str) -> tuple[StoredChunk, str] | None:

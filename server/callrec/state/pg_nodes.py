@@ -167,9 +167,21 @@ class PgNodeRegistry:
             server_call_id,
         )
 
+    async def node_of_chunk(self, location: str) -> NodeInfo | None:
+        """The live node, other than this one, that stored the live chunk a location names (None: none such)."""
+        return await self._live_node(
+            "SELECT n.node_id, n.advertise, n.heartbeat_at, true AS alive FROM chunks c JOIN nodes n USING (node_id) "
+            "WHERE %(key)s IN (c.content_location, c.metadata_location, c.delete_location) AND c.deleted_at IS NULL "
+            "AND n.node_id <> %(me)s AND n.lease_expires_at > now() LIMIT 1",
+            location,
+        )
+
     async def _live_node(self, query: str, key: str) -> NodeInfo | None:
         async with self.db.connection() as conn:
-            cur = await conn.execute(query.encode(), (key, self.node_id))
+            params: dict[str, str] | tuple[str, str] = (
+                {"key": key, "me": self.node_id} if "%(key)s" in query else (key, self.node_id)
+            )
+            cur = await conn.execute(query.encode(), params)
             row = await cur.fetchone()
         return NodeInfo(row["node_id"], row["advertise"], row["heartbeat_at"], True) if row else None
 
