@@ -309,7 +309,8 @@ async def build_server(
     content_servicer = ContentServicer(chunks, stores, call_of_recording(repo), config.limits.max_location_bytes)
     content_pb2_grpc.add_ContentServiceServicer_to_server(content_servicer, server)
     uploads = UploadAdmin(outbox, registry, stores, chunks)
-    uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
+    upload_servicer = UploadServicer(uploads)
+    uploads_pb2_grpc.add_UploadServiceServicer_to_server(upload_servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -339,7 +340,7 @@ async def build_server(
         calls.ownership = nodes
         registry.orphans = repo
         forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
-        recording_servicer.forwarder = content_servicer.forwarder = forwarder
+        recording_servicer.forwarder = content_servicer.forwarder = upload_servicer.forwarder = forwarder
         if isinstance(chunks, PgChunkIndex):
             chunks.node_id = node_id  # its local store's chunks are on this node's disk
 

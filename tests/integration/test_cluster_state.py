@@ -66,6 +66,11 @@ async def test_a_recording_made_on_one_node_is_served_by_another(
         await check_stored(on_b, Bucket("s3", moto_server), prefix, seen_by_b, tmp_path, validate_json)
         listed = await on_b.list_recordings(server_call_id=started.server_call_id)
         assert [r.recording_id for r in listed.recordings] == [started.recording_id]
+        # its uploads are in A's outbox (beside A's spool): B forwards the question to A
+        via_b = (await on_b.list_uploads(recording_id=started.recording_id)).uploads
+        on_its_node = (await on_a.list_uploads(recording_id=started.recording_id)).uploads
+        assert len(via_b) == 4 and list(via_b) == list(on_its_node)
+        assert (await on_b.list_uploads()).uploads == [], "without a recording: B's own outbox, empty"
     # nothing of the recording is in B's own SQLite: B read it from PostgreSQL
     assert not (tmp_path / "node-b" / "spool" / started.recording_id).exists()
 
