@@ -304,7 +304,8 @@ async def build_server(
     server = grpc.aio.server(options=options, interceptors=interceptors)
     recording_servicer = RecordingServicer(registry, outbox.group, stores)
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(recording_servicer, server)
-    media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServicer(calls, registry, ingest), server)
+    media_servicer = MediaServicer(calls, registry, ingest)
+    media_pb2_grpc.add_MediaServiceServicer_to_server(media_servicer, server)
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events, config.limits), server)
     content_servicer = ContentServicer(chunks, stores, call_of_recording(repo), config.limits.max_location_bytes)
     content_pb2_grpc.add_ContentServiceServicer_to_server(content_servicer, server)
@@ -341,6 +342,7 @@ async def build_server(
         registry.orphans = repo
         forwarder = Forwarder(nodes, node_id, forward_credentials(tls))
         recording_servicer.forwarder = content_servicer.forwarder = upload_servicer.forwarder = forwarder
+        media_servicer.forwarder = forwarder
         if isinstance(chunks, PgChunkIndex):
             chunks.node_id = node_id  # its local store's chunks are on this node's disk
 

@@ -228,8 +228,17 @@ async def test_a_killed_nodes_recording_goes_on_where_its_gateway_reopens_the_ca
                     break
                 await asyncio.sleep(0.1)
             assert late and max(before) < late[0] < min(new), (before, late, indexes)
-            await moved.end()
+            # once the proxy sees the returned node up, it hashes the call there again: a new stream of the call
+            # that lands on it (opened on it directly here, to be sure) is relayed to the owner, which keeps it
+            await moved.break_connection()
+            again = GatewayConnection(cluster.servers[owner].target, call_id, gateway_id="gw-kill")
+            await again.open()
+            assert await owner_of(cluster, call_id) == new_owner
+            relayed = "relaying a stream to the call's owner" in cluster.servers[owner].log_text()
+            await again.end()
+            await again.close()
             await moved.close()
+            assert relayed, "the returned node relayed the re-opened stream to the owner"
     finally:
         cluster.stop()
 

@@ -127,7 +127,9 @@ async def open_when_free(target: str, call_id: str, gateway_id: str, within_s: f
             return gw
         except CallrecError as exc:
             await gw.close()
-            assert exc.code == grpc.StatusCode.FAILED_PRECONDITION, exc
+            # still owned elsewhere: refused (a forwarded open) or relayed to an owner that is dead but whose
+            # lease has not lapsed yet (UNAVAILABLE)
+            assert exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE), exc
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.2)
@@ -144,8 +146,20 @@ async def test_a_call_has_one_owner_node_until_it_ends_there_or_that_node_dies(
     call_id = unique("own")
     on_a = GatewayConnection(node_a.target, call_id, gateway_id="gw-1")
     await on_a.open()
-    # another gateway (or a misrouted reconnect) opening the call on the other node is refused, naming the owner
-    refused = GatewayConnection(node_b.target, call_id, gateway_id="gw-2")
+    # another gateway (or a misrouted reconnect) opening the call on the other node: B relays the stream to A
+    relayed = GatewayConnection(node_b.target, call_id, gateway_id="gw-2")
+    await relayed.open()
+    await relayed.join("bob", "Bob", audio="pcm16le", sample_rate=16_000, channels=1)
+    for seq in range(50):
+        await relayed.audio("bob", seq, 1_000_000 + seq * 20_000, b"\x00\x01" * 320)
+    ack = await relayed.next_response("ack", timeout=10)
+    while not any(p.participant_id == "bob" and p.last_audio_sequence == 49 for p in ack.ack.participants):
+        ack = await relayed.next_response("ack", timeout=10)
+    assert "relaying a stream to the call's owner" in node_b.log_text()
+    await relayed.close()
+    # a stream already relayed once is never relayed again: B itself refuses it, naming the owner
+    refused = GatewayConnection(node_b.target, call_id, gateway_id="gw-3")
+    refused.metadata = (*refused.metadata, ("x-callrec-forwarded-by", "node-x"))
     with pytest.raises(CallrecError) as caught:
         await refused.open()
     await refused.close()

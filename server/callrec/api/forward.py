@@ -166,6 +166,39 @@ class Forwarder:
         """The caller's credentials and routing header, and who forwards it (never forwarded again)."""
         return [*self._metadata_of(context), (FORWARDED_HEADER, self.node_id)]
 
+    async def bidi(
+        self,
+        node: NodeAddress,
+        method: str,
+        first: Message,
+        rest: AsyncIterator[Any],
+        response_type: type[M],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[M]:
+        """Relay a bidirectional stream to `node`: `first` and then `rest` go there, its messages come back,
+        then its status (abort). The caller's half-close reaches it; a cancelled caller cancels it."""
+        call = self._channel(node.advertise).stream_stream(
+            method, request_serializer=type(first).SerializeToString, response_deserializer=response_type.FromString
+        )
+
+        async def requests() -> AsyncIterator[Message]:
+            yield first
+            async for request in rest:
+                yield request
+
+        stream = call(requests(), metadata=self._metadata(context))
+        try:
+            async for message in stream:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            details = exc.details() or ""
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                details = (f"node {node.node_id!r} ({node.advertise}) owns this call but did not answer: {details}; "
+                           "re-open the stream (if that node died, its lease lapses within --node-lease seconds)")
+            await context.abort(exc.code(), details)
+        finally:
+            stream.cancel()
+
     @staticmethod
     def _metadata_of(context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
         passed: list[tuple[str, str]] = [

@@ -24,6 +24,7 @@ import grpc
 from callrec import metrics
 from callrec.api import auth, convert
 from callrec.api.errors import status_of
+from callrec.api.forward import Forwarder, NodeAddress
 from callrec.core.call_registry import Call, CallParticipant, CallRegistry, GatewayStream, RecordingNotice
 from callrec.core.errors import CallrecError, InvalidArgument
 from callrec.core.limits import check_batch
@@ -100,6 +101,18 @@ class _Session:
         return convert.ack(self.call, self.stream)
 
 
+async def _prepend(
+    first: pb.StreamMediaRequest, rest: AsyncIterator[pb.StreamMediaRequest]
+) -> AsyncIterator[pb.StreamMediaRequest]:
+    """The stream's messages with the first one, already read, in front again."""
+    yield first
+    async for request in rest:
+        yield request
+
+
+SERVICE = pb.DESCRIPTOR.services_by_name["MediaService"].full_name
+
+
 class MediaServicer(media_pb2_grpc.MediaServiceServicer):
     """StreamMedia."""
 
@@ -107,6 +120,8 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         self.calls = calls
         self.recordings = recordings
         self.ingest = ingest
+        self.forwarder: Forwarder | None = None
+        """Cluster mode: a stream of a call another live node owns is relayed to that node."""
 
     def _handle(self, s: _Session, req: pb.StreamMediaRequest) -> None:
         kind = req.WhichOneof("message")
@@ -223,10 +238,50 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         except CallrecError as exc:
             await context.abort(status_of(exc), exc.message)
         try:
-            async for response in self._serve(request_iterator, context):
+            requests: AsyncIterator[pb.StreamMediaRequest] = request_iterator
+            if self.forwarder is not None and not Forwarder.was_forwarded(context):
+                first, owner = await self._owner_of_stream(request_iterator, context)
+                if first is None:
+                    return
+                if owner is not None:
+                    log.info("relaying a stream to the call's owner", server_call_id=first.open.server_call_id,
+                             node=owner.node_id)
+                    async for response in self.forwarder.bidi(owner, f"/{SERVICE}/StreamMedia", first,
+                                                              request_iterator, pb.StreamMediaResponse, context):
+                        yield response
+                    return
+                requests = _prepend(first, request_iterator)
+            async for response in self._serve(requests, context):
                 yield response
         finally:
             self.calls.release_stream()
+
+    async def _owner_of_stream(
+        self, requests: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext
+    ) -> tuple[pb.StreamMediaRequest | None, NodeAddress | None]:
+        """Cluster mode: the stream's first message and, when it opens a call another live node owns, that
+        node (the proxy hashed the call elsewhere, e.g. after its first node came back). Aborts as the
+        local path would for a stream that sends nothing, or not `open`, within `open_timeout_s`."""
+        assert self.forwarder is not None
+        timeout = self.calls.limits.open_timeout_s
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests), None), timeout)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"no `open` within {timeout:g} s ([limits] open_timeout_s): send `open` first")
+            raise AssertionError("unreachable") from None
+        if first is None or not first.HasField("open") or not first.open.server_call_id:
+            return first, None  # the local path answers it (an empty stream, or a wrong first message)
+        call_id = first.open.server_call_id
+        try:
+            auth.require_call(call_id)
+            self.calls.check_id(call_id, "open.server_call_id")
+            if self.calls.get(call_id) is not None:
+                return first, None  # open here: ours
+            return first, await self.forwarder.locator.node_of_call(call_id)
+        except CallrecError as exc:
+            await context.abort(status_of(exc), exc.message)
+            raise AssertionError("unreachable") from None
 
     async def _serve(
         self, request_iterator: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext
