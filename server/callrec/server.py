@@ -332,6 +332,9 @@ async def build_server(
     forwarder: Forwarder | None = None
     if shared_db is not None and isinstance(repo, PgRecordingRepository):
         node_id = config.node_id or f"{socket.gethostname()}:{bound}"
+        if not config.advertise and host in ("0.0.0.0", "::", ""):
+            log.warning("listening on a wildcard address without --advertise: other nodes cannot forward to "
+                        f"{host}:{bound}; set --advertise HOST:PORT to the address they reach this node at")
         nodes = PgNodeRegistry(shared_db, node_id, config.advertise or f"{host}:{bound}", lease_s=config.node_lease_s,
                                load=admission.load if admission is not None else None)
         if admission is not None:
