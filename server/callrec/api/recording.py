@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -96,6 +96,19 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         if auth.call_limited():
             auth.require_call((await self.registry.get(recording_id)).server_call_id, f"recording {recording_id!r}")
 
+    async def _control(self, context: grpc.aio.ServicerContext, method: str, request: M, recording_id: str,
+                       response_type: type[R], action: Callable[[str], Awaitable[Recording]]) -> R:
+        """Pause, resume or stop here, or, when another node records the recording, there (forwarded)."""
+        await self._require_call_of(recording_id)
+        try:
+            rec = await action(recording_id)
+        except RecordedElsewhere:
+            forwarded = await self._forward(context, method, request, response_type, recording_id=recording_id)
+            if forwarded is None:
+                raise
+            return forwarded
+        return response_type(recording=self._out(rec))
+
     def _out(self, rec: Recording) -> pb.Recording:
         """The resource, with the upload progress of its files."""
         msg = convert.recording(rec)
@@ -146,46 +159,22 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def PauseRecording(
         self, request: pb.PauseRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.PauseRecordingResponse:
-        await self._require_call_of(request.recording_id)
-        try:
-            rec = await self.registry.pause(request.recording_id)
-        except RecordedElsewhere:
-            forwarded = await self._forward(context, "PauseRecording", request, pb.PauseRecordingResponse,
-                                            recording_id=request.recording_id)
-            if forwarded is None:
-                raise
-            return forwarded
-        return pb.PauseRecordingResponse(recording=self._out(rec))
+        return await self._control(context, "PauseRecording", request, request.recording_id,
+                                   pb.PauseRecordingResponse, self.registry.pause)
 
     @unary
     async def ResumeRecording(
         self, request: pb.ResumeRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeRecordingResponse:
-        await self._require_call_of(request.recording_id)
-        try:
-            rec = await self.registry.resume(request.recording_id)
-        except RecordedElsewhere:
-            forwarded = await self._forward(context, "ResumeRecording", request, pb.ResumeRecordingResponse,
-                                            recording_id=request.recording_id)
-            if forwarded is None:
-                raise
-            return forwarded
-        return pb.ResumeRecordingResponse(recording=self._out(rec))
+        return await self._control(context, "ResumeRecording", request, request.recording_id,
+                                   pb.ResumeRecordingResponse, self.registry.resume)
 
     @unary
     async def StopRecording(
         self, request: pb.StopRecordingRequest, context: grpc.aio.ServicerContext
     ) -> pb.StopRecordingResponse:
-        await self._require_call_of(request.recording_id)
-        try:
-            rec = await self.registry.stop(request.recording_id)
-        except RecordedElsewhere:
-            forwarded = await self._forward(context, "StopRecording", request, pb.StopRecordingResponse,
-                                            recording_id=request.recording_id)
-            if forwarded is None:
-                raise
-            return forwarded
-        return pb.StopRecordingResponse(recording=self._out(rec))
+        return await self._control(context, "StopRecording", request, request.recording_id,
+                                   pb.StopRecordingResponse, self.registry.stop)
 
     @unary
     async def ListRecordings(

@@ -39,10 +39,10 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from callrec.core.errors import OutOfRange, ResourceExhausted
 from callrec.core.limits import check_count
@@ -433,16 +433,21 @@ def _select(conn: sqlite3.Connection, after: int, upto: int, flt: EventFilter) -
 
 
 def _stored(row: sqlite3.Row) -> StoredEvent:
+    return stored_event(int(row["sequence"]), row)
+
+
+def stored_event(sequence: int, fields: Mapping[str, Any] | sqlite3.Row) -> StoredEvent:
+    """An event from its stored fields (a SQLite row or a Redis stream entry: the same names)."""
     return StoredEvent(
-        int(row["sequence"]),
+        sequence,
         NewEvent(
-            id=row["id"],
-            event_type=EventType(row["event_type"]),
-            subject=row["subject"],
-            server_call_id=row["server_call_id"],
-            recording_id=row["recording_id"],
-            event_time=datetime.fromisoformat(row["event_time"]),
-            payload=json.loads(row["payload"]),
-            json=row["json"],
+            id=fields["id"],
+            event_type=EventType(fields["event_type"]),
+            subject=fields["subject"],
+            server_call_id=fields["server_call_id"],
+            recording_id=fields["recording_id"],
+            event_time=datetime.fromisoformat(fields["event_time"]),
+            payload=json.loads(fields["payload"]),
+            json=fields["json"],
         ),
     )

@@ -52,7 +52,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -64,8 +64,8 @@ from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callrec.core.errors import CallrecError, ErrorCode
-from callrec.events.log import EventLogBase, EventLogPort, pruned_error
-from callrec.events.model import EventFilter, EventType, NewEvent, StoredEvent
+from callrec.events.log import EventLogBase, EventLogPort, pruned_error, stored_event
+from callrec.events.model import EventFilter, NewEvent, StoredEvent
 from callrec.logs import get_logger
 from callrec.security.redact import redact_text, redact_url
 
@@ -386,16 +386,4 @@ def _xread_entries(reply: Any) -> list[Entry]:
 
 
 def _stored(entry_id: str, fields: dict[str, str]) -> StoredEvent:
-    return StoredEvent(
-        _sequence_of(entry_id),
-        NewEvent(
-            id=fields["id"],
-            event_type=EventType(fields["event_type"]),
-            subject=fields["subject"],
-            server_call_id=fields["server_call_id"],
-            recording_id=fields["recording_id"],
-            event_time=datetime.fromisoformat(fields["event_time"]),
-            payload=json.loads(fields["payload"]),
-            json=fields["json"],
-        ),
-    )
+    return stored_event(_sequence_of(entry_id), fields)
