@@ -54,8 +54,10 @@ from callrec.state.db import Database
 from callrec.state.pg_chunks import PgChunkIndex
 from callrec.state.pg_nodes import PgNodeRegistry
 from callrec.state.pg_recordings import PgRecordingRepository
+from callrec.state.pg_uploads import PgUploadRows
 from callrec.state.postgres import PostgresDatabase
 from callrec.state.recordings import RecordingRepository
+from callrec.state.uploads import SqliteUploadRows
 from callrec.storage.local import LocalStore
 from callrec.storage.outbox import Outbox, PruneResult
 from callrec.storage.resolver import StoreResolver
@@ -158,7 +160,7 @@ class App:
         needs. A file a pending upload needs is never deleted."""
         cfg = self.config
         now = time.time()
-        result = self.outbox.prune(now - cfg.upload_retention_h * 3600, now - cfg.failed_retention_h * 3600)
+        result = await self.outbox.prune(now - cfg.upload_retention_h * 3600, now - cfg.failed_retention_h * 3600)
         failed_before = datetime.now(UTC) - timedelta(hours=cfg.failed_retention_h)
 
         async def finished(recording_id: str) -> bool:
@@ -170,7 +172,7 @@ class App:
         spool = cfg.spool_dir
         names = [entry.name for entry in spool.iterdir() if entry.is_dir()] if spool.is_dir() else []
         removable = {name for name in names if await finished(name)}
-        return result, self.outbox.prune_spool(spool, removable.__contains__)
+        return result, await self.outbox.prune_spool(spool, removable.__contains__)
 
     async def sweep_local_stores(self) -> int:
         """Delete recordings older than each local store's retention; their locations become NOT_FOUND."""
@@ -225,8 +227,19 @@ async def build_server(
     db = Database(config.state_db_path)
     stores = build_stores(config)
     upload_worker = UploadWorker(store_spec(config), stores)
+    shared_db: PostgresDatabase | None = None
+    upload_rows: SqliteUploadRows | PgUploadRows = SqliteUploadRows(db)
+    repo: RecordingRepository | PgRecordingRepository
+    chunks: ChunkIndex | PgChunkIndex
+    if config.database_url:  # cluster mode: what every node shares is in PostgreSQL; spool files stay local
+        shared_db = PostgresDatabase(config.database_url)
+        await shared_db.open()
+        repo, chunks = PgRecordingRepository(shared_db), PgChunkIndex(shared_db)
+        upload_rows = PgUploadRows(shared_db)
+    else:
+        repo, chunks = RecordingRepository(db), ChunkIndex(db)
     outbox = Outbox(
-        db,
+        upload_rows,
         upload_worker,
         concurrency=config.upload_concurrency,
         backoff_max_s=config.upload_backoff_max_s,
@@ -235,15 +248,6 @@ async def build_server(
         deadline_s=config.upload_deadline_h * 3600,
         under_pressure=lambda: hub.media_under_pressure(),  # uploads yield to late media (hub: below)
     )
-    shared_db: PostgresDatabase | None = None
-    repo: RecordingRepository | PgRecordingRepository
-    chunks: ChunkIndex | PgChunkIndex
-    if config.database_url:  # cluster mode: what every node shares is in PostgreSQL; the outbox stays local
-        shared_db = PostgresDatabase(config.database_url)
-        await shared_db.open()
-        repo, chunks = PgRecordingRepository(shared_db), PgChunkIndex(shared_db)
-    else:
-        repo, chunks = RecordingRepository(db), ChunkIndex(db)
     events: EventLogPort
     retention = timedelta(hours=config.event_retention_h)
 
@@ -348,6 +352,8 @@ async def build_server(
         media_servicer.forwarder = forwarder
         if isinstance(chunks, PgChunkIndex):
             chunks.node_id = node_id  # its local store's chunks are on this node's disk
+        if isinstance(upload_rows, PgUploadRows):
+            upload_rows.node_id = node_id  # its uploads' files are in this node's spool
 
         async def release_call(call: Call, reason: str) -> None:
             await calls.release(call.server_call_id)

@@ -290,6 +290,7 @@ def check(ok: bool, what: str) -> None:
         problems.append(what)
 
 
+@pytest.mark.slow  # ~25 s of hypothesis examples (make test-slow); keeps make test under 10 minutes
 @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
           phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 @given(chaos=st.lists(chaos_message(), min_size=20, max_size=150), well_formed=session(), data=st.data())

@@ -14,6 +14,7 @@ from tests.integration.test_events import collect
 from tests.integration.test_recording_service import wait_state
 
 
+@pytest.mark.slow  # ~11 s (make test-slow); the kill -9 tests below stay in make test
 async def test_sigterm_drains_and_state_survives_restart(make_server, tmp_path):
     data = tmp_path / "data"
     first = make_server("--clock", "media", data_dir=data)

@@ -54,6 +54,7 @@ def black_hole(port: int) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow  # ~10 s (make test-slow); the deadline itself is unit-tested on fake time
 async def test_black_holed_target_fails_at_the_deadline_and_retry_stores_it(moto_server, make_server, tmp_path,
                                                                             validate_json):
     bucket = Bucket("s3", moto_server)

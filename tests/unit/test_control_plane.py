@@ -98,7 +98,7 @@ class MemoryUploads:
     queued: list[tuple[str, str, str, Path]] = field(default_factory=list)
     failure: str | None = None
 
-    def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
+    async def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
         assert path.exists(), path  # only finished files are queued
         self.queued.append((group_id, target, key, path))
         return len(self.queued)
@@ -106,7 +106,7 @@ class MemoryUploads:
     async def wait_stored(self, group_id: str) -> str | None:
         return self.failure
 
-    def queued_keys(self, group_id: str) -> set[str]:
+    async def queued_keys(self, group_id: str) -> set[str]:
         return {key for group, _, key, _ in self.queued if group == group_id}
 
 

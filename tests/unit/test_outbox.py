@@ -125,7 +125,7 @@ async def test_transient_failures_back_off_exponentially_up_to_the_cap(tmp_path,
     store = FakeStore(fake, failures=6)
     outbox = make_outbox(db, store, fake, backoff_base_s=1.0, backoff_max_s=8.0, jitter=lambda: jitter)
     path = spool(tmp_path, "0.wav")
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", path, "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", path, "audio/wav")
     async with running(outbox):
         await tick(fake)
         assert len(store.attempts) == 1
@@ -144,7 +144,7 @@ async def test_transient_failures_back_off_exponentially_up_to_the_cap(tmp_path,
 async def test_default_jitter_spreads_retries_within_20_percent(tmp_path, db, fake):
     store = FakeStore(fake, failures=4)
     outbox = Outbox(db, lambda _t: store, backoff_base_s=1.0, backoff_max_s=4.0, clock=fake.monotonic, sleep=fake.sleep)
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
     async with running(outbox):
         await tick(fake)
         await advance(fake, 20)
@@ -160,7 +160,7 @@ async def test_backoff_waits_fake_time_only(tmp_path, db, fake):
     """Nothing is retried before its backoff passed on the (fake) clock, however the loop turns."""
     store = FakeStore(fake, failures=3)
     outbox = make_outbox(db, store, fake, backoff_base_s=2.0, backoff_max_s=30.0, jitter=lambda: 1.0)
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
     async with running(outbox):
         await tick(fake)
         assert len(store.attempts) == 1, "no retry while fake time stands still"
@@ -168,7 +168,7 @@ async def test_backoff_waits_fake_time_only(tmp_path, db, fake):
         assert len(store.attempts) == 1
         await advance(fake, 0.5)  # 2 s after the first failure
         assert len(store.attempts) == 2
-        (pending,) = outbox.group("rec1")
+        (pending,) = await outbox.group("rec1")
         assert (pending.state, pending.attempts, pending.last_error) == (PENDING, 2, "connection refused")
 
 
@@ -177,18 +177,18 @@ async def test_spool_file_is_deleted_only_after_the_store_confirmed(tmp_path, db
     store.gate = asyncio.Event()
     outbox = make_outbox(db, store, fake)
     path = spool(tmp_path, "0.wav")
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", path, "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", path, "audio/wav")
     async with running(outbox):
         await tick(fake)
         assert len(store.attempts) == 1, "the upload is under way"
         await advance(fake, 10)
-        assert path.exists() and outbox.group("rec1")[0].state == PENDING, "not confirmed yet: kept"
+        assert path.exists() and (await outbox.group("rec1"))[0].state == PENDING, "not confirmed yet: kept"
         store.gate.set()
         (upload,) = await wait_group(outbox, "rec1")
     assert not path.exists()
     assert (upload.state, upload.location, upload.size) == (DONE, "file://localhost/srv/vault/rec1/0.wav", 12)
     assert upload.checksum == f"sha256:{hashlib.sha256(b'RIFF....WAVE').hexdigest()}"
-    assert outbox.counts() == {PENDING: 0, DONE: 1, FAILED: 0}
+    assert await outbox.counts() == {PENDING: 0, DONE: 1, FAILED: 0}
 
 
 async def test_permanent_failure_fails_the_group_and_keeps_the_spool(tmp_path, db, fake):
@@ -196,8 +196,8 @@ async def test_permanent_failure_fails_the_group_and_keeps_the_spool(tmp_path, d
     store = FakeStore(fake, failures=1_000, error=denied)
     outbox = make_outbox(db, store, fake)
     media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
-    outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
     async with running(outbox):
         await tick(fake)
         with pytest.raises(UploadFailed) as failed:
@@ -208,25 +208,26 @@ async def test_permanent_failure_fails_the_group_and_keeps_the_spool(tmp_path, d
     assert "'vault'" in message, message  # the target, by name
     assert "403 Forbidden: SignatureDoesNotMatch" in message, message  # the cause
     assert str(media) in message, message  # where the kept file is
-    uploads = outbox.group("rec1")
+    uploads = await outbox.group("rec1")
     assert [(u.state, u.attempts, u.last_error) for u in uploads] == [(FAILED, 1, str(denied))] * 2
     assert media.exists() and metadata.exists(), "the spool keeps what could not be stored"
-    assert outbox.counts() == {PENDING: 0, DONE: 0, FAILED: 2}
+    assert await outbox.counts() == {PENDING: 0, DONE: 0, FAILED: 2}
 
 
 async def test_pending_uploads_survive_a_restart_and_complete(tmp_path, fake):
     path = tmp_path / "state.sqlite3"
     files = [spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")]
     down = FakeStore(fake, failures=1_000)
-    first = make_outbox(Database(path), down, fake, backoff_base_s=10.0, backoff_max_s=60.0, jitter=lambda: 1.0)
-    first.enqueue("rec1", TARGET, "rec1/0.wav", files[0], "audio/wav")
-    first.enqueue("rec1", TARGET, "rec1/0-metadata.json", files[1], "application/json")
+    first_db = Database(path)
+    first = make_outbox(first_db, down, fake, backoff_base_s=10.0, backoff_max_s=60.0, jitter=lambda: 1.0)
+    await first.enqueue("rec1", TARGET, "rec1/0.wav", files[0], "audio/wav")
+    await first.enqueue("rec1", TARGET, "rec1/0-metadata.json", files[1], "application/json")
     async with running(first):
         await tick(fake)
         await advance(fake, 10)
-    assert [u.state for u in first.group("rec1")] == [PENDING, PENDING]
-    assert [u.attempts for u in first.group("rec1")] == [2, 2], "retried once the 10 s backoff passed"
-    first.db.close()  # the process is gone; the database and the spool stay
+    assert [u.state for u in await first.group("rec1")] == [PENDING, PENDING]
+    assert [u.attempts for u in await first.group("rec1")] == [2, 2], "retried once the 10 s backoff passed"
+    first_db.close()  # the process is gone; the database and the spool stay
 
     up = FakeStore(fake)
     second = make_outbox(Database(path), up, fake, backoff_base_s=10.0, backoff_max_s=60.0, jitter=lambda: 1.0)
@@ -283,10 +284,10 @@ async def test_a_black_holed_target_fills_only_its_own_slots(tmp_path, db, fake)
     good, hole = FakeStore(fake), BlackHoleStore(fake)
     outbox = two_targets(db, fake, good, hole, concurrency=2, attempt_timeout_s=300.0)
     for i in range(4):  # the dead target's files come first in the queue
-        outbox.enqueue("rec-hole", BLACK_HOLE, f"hole/{i}.wav", spool(tmp_path, f"hole-{i}.wav"), "audio/wav")
+        await outbox.enqueue("rec-hole", BLACK_HOLE, f"hole/{i}.wav", spool(tmp_path, f"hole-{i}.wav"), "audio/wav")
     good_files = [spool(tmp_path, f"good-{i}.wav") for i in range(4)]
     for i, path in enumerate(good_files):
-        outbox.enqueue("rec-good", GOOD, f"good/{i}.wav", path, "audio/wav")
+        await outbox.enqueue("rec-good", GOOD, f"good/{i}.wav", path, "audio/wav")
     async with running(outbox):
         await tick(fake)
         uploads = await wait_group(outbox, "rec-good")  # no fake time passed: stored at once
@@ -296,10 +297,10 @@ async def test_a_black_holed_target_fills_only_its_own_slots(tmp_path, db, fake)
         assert len(hole.attempts) == 2, "the dead target has its 2 slots busy, no more"
         await advance(fake, 60)
         assert len(hole.attempts) == 2, "still hanging: no new attempt before the timeout"
-        outbox.enqueue("rec-good", GOOD, "good/late.wav", spool(tmp_path, "late.wav"), "audio/wav")
+        await outbox.enqueue("rec-good", GOOD, "good/late.wav", spool(tmp_path, "late.wav"), "audio/wav")
         await tick(fake)
         assert "good/late.wav" in good.stored, "a file queued later is not stuck behind the dead target"
-    assert [u.state for u in outbox.group("rec-hole")] == [PENDING] * 4
+    assert [u.state for u in await outbox.group("rec-hole")] == [PENDING] * 4
 
 
 async def test_an_attempt_that_times_out_is_cancelled_and_retried(tmp_path, db, fake):
@@ -307,14 +308,14 @@ async def test_an_attempt_that_times_out_is_cancelled_and_retried(tmp_path, db, 
     hole = BlackHoleStore(fake, after=good)
     outbox = two_targets(db, fake, good, hole, concurrency=1, attempt_timeout_s=10.0, backoff_base_s=2.0)
     path = spool(tmp_path, "0.wav")
-    outbox.enqueue("rec1", BLACK_HOLE, "rec1/0.wav", path, "audio/wav")
+    await outbox.enqueue("rec1", BLACK_HOLE, "rec1/0.wav", path, "audio/wav")
     async with running(outbox):
         await tick(fake)
         await advance(fake, 9.5)
         assert (len(hole.attempts), hole.cancelled) == (1, 0)
         await advance(fake, 1.0)  # 10 s (and a 12-byte file's allowance of 1 s per MiB): abandoned
         assert hole.cancelled == 1
-        (upload,) = outbox.group("rec1")
+        (upload,) = await outbox.group("rec1")
         assert (upload.state, upload.attempts) == (PENDING, 1)
         assert upload.last_error == "upload attempt timed out after 10 s"
         assert path.exists()
@@ -330,21 +331,21 @@ async def test_an_upload_not_stored_by_the_deadline_fails_with_the_reason(tmp_pa
     store = FakeStore(fake, failures=1_000)  # connection refused, forever
     outbox = make_outbox(db, store, fake, backoff_base_s=1.0, backoff_max_s=8.0, jitter=lambda: 1.0, deadline_s=60.0)
     media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
     async with running(outbox):
         await tick(fake)
         waiting = asyncio.create_task(outbox.wait_group("rec1"))
         await advance(fake, 30)
-        outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")  # queued at 1030
+        await outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")  # queued at 1030
         await advance(fake, 29.5)
-        assert not waiting.done() and {u.state for u in outbox.group("rec1")} == {PENDING}
+        assert not waiting.done() and {u.state for u in await outbox.group("rec1")} == {PENDING}
         await advance(fake, 1.0)  # 1060: the first file's deadline
-        first, second = outbox.group("rec1")
+        first, second = await outbox.group("rec1")
         assert (first.state, second.state) == (FAILED, PENDING), "each file has its own deadline"
         await advance(fake, 30)
         with pytest.raises(UploadFailed) as failed:
             await asyncio.wait_for(waiting, 1.0)
-    first, second = outbox.group("rec1")
+    first, second = await outbox.group("rec1")
     assert first.last_error == (
         "not stored within the upload deadline of 1 min (storage target 'vault|local|file:///srv/vault'); "
         "last error: connection refused"
@@ -363,11 +364,11 @@ async def test_an_upload_not_stored_by_the_deadline_fails_with_the_reason(tmp_pa
 async def test_a_black_holed_upload_fails_at_its_deadline_too(tmp_path, db, fake):
     hole = BlackHoleStore(fake)
     outbox = two_targets(db, fake, FakeStore(fake), hole, attempt_timeout_s=30.0, deadline_s=60.0)
-    outbox.enqueue("rec1", BLACK_HOLE, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
+    await outbox.enqueue("rec1", BLACK_HOLE, "rec1/0.wav", spool(tmp_path, "0.wav"), "audio/wav")
     async with running(outbox):
         await tick(fake)
         await advance(fake, 65)
-        (upload,) = outbox.group("rec1")
+        (upload,) = await outbox.group("rec1")
     assert hole.times() == pytest.approx([1000.0, 1031.0], abs=1e-3), "timed out at 1030, retried after 1 s"
     assert upload.state == FAILED and upload.attempts == 2
     assert upload.last_error == (
@@ -380,8 +381,8 @@ async def test_retry_requeues_failed_uploads_which_are_then_stored(tmp_path, db,
     store = FakeStore(fake, failures=2, error=PermissionDenied("403 Forbidden: InvalidAccessKeyId"))
     outbox = make_outbox(db, store, fake, deadline_s=60.0)
     media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
-    outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
     async with running(outbox):
         await tick(fake)
         with pytest.raises(UploadFailed):
@@ -404,8 +405,8 @@ async def test_a_failed_upload_whose_spool_file_is_gone_cannot_be_retried(tmp_pa
     store = FakeStore(fake, failures=2, error=PermissionDenied("403 Forbidden"))
     outbox = make_outbox(db, store, fake)
     media, metadata = spool(tmp_path, "0.wav"), spool(tmp_path, "0-metadata.json", b"{}")
-    outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
-    outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", media, "audio/wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0-metadata.json", metadata, "application/json")
     async with running(outbox):
         await tick(fake)
         with pytest.raises(UploadFailed):
@@ -419,14 +420,14 @@ async def test_a_failed_upload_whose_spool_file_is_gone_cannot_be_retried(tmp_pa
         await tick(fake)
         with pytest.raises(UploadFailed):
             await wait_group(outbox, "rec1")
-    assert [u.state for u in outbox.group("rec1")] == [FAILED, DONE]
+    assert [u.state for u in await outbox.group("rec1")] == [FAILED, DONE]
 
 
 async def test_listing_pages_newest_first_with_filters(tmp_path, db, fake):
     store = FakeStore(fake, failures=1, error=PermissionDenied("403"))
     outbox = make_outbox(db, store, fake)
     for i in range(5):
-        outbox.enqueue(f"rec{i % 2}", TARGET, f"k{i}", spool(tmp_path, f"{i}.wav"), "audio/wav")
+        await outbox.enqueue(f"rec{i % 2}", TARGET, f"k{i}", spool(tmp_path, f"{i}.wav"), "audio/wav")
     async with running(outbox):
         await tick(fake)
         assert await outbox.wait_stored("rec1") is None
@@ -457,22 +458,22 @@ async def test_pruning_forgets_old_uploads_and_failed_leftovers_but_never_a_pend
         return path
 
     old_failed = file("rec-failed", "0.wav")
-    outbox.enqueue("rec-failed", TARGET, "f/0", old_failed, "audio/wav")
+    await outbox.enqueue("rec-failed", TARGET, "f/0", old_failed, "audio/wav")
     async with running(outbox):
         await tick(fake)  # fails at 1000
         await advance(fake, 100)
         new_failed = file("rec-failed2", "0.wav")
-        outbox.enqueue("rec-failed2", TARGET, "f2/0", new_failed, "audio/wav")
+        await outbox.enqueue("rec-failed2", TARGET, "f2/0", new_failed, "audio/wav")
         await tick(fake)  # fails at 1100
         store.failures = 0
         old_done = file("rec-done", "0.wav")
-        outbox.enqueue("rec-done", TARGET, "d/0", old_done, "audio/wav")
+        await outbox.enqueue("rec-done", TARGET, "d/0", old_done, "audio/wav")
         await tick(fake)  # stored at 1100
         store.gate = asyncio.Event()  # the store hangs: these stay pending
         pending = file("rec-pending", "0.wav")
-        outbox.enqueue("rec-pending", TARGET, "p/0", pending, "audio/wav")
+        await outbox.enqueue("rec-pending", TARGET, "p/0", pending, "audio/wav")
         shared = file("rec-pending", "1.wav")
-        outbox.enqueue("rec-pending", TARGET, "p/1", shared, "audio/wav")
+        await outbox.enqueue("rec-pending", TARGET, "p/1", shared, "audio/wav")
         await tick(fake)
         # an old failed upload of the same file as a pending one (re-enqueued by hand, say)
         db.conn.execute(
@@ -480,25 +481,25 @@ async def test_pruning_forgets_old_uploads_and_failed_leftovers_but_never_a_pend
             " queued_at, failed_at) VALUES ('rec-x', ?, 'x', ?, 'audio/wav', 'failed', 0, 0, 0, 0)",
             (TARGET, str(shared)),
         )
-        counts = outbox.counts()
-        result = outbox.prune(done_before=1101.0, failed_before=1050.0)
+        counts = await outbox.counts()
+        result = await outbox.prune(done_before=1101.0, failed_before=1050.0)
         assert (result.done_rows, result.failed_rows, result.failed_files) == (1, 2, 1)
         assert not old_failed.exists(), "an old failed upload's spool file goes with its row"
         assert new_failed.exists() and pending.exists() and shared.exists(), "never a file still needed"
-        assert outbox.counts() == {PENDING: counts[PENDING], DONE: counts[DONE] - 1, FAILED: counts[FAILED] - 2}
+        assert await outbox.counts() == {PENDING: counts[PENDING], DONE: counts[DONE] - 1, FAILED: counts[FAILED] - 2}
         assert [u.key for u in (await outbox.list_page())[0]] == ["p/1", "p/0", "f2/0"]
 
         (spool_dir / "rec-unknown").mkdir()
         (spool_dir / "rec-unknown" / "leftover.raw").write_bytes(b"x")
-        removed = outbox.prune_spool(spool_dir, lambda group: group != "rec-unknown")  # "finished" but unknown
+        removed = await outbox.prune_spool(spool_dir, lambda group: group != "rec-unknown")  # "finished" but unknown
         assert removed == 2  # rec-done (stored, forgotten) and rec-failed (its failed upload pruned)
         assert sorted(p.name for p in spool_dir.iterdir()) == ["rec-failed2", "rec-pending", "rec-unknown"]
-        assert outbox.prune_spool(spool_dir, lambda group: True) == 1, "only rec-unknown: the others hold files"
+        assert await outbox.prune_spool(spool_dir, lambda group: True) == 1, "only rec-unknown: the others hold files"
         assert pending.exists() and shared.exists() and new_failed.exists()
         store.gate.set()
         await tick(fake)
         await wait_group(outbox, "rec-pending")
-    assert outbox.prune_spool(spool_dir, lambda group: group == "rec-pending") == 1
+    assert await outbox.prune_spool(spool_dir, lambda group: group == "rec-pending") == 1
 
 
 class CountingStore(FakeStore):
@@ -526,14 +527,14 @@ async def test_uploads_yield_to_media_under_pressure(tmp_path, db, fake):
     pressure = {"on": True}
     outbox = make_outbox(db, store, fake, concurrency=3, under_pressure=lambda: pressure["on"])
     for i in range(12):
-        outbox.enqueue("rec1", "local", f"rec1/{i}.wav", spool(tmp_path, f"{i}.wav"), "audio/wav")
+        await outbox.enqueue("rec1", "local", f"rec1/{i}.wav", spool(tmp_path, f"{i}.wav"), "audio/wav")
     async with running(outbox):
         await tick(fake)
         assert (store.in_flight, store.most) == (1, 1), "under pressure: one attempt per target"
         store.gate.set()  # attempts complete at once from here on
         await tick(fake)
         store.gate.clear()
-        done = sum(u.state == DONE for u in outbox.group("rec1"))
+        done = sum(u.state == DONE for u in await outbox.group("rec1"))
         assert 1 <= done <= 8 and store.most == 1, "one after the other, still progressing"
         pressure["on"] = False
         await tick(fake, 1.0)

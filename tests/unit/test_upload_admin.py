@@ -59,7 +59,7 @@ class Setup:
                                                     '"channel": -1}]'))
             for name in (f"{i}.wav", f"{i}-metadata.json"):
                 path = spool(self.tmp_path, f"{recording_id}/{name}")
-                self.outbox.enqueue(recording_id, "local", name, path, "audio/wav")
+                await self.outbox.enqueue(recording_id, "local", name, path, "audio/wav")
                 files.append(path)
         return files
 
@@ -69,7 +69,7 @@ async def test_retry_stores_the_files_and_publishes_file_status_once(tmp_path, f
     files = await s.failed_recording()
     async with running(s.outbox):
         await tick(fake)
-        assert {u.state for u in s.outbox.group("rec1")} == {"failed"}
+        assert {u.state for u in await s.outbox.group("rec1")} == {"failed"}
         s.store.failures = 0  # the credential is fixed
         result = await s.admin.retry("rec1")
         assert [(u.key, u.state, u.attempts) for u in result.retried] == [
@@ -85,7 +85,7 @@ async def test_retry_stores_the_files_and_publishes_file_status_once(tmp_path, f
     assert rec.duration.total_seconds() == 3.0 and [p.participant_id for p in rec.participants] == ["alice"]
     assert s.events.seen == [("files", "rec1", [0, 1])], "one RecordingFileStatusUpdated"
     assert not any(f.exists() for f in files)
-    assert {u.state for u in s.outbox.group("rec1")} == {"done"}
+    assert {u.state for u in await s.outbox.group("rec1")} == {"done"}
 
 
 async def test_retry_refuses_what_it_cannot_do_with_a_reason(tmp_path, fake):

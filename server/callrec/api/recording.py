@@ -68,7 +68,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     def __init__(
         self,
         registry: RecordingRegistry,
-        uploads_of: Callable[[str], Sequence[Upload]] | None = None,
+        uploads_of: Callable[[str], Awaitable[Sequence[Upload]]] | None = None,
         stores: StoreResolver | None = None,
         forwarder: Forwarder | None = None,
     ) -> None:
@@ -107,13 +107,13 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
             if forwarded is None:
                 raise
             return forwarded
-        return response_type(recording=self._out(rec))
+        return response_type(recording=await self._out(rec))
 
-    def _out(self, rec: Recording) -> pb.Recording:
+    async def _out(self, rec: Recording) -> pb.Recording:
         """The resource, with the upload progress of its files."""
         msg = convert.recording(rec)
         if self.uploads_of is not None:
-            uploads = self.uploads_of(rec.recording_id)
+            uploads = await self.uploads_of(rec.recording_id)
             status = msg.upload_status
             for upload in uploads:
                 if upload.state == "pending":
@@ -141,7 +141,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
             if forwarded is not None:
                 return forwarded
         rec = await self.registry.start(request.server_call_id, options)
-        return pb.StartRecordingResponse(recording=self._out(rec))
+        return pb.StartRecordingResponse(recording=await self._out(rec))
 
     @unary
     async def GetRecordingState(
@@ -153,7 +153,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
                                             recording_id=request.recording_id, read=True)
             if forwarded is not None:
                 return forwarded
-        return pb.GetRecordingStateResponse(recording=self._out(await self.registry.get(request.recording_id)))
+        return pb.GetRecordingStateResponse(recording=await self._out(await self.registry.get(request.recording_id)))
 
     @unary
     async def PauseRecording(
@@ -184,4 +184,4 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         recs, token = await self.registry.list(
             request.server_call_id, convert.state_filter(request.state), request.page_size, request.page_token
         )
-        return pb.ListRecordingsResponse(recordings=[self._out(r) for r in recs], next_page_token=token)
+        return pb.ListRecordingsResponse(recordings=[await self._out(r) for r in recs], next_page_token=token)

@@ -17,9 +17,9 @@ SERVICE = pb.DESCRIPTOR.services_by_name["UploadService"].full_name
 class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
     """Shows the upload outbox and re-queues a recording's failed uploads.
 
-    Cluster mode: each node's outbox holds the uploads of the recordings it records (their spool files
-    are on its disk), so a request about one recording is forwarded to the node that records it; the
-    list without a recording shows this node's outbox.
+    Cluster mode: every node's uploads are in PostgreSQL, so any node lists any recording's (and the
+    whole cluster's); a retry is forwarded to the node that records the recording, because the files
+    to upload again are in that node's spool.
     """
 
     def __init__(self, admin: UploadAdmin) -> None:
@@ -35,12 +35,6 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
     async def ListUploads(
         self, request: pb.ListUploadsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUploadsResponse:
-        holder = await self._holder(context, request.recording_id)
-        if holder is not None and self.forwarder is not None:
-            forwarded = await self.forwarder.unary(holder, f"/{SERVICE}/ListUploads", request, pb.ListUploadsResponse,
-                                                   context, unreachable_ok=True)
-            if forwarded is not None:
-                return forwarded
         uploads, token = await self.admin.list_uploads(
             convert.upload_state_filter(request.state), request.recording_id, request.page_size, request.page_token
         )

@@ -213,8 +213,8 @@ class MediaRecorder:
             samples=chunk.samples,
             participants=json.dumps([dataclasses.asdict(p) for p in chunk.participants]),
         ))
-        self.uploads.enqueue(recording_id, target, media_key, chunk.media_path, chunk.content_type)
-        self.uploads.enqueue(recording_id, target, metadata_key, chunk.metadata_path, "application/json")
+        await self.uploads.enqueue(recording_id, target, media_key, chunk.media_path, chunk.content_type)
+        await self.uploads.enqueue(recording_id, target, metadata_key, chunk.metadata_path, "application/json")
         log.info("chunk finished", recording_id=recording_id, index=chunk.index, end_reason=chunk.end_reason.value,
                  duration_ms=chunk.duration_ms, bytes=chunk.size_bytes)
 
@@ -246,7 +246,7 @@ class MediaRecorder:
 
     async def _requeue_unqueued(self, recording_id: str, spool: Path) -> None:
         """Queue the files of indexed chunks that never reached the outbox (a crash between the two)."""
-        queued = self.uploads.queued_keys(recording_id)
+        queued = await self.uploads.queued_keys(recording_id)
         stem = spool_stem(recording_id)
         for c in await self.index.for_recording(recording_id):
             ext = c.media_key.rsplit(".", 1)[-1]
@@ -256,7 +256,7 @@ class MediaRecorder:
                 if key not in queued and path.exists():
                     log.warning("indexed chunk file was never queued; queueing it now", recording_id=recording_id,
                                 index=c.chunk_index, key=key)
-                    self.uploads.enqueue(recording_id, c.target, key, path, content_type)
+                    await self.uploads.enqueue(recording_id, c.target, key, path, content_type)
 
     def spooled(self) -> list[str]:
         """Recording ids with a spool directory on this node (what a crash may have left open)."""

@@ -465,7 +465,7 @@ class RecordingEventsPort(Protocol):
 class UploadQueuePort(Protocol):
     """The durable upload outbox: files go in, the stores receive them with retries."""
 
-    def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
+    async def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
         """Queue one file of a group (a recording id); returns its upload id."""
         ...
 
@@ -473,7 +473,7 @@ class UploadQueuePort(Protocol):
         """Wait until every file of the group is stored: None, or why some failed for good."""
         ...
 
-    def queued_keys(self, group_id: str) -> set[str]:
+    async def queued_keys(self, group_id: str) -> set[str]:
         """Every key the group ever queued, whatever its state."""
         ...
 

@@ -93,8 +93,12 @@ class UploadOutboxPort(UploadQueuePort, Protocol):
         """A page of uploads, newest first; ValueError for a page token it did not make."""
         ...
 
-    def group(self, group_id: str) -> Sequence[UploadRow]:
-        """Every upload of a group (a recording id)."""
+    async def group(self, group_id: str) -> Sequence[UploadRow]:
+        """Every upload of a group (a recording id), on every node."""
+        ...
+
+    async def own_group(self, group_id: str) -> Sequence[UploadRow]:
+        """The uploads of a group whose files are on this node (the ones it can retry)."""
         ...
 
     async def retry_failed(self, group_id: str) -> RetryOutcome:
@@ -105,7 +109,7 @@ class UploadOutboxPort(UploadQueuePort, Protocol):
         """When a pending upload queued at `queued_at` fails unless stored (None: no deadline)."""
         ...
 
-    def retried_groups(self) -> Sequence[str]:
+    async def retried_groups(self) -> Sequence[str]:
         """Groups with pending uploads that a retry re-queued."""
         ...
 
@@ -220,7 +224,7 @@ class UploadAdmin:
         """
         _check_recording_id(recording_id, required=True)
         await self.registry.get(recording_id)  # NotFound for an unknown recording
-        uploads = self.outbox.group(recording_id)
+        uploads = await self.outbox.own_group(recording_id)
         if not any(u.state == UploadState.FAILED for u in uploads):
             counts = {s: sum(1 for u in uploads if u.state == s) for s in UploadState}
             raise FailedPrecondition(
@@ -244,7 +248,7 @@ class UploadAdmin:
         """After a restart: watch again the FAILED recordings whose retried uploads are still pending
         (their RecordingFileStatusUpdated is still due); returns how many."""
         resumed = 0
-        for recording_id in self.outbox.retried_groups():
+        for recording_id in await self.outbox.retried_groups():
             try:
                 rec = await self.registry.get(recording_id)
             except CallrecError:

@@ -28,7 +28,6 @@ import contextlib
 import os
 import random
 import shutil
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -39,43 +38,20 @@ from callrec import metrics
 from callrec.logs import get_logger
 from callrec.security.redact import redact_text
 from callrec.state.db import Database
+from callrec.state.uploads import DONE, FAILED, PENDING, STATES, SqliteUploadRows, Upload, UploadRowsPort
 from callrec.storage.base import FileUploader, StorageError
 from callrec.storage.resolver import describe_target
 
-log = get_logger("outbox")
+__all__ = ["DONE", "FAILED", "PENDING", "STATES", "Outbox", "PruneResult", "RetryResult", "Upload", "UploadFailed",
+           "span"]
 
-PENDING, DONE, FAILED = "pending", "done", "failed"
-STATES = (PENDING, DONE, FAILED)
+log = get_logger("outbox")
 
 PRESSURE_RELEASE_S = 30.0
 """Uploads stay at one per target until the media has been under no pressure this long (no flapping)."""
 
 ATTEMPT_SECONDS_PER_MIB = 1.0
 """Time an attempt may take per MiB of its file, on top of `attempt_timeout_s`."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One row of the outbox; times are the outbox clock's seconds (wall clock: epoch seconds)."""
-
-    id: int
-    group_id: str
-    target: str
-    key: str
-    path: str
-    content_type: str
-    state: str
-    attempts: int
-    last_error: str
-    location: str
-    size: int
-    checksum: str
-    next_attempt_at: float
-    created_at: float
-    queued_at: float
-    """When the upload was queued, or re-queued by `retry_failed`: its deadline counts from here."""
-    done_at: float | None
-    failed_at: float | None
 
 
 @dataclass(frozen=True)
@@ -106,10 +82,6 @@ class AttemptTimedOut(Exception):
 def _jitter() -> float:
     """Spread retries of many files (and many servers) over +-20% of the backoff."""
     return random.uniform(0.8, 1.2)
-
-
-def _row(r: sqlite3.Row) -> Upload:
-    return Upload(**{k: r[k] for k in Upload.__dataclass_fields__})
 
 
 def span(seconds: float) -> str:
@@ -152,7 +124,7 @@ class Outbox:
 
     def __init__(
         self,
-        db: Database,
+        rows: Database | UploadRowsPort,
         resolve: Callable[[str], FileUploader],
         concurrency: int = 2,
         backoff_base_s: float = 1.0,
@@ -166,7 +138,8 @@ class Outbox:
         jitter: Callable[[], float] = _jitter,
         under_pressure: Callable[[], bool] | None = None,
     ) -> None:
-        self.db = db
+        self.rows: UploadRowsPort = SqliteUploadRows(rows) if isinstance(rows, Database) else rows
+        """Where the rows are: the server's SQLite file, or PostgreSQL in cluster mode."""
         self.resolve = resolve
         self.concurrency = concurrency
         self.backoff_base_s = backoff_base_s
@@ -188,85 +161,65 @@ class Outbox:
         self._timed_out: set[int] = set()
 
     # ---- queue ---------------------------------------------------------------------------------
-    def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
+    async def enqueue(self, group_id: str, target: str, key: str, path: Path, content_type: str) -> int:
         """Add a file to store; durable once this returns."""
-        now = self._clock()
-        cur = self.db.conn.execute(
-            "INSERT INTO uploads (group_id, target, key, path, content_type, state, next_attempt_at, created_at,"
-            " queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (group_id, target, key, str(path), content_type, PENDING, now, now, now),
-        )
+        upload_id = await self.rows.insert(group_id, target, key, str(path), content_type, self._clock())
         self._wake.set()
-        self._report()
-        return int(cur.lastrowid or 0)
+        await self._report()
+        return upload_id
 
-    def group(self, group_id: str) -> list[Upload]:
-        """Every upload of a group, in enqueue order."""
-        rows = self.db.conn.execute("SELECT * FROM uploads WHERE group_id = ? ORDER BY id", (group_id,)).fetchall()
-        return [_row(r) for r in rows]
+    async def group(self, group_id: str) -> list[Upload]:
+        """Every upload of a group, on every node (cluster mode), in enqueue order."""
+        return await self.rows.group(group_id, own=False)
 
-    def queued_keys(self, group_id: str) -> set[str]:
+    async def own_group(self, group_id: str) -> list[Upload]:
+        """The uploads of a group whose files are in this node's spool, in enqueue order."""
+        return await self.rows.group(group_id, own=True)
+
+    async def queued_keys(self, group_id: str) -> set[str]:
         """Core's `UploadQueuePort`: the keys a group ever queued (any state), for recovery's reconciliation."""
-        rows = self.db.conn.execute("SELECT key FROM uploads WHERE group_id = ?", (group_id,)).fetchall()
-        return {str(r["key"]) for r in rows}
+        return await self.rows.queued_keys(group_id)
 
-    def counts(self) -> dict[str, int]:
-        """Uploads by state (pending, done, failed)."""
-        rows = self.db.conn.execute("SELECT state, COUNT(*) AS n FROM uploads GROUP BY state").fetchall()
-        counts = {PENDING: 0, DONE: 0, FAILED: 0}
-        counts.update({r["state"]: int(r["n"]) for r in rows})
-        return counts
+    async def counts(self) -> dict[str, int]:
+        """This node's uploads by state (pending, done, failed)."""
+        return await self.rows.counts()
 
     async def list_page(
         self, state: str | None = None, group_id: str = "", page_size: int = 50, page_token: str = ""
     ) -> tuple[list[Upload], str]:
         """A page of uploads, newest first, and the next page's token ("" on the last page).
 
-        Read on the database's reader thread: a store outage queues thousands of uploads, and a page
-        of them built on the event loop delayed every call's media. ValueError for an unknown state or
-        a page token this outbox did not make.
+        ValueError for an unknown state or a page token this outbox did not make.
         """
-        clauses: list[str] = []
-        params: list[str | int] = []
-        if state is not None:
-            if state not in STATES:
-                raise ValueError(f"unknown upload state {state!r}")
-            clauses.append("state = ?")
-            params.append(state)
-        if group_id:
-            clauses.append("group_id = ?")
-            params.append(group_id)
-        if page_token:
-            clauses.append("id < ?")
-            params.append(_decode_token(page_token))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT ?"
+        if state is not None and state not in STATES:
+            raise ValueError(f"unknown upload state {state!r}")
+        before = _decode_token(page_token) if page_token else None
+        rows = await self.rows.page(state, group_id, before, page_size + 1)
+        page = rows[:page_size]
+        return page, _encode_token(page[-1].id) if len(rows) > page_size else ""
 
-        def read(conn: sqlite3.Connection) -> tuple[list[Upload], bool]:
-            rows = conn.execute(query, (*params, page_size + 1)).fetchall()
-            return [_row(r) for r in rows[:page_size]], len(rows) > page_size
-
-        page, more = await self.db.read(read)
-        return page, _encode_token(page[-1].id) if more else ""
-
-    def retried_groups(self) -> list[str]:
+    async def retried_groups(self) -> list[str]:
         """Groups with pending uploads that `retry_failed` re-queued (queued again later than first
         queued), whose outcome someone may still wait for after a restart."""
-        rows = self.db.conn.execute(
-            "SELECT DISTINCT group_id FROM uploads WHERE state = ? AND queued_at > created_at ORDER BY group_id",
-            (PENDING,),
-        ).fetchall()
-        return [r["group_id"] for r in rows]
+        return await self.rows.retried_groups()
 
     def deadline_for(self, queued_at: float) -> float | None:
         """When a pending upload queued at `queued_at` fails unless stored (None: no deadline)."""
         return queued_at + self.deadline_s if self.deadline_s > 0 else None
 
     async def wait_group(self, group_id: str) -> list[Upload]:
-        """Wait until no upload of the group is pending; UploadFailed if one failed permanently."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: all(u.state != PENDING for u in self.group(group_id)))
-        uploads = self.group(group_id)
+        """Wait until no upload of the group on this node is pending; UploadFailed if one failed
+        permanently.
+
+        This node's only: after a takeover, the chunk a dead node had open is its to upload when it
+        returns, and the recording's outcome here must not wait for that.
+        """
+        while True:
+            async with self._changed:
+                uploads = await self.rows.group(group_id, own=True)
+                if all(u.state != PENDING for u in uploads):
+                    break
+                await self._changed.wait()
         failed = [u for u in uploads if u.state == FAILED]
         if failed:
             first = failed[0]
@@ -287,70 +240,60 @@ class Outbox:
 
     # ---- operator actions ----------------------------------------------------------------------
     async def retry_failed(self, group_id: str) -> RetryResult:
-        """Re-queue every failed upload of a group: pending, attempts reset, due now, a new deadline.
+        """Re-queue every failed upload of a group on this node: pending, attempts reset, due now, a new
+        deadline.
 
         A failed upload whose spool file is gone cannot be retried: it stays failed, its
         `last_error` says so, and it is returned in `missing`.
         """
         now = self._clock()
-        retried: list[Upload] = []
-        missing: list[Upload] = []
-        with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT * FROM uploads WHERE group_id = ? AND state = ? ORDER BY id", (group_id, FAILED)
-            ).fetchall()
-            for upload in map(_row, rows):
-                if Path(upload.path).is_file():
-                    conn.execute(
-                        "UPDATE uploads SET state = ?, attempts = 0, next_attempt_at = ?, queued_at = ?,"
-                        " failed_at = NULL WHERE id = ?",
-                        (PENDING, now, now, upload.id),
-                    )
-                    retried.append(upload)
-                else:
-                    error = f"spool file {upload.path} is missing: this upload cannot be retried"
-                    conn.execute("UPDATE uploads SET last_error = ? WHERE id = ?", (error, upload.id))
-                    missing.append(upload)
-        by_id = {u.id: u for u in self.group(group_id)}
-        result = RetryResult([by_id[u.id] for u in retried], [by_id[u.id] for u in missing])
+        retried: list[int] = []
+        missing: list[int] = []
+        for upload in await self.rows.failed_of(group_id):
+            if Path(upload.path).is_file():
+                await self.rows.requeue(upload.id, now)
+                retried.append(upload.id)
+            else:
+                error = f"spool file {upload.path} is missing: this upload cannot be retried"
+                await self.rows.set_error(upload.id, error)
+                missing.append(upload.id)
+        by_id = {u.id: u for u in await self.rows.group(group_id, own=True)}
+        result = RetryResult([by_id[i] for i in retried], [by_id[i] for i in missing])
         if retried:
             log.info("uploads re-queued", group_id=group_id, files=len(retried), missing=len(missing))
             self._wake.set()
-            self._report()
+            await self._report()
             async with self._changed:
                 self._changed.notify_all()
         return result
 
-    def prune(self, done_before: float, failed_before: float) -> PruneResult:
+    async def prune(self, done_before: float, failed_before: float) -> PruneResult:
         """Delete stored uploads' rows done before `done_before`, and failed uploads (rows and spool
         files) that failed before `failed_before`. A file a pending upload still needs is never deleted."""
-        with self.db.transaction() as conn:
-            done = conn.execute("DELETE FROM uploads WHERE state = ? AND done_at < ?", (DONE, done_before)).rowcount
-            rows = conn.execute(
-                "SELECT id, path FROM uploads WHERE state = ? AND failed_at < ?", (FAILED, failed_before)
-            ).fetchall()
-            needed = {r["path"] for r in conn.execute("SELECT path FROM uploads WHERE state = ?", (PENDING,))}
-            files = 0
-            for r in rows:
-                if r["path"] not in needed:
-                    with contextlib.suppress(FileNotFoundError):
-                        Path(r["path"]).unlink()
-                        files += 1
-                conn.execute("DELETE FROM uploads WHERE id = ?", (r["id"],))
-        if done or rows:
-            self._report()
-        return PruneResult(done, len(rows), files)
+        done = await self.rows.delete_done(done_before)
+        failed = await self.rows.failed_before(failed_before)
+        needed = {u.path for u in await self.rows.unfinished() if u.state == PENDING}
+        files = 0
+        for upload in failed:
+            if upload.path not in needed:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(upload.path).unlink()
+                    files += 1
+        await self.rows.delete([u.id for u in failed])
+        if done or failed:
+            await self._report()
+        return PruneResult(done, len(failed), files)
 
-    def prune_spool(self, spool_dir: Path, removable: Callable[[str], bool]) -> int:
+    async def prune_spool(self, spool_dir: Path, removable: Callable[[str], bool]) -> int:
         """Delete the spool's per-group directories (`spool_dir/<group_id>`) that `removable(group_id)`
         allows and that hold no file of a pending or failed upload; returns how many went."""
         if not spool_dir.is_dir():
             return 0
-        kept = self.db.conn.execute("SELECT group_id, path FROM uploads WHERE state != ?", (DONE,)).fetchall()
-        busy = {r["group_id"] for r in kept}
+        kept = await self.rows.unfinished()
+        busy = {u.group_id for u in kept}
         root = spool_dir.resolve()
-        for r in kept:  # whatever its group, a directory holding a file still needed stays
-            path = Path(r["path"]).resolve()
+        for u in kept:  # whatever its group, a directory holding a file still needed stays
+            path = Path(u.path).resolve()
             if path.is_relative_to(root) and path != root:
                 busy.add(path.relative_to(root).parts[0])
         removed = 0
@@ -365,14 +308,14 @@ class Outbox:
         """Upload due files, `concurrency` per target at a time, until cancelled."""
         running: set[asyncio.Task[None]] = set()
         # after a restart, pending files are due now: the backoff was about a store that may be back
-        self.db.conn.execute("UPDATE uploads SET next_attempt_at = ? WHERE state = ?", (self._clock(), PENDING))
-        self._report()
+        await self.rows.make_due(self._clock())
+        await self._report()
         try:
             while True:
                 self._wake.clear()
                 await self._expire_overdue()
                 self._cancel_timed_out()
-                for upload in self._due():
+                for upload in await self._due():
                     task = asyncio.get_running_loop().create_task(self._attempt(upload))
                     self._in_flight[upload.id] = task
                     self._targets[upload.id] = upload.target
@@ -380,8 +323,9 @@ class Outbox:
                     task.add_done_callback(running.discard)
                     task.add_done_callback(lambda _t: self._wake.set())
                 # a finished attempt wakes the loop; targets with every slot busy are not polled
-                expiring = (at for i, at in self._expires.items() if i not in self._timed_out)
-                wake_at = [at for at in (self._next_attempt_at(), *expiring) if at is not None]
+                next_at = await self._next_attempt_at()
+                expiring = [at for i, at in self._expires.items() if i not in self._timed_out]
+                wake_at = [at for at in (next_at, *expiring) if at is not None]
                 delay = min(1.0, max(0.0, min(wake_at) - self._clock())) if wake_at else 1.0
                 await self._idle(delay)
         finally:
@@ -417,28 +361,21 @@ class Outbox:
                 log.info("calls' media recovered: uploads at full concurrency again", concurrency=self.concurrency)
         return 1 if pressed else self.concurrency
 
-    def _due(self) -> list[Upload]:
+    async def _due(self) -> list[Upload]:
         """Pending uploads due now, at most the free slots of each target, earliest first."""
         now = self._clock()
         busy = self._busy()
         slots = self._slots()
-        targets = self.db.conn.execute(
-            "SELECT DISTINCT target FROM uploads WHERE state = ? AND next_attempt_at <= ?", (PENDING, now)
-        ).fetchall()
         due: list[Upload] = []
-        for (target,) in targets:
+        for target in await self.rows.due_targets(now):
             free = slots - busy[target]
             if free <= 0:
                 continue
-            rows = self.db.conn.execute(
-                "SELECT * FROM uploads WHERE state = ? AND target = ? AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?",
-                (PENDING, target, now, free + busy[target]),
-            ).fetchall()
-            due += [u for u in map(_row, rows) if u.id not in self._in_flight][:free]
+            rows = await self.rows.due(now, target, free + busy[target])
+            due += [u for u in rows if u.id not in self._in_flight][:free]
         return due
 
-    def _next_attempt_at(self) -> float | None:
+    async def _next_attempt_at(self) -> float | None:
         """When the earliest pending upload of a target with a free slot is due (None: there is none).
 
         In-flight uploads are left out: they are due already, and counting them made the loop spin
@@ -446,17 +383,12 @@ class Outbox:
         """
         busy = self._busy()
         slots = self._slots()
-        targets = self.db.conn.execute("SELECT DISTINCT target FROM uploads WHERE state = ?", (PENDING,)).fetchall()
         earliest: float | None = None
-        for (target,) in targets:
+        for target in await self.rows.pending_targets():
             if busy[target] >= slots:
                 continue
-            rows = self.db.conn.execute(
-                "SELECT id, next_attempt_at FROM uploads WHERE state = ? AND target = ?"
-                " ORDER BY next_attempt_at LIMIT ?",
-                (PENDING, target, busy[target] + 1),
-            ).fetchall()
-            at = next((float(r["next_attempt_at"]) for r in rows if r["id"] not in self._in_flight), None)
+            rows = await self.rows.earliest(target, busy[target] + 1)
+            at = next((u.next_attempt_at for u in rows if u.id not in self._in_flight), None)
             if at is not None and (earliest is None or at < earliest):
                 earliest = at
         return earliest
@@ -476,14 +408,12 @@ class Outbox:
         if self.deadline_s <= 0:
             return
         now = self._clock()
-        rows = self.db.conn.execute(
-            "SELECT * FROM uploads WHERE state = ? AND queued_at <= ? ORDER BY id", (PENDING, now - self.deadline_s)
-        ).fetchall()
-        overdue = [u for u in map(_row, rows) if u.id not in self._in_flight]
+        rows = await self.rows.queued_before(now - self.deadline_s)
+        overdue = [u for u in rows if u.id not in self._in_flight]
         for upload in overdue:
-            self._finish_failed(upload, self._deadline_error(upload, upload.last_error), attempted=False)
+            await self._finish_failed(upload, self._deadline_error(upload, upload.last_error), attempted=False)
         if overdue:
-            self._report()
+            await self._report()
             async with self._changed:
                 self._changed.notify_all()
 
@@ -513,32 +443,25 @@ class Outbox:
                     task.uncancel()
                 raise AttemptTimedOut(f"upload attempt timed out after {span(round(timeout, 1))}") from None
         except FileNotFoundError:
-            self._finish_failed(upload, f"spool file {upload.path} is missing")
+            await self._finish_failed(upload, f"spool file {upload.path} is missing")
         except AttemptTimedOut as exc:
-            self._retry_later(upload, str(exc))
+            await self._retry_later(upload, str(exc))
         except StorageError as exc:
             if exc.retryable:
-                self._retry_later(upload, str(exc))
+                await self._retry_later(upload, str(exc))
             else:
-                self._finish_failed(upload, str(exc))
+                await self._finish_failed(upload, str(exc))
         except ValueError as exc:  # a malformed target or key: retrying cannot help
-            self._finish_failed(upload, str(exc))
+            await self._finish_failed(upload, str(exc))
         except Exception as exc:
             # no traceback: its exception texts may quote a URL with its credentials
             log.error("upload error", key=upload.key, error=redact_text(f"{type(exc).__name__}: {exc}"))
-            self._retry_later(upload, f"{type(exc).__name__}: {exc}")
+            await self._retry_later(upload, f"{type(exc).__name__}: {exc}")
         else:
             now = self._clock()
-            self.db.conn.execute(
-                "UPDATE uploads SET state = ?, location = ?, size = ?, checksum = ?, attempts = attempts + 1,"
-                " last_error = '', done_at = ? WHERE id = ?",
-                (DONE, stored.location, stored.size, stored.checksum, now, upload.id),
-            )
+            await self.rows.mark_done(upload.id, stored.location, stored.size, stored.checksum, now)
             # the target works (again): its other files waiting out a backoff are due now
-            self.db.conn.execute(
-                "UPDATE uploads SET next_attempt_at = ? WHERE target = ? AND state = ? AND next_attempt_at > ?",
-                (now, upload.target, PENDING, now),
-            )
+            await self.rows.hasten(upload.target, now)
             with contextlib.suppress(FileNotFoundError):
                 Path(upload.path).unlink()
             log.info(
@@ -549,44 +472,35 @@ class Outbox:
             self._targets.pop(upload.id, None)
             self._expires.pop(upload.id, None)
             self._timed_out.discard(upload.id)
-            self._report()
+            await self._report()
             async with self._changed:
                 self._changed.notify_all()
 
-    def _retry_later(self, upload: Upload, error: str) -> None:
+    async def _retry_later(self, upload: Upload, error: str) -> None:
         error = redact_text(error)  # shown in upload rows, the resource's last_error, events and logs
         now = self._clock()
         if self.deadline_s > 0 and now - upload.queued_at >= self.deadline_s:
-            self._finish_failed(upload, self._deadline_error(upload, error))
+            await self._finish_failed(upload, self._deadline_error(upload, error))
             return
         metrics.UPLOADS_FAILED.inc()
         attempts = upload.attempts + 1
         delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempts - 1)) * self._jitter()
         retry_at = now + delay
-        self.db.conn.execute(
-            "UPDATE uploads SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (attempts, retry_at, error, upload.id),
-        )
+        await self.rows.mark_retry(upload.id, attempts, retry_at, error)
         # the target is failing: its other files wait too, so a dead store costs one probe per backoff
         # instead of occupying every upload slot (other targets keep uploading)
-        self.db.conn.execute(
-            "UPDATE uploads SET next_attempt_at = MAX(next_attempt_at, ?) WHERE target = ? AND state = ? AND id != ?",
-            (retry_at, upload.target, PENDING, upload.id),
-        )
+        await self.rows.postpone(upload.target, retry_at, upload.id)
         log.warning(
             "upload failed, will retry", key=upload.key, attempt=attempts, retry_in_s=round(delay, 1), error=error
         )
 
-    def _finish_failed(self, upload: Upload, error: str, *, attempted: bool = True) -> None:
+    async def _finish_failed(self, upload: Upload, error: str, *, attempted: bool = True) -> None:
         """The upload is failed for good (until `retry_failed`); `attempted`: an attempt ended so."""
         error = redact_text(error)  # shown in upload rows, the recording's error, events and logs
         metrics.UPLOADS_FAILED.inc()
-        self.db.conn.execute(
-            "UPDATE uploads SET state = ?, attempts = attempts + ?, last_error = ?, failed_at = ? WHERE id = ?",
-            (FAILED, int(attempted), error, self._clock(), upload.id),
-        )
+        await self.rows.mark_failed(upload.id, attempted, error, self._clock())
         log.error("upload failed permanently; the spool keeps the file", key=upload.key, path=upload.path, error=error)
 
-    def _report(self) -> None:
+    async def _report(self) -> None:
         if self.on_change:
-            self.on_change(self.counts())
+            self.on_change(await self.counts())
