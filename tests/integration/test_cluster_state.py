@@ -299,6 +299,42 @@ async def test_a_full_node_refuses_new_calls_and_advertises_its_load(
     await first.close()
 
 
+async def test_a_new_call_on_a_full_node_goes_to_a_node_with_room(
+    make_server, postgres_url: str, tmp_path: Path
+) -> None:
+    """The proxy hashes calls without weighing them: a full node relays a new call to the least loaded node
+    under the ceiling, which owns and records it; only when every node is full is the open refused."""
+    import psycopg
+
+    args = server_args(None, "--database-url", postgres_url, "--node-lease", "1.5")
+    small = make_server(*args, "--node-id", "small", "--capacity-audio-participants", "4",
+                        "--admission-ceiling", "0.5", data_dir=tmp_path / "small")
+    make_server(*args, "--node-id", "roomy", "--capacity-audio-participants", "100", data_dir=tmp_path / "roomy")
+    first = GatewayConnection(small.target, unique("busy"), gateway_id="gw-1")
+    await first.open()
+    for pid in ("p1", "p2"):  # 2 of 4: small is at its ceiling
+        await first.join(pid, pid, audio="pcm16le", sample_rate=16_000, channels=1)
+    await asyncio.sleep(0.3)
+    spilled = unique("spill")
+    async with GatewayConnection(small.target, spilled, gateway_id="gw-2") as second, \
+            AsyncCallrecClient(small.target) as client:
+        await second.join("alice", "Alice", audio="pcm16le", sample_rate=16_000, channels=1)
+        rec = await client.start_recording(spilled, content_type="audio", format="wav")
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            owner = await (await conn.execute("SELECT node_id FROM call_owners WHERE server_call_id = %s",
+                                              (spilled,))).fetchone()
+            recorded_by = await (await conn.execute("SELECT node_id FROM recordings WHERE recording_id = %s",
+                                                    (rec.recording_id,))).fetchone()
+        assert owner == ("roomy",) and recorded_by == ("roomy",), (owner, recorded_by)
+        for i in range(25):
+            await second.audio("alice", i + 1, 1_000_000 + i * 20_000, b"\x01\x00" * 320)
+        await second.end()
+    async with AsyncCallrecClient(small.target) as client:
+        done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=30)
+    assert len(done.chunks) == 1
+    await first.close()
+
+
 async def test_a_file_in_a_nodes_local_store_is_downloaded_and_deleted_through_another_node(
     make_server, postgres_url: str, tmp_path: Path
 ) -> None:

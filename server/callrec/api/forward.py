@@ -65,6 +65,10 @@ class NodeLocator(Protocol):
         """The node that stored the chunk a location names, or None."""
         ...
 
+    async def least_loaded(self, below: float) -> NodeAddress | None:
+        """The live node with the lowest advertised load under `below`, or None."""
+        ...
+
 
 @dataclass
 class ForwardCredentials:

@@ -278,10 +278,26 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
             self.calls.check_id(call_id, "open.server_call_id")
             if self.calls.get(call_id) is not None:
                 return first, None  # open here: ours
-            return first, await self.forwarder.locator.node_of_call(call_id)
+            owner = await self.forwarder.locator.node_of_call(call_id)
+            if owner is None:
+                owner = await self._spare_node(call_id)
+            return first, owner
         except CallrecError as exc:
             await context.abort(status_of(exc), exc.message)
             raise AssertionError("unreachable") from None
+
+    async def _spare_node(self, call_id: str) -> NodeAddress | None:
+        """A new call that lands on a full node (the proxy hashes calls, it does not weigh them) goes to
+        the least loaded node under the ceiling, if any: relayed there, it becomes that node's call. None
+        (answer here, which refuses it with RESOURCE_EXHAUSTED) when this node has room or all are full."""
+        admission = self.calls.admission
+        if admission is None or self.forwarder is None or not admission.full():
+            return None
+        spare = await self.forwarder.locator.least_loaded(admission.capacity.ceiling)
+        if spare is not None:
+            log.info("this node is full: the new call goes to a node with room", server_call_id=call_id,
+                     node=spare.node_id, load=round(admission.load(), 2))
+        return spare
 
     async def _serve(
         self, request_iterator: AsyncIterator[pb.StreamMediaRequest], context: grpc.aio.ServicerContext

@@ -67,6 +67,10 @@ class Admission:
             "on another node or retry when calls have ended"
         )
 
+    def full(self) -> bool:
+        """True when a new call would be refused (the node is at its ceiling)."""
+        return self.capacity.enabled and self.load() >= self.capacity.ceiling
+
     def check_open(self) -> None:
         """A new call: refused once the node is at its ceiling."""
         if not self.capacity.enabled:

@@ -176,6 +176,19 @@ class PgNodeRegistry:
             location,
         )
 
+    async def least_loaded(self, below: float) -> NodeInfo | None:
+        """The live node other than this one with the lowest advertised load under `below` (None: all are
+        full). The load is as of each node's last heartbeat, so the node chosen still checks its own."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT node_id, advertise, heartbeat_at, load FROM nodes WHERE node_id <> %s "
+                "AND lease_expires_at > now() AND load < %s ORDER BY load, node_id LIMIT 1",
+                (self.node_id, below),
+            )
+            row = await cur.fetchone()
+        return NodeInfo(row["node_id"], row["advertise"], row["heartbeat_at"], True, float(row["load"])) if row \
+            else None
+
     async def _live_node(self, query: str, key: str) -> NodeInfo | None:
         async with self.db.connection() as conn:
             params: dict[str, str] | tuple[str, str] = (
