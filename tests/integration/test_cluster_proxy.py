@@ -228,6 +228,21 @@ async def test_a_killed_nodes_recording_goes_on_where_its_gateway_reopens_the_ca
                     break
                 await asyncio.sleep(0.1)
             assert late and max(before) < late[0] < min(new), (before, late, indexes)
+            # ... and announces it: one more RecordingFileStatusUpdated lists exactly the late chunks (each chunk
+            # is announced once in all), and the recording lists them all
+            announced: list[list[int]] = []
+            stream = client.subscribe_events(recording_id=rec.recording_id, from_oldest=True).__aiter__()
+            try:
+                async with asyncio.timeout(30):
+                    while len(announced) < 2:
+                        event = await stream.__anext__()
+                        if event.HasField("recording_file_status_updated"):
+                            announced.append([c.index for c in event.recording_file_status_updated.chunks])
+            finally:
+                await stream.aclose()
+            assert announced == [indexes, late], announced
+            listed = await client.get_recording_state(rec.recording_id)
+            assert [c.index for c in listed.chunks] == sorted(indexes + late), listed.chunks
             # once the proxy sees the returned node up, it hashes the call there again: a new stream of the call
             # that lands on it (opened on it directly here, to be sure) is relayed to the owner, which keeps it
             await moved.break_connection()

@@ -27,8 +27,6 @@ from callrec.core.chunker import FinishedChunk, OnChunkFinished, RecordingMediaE
 from callrec.core.errors import CallrecError, ErrorCode
 from callrec.core.log import get_logger
 from callrec.core.model import (
-    ChunkEndReason,
-    ChunkInfo,
     Format,
     MediaStats,
     RecordedParticipant,
@@ -218,15 +216,16 @@ class MediaRecorder:
         log.info("chunk finished", recording_id=recording_id, index=chunk.index, end_reason=chunk.end_reason.value,
                  duration_ms=chunk.duration_ms, bytes=chunk.size_bytes)
 
-    async def recover(self, rec: Recording) -> None:
+    async def recover(self, rec: Recording) -> list[int]:
         """After a crash: finish the chunks the last process left open, index and queue them.
 
-        Raises CallrecError when the recording's storage target is gone from the config
-        (the registry then fails the recording, and the server starts all the same).
+        Returns the indexes of the chunks it indexed. Raises CallrecError when the recording's storage
+        target is gone from the config (the registry then fails the recording, and the server starts all
+        the same).
         """
         spool = self.spool_dir / rec.recording_id
         if self.repair is None or not spool.is_dir():
-            return
+            return []
         target = self.target_of(rec)
         try:
             self.targets.check(target)
@@ -243,6 +242,15 @@ class MediaRecorder:
             await self._index_and_queue(rec.recording_id, keys, target, chunk)
             forget_journal(chunk)
         await self._requeue_unqueued(rec.recording_id, spool)
+        return [chunk.index for chunk in chunks]
+
+    async def wait_stored(self, recording_id: str) -> str | None:
+        """This node's files of the recording are stored: None, or why some failed for good."""
+        return await self.uploads.wait_stored(recording_id)
+
+    async def stored_chunks(self, recording_id: str) -> list[StoredChunk]:
+        """The recording's indexed chunks (of every node), by index."""
+        return await self.index.for_recording(recording_id)
 
     async def _requeue_unqueued(self, recording_id: str, spool: Path) -> None:
         """Queue the files of indexed chunks that never reached the outbox (a crash between the two)."""
@@ -301,11 +309,7 @@ class MediaRecorder:
                 for p in json.loads(c.participants):
                     seen.setdefault(p["participant_id"], RecordedParticipant(**p))
             participants = list(seen.values())
-        chunks = [
-            ChunkInfo(c.document_id, c.chunk_index, ChunkEndReason(c.end_reason), c.metadata_location,
-                      c.content_location, c.delete_location)
-            for c in stored
-        ]
+        chunks = [c.info() for c in stored]
         duration = timedelta(milliseconds=sum(c.samples for c in stored) / 16)  # all chunks, any process
         if stats is not None:
             rec.media_stats = stats

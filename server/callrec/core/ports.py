@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from callrec.core.model import AudioFormat, ChunkInfo, RecordedParticipant, RecordingState, VideoEncoding
+from callrec.core.model import (
+    AudioFormat,
+    ChunkEndReason,
+    ChunkInfo,
+    RecordedParticipant,
+    RecordingState,
+    VideoEncoding,
+)
 
 if TYPE_CHECKING:
     from callrec.core.call_registry import Call, CallParticipant
@@ -328,8 +335,17 @@ class MediaRecorderPort(Protocol):
         """Finalise the last chunk and store every chunk; raise CallrecError on failure."""
         ...
 
-    async def recover(self, recording: Recording) -> None:
-        """After a crash: finish the chunks the last process left open and queue them for upload."""
+    async def recover(self, recording: Recording) -> list[int]:
+        """After a crash: finish the chunks the last process left open and queue them for upload; returns
+        the indexes of the chunks it indexed."""
+        ...
+
+    async def wait_stored(self, recording_id: str) -> str | None:
+        """Wait until this node's files of the recording are stored: None, or why some failed for good."""
+        ...
+
+    async def stored_chunks(self, recording_id: str) -> list[StoredChunk]:
+        """The recording's indexed chunks (of every node), by index."""
         ...
 
     def spooled(self) -> list[str]:
@@ -429,6 +445,11 @@ class StoredChunk:
     """Audio samples at 16 kHz (the chunk's recorded duration)."""
     participants: str = "[]"
     """JSON list of the chunk's participants ({participant_id, display_name, channel})."""
+
+    def info(self) -> ChunkInfo:
+        """The chunk as the recording resource and RecordingFileStatusUpdated list it."""
+        return ChunkInfo(self.document_id, self.chunk_index, ChunkEndReason(self.end_reason), self.metadata_location,
+                         self.content_location, self.delete_location)
 
 
 class ChunkIndexPort(Protocol):

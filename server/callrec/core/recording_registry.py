@@ -22,8 +22,6 @@ from callrec.core.errors import (
 from callrec.core.limits import Limits, check_count, check_text
 from callrec.core.log import get_logger
 from callrec.core.model import (
-    ChunkEndReason,
-    ChunkInfo,
     Format,
     PauseInterval,
     PauseMode,
@@ -50,6 +48,8 @@ STOPPED_BY_REQUEST = "StoppedByRequest"
 #: A node taking over a dead node's recording starts this many chunk indexes after the last indexed one:
 #: the dead node may still finish its open chunk (and one finished but not yet indexed) from its spool.
 TAKEOVER_INDEX_GAP = 3
+LATE_CHUNK_POLL_S = 5.0
+"""How often a returned node looks whether a recording it left chunks in has ended elsewhere."""
 SERVER_SHUTDOWN = "ServerShutdown"
 
 
@@ -107,6 +107,8 @@ class RecordingRegistry:
         self.now = now
         self._live: dict[str, Recording] = {}
         self._finalizers: dict[str, asyncio.Task[None]] = {}
+        self._late_announcers: set[asyncio.Task[None]] = set()
+        """Cluster mode: tasks announcing chunks this node finished after its recording ended elsewhere."""
         self._lock = asyncio.Lock()
         self.orphans: OrphanRecordingsPort | None = None
         """Cluster mode: dead nodes' recordings this node may take over (None on a single node)."""
@@ -386,11 +388,42 @@ class RecordingRegistry:
             if rec is None or rec.state is RecordingState.FAILED:
                 continue
             try:
-                await self.media.recover(rec)
+                indexes = await self.media.recover(rec)
                 count += 1
             except CallrecError as exc:
                 log.error("could not finish a chunk left by the crash", recording_id=recording_id, error=exc.message)
+                continue
+            if indexes:
+                task = asyncio.get_running_loop().create_task(self._announce_late(recording_id, indexes))
+                self._late_announcers.add(task)
+                task.add_done_callback(self._late_announcers.discard)
         return count
+
+    async def _announce_late(self, recording_id: str, indexes: Collection[int]) -> None:
+        """Chunks this node finished after a crash, in a recording another node took over: once they are
+        stored and the recording has ended (it may still be recorded elsewhere), the recording lists them
+        and one more RecordingFileStatusUpdated announces those not announced yet (each chunk once)."""
+        failure = await self.media.wait_stored(recording_id)
+        if failure is not None:
+            log.error("late chunks could not be stored", recording_id=recording_id, error=failure)
+            return
+        while True:
+            rec = await self.repo.get(recording_id)
+            if rec is None or rec.state is RecordingState.FAILED:
+                return
+            if rec.state is RecordingState.COMPLETED:
+                break
+            await asyncio.sleep(LATE_CHUNK_POLL_S)
+        announced = {c.index for c in rec.chunks}
+        stored = await self.media.stored_chunks(recording_id)
+        late = [c for c in stored if c.chunk_index in indexes and c.chunk_index not in announced]
+        if not late:
+            return
+        rec.chunks = sorted([*rec.chunks, *(c.info() for c in late)], key=lambda c: c.index)
+        rec.duration = timedelta(milliseconds=sum(c.samples for c in stored) / 16)  # 16 kHz samples
+        await self.repo.save(rec)
+        await self.events.file_status_updated(replace(rec, chunks=[c.info() for c in late]))
+        log.info("late chunks announced", recording_id=recording_id, indexes=[c.chunk_index for c in late])
 
     async def take_over(self, server_call_id: str) -> None:
         """Cluster mode: a gateway opens here a call whose recording node died: its recordings go on here.
@@ -438,6 +471,8 @@ class RecordingRegistry:
             for rec in list(self._live.values()):
                 if rec.state.in_progress:
                     await self._begin_stop(rec, SERVER_SHUTDOWN)
+        for task in list(self._late_announcers):
+            task.cancel()
         pending = list(self._finalizers.values())
         if pending:
             await asyncio.wait(pending, timeout=timeout)
@@ -459,11 +494,7 @@ class RecordingRegistry:
             log.warning("retried uploads failed again", recording_id=recording_id, error=failure)
             return rec
         stored = await index.for_recording(recording_id)
-        rec.chunks = [
-            ChunkInfo(c.document_id, c.chunk_index, ChunkEndReason(c.end_reason), c.metadata_location,
-                      c.content_location, c.delete_location)
-            for c in stored
-        ]
+        rec.chunks = [c.info() for c in stored]
         if not rec.duration:
             rec.duration = timedelta(milliseconds=sum(c.samples for c in stored) / 16)  # 16 kHz samples
         if not rec.participants:
