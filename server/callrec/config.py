@@ -15,6 +15,7 @@ from typing import Any
 
 from callrec.core.admission import Capacity
 from callrec.core.limits import Limits
+from callrec.webhooks.config import WebhookConfigError, WebhooksConfig, parse_webhooks
 
 CLUSTER_AUDIO_PARTICIPANTS = 80.0
 """Audio participants one node keeps at real time (`make bench` on the 2-core development machine: 80 at
@@ -139,6 +140,13 @@ class ServerConfig:
     see callrec.storage.external); empty: StartRecording refuses every `external_storage`."""
     limits: Limits = field(default_factory=Limits)
     """Resource limits ([limits] in the TOML file)."""
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    """HTTPS endpoints every event is pushed to (`[[webhooks]]` and `[webhooks_policy]` in the TOML file)."""
+
+    @property
+    def webhooks_db_path(self) -> Path:
+        """The SQLite file of webhook endpoints, their cursors, attempts and dead letters."""
+        return self.data_dir / "webhooks.sqlite3"
 
     @property
     def capacity(self) -> Capacity:
@@ -181,7 +189,7 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-_TOML_SECTIONS = {"server", "storage", "limits", "auth"}
+_TOML_SECTIONS = {"server", "storage", "limits", "auth", "webhooks", "webhooks_policy"}
 _PATH_SETTINGS = ("tls_cert", "tls_key", "tls_client_ca")
 
 
@@ -223,6 +231,11 @@ def _from_toml(path: Path) -> dict[str, Any]:
             values[key] = path.parent / values[key]
     if "auth" in doc:
         values["auth"] = _auth_from_toml(doc["auth"], path)
+    if "webhooks" in doc or "webhooks_policy" in doc:
+        try:
+            values["webhooks"] = parse_webhooks(doc)
+        except WebhookConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
     return values
 
 
@@ -279,6 +292,9 @@ def validate(config: ServerConfig) -> None:
     if config.events_url and not config.events_url.startswith(("redis://", "rediss://")):
         raise ConfigError("events_url must be a redis:// or rediss:// URL (cluster mode) or empty (SQLite under "
                           f"data_dir); got one starting {config.events_url.split(':', 1)[0]!r}")
+    if (config.database_url or config.events_url) and config.webhooks.endpoints:
+        raise ConfigError("[[webhooks]] are not available in cluster mode yet (every node would deliver each "
+                          "event): remove them from the config of the cluster's nodes, or run them on a single node")
     if config.metrics_listen:
         parse_host_port(config.metrics_listen, "metrics_listen")
     if config.health_listen:

@@ -26,6 +26,7 @@ from callrec.api.healthz import HealthEndpoint
 from callrec.api.media import MediaServicer
 from callrec.api.recording import RecordingServicer
 from callrec.api.uploads import UploadServicer
+from callrec.api.webhooks import WebhookServicer
 from callrec.api.wire import MalformedRequestInterceptor
 from callrec.config import ServerConfig, parse_host_port
 from callrec.core.admission import Admission
@@ -73,7 +74,11 @@ from callrec.v1 import (
     recording_pb2_grpc,
     uploads_pb2,
     uploads_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
+from callrec.webhooks.delivery import WebhookDispatcher
+from callrec.webhooks.store import WebhookStore
 
 log = get_logger("server")
 
@@ -86,6 +91,7 @@ SERVICE_NAMES = (
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     content_pb2.DESCRIPTOR.services_by_name["ContentService"].full_name,
     uploads_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name,
+    webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 
@@ -116,6 +122,8 @@ class App:
     """`GET /healthz` for proxies (`--health-listen`)."""
     forwarder: Forwarder | None = None
     """Cluster mode: the channels to the other nodes, for RPCs of calls they own."""
+    webhooks: WebhookDispatcher | None = None
+    """Pushes every event to the webhook endpoints (None in cluster mode, where it is not available yet)."""
     serving: bool = False
     """True from `start()` until `stop()` begins: what /healthz reports."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -204,6 +212,9 @@ class App:
         if self.upload_worker is not None:
             await asyncio.to_thread(self.upload_worker.close)
         await self.stores.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+            await self.webhooks.store.close()
         await self.events.close()
         if self.forwarder is not None:
             await self.forwarder.close()
@@ -316,6 +327,13 @@ async def build_server(
     uploads = UploadAdmin(outbox, registry, stores, chunks)
     upload_servicer = UploadServicer(uploads)
     uploads_pb2_grpc.add_UploadServiceServicer_to_server(upload_servicer, server)
+    webhooks: WebhookDispatcher | None = None
+    if not (config.database_url or config.events_url):  # cluster mode: every node would deliver each event
+        webhooks = WebhookDispatcher(
+            events, WebhookStore(config.webhooks_db_path, max_attempts_kept=config.webhooks.policy.max_attempts_kept),
+            config=config.webhooks, topic=config.resource_id,
+        )
+    webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -362,7 +380,7 @@ async def build_server(
         log.info("cluster node", node_id=node_id, database=shared_db.where)
     await uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
-               uploads, upload_worker, shared_db, nodes, forwarder=forwarder)
+               uploads, upload_worker, shared_db, nodes, forwarder=forwarder, webhooks=webhooks)
 
 
 def forward_credentials(tls: ServerTlsFiles | None) -> ForwardCredentials:
@@ -440,6 +458,8 @@ async def start(app: App) -> None:
     if app.upload_worker is not None:
         app.upload_worker.start()
     app.tasks.append(loop.create_task(app.outbox.run()))
+    if app.webhooks is not None:
+        await app.webhooks.start()  # TOML endpoints synced; each endpoint resumes at its durable cursor
     if app.nodes is not None:
         app.nodes.start()
         app.tasks.append(loop.create_task(app.end_abandoned_recordings()))

@@ -36,6 +36,8 @@ from callrec.v1 import (
     recording_pb2_grpc,
     uploads_pb2,
     uploads_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 from tests.harness import ROOT, ServerProcess, unique
 from tests.security_helpers import SECRET_K2, JwksKeys, auth_config, jwks_keys, record_short_call, token
@@ -153,6 +155,13 @@ def _retry_uploads(e: Env, md: Any) -> None:
         uploads_pb2.RetryUploadsRequest(recording_id=e.recording.recording_id), metadata=md, timeout=10)
 
 
+def _webhooks(method: str, request: Any) -> Callable[[Env, Any], None]:
+    """A WebhookService RPC; past auth a bad URL or an unknown id answers INVALID_ARGUMENT / NOT_FOUND."""
+    def call(e: Env, md: Any) -> None:
+        getattr(webhooks_pb2_grpc.WebhookServiceStub(e.channel), method)(request, metadata=md, timeout=10)
+    return call
+
+
 RPCS: dict[str, tuple[str, Callable[[Env, Any], None]]] = {
     "StartRecording": ("RecordingService", _start),
     "GetRecordingState": ("RecordingService", _by_id("GetRecordingState", recording_pb2.GetRecordingStateRequest)),
@@ -166,18 +175,29 @@ RPCS: dict[str, tuple[str, Callable[[Env, Any], None]]] = {
     "DeleteContent": ("ContentService", _delete),
     "ListUploads": ("UploadService", _list_uploads),
     "RetryUploads": ("UploadService", _retry_uploads),
+    "AddWebhook": ("WebhookService", _webhooks("AddWebhook", webhooks_pb2.AddWebhookRequest(url="ftp://x"))),
+    "ListWebhooks": ("WebhookService", _webhooks("ListWebhooks", webhooks_pb2.ListWebhooksRequest())),
+    "RemoveWebhook": ("WebhookService", _webhooks(
+        "RemoveWebhook", webhooks_pb2.RemoveWebhookRequest(webhook_id="wh_x"))),
+    "EnableWebhook": ("WebhookService", _webhooks(
+        "EnableWebhook", webhooks_pb2.EnableWebhookRequest(webhook_id="wh_x"))),
+    "ListWebhookDeliveries": ("WebhookService", _webhooks(
+        "ListWebhookDeliveries", webhooks_pb2.ListWebhookDeliveriesRequest(webhook_id="wh_x"))),
+    "RedeliverWebhookEvent": ("WebhookService", _webhooks(
+        "RedeliverWebhookEvent", webhooks_pb2.RedeliverWebhookEventRequest(webhook_id="wh_x", event_id="e"))),
 }
 
 
-def test_the_matrix_covers_every_rpc_of_the_five_services() -> None:
+def test_the_matrix_covers_every_rpc_of_the_six_services() -> None:
     services = {"RecordingService": recording_pb2, "MediaService": media_pb2, "EventService": events_pb2,
-                "ContentService": content_pb2, "UploadService": uploads_pb2}
+                "ContentService": content_pb2, "UploadService": uploads_pb2, "WebhookService": webhooks_pb2}
     every = {(s, m.name) for s, module in services.items() for m in module.DESCRIPTOR.services_by_name[s].methods}
     assert every == {(service, rpc) for rpc, (service, _) in RPCS.items()}
 
 
 ROLE_SERVICES = {
-    "admin": {"RecordingService", "MediaService", "EventService", "ContentService", "UploadService"},
+    "admin": {"RecordingService", "MediaService", "EventService", "ContentService", "UploadService",
+              "WebhookService"},
     "controller": {"RecordingService", "EventService", "ContentService"},
     "gateway": {"MediaService"},
 }

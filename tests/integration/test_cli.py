@@ -22,7 +22,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def test_help_lists_every_command_and_serve_option():
     top = cli("--help").stdout
-    for command in ("serve", "start", "state", "pause", "resume", "stop", "list", "events", "uploads"):
+    for command in ("serve", "start", "state", "pause", "resume", "stop", "list", "events", "uploads", "webhooks"):
         assert command in top
     serve = cli("serve", "--help").stdout
     for option in ("--listen", "--data-dir", "--config", "--metrics-listen", "--clock", "--resource-id",

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
+from callrec.v1 import webhooks_pb2
 from callrec_client.client import DEFAULT_TARGET, CallrecClient, CallrecError, TlsOptions
 from callrec_client.render import recording_line, recording_text, to_json, upload_table
 
@@ -460,6 +461,154 @@ def delete(
     else:
         for loc in resp.deleted_locations:
             typer.echo(f"deleted {loc}")
+
+
+webhooks_app = typer.Typer(
+    name="webhooks",
+    help="Manage the HTTPS endpoints every event is pushed to (WebhookService; admin tokens).",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app)
+
+
+def _webhook_call(server: str, rpc: str, request: Any) -> Any:
+    """One WebhookService RPC, or the CLI's error exit."""
+    try:
+        with _client(server) as c:
+            return c.webhook_admin(rpc, request)
+    except CallrecError as exc:
+        _fail(exc)
+
+
+def _webhook_line(w: Any) -> str:
+    state = "enabled" if w.enabled else f"DISABLED ({w.disabled_reason})"
+    types = ",".join(w.event_types) or "all events"
+    call = f" call={w.server_call_id}" if w.server_call_id else ""
+    return (f"{w.webhook_id}  {w.url}  [{w.schema}, {w.source}]  {state}  {types}{call}  "
+            f"delivered up to #{w.delivered_sequence}, {w.pending_attempts} attempt(s) on the next, "
+            f"{w.dead_letters} dead letter(s)")
+
+
+@webhooks_app.command("add")
+@connection_options
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="Where to POST events: https://... (http:// only with allow_private).")],
+    secret: Annotated[str, typer.Option(help="A Standard Webhooks secret (whsec_...); default: the server "
+                                             "makes one and prints it once.")] = "",
+    event_type: Annotated[list[str] | None, typer.Option(
+        "--event-type", help="Only this event type (repeat for several); default: every event.")] = None,
+    server_call_id: Annotated[str, typer.Option("--server-call-id", help="Only this call's events.")] = "",
+    schema: Annotated[str, typer.Option(help="callrec, or eventgrid (aeg-event-type headers and Event Grid's "
+                                             "validation handshake).")] = "callrec",
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Add an endpoint: it receives every event published from now on.
+
+    Each event is one POST: the event's ACS JSON in a JSON array, with the
+    Standard Webhooks headers webhook-id (the event id, the same on every
+    retry), webhook-timestamp and webhook-signature. Failed deliveries are
+    retried for 24 h on Event Grid's schedule; `callrec webhooks deliveries`
+    shows what happened.
+
+    Examples:
+
+      callrec webhooks add https://hooks.example.com/callrec
+
+      callrec webhooks add https://hooks.example.com/acs --schema eventgrid \\
+          --event-type Microsoft.Communication.RecordingFileStatusUpdated
+    """
+    try:
+        with _client(server) as c:
+            resp = c.add_webhook(url, secret, event_type or (), server_call_id, schema)
+    except CallrecError as exc:
+        _fail(exc)
+    if json:
+        typer.echo(to_json(resp))
+        return
+    typer.echo(f"added {_webhook_line(resp.webhook)}")
+    if resp.secret:
+        typer.echo(f"secret (shown once, keep it to verify signatures): {resp.secret}")
+
+
+@webhooks_app.command("list")
+@connection_options
+def webhooks_list(server: Server = DEFAULT_TARGET, json: Json = False) -> None:
+    """List the endpoints with their state and how far each got (secrets are never shown)."""
+    resp = _webhook_call(server, "ListWebhooks", webhooks_pb2.ListWebhooksRequest())
+    for w in resp.webhooks:
+        typer.echo(to_json(w) if json else _webhook_line(w))
+    if not resp.webhooks and not json:
+        typer.echo("no webhooks", err=True)
+
+
+@webhooks_app.command("remove")
+@connection_options
+def webhooks_remove(
+    webhook_id: Annotated[str, typer.Argument(help="The endpoint's id (wh_...), from `callrec webhooks list`.")],
+    server: Server = DEFAULT_TARGET,
+) -> None:
+    """Remove an endpoint added with `callrec webhooks add` (those of the config file stay)."""
+    _webhook_call(server, "RemoveWebhook", webhooks_pb2.RemoveWebhookRequest(webhook_id=webhook_id))
+    typer.echo(f"removed {webhook_id}")
+
+
+@webhooks_app.command("enable")
+@connection_options
+def webhooks_enable(
+    webhook_id: Annotated[str, typer.Argument(help="The endpoint's id (wh_...).")],
+    server: Server = DEFAULT_TARGET,
+) -> None:
+    """Enable an endpoint a 410 Gone disabled; delivery resumes where it stopped."""
+    resp = _webhook_call(server, "EnableWebhook", webhooks_pb2.EnableWebhookRequest(webhook_id=webhook_id))
+    typer.echo(f"enabled {_webhook_line(resp.webhook)}")
+
+
+@webhooks_app.command("deliveries")
+@connection_options
+def webhooks_deliveries(
+    webhook_id: Annotated[str, typer.Argument(help="The endpoint's id (wh_...).")],
+    limit: Annotated[int, typer.Option(help="Most attempts and dead letters to show (at most 1000).")] = 50,
+    server: Server = DEFAULT_TARGET,
+    json: Json = False,
+) -> None:
+    """Show an endpoint's latest delivery attempts and its dead letters, newest first.
+
+    Example:
+
+      callrec webhooks deliveries wh_3kT9xQ2mZp7a --limit 20
+    """
+    resp = _webhook_call(server, "ListWebhookDeliveries",
+                         webhooks_pb2.ListWebhookDeliveriesRequest(webhook_id=webhook_id, limit=limit))
+    if json:
+        typer.echo(to_json(resp))
+        return
+    for a in resp.attempts:
+        outcome = f"HTTP {a.status_code}" if a.status_code else "no response"
+        note = f"  {a.error}" if a.error else ""
+        again = " (redelivery)" if a.redelivery else ""
+        typer.echo(f"{a.attempt_time.ToDatetime():%Y-%m-%d %H:%M:%S}  #{a.sequence} {a.event_id}  attempt "
+                   f"{a.attempt}{again}  {outcome}  {a.duration_ms} ms{note}")
+    for d in resp.dead_letters:
+        typer.secho(f"dead letter  #{d.sequence} {d.event_id or '(pruned range)'} {d.event_type}  after {d.attempts} "
+                    f"attempt(s): {d.reason}", fg=typer.colors.YELLOW)
+    if not resp.attempts and not resp.dead_letters:
+        typer.echo("no deliveries yet", err=True)
+
+
+@webhooks_app.command("redeliver")
+@connection_options
+def webhooks_redeliver(
+    webhook_id: Annotated[str, typer.Argument(help="The endpoint's id (wh_...).")],
+    event_id: Annotated[str, typer.Argument(help="The event's id (the webhook-id header), e.g. from a dead letter.")],
+    server: Server = DEFAULT_TARGET,
+) -> None:
+    """Send one event to the endpoint again, now (one attempt; the endpoint's cursor does not move)."""
+    resp = _webhook_call(server, "RedeliverWebhookEvent",
+                         webhooks_pb2.RedeliverWebhookEventRequest(webhook_id=webhook_id, event_id=event_id))
+    a = resp.attempt
+    outcome = f"HTTP {a.status_code}" if a.status_code else f"no response: {a.error}"
+    typer.echo(f"redelivered {event_id}: {outcome}")
 
 
 uploads_app = typer.Typer(

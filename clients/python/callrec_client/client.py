@@ -18,7 +18,7 @@ or from `recording_calls`, the LRU map of `recording_id -> server_call_id` fille
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +36,8 @@ from callrec.v1 import (
     recording_pb2_grpc,
     uploads_pb2,
     uploads_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 from callrec_client.routing import DEFAULT_RECORDING_CACHE_SIZE, RecordingCalls, routing_metadata
 
@@ -182,6 +184,13 @@ def list_recordings_request(
     )
 
 
+def add_webhook_request(url: str, secret: str = "", event_types: Sequence[str] = (), server_call_id: str = "",
+                        schema: str = "") -> webhooks_pb2.AddWebhookRequest:
+    """AddWebhookRequest; an empty `secret` makes the server generate one (returned once)."""
+    return webhooks_pb2.AddWebhookRequest(url=url, secret=secret, event_types=list(event_types),
+                                          server_call_id=server_call_id, schema=schema)
+
+
 def list_uploads_request(
     state: str | None = None, recording_id: str = "", page_size: int = 0, page_token: str = ""
 ) -> uploads_pb2.ListUploadsRequest:
@@ -238,6 +247,7 @@ class AsyncCallrecClient:
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.content = content_pb2_grpc.ContentServiceStub(self.channel)
         self.uploads = uploads_pb2_grpc.UploadServiceStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
 
     async def __aenter__(self) -> AsyncCallrecClient:
         return self
@@ -322,6 +332,17 @@ class AsyncCallrecClient:
         call = self.recording_calls.resolve(recording_id, server_call_id)
         return await self._call(self.uploads.RetryUploads, req, call)
 
+    async def add_webhook(self, url: str, secret: str = "", event_types: Sequence[str] = (),
+                          server_call_id: str = "", schema: str = "") -> webhooks_pb2.AddWebhookResponse:
+        """Add a webhook endpoint (admin); see `add_webhook_request`."""
+        req = add_webhook_request(url, secret, event_types, server_call_id, schema)
+        return await self._call(self.webhooks.AddWebhook, req, timeout=90.0)  # an Event Grid handshake may be slow
+
+    async def webhook_admin(self, rpc: str, request: Any) -> Any:
+        """Any other WebhookService RPC by name (`ListWebhooks`, `RemoveWebhook`, `EnableWebhook`,
+        `ListWebhookDeliveries`, `RedeliverWebhookEvent`) with its request message."""
+        return await self._call(getattr(self.webhooks, rpc), request, timeout=90.0)
+
     async def subscribe_events(self, **filters: Any) -> AsyncGenerator[events_pb2.Event, None]:
         """Events as they happen; filters as in `subscribe_request` (routed to the call when filtered by one).
         Cancel the iteration to stop."""
@@ -369,6 +390,7 @@ class CallrecClient:
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.content = content_pb2_grpc.ContentServiceStub(self.channel)
         self.uploads = uploads_pb2_grpc.UploadServiceStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
 
     def __enter__(self) -> CallrecClient:
         return self
@@ -451,6 +473,17 @@ class CallrecClient:
         call = self.recording_calls.resolve(recording_id, server_call_id)
         return self._call(self.uploads.RetryUploads, uploads_pb2.RetryUploadsRequest(recording_id=recording_id),
                           call)
+
+    def add_webhook(self, url: str, secret: str = "", event_types: Sequence[str] = (), server_call_id: str = "",
+                    schema: str = "") -> webhooks_pb2.AddWebhookResponse:
+        """Add a webhook endpoint (admin); see `add_webhook_request`."""
+        return self._call(self.webhooks.AddWebhook, add_webhook_request(url, secret, event_types, server_call_id,
+                                                                        schema))
+
+    def webhook_admin(self, rpc: str, request: Any) -> Any:
+        """Any other WebhookService RPC by name (`ListWebhooks`, `RemoveWebhook`, `EnableWebhook`,
+        `ListWebhookDeliveries`, `RedeliverWebhookEvent`) with its request message."""
+        return self._call(getattr(self.webhooks, rpc), request)
 
     def subscribe_events(self, **filters: Any) -> Iterator[events_pb2.Event]:
         """Events as they happen (blocking iterator); filters as in `subscribe_request` (routed to the call

@@ -28,6 +28,7 @@ SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
     "callrec.v1.ContentService": frozenset({Role.ADMIN, Role.CONTROLLER}),
     "callrec.v1.MediaService": frozenset({Role.ADMIN, Role.GATEWAY}),
     "callrec.v1.UploadService": frozenset({Role.ADMIN}),
+    "callrec.v1.WebhookService": frozenset({Role.ADMIN}),
 }
 """The roles that may call each service."""
 
