@@ -317,6 +317,7 @@ def test_fuzzed_streams_and_rpcs(fuzz_server, channel, healthy, chaos, well_form
         check(rpc_code in DELIBERATE, f"control RPC ended {rpc_code}")
 
 
+@pytest.mark.slow  # checks what the slow fuzz test above did (make test-slow)
 def test_the_server_survived_the_fuzzing_and_the_healthy_call_is_intact(fuzz_server, channel, healthy) -> None:
     """Runs after the fuzz test (file order): health, memory, message count, the healthy recording."""
     assert not problems, "\n".join(problems)

@@ -56,6 +56,7 @@ attempt_timeout_s = 5
     return path
 
 
+@pytest.mark.slow  # ~20 s, three server starts (make test-slow)
 async def test_a_calls_events_reach_a_configured_webhook_signed_and_once_across_a_kill_9(
     make_server, tmp_path: Path, validate_json
 ) -> None:
@@ -72,14 +73,23 @@ async def test_a_calls_events_reach_a_configured_webhook_signed_and_once_across_
         refused = list(got)
         assert {r.id for r in refused} == {refused[0].id}, "one event at a time, in order"
         assert refused[1].timestamp - refused[0].timestamp >= 1, "Retry-After: 2 honoured"
+        # back up, but the second event's 200 comes slowly: the server is killed again with that POST in flight
         receiver.defaults["/hook"] = Reply(200)
+        receiver.script("/hook", Reply(200), Reply(200, delay_s=3.0))
+        second = make_server("--config", str(config), data_dir=server.data_dir)
+        await until(lambda: len(got) >= len(refused) + 2, what="the second event, answered slowly")
+        second.kill()  # kill -9 between the POST and the commit of its 2xx
+        in_flight = got[-1]
         restarted = make_server("--config", str(config), data_dir=server.data_dir)
         await until(lambda: len([r for r in got if kind(r) == FILES]) >= 1, what="every event")
         await asyncio.sleep(0.5)  # nothing more may come
         delivered = got[len(refused):]
         types = [kind(r) for r in delivered]
-        assert types == [STATE, STATE, FILES], types  # started, stopped, the files: each once, in order
+        # started, stopped (twice: at least once, its 2xx never committed), the files; in order
+        assert types == [STATE, STATE, STATE, FILES], types
         assert delivered[0].id == refused[0].id, "the retried event keeps its webhook-id across the restart"
+        assert delivered[0].timestamp >= refused[-1].timestamp + 1, "the stored Retry-After still holds"
+        assert delivered[1].id == delivered[2].id == in_flight.id, "re-sent with the same webhook-id"
         assert len({r.id for r in delivered}) == 3
         for r in delivered:
             (event,) = r.doc
@@ -99,6 +109,8 @@ async def test_a_calls_events_reach_a_configured_webhook_signed_and_once_across_
         attempts = json.loads(shown.stdout)["attempts"]
         first = sorted((a for a in attempts if a["event_id"] == refused[0].id), key=lambda a: a["attempt"])
         assert [a.get("status_code") for a in first] == [429] * len(refused) + [200], first
+        second_event = [a for a in attempts if a["event_id"] == in_flight.id]
+        assert [a.get("status_code") for a in second_event] == [200], "the killed attempt left no record"
         assert [a["attempt"] for a in first] == list(range(1, len(refused) + 2))
         removal = await asyncio.to_thread(cli, "webhooks", "remove", endpoint["webhook_id"], "-s", restarted.target)
         assert removal.returncode != 0 and "config" in removal.stderr, removal.stderr
