@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from callrec.state.postgres import PostgresDatabase
-from callrec.state.uploads import DONE, FAILED, PENDING, STATES, Upload, upload_of
+from callrec.state.uploads import DONE, FAILED, PENDING, STATES, Upload, page_query, upload_of
 
 __all__ = ["PgUploadRows"]
 
@@ -67,19 +67,8 @@ class PgUploadRows:
         return counts
 
     async def page(self, state: str | None, group_id: str, before_id: int | None, limit: int) -> list[Upload]:
-        clauses: list[str] = []
-        params: list[str | int] = []
-        if state is not None:
-            clauses.append("state = %s")
-            params.append(state)
-        if group_id:
-            clauses.append("group_id = %s")
-            params.append(group_id)
-        if before_id is not None:
-            clauses.append("id < %s")
-            params.append(before_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return await self._all(f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT %s", (*params, limit))
+        query, params = page_query(state, group_id, before_id, limit, "%s")
+        return await self._all(query, tuple(params))
 
     async def retried_groups(self) -> list[str]:
         return [str(g) for g in await self._column(

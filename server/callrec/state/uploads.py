@@ -61,6 +61,19 @@ def upload_of(row: sqlite3.Row | Mapping[str, Any]) -> Upload:
     return Upload(**values)
 
 
+def page_query(state: str | None, group_id: str, before_id: int | None, limit: int,
+               placeholder: str) -> tuple[str, list[str | int]]:
+    """The SQL and parameters of a page of uploads, newest first (`placeholder`: `?` or `%s`)."""
+    clauses: list[str] = []
+    params: list[str | int] = []
+    for column, value in (("state = ", state), ("group_id = ", group_id or None), ("id < ", before_id)):
+        if value is not None:
+            clauses.append(column + placeholder)
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT {placeholder}", [*params, limit]
+
+
 class UploadRowsPort(Protocol):
     """Where the outbox keeps its rows. "Own" rows are this node's (its spool has their files); the
     other queries see every node's rows."""
@@ -193,22 +206,10 @@ class SqliteUploadRows:
         return counts
 
     async def page(self, state: str | None, group_id: str, before_id: int | None, limit: int) -> list[Upload]:
-        clauses: list[str] = []
-        params: list[str | int] = []
-        if state is not None:
-            clauses.append("state = ?")
-            params.append(state)
-        if group_id:
-            clauses.append("group_id = ?")
-            params.append(group_id)
-        if before_id is not None:
-            clauses.append("id < ?")
-            params.append(before_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT * FROM uploads {where} ORDER BY id DESC LIMIT ?"
+        query, params = page_query(state, group_id, before_id, limit, "?")
 
         def read(conn: sqlite3.Connection) -> list[Upload]:
-            return [upload_of(r) for r in conn.execute(query, (*params, limit)).fetchall()]
+            return [upload_of(r) for r in conn.execute(query, params).fetchall()]
 
         # on the reader thread: a store outage queues thousands of uploads, and a page of them built
         # on the event loop delayed every call's media

@@ -299,6 +299,22 @@ def check_destination(
 
 
 # ------------------------------------------------------------------------- at connection time (aiohttp)
+def pinned_results(
+    host: str, port: int, family: socket.AddressFamily, addresses: Iterable[IPAddress]
+) -> list[ResolveResult]:
+    """What an aiohttp resolver returns for addresses a policy checked: exactly those, of the family aiohttp
+    asks for (so the connection goes where the check looked); `AddressRefused` when none is left."""
+    results: list[ResolveResult] = []
+    for address in addresses:
+        af = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        if family not in (socket.AF_UNSPEC, af):
+            continue
+        results.append({"hostname": host, "host": str(address), "port": port, "family": af, "proto": 0, "flags": 0})
+    if not results:
+        raise AddressRefused(f"host {host!r} has no address of the requested family")
+    return results
+
+
 class PolicyResolver(AbstractResolver):
     """aiohttp resolver that applies `check_destination` to every connection and pins the checked addresses.
 
@@ -323,17 +339,7 @@ class PolicyResolver(AbstractResolver):
             )
         except (DestinationRefused, UnresolvableHost) as exc:
             raise AddressRefused(str(exc)) from None
-        results: list[ResolveResult] = []
-        for address in addresses:
-            af = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, af):
-                continue
-            results.append(
-                {"hostname": host, "host": str(address), "port": port, "family": af, "proto": 0, "flags": 0}
-            )
-        if not results:
-            raise AddressRefused(f"host {host!r} has no address of the requested family")
-        return results
+        return pinned_results(host, port, family, addresses)
 
     async def close(self) -> None:
         """Nothing to release (resolution runs in the default thread pool)."""

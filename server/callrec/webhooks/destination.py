@@ -37,6 +37,7 @@ from callrec.storage.address_policy import (
     address_refusal,
     normalize_host,
     parse_ip,
+    pinned_results,
     system_resolve,
 )
 from callrec.webhooks.errors import InvalidWebhook, WebhookRefused
@@ -159,15 +160,7 @@ class WebhookResolver(AbstractResolver):
             raise AddressRefused(str(exc)) from None
         except UnresolvableHost as exc:
             raise OSError(str(exc)) from None
-        results: list[ResolveResult] = []
-        for address in addresses:
-            af = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, af):
-                continue
-            results.append({"hostname": host, "host": str(address), "port": port, "family": af, "proto": 0, "flags": 0})
-        if not results:
-            raise AddressRefused(f"webhook host {host!r} has no address of the requested family")
-        return results
+        return pinned_results(host, port, family, addresses)
 
     async def close(self) -> None:
         """Nothing to release (resolution runs in the default thread pool)."""
