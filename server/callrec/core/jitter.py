@@ -81,12 +81,8 @@ class JitterBuffer:
         self._reach: int | None = None
         self._reach_pending: list[tuple[int, int]] = []
         self._max_end: int | None = None
-        # Decoded PCM on the timeline: samples [_start, _start + _len) are _buf[_off : _off + _len].
-        # Reading advances _off instead of moving what is left to the front: with the playout delay
-        # raised to its cap, seconds of audio wait in the buffer, and moving them on every 20 ms read
-        # made each tick cost more the further behind the call was (a cliff, not a slope).
+        # Decoded PCM on the timeline: samples [_start, _start + _len) of _buf.
         self._buf = np.zeros(max(1, sample_rate // 4), dtype=np.float32)
-        self._off = 0
         self._start = 0
         self._len = 0
 
@@ -201,20 +197,20 @@ class JitterBuffer:
         """Return samples [start, end) (silence where nothing was placed) and drop them."""
         n = end - start
         data_start, data_end = self._start, self._start + self._len
-        base = self._off - data_start  # _buf index of timeline sample 0
         lo, hi = max(start, data_start), min(end, data_end)
         if self._len and lo == start and hi == end:
-            out = self._buf[base + start : base + end].copy()
+            out = self._buf[start - data_start : end - data_start].copy()
         else:
             out = np.zeros(n, dtype=np.float32)
             if self._len and lo < hi:
-                out[lo - start : hi - start] = self._buf[base + lo : base + hi]
+                out[lo - start : hi - start] = self._buf[lo - data_start : hi - data_start]
         if self._len:
             if data_end <= end:
-                self._off = self._len = 0
+                self._len = 0
             elif data_start < end:
-                self._off += end - data_start
-                self._start, self._len = end, data_end - end
+                keep = data_end - end
+                self._buf[:keep] = self._buf[end - data_start : data_end - data_start]
+                self._start, self._len = end, keep
         self._played = end if self._played is None else max(self._played, end)
         if self._reach is not None and self._reach < end:
             self._reach = end
@@ -226,7 +222,6 @@ class JitterBuffer:
         if n == 0:
             return
         if self._len == 0:
-            self._off = 0
             self._ensure(n)
             self._start, self._len = start, n
             self._buf[:n] = pcm
@@ -234,36 +229,22 @@ class JitterBuffer:
         if start < self._start:  # a frame placed before buffered data (odd timestamps): shift right
             shift = self._start - start
             self._ensure(self._len + shift)
-            self._compact()
             self._buf[shift : shift + self._len] = self._buf[: self._len]
             self._buf[:shift] = 0.0
             self._start, self._len = start, self._len + shift
         data_end = self._start + self._len
         new_end = max(data_end, start + n)
         self._ensure(new_end - self._start)
-        base = self._off - self._start
         if start > data_end:
-            self._buf[base + data_end : base + start] = 0.0
-        self._buf[base + start : base + start + n] = pcm
+            self._buf[data_end - self._start : start - self._start] = 0.0
+        self._buf[start - self._start : start - self._start + n] = pcm
         self._len = new_end - self._start
 
     def _ensure(self, size: int) -> None:
-        """Room for `size` samples from `_start` on: moves the data to the front when the read offset
-        took the room (amortised: only after reads consumed as much as it moves), grows when still short."""
-        if self._off + size <= len(self._buf):
-            return
-        if 2 * size <= len(self._buf):  # reads consumed at least half the buffer since the last move
-            self._compact()
-            return
-        grown = np.zeros(max(2 * size, 2 * len(self._buf)), dtype=np.float32)
-        grown[: self._len] = self._buf[self._off : self._off + self._len]
-        self._buf, self._off = grown, 0
-
-    def _compact(self) -> None:
-        """Move the buffered samples to the front of `_buf` (read offset 0)."""
-        if self._off:
-            self._buf[: self._len] = self._buf[self._off : self._off + self._len]
-            self._off = 0
+        if size > len(self._buf):
+            grown = np.zeros(max(size, 2 * len(self._buf)), dtype=np.float32)
+            grown[: self._len] = self._buf[: self._len]
+            self._buf = grown
 
     # ------------------------------------------------------------------ progress
     def frontier(self, reorder_window: int) -> int | None:
