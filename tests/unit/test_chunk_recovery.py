@@ -19,7 +19,7 @@ from callrec.core.chunk_recovery import recover_chunks
 from callrec.core.chunker import FinishedChunk, journal_path
 from callrec.core.model import ChannelType, ChunkEndReason, ContentType, Format, PauseMode, RecordingOptions
 from callrec.media.writers import writer_factory_for
-from callrec.media.writers.repair import SpoolRepair, cut_mp4, fix_wav
+from callrec.media.writers.repair import SpoolRepair, _mp3_frame_length, cut_mp3, cut_mp4, fix_wav
 from callrec.state.db import Database
 from callrec.testing import EPOCH, decode_file, dominant_frequencies, tone
 
@@ -129,6 +129,29 @@ def test_fix_wav_and_cut_mp4_refuse_files_without_media(tmp_path: Path) -> None:
     junk = tmp_path / "x.mp4"
     junk.write_bytes(b"\0\0\0\x10ftypisom" + b"\0" * 8)
     assert cut_mp4(junk) is None
+
+
+async def test_an_mp3_killed_before_its_first_audio_frame_has_no_media_and_a_short_one_keeps_its_frames(
+        tmp_path: Path) -> None:
+    """A kill right after a chunk began leaves only the encoder's Xing/Info header frame (seen in the 20-kill
+    test): no media, not a crash of the recovery. A cut too short for ffmpeg to probe still counts its frames."""
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.MP3)
+    image, _, rec = await snapshot_mid_recording(tmp_path, options, 1.5)
+    await rec.finish()
+    (spooled,) = image.glob("*.mp3")
+    data = spooled.read_bytes()
+    first = _mp3_frame_length(data[:4])
+    assert first is not None and (b"Info" in data[:first] or b"Xing" in data[:first])
+    header_only = tmp_path / "header-only.mp3"
+    header_only.write_bytes(data[:first])
+    assert cut_mp3(header_only) is None
+    second = _mp3_frame_length(data[first:first + 4])
+    assert second is not None
+    one_frame = tmp_path / "one-frame.mp3"
+    one_frame.write_bytes(data[: first + second + 7])  # the header, one audio frame, part of the next
+    repaired = cut_mp3(one_frame)
+    assert repaired is not None and repaired.samples in (576, 1152), repaired
+    assert one_frame.stat().st_size <= first + second
 
 
 def test_the_state_database_commits_durably(tmp_path: Path) -> None:

@@ -86,12 +86,15 @@ def cut_mp3(path: Path) -> RepairedMedia | None:
         return None
     data = path.read_bytes()
     offset = 0
+    audio_frames = 0
     while True:
         length = _mp3_frame_length(data[offset : offset + 4])
         if length is None or offset + length > len(data):
             break
+        if not (offset == 0 and _is_info_frame(data[:length])):
+            audio_frames += 1
         offset += length
-    if offset == 0:
+    if audio_frames == 0:  # nothing, or only the Xing/Info header frame: killed before the first audio frame
         return None
     with open(path, "r+b") as handle:
         handle.truncate(offset)
@@ -111,10 +114,24 @@ def cut_mp3(path: Path) -> RepairedMedia | None:
         with contextlib.suppress(OSError):
             remuxed.unlink()
     samples = 0
-    with av.open(str(path)) as container:
-        for frame in container.decode(audio=0):
-            samples += frame.samples
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(audio=0):
+                samples += frame.samples
+    except (av.FFmpegError, OSError, ValueError) as exc:  # too short to probe: count the frames instead
+        log.warning("mp3 cut after a crash cannot be decoded; counting its frames", path=str(path), error=str(exc))
+        samples = audio_frames * _mp3_samples_per_frame(data[:4])
     return RepairedMedia(samples, 1) if samples else None
+
+
+def _is_info_frame(frame: bytes) -> bool:
+    """True for the Xing/Info header frame an encoder writes first (it carries no audio)."""
+    return b"Xing" in frame[:64] or b"Info" in frame[:64]
+
+
+def _mp3_samples_per_frame(header: bytes) -> int:
+    """Samples of one Layer III frame: 1152 for MPEG-1, 576 for MPEG-2 and 2.5."""
+    return 1152 if (header[1] >> 3) & 0x3 == 3 else 576
 
 
 def _boxes(data: bytes) -> list[tuple[str, int, int]]:
