@@ -77,6 +77,29 @@ async def test_a_recording_made_on_one_node_is_served_by_another(
     assert not (tmp_path / "node-b" / "spool" / started.recording_id).exists()
 
 
+async def test_failed_uploads_are_listed_by_every_node_and_retried_on_the_node_whose_spool_holds_them(
+    make_server, moto_server: MotoServer, postgres_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "callrec.toml"
+    write_config(config, {"archive": moto_server.target(prefix=new_prefix("denied"),
+                                                        secret_access_key="not-the-secret")}, default="archive")
+    with config.open("a") as f:
+        f.write(f'\n[server]\ndatabase_url = "{postgres_url}"\n')
+    node_a = make_server(*server_args(config, "--node-id", "a"), data_dir=tmp_path / "a", env=moto_env(moto_server))
+    node_b = make_server(*server_args(config, "--node-id", "b"), data_dir=tmp_path / "b", env=moto_env(moto_server))
+    started = await stream_call(node_a.target)
+    async with AsyncCallrecClient(node_a.target) as on_a, AsyncCallrecClient(node_b.target) as on_b:
+        await wait_state(on_a, started.recording_id, pb.RECORDING_STATE_FAILED, timeout=30)
+        listed = (await on_b.list_uploads(recording_id=started.recording_id)).uploads
+        assert len(listed) == 4 and {u.node_id for u in listed} == {"a"}, listed
+        assert {u.state for u in listed} == {uploads_pb2.UPLOAD_STATE_FAILED}
+        assert all(u.spool_path.startswith(str(tmp_path / "a")) for u in listed)
+        # B holds none of the files: the retry goes to A, whose spool does
+        retried = await on_b.retry_uploads(started.recording_id)
+        assert sorted(u.key for u in retried.uploads) == sorted(u.key for u in listed) and not retried.missing_uploads
+    assert "uploads re-queued" in node_a.log_text() and "uploads re-queued" not in node_b.log_text()
+
+
 async def test_request_ids_and_control_rpcs_across_nodes(
     make_server, moto_server: MotoServer, postgres_url: str, tmp_path: Path
 ) -> None:

@@ -150,3 +150,33 @@ async def test_a_nodes_uploads_are_listed_everywhere_and_attempted_only_by_that_
         assert listed.key == "rec1/0.wav" and listed.state == DONE, "node-a lists node-b's upload"
     finally:
         await pg.close()
+
+
+async def test_a_retry_is_sent_to_the_live_node_whose_spool_holds_the_failed_files(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """After a takeover the recording node and the node holding a failed upload differ: the retry goes to the
+    latter, and to nobody while it is down."""
+    from callrec.state.pg_nodes import PgNodeRegistry
+
+    pg = PostgresDatabase(postgres_url)
+    await pg.open()
+    try:
+        store = Store()
+        store.refuse.add("rec1/0.wav")
+        node_b = Outbox(PgUploadRows(pg, "node-b"), lambda target: store)
+        await node_b.enqueue("rec1", TARGET, "rec1/0.wav", spool(tmp_path, "b/rec1-0.wav"), "audio/wav")
+        async with running(node_b):
+            with pytest.raises(UploadFailed):
+                await asyncio.wait_for(node_b.wait_group("rec1"), 10)
+        a = PgNodeRegistry(pg, "node-a", "127.0.0.1:1", lease_s=30)
+        b = PgNodeRegistry(pg, "node-b", "127.0.0.1:2", lease_s=30)
+        await a.register()
+        await b.register()
+        holder = await a.node_with_failed_uploads("rec1")
+        assert holder is not None and (holder.node_id, holder.advertise) == ("node-b", "127.0.0.1:2")
+        assert await b.node_with_failed_uploads("rec1") is None, "never itself"
+        await b.stop()  # its lease ends
+        assert await a.node_with_failed_uploads("rec1") is None, "a dead node is not sent anything"
+    finally:
+        await pg.close()

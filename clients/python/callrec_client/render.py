@@ -115,7 +115,8 @@ def upload_table(uploads: list[uploads_pb2.Upload]) -> str:
         if u.last_error:
             out.append(indent + f"error: {u.last_error}")
         if u.spool_path:
-            out.append(indent + f"spool: {u.spool_path}")
+            on_node = f" (on node {u.node_id})" if u.node_id else ""
+            out.append(indent + f"spool: {u.spool_path}{on_node}")
         elif u.location:
             out.append(indent + f"stored: {u.location}")
     return "\n".join(out)

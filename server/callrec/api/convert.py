@@ -361,6 +361,7 @@ def upload(info: UploadInfo) -> uploads_pb2.Upload:
         create_time=timestamp(info.created_at),
         spool_path=info.spool_path,
         location=info.location,
+        node_id=info.node_id,
     )
     if info.next_attempt_at is not None:
         msg.next_attempt_time.CopyFrom(timestamp(info.next_attempt_at))

@@ -65,6 +65,10 @@ class NodeLocator(Protocol):
         """The node that stored the chunk a location names, or None."""
         ...
 
+    async def node_with_failed_uploads(self, recording_id: str) -> NodeAddress | None:
+        """A live node whose spool holds failed uploads of the recording, or None."""
+        ...
+
     async def least_loaded(self, below: float) -> NodeAddress | None:
         """The live node with the lowest advertised load under `below`, or None."""
         ...

@@ -18,8 +18,7 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
     """Shows the upload outbox and re-queues a recording's failed uploads.
 
     Cluster mode: every node's uploads are in PostgreSQL, so any node lists any recording's (and the
-    whole cluster's); a retry is forwarded to the node that records the recording, because the files
-    to upload again are in that node's spool.
+    whole cluster's); a retry is forwarded to the node whose spool holds the failed files.
     """
 
     def __init__(self, admin: UploadAdmin) -> None:
@@ -27,9 +26,13 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
         self.forwarder: Forwarder | None = None
 
     async def _holder(self, context: grpc.aio.ServicerContext, recording_id: str) -> NodeAddress | None:
+        """Cluster mode: the node to retry on, when this one holds no failed upload of the recording: the
+        files are in the spool of the node that wrote them (after a takeover, maybe not the one recording)."""
         if self.forwarder is None or not recording_id or Forwarder.was_forwarded(context):
             return None
-        return await self.forwarder.locator.node_of_recording(recording_id)
+        if await self.admin.has_failed_here(recording_id):
+            return None
+        return await self.forwarder.locator.node_with_failed_uploads(recording_id)
 
     @unary
     async def ListUploads(

@@ -70,6 +70,8 @@ class UploadRow(Protocol):
     @property
     def next_attempt_at(self) -> float: ...
     @property
+    def node_id(self) -> str: ...
+    @property
     def created_at(self) -> float: ...
     @property
     def queued_at(self) -> float: ...
@@ -134,6 +136,8 @@ class UploadInfo:
     """Where the file waits (pending and failed uploads)."""
     location: str
     """The store's location once stored."""
+    node_id: str = ""
+    """Cluster mode: the node whose spool holds the file."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ class UploadAdmin:
             deadline_at=_time(deadline) if deadline is not None else None,
             spool_path=row.path if state is not UploadState.STORED else "",
             location=row.location,
+            node_id=row.node_id,
         )
 
     async def list_uploads(
@@ -243,6 +248,10 @@ class UploadAdmin:
         log.info("uploads retried", recording_id=recording_id, files=len(retried), missing=len(missing))
         self._watch_later(recording_id)
         return UploadRetried(recording_id, retried, missing)
+
+    async def has_failed_here(self, recording_id: str) -> bool:
+        """Whether this node's spool holds failed uploads of the recording (the ones it can retry)."""
+        return any(u.state == UploadState.FAILED for u in await self.outbox.own_group(recording_id))
 
     async def resume(self) -> int:
         """After a restart: watch again the FAILED recordings whose retried uploads are still pending

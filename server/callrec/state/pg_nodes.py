@@ -167,6 +167,15 @@ class PgNodeRegistry:
             server_call_id,
         )
 
+    async def node_with_failed_uploads(self, recording_id: str) -> NodeInfo | None:
+        """A live node, other than this one, whose spool holds failed uploads of the recording (None: none)."""
+        return await self._live_node(
+            "SELECT n.node_id, n.advertise, n.heartbeat_at, true AS alive FROM uploads u JOIN nodes n "
+            "USING (node_id) WHERE u.group_id = %s AND u.state = 'failed' AND n.node_id <> %s "
+            "AND n.lease_expires_at > now() ORDER BY u.id LIMIT 1",
+            recording_id,
+        )
+
     async def node_of_chunk(self, location: str) -> NodeInfo | None:
         """The live node, other than this one, that stored the live chunk a location names (None: none such)."""
         return await self._live_node(

@@ -48,14 +48,17 @@ class Upload:
     """When the upload was queued, or re-queued by `retry_failed`: its deadline counts from here."""
     done_at: float | None
     failed_at: float | None
+    node_id: str = ""
+    """Cluster mode: the node whose spool holds the file ("" on a single server)."""
 
 
 _FIELDS = tuple(Upload.__dataclass_fields__)
 
 
 def upload_of(row: sqlite3.Row | Mapping[str, Any]) -> Upload:
-    """An `Upload` from a database row of either backend."""
-    values = {k: row[k] for k in _FIELDS}
+    """An `Upload` from a database row of either backend (SQLite rows have no `node_id`)."""
+    columns = set(row.keys())
+    values = {k: row[k] for k in _FIELDS if k in columns}
     for k in ("next_attempt_at", "created_at", "queued_at"):
         values[k] = float(values[k])
     return Upload(**values)

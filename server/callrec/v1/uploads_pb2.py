@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llrec/v1/uploads.proto\x12\ncallrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x02\n\x06Upload\x12\x11\n\tupload_id\x18\x01 \x01(\x04\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.callrec.v1.UploadState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rdeadline_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nspool_path\x18\x0b \x01(\t\x12\x10\n\x08location\x18\x0c \x01(\t\"y\n\x12ListUploadsRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.callrec.v1.UploadState\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"S\n\x13ListUploadsResponse\x12#\n\x07uploads\x18\x01 \x03(\x0b\x32\x12.callrec.v1.Upload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x13RetryUploadsRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\"h\n\x14RetryUploadsResponse\x12#\n\x07uploads\x18\x01 \x03(\x0b\x32\x12.callrec.v1.Upload\x12+\n\x0fmissing_uploads\x18\x02 \x03(\x0b\x32\x12.callrec.v1.Upload*w\n\x0bUploadState\x12\x1c\n\x18UPLOAD_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14UPLOAD_STATE_PENDING\x10\x01\x12\x17\n\x13UPLOAD_STATE_STORED\x10\x02\x12\x17\n\x13UPLOAD_STATE_FAILED\x10\x03\x32\xb2\x01\n\rUploadService\x12N\n\x0bListUploads\x12\x1e.callrec.v1.ListUploadsRequest\x1a\x1f.callrec.v1.ListUploadsResponse\x12Q\n\x0cRetryUploads\x12\x1f.callrec.v1.RetryUploadsRequest\x1a .callrec.v1.RetryUploadsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llrec/v1/uploads.proto\x12\ncallrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x02\n\x06Upload\x12\x11\n\tupload_id\x18\x01 \x01(\x04\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.callrec.v1.UploadState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rdeadline_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nspool_path\x18\x0b \x01(\t\x12\x10\n\x08location\x18\x0c \x01(\t\x12\x0f\n\x07node_id\x18\r \x01(\t\"y\n\x12ListUploadsRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.callrec.v1.UploadState\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"S\n\x13ListUploadsResponse\x12#\n\x07uploads\x18\x01 \x03(\x0b\x32\x12.callrec.v1.Upload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x13RetryUploadsRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\"h\n\x14RetryUploadsResponse\x12#\n\x07uploads\x18\x01 \x03(\x0b\x32\x12.callrec.v1.Upload\x12+\n\x0fmissing_uploads\x18\x02 \x03(\x0b\x32\x12.callrec.v1.Upload*w\n\x0bUploadState\x12\x1c\n\x18UPLOAD_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14UPLOAD_STATE_PENDING\x10\x01\x12\x17\n\x13UPLOAD_STATE_STORED\x10\x02\x12\x17\n\x13UPLOAD_STATE_FAILED\x10\x03\x32\xb2\x01\n\rUploadService\x12N\n\x0bListUploads\x12\x1e.callrec.v1.ListUploadsRequest\x1a\x1f.callrec.v1.ListUploadsResponse\x12Q\n\x0cRetryUploads\x12\x1f.callrec.v1.RetryUploadsRequest\x1a .callrec.v1.RetryUploadsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callrec.v1.uploads_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPLOADSTATE']._serialized_start=784
-  _globals['_UPLOADSTATE']._serialized_end=903
+  _globals['_UPLOADSTATE']._serialized_start=801
+  _globals['_UPLOADSTATE']._serialized_end=920
   _globals['_UPLOAD']._serialized_start=74
-  _globals['_UPLOAD']._serialized_end=423
-  _globals['_LISTUPLOADSREQUEST']._serialized_start=425
-  _globals['_LISTUPLOADSREQUEST']._serialized_end=546
-  _globals['_LISTUPLOADSRESPONSE']._serialized_start=548
-  _globals['_LISTUPLOADSRESPONSE']._serialized_end=631
-  _globals['_RETRYUPLOADSREQUEST']._serialized_start=633
-  _globals['_RETRYUPLOADSREQUEST']._serialized_end=676
-  _globals['_RETRYUPLOADSRESPONSE']._serialized_start=678
-  _globals['_RETRYUPLOADSRESPONSE']._serialized_end=782
-  _globals['_UPLOADSERVICE']._serialized_start=906
-  _globals['_UPLOADSERVICE']._serialized_end=1084
+  _globals['_UPLOAD']._serialized_end=440
+  _globals['_LISTUPLOADSREQUEST']._serialized_start=442
+  _globals['_LISTUPLOADSREQUEST']._serialized_end=563
+  _globals['_LISTUPLOADSRESPONSE']._serialized_start=565
+  _globals['_LISTUPLOADSRESPONSE']._serialized_end=648
+  _globals['_RETRYUPLOADSREQUEST']._serialized_start=650
+  _globals['_RETRYUPLOADSREQUEST']._serialized_end=693
+  _globals['_RETRYUPLOADSRESPONSE']._serialized_start=695
+  _globals['_RETRYUPLOADSRESPONSE']._serialized_end=799
+  _globals['_UPLOADSERVICE']._serialized_start=923
+  _globals['_UPLOADSERVICE']._serialized_end=1101
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ UPLOAD_STATE_STORED: UploadState
 UPLOAD_STATE_FAILED: UploadState
 
 class Upload(_message.Message):
-    __slots__ = ("upload_id", "recording_id", "target", "key", "state", "attempts", "last_error", "create_time", "next_attempt_time", "deadline_time", "spool_path", "location")
+    __slots__ = ("upload_id", "recording_id", "target", "key", "state", "attempts", "last_error", "create_time", "next_attempt_time", "deadline_time", "spool_path", "location", "node_id")
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Upload(_message.Message):
     DEADLINE_TIME_FIELD_NUMBER: _ClassVar[int]
     SPOOL_PATH_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     upload_id: int
     recording_id: str
     target: str
@@ -47,7 +48,8 @@ class Upload(_message.Message):
     deadline_time: _timestamp_pb2.Timestamp
     spool_path: str
     location: str
-    def __init__(self, upload_id: _Optional[int] = ..., recording_id: _Optional[str] = ..., target: _Optional[str] = ..., key: _Optional[str] = ..., state: _Optional[_Union[UploadState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spool_path: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+    node_id: str
+    def __init__(self, upload_id: _Optional[int] = ..., recording_id: _Optional[str] = ..., target: _Optional[str] = ..., key: _Optional[str] = ..., state: _Optional[_Union[UploadState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spool_path: _Optional[str] = ..., location: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ListUploadsRequest(_message.Message):
     __slots__ = ("state", "recording_id", "page_size", "page_token")
