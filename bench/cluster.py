@@ -37,10 +37,11 @@ FIXED_HEALTH_PORTS = (50071, 50072, 50073)
 
 
 def render_haproxy(template: str, proxy_port: int, nodes: list[tuple[str, int, int]]) -> str:
-    """deploy/haproxy.cfg with this run's proxy port and one `server` line per (name, port, health port)."""
+    """deploy/haproxy.cfg with this run's proxy port and one `server` line per (name, port, health port); the
+    proxy checks grpc.health.v1 on the gRPC port (the /healthz port is each node's, for HTTP checkers)."""
     text = re.sub(r"bind 127\.0\.0\.1:\d+", f"bind 127.0.0.1:{proxy_port}", template)
     lines = [line for line in text.splitlines() if not line.strip().startswith("server ")]
-    servers = [f"    server {name} 127.0.0.1:{port} check port {health}" for name, port, health in nodes]
+    servers = [f"    server {name} 127.0.0.1:{port} check" for name, port, _health in nodes]  # grpc.health.v1
     return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(servers) + "\n"
 
 

@@ -8,6 +8,7 @@ proxy's routing rules are the tested file's, and Envoy hashes on the header the 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -55,7 +56,7 @@ def test_the_compose_storage_config_loads() -> None:
 
 def backend_rules(text: str) -> list[str]:
     """The routing and health-check lines of a backend (server lines and addresses left out)."""
-    keep = ("balance", "hash-type", "option httpchk", "http-check")
+    keep = ("balance", "hash-type", "option tcp-check", "tcp-check", "timeout check")
     return [line.strip() for line in text.splitlines() if line.strip().startswith(keep)]
 
 
@@ -71,6 +72,33 @@ def test_the_compose_proxy_routes_like_the_tested_one() -> None:
     check = subprocess.run(["haproxy", "-c", "-f", str(DEPLOY / "haproxy-compose.cfg")], capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_both_proxies_check_grpc_health_with_the_generated_exchange() -> None:
+    """The tcp-check bytes are what deploy/haproxy_grpc_health.py builds: an HTTP/2 request for
+    grpc.health.v1.Health/Check whose frames parse back, ending with an empty HealthCheckRequest."""
+    spec = importlib.util.spec_from_file_location("haproxy_grpc_health", DEPLOY / "haproxy_grpc_health.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    for name in ("haproxy.cfg", "haproxy-compose.cfg"):
+        rules = [line for line in backend_rules((DEPLOY / name).read_text()) if line.startswith(("option", "tcp"))]
+        assert rules == generator.rules(), name
+    data = generator.request()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    assert data.startswith(preface)
+    frames, offset = [], len(preface)
+    while offset < len(data):
+        length = int.from_bytes(data[offset:offset + 3], "big")
+        kind, flags, stream = data[offset + 3], data[offset + 4], int.from_bytes(data[offset + 5:offset + 9], "big")
+        frames.append((kind, flags, stream, data[offset + 9:offset + 9 + length]))
+        offset += 9 + length
+    assert offset == len(data)
+    assert [(k, f, s) for k, f, s, _ in frames] == [(4, 0, 0), (1, 4, 1), (0, 1, 1)]  # SETTINGS, HEADERS, DATA
+    headers = frames[1][3]
+    for text in (b"/grpc.health.v1.Health/Check", b"application/grpc", b"trailers"):
+        assert text in headers
+    assert frames[2][3] == b"\x00" * 5
 
 
 def test_envoy_hashes_on_the_routing_header_and_checks_healthz() -> None:
