@@ -234,7 +234,9 @@ def analyse(labels: list[int], kills: list[float], reopens: list[float | None]) 
     for kill, reopened in zip(kills, reopens, strict=True):
         before = [min(end, kill) for start, end in segs if start < kill]
         out.lost.append(max(0.0, kill - max(before)) if before else math.inf)
-        after = [start for start, _ in segs if start >= kill]
+        # a span that runs across the kill (the gateway re-sent what the server had not acknowledged)
+        # resumed at once: its start is before the kill, so the gap comes out as 0
+        after = [start for start, end in segs if end > kill]
         out.resume.append(max(0.0, min(after) - reopened) if after and reopened is not None else math.nan)
     ordered = sorted(segs)
     for (_, end0), (start1, _) in itertools.pairwise(ordered):
