@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from callrec.child_process import child_connections, start_child
 from callrec.core.model import VideoEncoding
 from callrec.core.ports import (
     ChunkWritten,
@@ -103,27 +104,11 @@ class VideoWorker:
     def start(self) -> None:
         """Start the worker: a fresh interpreter (`python -m callrec.media.video_worker`).
 
-        A plain subprocess rather than multiprocessing's spawn: it never re-imports the
-        server's `__main__`, inherits no event loop, threads or sockets, and shows up in
-        `ps` as what it is. Commands and events travel as pickled tuples over two pipes.
+        See `callrec.child_process` for why a plain subprocess; commands and events travel
+        as pickled tuples over its two pipes.
         """
-        cmd_r, cmd_w = os.pipe()
-        evt_r, evt_w = os.pipe()
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "callrec.media.video_worker", str(cmd_r), str(evt_w)],
-                pass_fds=(cmd_r, evt_w),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            os.close(cmd_r)
-            os.close(evt_w)
-        self._cmd = Connection(cmd_w, readable=False)
-        self._evt = Connection(evt_r, writable=False)
+        child = start_child("callrec.media.video_worker")
+        self._process, self._cmd, self._evt = child.process, child.commands, child.events
         self._queue.appendleft((("open", str(self.path), self.settings), 0, 0))
         for target, name in ((self._send_loop, "send"), (self._recv_loop, "recv")):
             thread = threading.Thread(target=target, name=f"callrec-video-{name}", daemon=True)
@@ -382,4 +367,4 @@ def _worker_main(cmd: Connection, evt: Connection) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)))
+    sys.exit(_worker_main(*child_connections(sys.argv)))

@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from callrec.child_process import child_connections, start_child
 from callrec.logs import configure_logging, get_logger
 from callrec.storage import base
 from callrec.storage.address_policy import DestinationRefused
@@ -196,27 +197,14 @@ class UploadWorker:
         """The running child's command queue, starting a child if none runs (called under the lock)."""
         if self._process is not None and self._process.poll() is None and self._outbox is not None:
             return self._outbox
-        cmd_r, cmd_w = os.pipe()
-        evt_r, evt_w = os.pipe()
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "callrec.storage.upload_worker", str(cmd_r), str(evt_w)],
-                pass_fds=(cmd_r, evt_w),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            os.close(cmd_r)
-            os.close(evt_w)
+        child = start_child("callrec.storage.upload_worker")
+        process = child.process
         self.starts += 1
         if self.starts > 1:
             log.warning("upload worker restarted", pid=process.pid, starts=self.starts)
         outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         outbox.put(("open", self.spec))
-        cmd, evt = Connection(cmd_w, readable=False), Connection(evt_r, writable=False)
+        cmd, evt = child.commands, child.events
         self._process, self._outbox = process, outbox
         self._threads = [t for t in self._threads if t.is_alive()]
         for body, name in ((self._send_loop, "send"), (self._recv_loop, "recv")):
@@ -357,4 +345,4 @@ def _worker_main(cmd: Connection, evt: Connection) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)))
+    sys.exit(_worker_main(*child_connections(sys.argv)))
