@@ -180,3 +180,52 @@ async def test_a_retry_is_sent_to_the_live_node_whose_spool_holds_the_failed_fil
         assert await a.node_with_failed_uploads("rec1") is None, "a dead node is not sent anything"
     finally:
         await pg.close()
+
+
+async def test_a_chunks_metadata_is_attempted_only_after_the_media_queued_before_it(rows_factory) -> None:
+    """After an outage every file is due at once; the small metadata JSON must not be stored before the
+    media it announces (a reader that finds it would find no media), nor wait on another recording."""
+    rows = rows_factory("node-a")
+    media = await rows.insert("rec1", TARGET, "rec1/0.wav", "/spool/0.wav", "audio/wav", 1.0)
+    meta = await rows.insert("rec1", TARGET, "rec1/0.json", "/spool/0.json", "application/json", 1.0)
+    other_meta = await rows.insert("rec2", TARGET, "rec2/0.json", "/spool/r2.json", "application/json", 1.0)
+    media_1 = await rows.insert("rec1", TARGET, "rec1/1.wav", "/spool/1.wav", "audio/wav", 1.0)
+
+    assert [u.id for u in await rows.due(5.0, TARGET, 10)] == [media, other_meta, media_1]
+    assert [u.id for u in await rows.earliest(TARGET, 10)] == [media, other_meta, media_1]
+    await rows.mark_done(media, "loc", 1, "sha256:x", 2.0)
+    # chunk 1's media came after the metadata of chunk 0: it does not hold that back
+    assert [u.id for u in await rows.due(5.0, TARGET, 10)] == [meta, other_meta, media_1]
+
+    meta_1 = await rows.insert("rec1", TARGET, "rec1/1.json", "/spool/1.json", "application/json", 1.0)
+    assert meta_1 not in [u.id for u in await rows.due(5.0, TARGET, 10)]
+    await rows.mark_failed(media_1, True, "access denied", 3.0)  # failed for good: the metadata goes anyway
+    assert meta_1 in [u.id for u in await rows.due(5.0, TARGET, 10)]
+    assert await rows.due_targets(5.0) == [TARGET]
+
+
+class SlowMediaStore(Store):
+    """Media takes a while to store, metadata none: what lets a JSON overtake its media."""
+
+    async def put_file(self, key: str, path: Path | str, content_type: str) -> StoredObject:
+        if not key.endswith(".json"):
+            await asyncio.sleep(0.05)
+        return await super().put_file(key, path, content_type)
+
+
+async def test_after_an_outage_the_outbox_stores_each_metadata_file_after_its_media(rows_factory, tmp_path) -> None:
+    store = SlowMediaStore()
+    outbox = Outbox(rows_factory("node-a"), lambda target: store, concurrency=4)
+    for rec in ("rec1", "rec2"):
+        for i in range(3):
+            await outbox.enqueue(rec, TARGET, f"{rec}/{i}.wav", spool(tmp_path, f"{rec}/{i}.wav"), "audio/wav")
+            await outbox.enqueue(rec, TARGET, f"{rec}/{i}.json", spool(tmp_path, f"{rec}/{i}.json"),
+                                 "application/json")
+    async with running(outbox):
+        for rec in ("rec1", "rec2"):
+            await asyncio.wait_for(outbox.wait_group(rec), 10)
+    stored = list(store.stored)  # in the order the store finished them
+    assert len(stored) == 12
+    for rec in ("rec1", "rec2"):
+        for i in range(3):
+            assert stored.index(f"{rec}/{i}.wav") < stored.index(f"{rec}/{i}.json"), stored

@@ -226,7 +226,8 @@ async def test_pending_uploads_survive_a_restart_and_complete(tmp_path, fake):
         await tick(fake)
         await advance(fake, 10)
     assert [u.state for u in await first.group("rec1")] == [PENDING, PENDING]
-    assert [u.attempts for u in await first.group("rec1")] == [2, 2], "retried once the 10 s backoff passed"
+    # the media was retried once the 10 s backoff passed; its metadata waits for it (never stored first)
+    assert [u.attempts for u in await first.group("rec1")] == [2, 0]
     first_db.close()  # the process is gone; the database and the spool stay
 
     up = FakeStore(fake)
@@ -235,8 +236,8 @@ async def test_pending_uploads_survive_a_restart_and_complete(tmp_path, fake):
         await tick(fake)  # due at once after a restart: no waiting out the old 20 s backoff
         uploads = await wait_group(second, "rec1")
     assert [(u.key, u.state) for u in uploads] == [("rec1/0.wav", DONE), ("rec1/0-metadata.json", DONE)]
-    assert [u.attempts for u in uploads] == [3, 3]
-    assert sorted(key for key, _ in up.attempts) == ["rec1/0-metadata.json", "rec1/0.wav"], "each stored once"
+    assert [u.attempts for u in uploads] == [3, 1]
+    assert [key for key, _ in up.attempts] == ["rec1/0.wav", "rec1/0-metadata.json"], "each once, media first"
     assert up.stored == {"rec1/0.wav": b"RIFF....WAVE", "rec1/0-metadata.json": b"{}"}
     assert not any(f.exists() for f in files)
 

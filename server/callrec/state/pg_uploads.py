@@ -12,9 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from callrec.state.postgres import PostgresDatabase
-from callrec.state.uploads import DONE, FAILED, PENDING, STATES, Upload, page_query, upload_of
+from callrec.state.uploads import (
+    DONE,
+    FAILED,
+    PENDING,
+    STATES,
+    Upload,
+    not_waiting_for_media,
+    page_query,
+    upload_of,
+)
 
 __all__ = ["PgUploadRows"]
+
+NOT_WAITING_FOR_MEDIA_PER_NODE = not_waiting_for_media(per_node=True)
 
 
 class PgUploadRows:
@@ -115,12 +126,14 @@ class PgUploadRows:
     async def due(self, now: float, target: str, limit: int) -> list[Upload]:
         return await self._all(
             "SELECT * FROM uploads WHERE node_id = %s AND state = %s AND target = %s AND next_attempt_at <= %s"
-            " ORDER BY next_attempt_at, id LIMIT %s", (self.node_id, PENDING, target, now, limit),
+            f" AND {NOT_WAITING_FOR_MEDIA_PER_NODE} ORDER BY next_attempt_at, id LIMIT %s",
+            (self.node_id, PENDING, target, now, limit),
         )
 
     async def due_targets(self, now: float) -> list[str]:
         return [str(t) for t in await self._column(
-            "SELECT DISTINCT target FROM uploads WHERE node_id = %s AND state = %s AND next_attempt_at <= %s",
+            "SELECT DISTINCT target FROM uploads WHERE node_id = %s AND state = %s AND next_attempt_at <= %s"
+            f" AND {NOT_WAITING_FOR_MEDIA_PER_NODE}",
             (self.node_id, PENDING, now))]
 
     async def pending_targets(self) -> list[str]:
@@ -129,8 +142,9 @@ class PgUploadRows:
 
     async def earliest(self, target: str, limit: int) -> list[Upload]:
         return await self._all(
-            "SELECT * FROM uploads WHERE node_id = %s AND state = %s AND target = %s ORDER BY next_attempt_at"
-            " LIMIT %s", (self.node_id, PENDING, target, limit),
+            "SELECT * FROM uploads WHERE node_id = %s AND state = %s AND target = %s"
+            f" AND {NOT_WAITING_FOR_MEDIA_PER_NODE} ORDER BY next_attempt_at LIMIT %s",
+            (self.node_id, PENDING, target, limit),
         )
 
     async def queued_before(self, at: float) -> list[Upload]:

@@ -20,10 +20,34 @@ from typing import Any, Protocol
 
 from callrec.state.db import Database
 
-__all__ = ["DONE", "FAILED", "PENDING", "STATES", "SqliteUploadRows", "Upload", "UploadRowsPort", "upload_of"]
+__all__ = [
+    "DONE", "FAILED", "METADATA_TYPE", "NOT_WAITING_FOR_MEDIA", "PENDING", "STATES", "SqliteUploadRows", "Upload",
+    "UploadRowsPort", "not_waiting_for_media", "upload_of",
+]
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 STATES = (PENDING, DONE, FAILED)
+
+#: A chunk's metadata file: stored only after the media files queued before it in its recording.
+METADATA_TYPE = "application/json"
+def not_waiting_for_media(*, per_node: bool) -> str:
+    """The SQL condition (on `uploads`) of a row that ordering lets be attempted now.
+
+    A metadata document announces its chunk's media, so a reader that finds it must find the media
+    too: it waits while an earlier media file of its recording (on the same node, `per_node`: the
+    table has a `node_id` column) is pending. After an outage both are due at once, and the small
+    JSON would otherwise be stored first. A media file that failed for good no longer holds it back
+    (the recording fails with the reason; the metadata is stored anyway).
+    """
+    same_node = " AND media.node_id = uploads.node_id" if per_node else ""
+    return (
+        f"NOT (uploads.content_type = '{METADATA_TYPE}' AND EXISTS (SELECT 1 FROM uploads media"
+        f" WHERE media.group_id = uploads.group_id{same_node} AND media.id < uploads.id"
+        f" AND media.state = '{PENDING}' AND media.content_type != '{METADATA_TYPE}'))"
+    )
+
+
+NOT_WAITING_FOR_MEDIA = not_waiting_for_media(per_node=False)
 
 
 @dataclass(frozen=True)
@@ -256,14 +280,15 @@ class SqliteUploadRows:
 
     async def due(self, now: float, target: str, limit: int) -> list[Upload]:
         return self._all(
-            "SELECT * FROM uploads WHERE state = ? AND target = ? AND next_attempt_at <= ?"
+            f"SELECT * FROM uploads WHERE state = ? AND target = ? AND next_attempt_at <= ? AND {NOT_WAITING_FOR_MEDIA}"
             " ORDER BY next_attempt_at, id LIMIT ?",
             (PENDING, target, now, limit),
         )
 
     async def due_targets(self, now: float) -> list[str]:
         rows = self.db.conn.execute(
-            "SELECT DISTINCT target FROM uploads WHERE state = ? AND next_attempt_at <= ?", (PENDING, now)
+            f"SELECT DISTINCT target FROM uploads WHERE state = ? AND next_attempt_at <= ? AND {NOT_WAITING_FOR_MEDIA}",
+            (PENDING, now),
         ).fetchall()
         return [r["target"] for r in rows]
 
@@ -273,7 +298,8 @@ class SqliteUploadRows:
 
     async def earliest(self, target: str, limit: int) -> list[Upload]:
         return self._all(
-            "SELECT * FROM uploads WHERE state = ? AND target = ? ORDER BY next_attempt_at LIMIT ?",
+            f"SELECT * FROM uploads WHERE state = ? AND target = ? AND {NOT_WAITING_FOR_MEDIA}"
+            " ORDER BY next_attempt_at LIMIT ?",
             (PENDING, target, limit),
         )
 
