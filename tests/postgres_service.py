@@ -6,11 +6,14 @@ user owns. The server listens on 127.0.0.1 only, on a free port, with its Unix s
 directory; authentication is `trust` for loopback (a throwaway test cluster, never a deployment).
 
 A plain class with `start()` / `stop()` / `kill()` (no pytest here), so tests, `make cluster` and
-benchmarks can share it.
+benchmarks can share it. Each cluster's directory names the process that started it (`owner.pid`):
+a test run killed by a timeout never stops its server, so `start()` first stops the clusters whose
+owner is gone (several such orphans made later runs hang).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -36,13 +39,47 @@ def _bin_dir() -> Path:
     raise RuntimeError("PostgreSQL is not installed: `apt-get install postgresql` (make test-deps does it)")
 
 
+PREFIX = "callrec-pg-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(tmp_dir: Path | None = None) -> list[Path]:
+    """Stop and delete the test clusters whose owning process is gone; returns their directories."""
+    reaped = []
+    for root in sorted(Path(tmp_dir or tempfile.gettempdir()).glob(f"{PREFIX}*")):
+        try:
+            owner = int((root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge (an older layout, or being created right now)
+        if _alive(owner):
+            continue
+        pidfile = root / "data" / "postmaster.pid"
+        if pidfile.exists():
+            with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+                os.kill(int(pidfile.read_text().splitlines()[0]), signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
 class PostgresServer:
     """One throwaway PostgreSQL cluster; `url` is a `postgresql://` URL of its `callrec` database."""
 
     def __init__(self, port: int | None = None) -> None:
         self.bin = _bin_dir()
         self.port = port or free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="callrec-pg-"))
+        reap_orphans()
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.log = self.root / "postgres.log"
