@@ -15,6 +15,7 @@ from callrec.core.ports import StoredChunk
 from callrec.security.redact import redact_text, redact_url
 from callrec.state.chunks import ChunkIndex
 from callrec.state.pg_chunks import PgChunkIndex
+from callrec.state.uploads import METADATA_TYPE
 from callrec.storage.address_policy import DestinationRefused
 from callrec.storage.base import StorageError, Store
 from callrec.storage.local import LocalStore
@@ -24,7 +25,6 @@ from callrec.v1 import content_pb2_grpc
 
 PIECE = 1024 * 1024
 SERVICE = pb.DESCRIPTOR.services_by_name["ContentService"].full_name
-METADATA_TYPE = "application/json"
 
 
 def _domain(exc: StorageError, location: str) -> CallrecError:

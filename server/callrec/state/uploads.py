@@ -30,6 +30,8 @@ STATES = (PENDING, DONE, FAILED)
 
 #: A chunk's metadata file: stored only after the media files queued before it in its recording.
 METADATA_TYPE = "application/json"
+
+
 def not_waiting_for_media(*, per_node: bool) -> str:
     """The SQL condition (on `uploads`) of a row that ordering lets be attempted now.
 
