@@ -36,11 +36,11 @@ def test_each_encoding_decodes_to_16k_with_the_right_tone(fmt: AudioFormat) -> N
 
 def test_decoder_rates_and_frame_lengths() -> None:
     opus = AudioDecoder(AudioFormat(AudioEncoding.OPUS, 0, 1))
-    assert opus.sample_rate == 48_000
+    assert opus.sample_rate == 16_000  # libopus decodes straight to the mix rate
     for ms in (10, 20, 40, 60):
         (packet,) = tone_frames(500.0, ms / 1000, AudioFormat(AudioEncoding.OPUS, 48_000, 1), frame_ms=ms)[:1]
-        assert opus.frame_samples(packet) == 48 * ms
-        assert len(opus.decode(packet)) in range(48 * ms - 600, 48 * ms + 600)
+        assert opus.frame_samples(packet) == 16 * ms
+        assert len(opus.decode(packet)) == 16 * ms
     pcmu = AudioDecoder(AudioFormat(AudioEncoding.PCMU, 0, 1))
     assert pcmu.sample_rate == 8_000
     assert pcmu.frame_samples(b"\xff" * 160) == 160
@@ -135,3 +135,39 @@ def test_resampler_bank_rejects_mixed_lengths() -> None:
     bank = ResamplerBank(8_000)
     with pytest.raises(ValueError):
         bank.process({"a": np.zeros(160, np.float32), "b": np.zeros(161, np.float32)})
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_without_libopus_pyav_decodes_opus_at_48k_to_the_same_tone(
+    monkeypatch: pytest.MonkeyPatch, channels: int
+) -> None:
+    """The fallback where libopus cannot be loaded: FFmpeg's decoder at 48 kHz, then the resampler."""
+    fmt = AudioFormat(AudioEncoding.OPUS, 48_000, channels)
+    frames = tone_frames(700.0, 1.0, fmt)
+    direct = decode_to_16k(fmt, frames)
+    monkeypatch.setattr("callrec.media.opus.available", lambda: False)
+    fallback = AudioDecoder(fmt)
+    assert fallback.sample_rate == 48_000
+    assert fallback.frame_samples(frames[0]) == 960
+    via_pyav = decode_to_16k(fmt, frames)
+    assert abs(len(via_pyav) - len(direct)) <= 32
+    for pcm in (direct, via_pyav):
+        assert abs(dominant_frequencies(pcm[1600:-1600], 16_000)[0] - 700.0) < 5.0
+    level = [np.sqrt(np.mean(p[1600:-1600].astype(np.float64) ** 2)) for p in (direct, via_pyav)]
+    assert level[0] == pytest.approx(level[1], rel=0.1)
+
+
+def test_libopus_refuses_a_corrupt_packet_and_decodes_the_next() -> None:
+    from callrec.media.opus import OpusDecoder, OpusError
+
+    frames = tone_frames(500.0, 0.1, AudioFormat(AudioEncoding.OPUS, 48_000, 1))
+    decoder = OpusDecoder(16_000)
+    assert len(decoder.decode(frames[0])) == 320
+    with pytest.raises(OpusError):
+        decoder.decode(bytes([0x7B, 0x00]))  # code 3 with zero frames (RFC 6716 §3.2.5)
+    assert len(decoder.decode(frames[1])) == 320
+    decoder.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        decoder.decode(frames[2])
+    with pytest.raises(ValueError, match="44100"):
+        OpusDecoder(44_100)

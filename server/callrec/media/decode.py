@@ -14,7 +14,9 @@ Two stages, on purpose:
    call is ~20 µs fixed plus ~2.5 µs per channel).
 
 G.711 is a 256-entry lookup table built once from FFmpeg's own decoders; PCM16 is a
-`numpy.frombuffer`. Only Opus needs a stateful PyAV decoder (native `opus`, ~18 µs/packet).
+`numpy.frombuffer`. Opus is decoded by libopus itself straight to 16 kHz (`media.opus`: no
+resampler, no frame objects); only where libopus cannot be loaded does a PyAV decoder at 48 kHz
+stand in (FFmpeg's wrapper cannot decode at another rate).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import numpy as np
 from callrec.core.limits import OPUS_MAX_PACKET_BYTES_PER_20MS
 from callrec.core.mixer import float_to_int16
 from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioEncoding, AudioFormat, DecodeError
+from callrec.media import opus as libopus
 
 #: Longest frame accepted: the Opus maximum (RFC 6716 §3.2.5).
 MAX_FRAME_MS = 120
 #: PCM and G.711 frames carry 10-60 ms, as RTP packetisation does (RFC 3551 §4.2 and practice).
 MIN_RAW_FRAME_MS, MAX_RAW_FRAME_MS = 10, 60
-#: Opus always decodes at 48 kHz (RFC 7587: the RTP clock is 48 kHz whatever the source).
+#: Opus's RTP clock is 48 kHz whatever the source (RFC 7587): TOC durations are counted at this rate.
 OPUS_RATE = 48_000
 G711_RATE = 8_000
 
@@ -133,6 +136,7 @@ class AudioDecoder:
     sample_rate: int = field(init=False)
     _channels: int = field(init=False)
     _opus: av.AudioCodecContext | None = field(init=False, default=None)
+    _libopus: libopus.OpusDecoder | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         fmt = self.audio_format
@@ -150,8 +154,12 @@ class AudioDecoder:
                 raise ValueError(f"G.711 sample_rate must be 8000 (or up to 48000), got {rate}")
             self.sample_rate = rate
         elif fmt.encoding == AudioEncoding.OPUS:
-            self.sample_rate = OPUS_RATE
-            self._opus = self._new_opus_context()
+            if libopus.available():  # straight to the mix rate: no resampling for Opus participants
+                self.sample_rate = OUTPUT_SAMPLE_RATE
+                self._libopus = libopus.OpusDecoder(OUTPUT_SAMPLE_RATE)
+            else:
+                self.sample_rate = OPUS_RATE
+                self._opus = self._new_opus_context()
         else:
             raise ValueError(f"unsupported audio encoding {fmt.encoding!r}")
 
@@ -210,6 +218,11 @@ class AudioDecoder:
 
     def _decode_opus(self, data: bytes) -> np.ndarray:
         opus_packet_samples(data)  # an empty packet would put FFmpeg in EOF state: never send one
+        if self._libopus is not None:
+            try:
+                return self._libopus.decode(data)
+            except libopus.OpusError as exc:
+                raise DecodeError(f"Opus decoder rejected the packet: {exc}") from exc
         assert self._opus is not None
         try:
             frames = self._opus.decode(av.Packet(data))
