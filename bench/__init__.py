@@ -13,6 +13,9 @@ Rows and where each number comes from (details in each module's docstring):
   RecordingFileStatusUpdated.
 * `ffmpeg_compare` – callrec's in-process pipeline against `ffmpeg ... amix ... out.mp3` on the
   same WAV inputs, as a CPU ratio.
+* `loadgen_capacity` – the load generator alone: 1000 participants from one `bench.loadgen` process
+  into `bench.null_sink` (a MediaService that only counts frames), so the capacity rows are known
+  to measure the server, not the client.
 
 Everything listens on and talks to 127.0.0.1 only; every loop is bounded in count and time.
 """

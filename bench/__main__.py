@@ -1,10 +1,11 @@
-"""`python -m bench [--quick] [--only audio,video,control,ffmpeg,cluster]`: SPEC §7's table.
+"""`python -m bench [--quick] [--only audio,video,control,ffmpeg,cluster,loadgen]`: SPEC §7's table.
 
 Progress and per-step details go to stderr; the table (and its header: machine, load, versions)
 to stdout. `--quick` runs a few seconds per row (a smoke run, under 90 s; the capacity rows are
-then lower bounds, not ramped to failure). `--only` takes group names or row numbers 1-7:
+then lower bounds, not ramped to failure). `--only` takes group names or row numbers 1-9:
 1, 2, 4 -> audio; 3, 4 -> video; 5, 6 -> control; 7 -> ffmpeg; 8 -> cluster (SPEC §8: the audio ramp
-through HAProxy in front of one node, then one node per core).
+through HAProxy in front of one node, then one node per core); 9 -> loadgen (the load generator alone,
+1000 participants against a sink that only counts: it must not be what limits the capacity rows).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import traceback
 import bench  # noqa: F401  (sys.path)
 from bench.common import CORES, Row, Section
 
-GROUPS = ("audio", "video", "control", "ffmpeg", "cluster")
-GROUP_KEYS = {"audio": "1", "video": "3", "control": "5", "ffmpeg": "7", "cluster": "8"}
+GROUPS = ("audio", "video", "control", "ffmpeg", "cluster", "loadgen")
+GROUP_KEYS = {"audio": "1", "video": "3", "control": "5", "ffmpeg": "7", "cluster": "8", "loadgen": "9"}
 ROW_GROUPS = {"1": ["audio"], "2": ["audio"], "3": ["video"], "4": ["audio", "video"], "5": ["control"],
-              "6": ["control"], "7": ["ffmpeg"], "8": ["cluster"]}
+              "6": ["control"], "7": ["ffmpeg"], "8": ["cluster"], "9": ["loadgen"]}
 
 
 def log(message: str) -> None:
@@ -37,7 +38,7 @@ def parse_only(value: str | None) -> list[str]:
     for item in (v.strip().lower() for v in value.split(",") if v.strip()):
         names = ROW_GROUPS.get(item) or ([item] if item in GROUPS else None)
         if names is None:
-            raise SystemExit(f"--only: unknown row {item!r}; use {', '.join(GROUPS)} or 1-8")
+            raise SystemExit(f"--only: unknown row {item!r}; use {', '.join(GROUPS)} or 1-9")
         chosen += [n for n in names if n not in chosen]
     return [g for g in GROUPS if g in chosen]
 
@@ -131,6 +132,10 @@ async def main_async(args: argparse.Namespace, groups: list[str]) -> list[Row]:
 
                 section = await cluster_capacity.run(args.quick, args.codec,
                                                      60 if args.quick else args.cluster_budget, log)
+            elif group == "loadgen":
+                from bench import loadgen_capacity
+
+                section = await loadgen_capacity.run(args.quick, args.codec, log)
         except Exception as exc:  # one broken group must not lose the others' rows
             error = exc
         guard(group, section, error)
@@ -142,7 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds per row (smoke run, < 90 s)")
-    parser.add_argument("--only", help="comma-separated: audio, video, control, ffmpeg, cluster, or row numbers 1-8")
+    parser.add_argument("--only",
+                        help="comma-separated: audio, video, control, ffmpeg, cluster, loadgen, or row numbers 1-9")
     parser.add_argument("--codec", default="opus", choices=["opus", "pcm16le", "pcmu", "pcma"],
                         help="audio codec the load generator sends (default opus)")
     parser.add_argument("--audio-budget", type=float, default=330.0, help="seconds for the audio ramp (full run)")
