@@ -7,6 +7,7 @@ the precedence is exactly the one SPEC §5 promises.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -24,6 +25,16 @@ CLUSTER_VIDEO_COMPOSITES = 1.0
 """1080p16 composites one node sustains (`make bench`, same machine)."""
 
 ENV_PREFIX = "CALLREC_"
+MAX_DECODE_WORKERS = 64
+
+
+def default_decode_workers() -> int:
+    """Opus decode processes: one per core beyond two, at most 4; none on a 1- or 2-core machine.
+
+    Measured on 2 cores (README "Benchmarks"): a worker takes 15 % off the loop thread but a third of
+    the other core, which the server's own threads and the gateways need; capacity did not rise."""
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
+
 CLOCK_KINDS = ("realtime", "media")
 LOG_FORMATS = ("console", "json")
 
@@ -109,6 +120,12 @@ class ServerConfig:
     about a second however loaded the server is, but an overloaded server then drops more frames as
     late, all the time (measured by the soak: 10x more); 2000 (the default) drops few and loses up to
     ~2.2 s at a crash while the server is overloaded (~0.4 s while it keeps up)."""
+    decode_workers: int = field(default_factory=lambda: default_decode_workers())
+    """Processes that decode Opus for the event loop (one request per call per tick); 0: decode on the loop.
+
+    Opus decoding is about a quarter of the loop's work under load, and a process decodes on another
+    core (threads cannot: libopus's returns would queue for the GIL). Default: one per core beyond two,
+    at most 4 (none on 2 cores, where the measured gain was nil). Started at the first Opus packet."""
     event_retention_h: float = 24.0
     """Hours events stay in the durable log."""
     local_retention_h: float = 24.0
@@ -347,6 +364,10 @@ def validate(config: ServerConfig) -> None:
         value = getattr(config.limits, limit.name)
         if not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"[limits] {limit.name} must be a number > 0; got {value!r}")
+    workers = config.decode_workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_DECODE_WORKERS:
+        raise ConfigError(f"decode_workers must be 0-{MAX_DECODE_WORKERS} (0: decode Opus on the event loop); "
+                          f"got {workers!r}")
     if config.upload_concurrency < 1:
         raise ConfigError(f"upload_concurrency must be >= 1; got {config.upload_concurrency}")
     if config.upload_timeout_s <= 0:

@@ -44,6 +44,7 @@ from callrec.events.recording_events import AcsRecordingEvents
 from callrec.events.redis_log import RedisEventLog
 from callrec.logs import get_logger
 from callrec.media.decode import PyAVAudioCodecs
+from callrec.media.decode_pool import DecodePool
 from callrec.media.video_output import make_video_recording_factory
 from callrec.media.video_text import check_font_at_startup
 from callrec.media.writers import writer_factory_for
@@ -124,6 +125,8 @@ class App:
     """Cluster mode: the channels to the other nodes, for RPCs of calls they own."""
     webhooks: WebhookDispatcher | None = None
     """Pushes every event to the webhook endpoints (None in cluster mode, where it is not available yet)."""
+    decode_pool: DecodePool | None = None
+    """The Opus decode processes (`--decode-workers`), stopped last."""
     serving: bool = False
     """True from `start()` until `stop()` begins: what /healthz reports."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -224,6 +227,8 @@ class App:
             await self.shared_db.close()
         if self.healthz is not None:
             await self.healthz.stop()
+        if self.decode_pool is not None:
+            await self.decode_pool.close()
         self.db.close()
         log.info("stopped")
 
@@ -274,8 +279,9 @@ async def build_server(
                           max_queue=config.limits.max_subscriber_queue)
     await events.start()
     calls = CallRegistry(config.reconnect_grace_s, config.limits)
+    decode_pool = DecodePool(config.decode_workers)
     hub = CallMediaHub(make_clock_factory(config.clock, config.playout_delay_ms, config.max_playout_delay_ms),
-                       PyAVAudioCodecs(), config.limits)
+                       PyAVAudioCodecs(decode_pool=decode_pool), config.limits)
     def media_failed(recording_id: str, exc: BaseException) -> None:
         """A recording's media failed: stop it; finalising then fails it with the media's error."""
         asyncio.get_running_loop().create_task(registry.stop(recording_id, MEDIA_FAILED))
@@ -380,7 +386,8 @@ async def build_server(
         log.info("cluster node", node_id=node_id, database=shared_db.where)
     await uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
-               uploads, upload_worker, shared_db, nodes, forwarder=forwarder, webhooks=webhooks)
+               uploads, upload_worker, shared_db, nodes, forwarder=forwarder, webhooks=webhooks,
+               decode_pool=decode_pool)
 
 
 def forward_credentials(tls: ServerTlsFiles | None) -> ForwardCredentials:

@@ -4,7 +4,7 @@ and fetch what was stored through ContentService."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,9 +64,12 @@ async def record_call(
     speakers: Sequence[Speaker],
     tmp: Path,
     frames: list[GatewayFrame] | None = None,
+    on_frame: Callable[[int], Awaitable[None]] | None = None,
     **options,
 ) -> Recorded:
-    """Open a call, start a recording, send every frame, end the call, fetch the stored chunks."""
+    """Open a call, start a recording, send every frame, end the call, fetch the stored chunks.
+
+    `on_frame(n)` runs after the n-th frame went out (a test's chance to break something mid-call)."""
     call_id = unique("audio")
     options.setdefault("content_type", "audio")
     options.setdefault("format", "wav")
@@ -76,8 +79,10 @@ async def record_call(
             await gw.join(s.participant_id, s.participant_id.title(), audio=f.encoding.value,
                           sample_rate=f.sample_rate, channels=f.channels)
         rec = await client.start_recording(call_id, **options)
-        for frame in frames if frames is not None else interleave(frames_of(speakers)):
+        for sent, frame in enumerate(frames if frames is not None else interleave(frames_of(speakers)), 1):
             await gw.audio(frame.participant_id, frame.sequence, frame.timestamp_us, frame.data)
+            if on_frame is not None:
+                await on_frame(sent)
         await gw.end()
         done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=60)
         (event,) = await collect(client, 1, recording_id=rec.recording_id, event_types=[FILE_STATUS],

@@ -80,3 +80,16 @@ def test_env_var_reaches_serve(tmp_path, monkeypatch):
     result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), "--clock", "realtime"],
                            env={"CALLREC_CLOCK": "media"})
     assert result.exit_code == 0 and seen["cfg"].clock == "realtime"
+
+
+def test_decode_workers_default_follows_the_cores_and_bad_values_name_the_setting(tmp_path, monkeypatch):
+    for cores, workers in ((1, 0), (2, 0), (3, 1), (6, 4), (64, 4)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert load_config().decode_workers == workers
+    toml = tmp_path / "c.toml"
+    toml.write_text("[server]\ndecode_workers = 2\n")
+    assert load_config(None, toml).decode_workers == 2
+    assert load_config({"decode_workers": 0}, toml).decode_workers == 0  # the flag wins
+    for bad in (-1, 65, "two", True):
+        with pytest.raises(ConfigError, match=r"decode_workers must be 0-64 \(0: decode Opus on the event loop\)"):
+            load_config({"decode_workers": bad})

@@ -168,6 +168,9 @@ def serve(
                                     help="Real-time clock: how far the wait may grow while the server is "
                                     "overloaded; media waiting that long is what a crash loses (750 keeps a "
                                     "crash under ~1 s, at the price of more late frames) [default: 2000].")] = None,
+    decode_workers: Annotated[int | None, typer.Option(envvar="CALLREC_DECODE_WORKERS",
+                              help="Processes that decode Opus beside the event loop; 0 decodes on the loop "
+                              "[default: one per core beyond two, 0-4].")] = None,
     event_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_EVENT_RETENTION_H",
                                  help="Hours events stay in the log [default: 24].")] = None,
     local_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_LOCAL_RETENTION_H",
@@ -245,7 +248,7 @@ def serve(
         "resource_id": resource_id, "log_level": log_level, "log_format": log_format, "insecure": insecure,
         "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
         "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
-        "max_playout_delay_ms": max_playout_delay_ms,
+        "max_playout_delay_ms": max_playout_delay_ms, "decode_workers": decode_workers,
         "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
         "default_storage": default_storage, "drain_timeout_s": drain_timeout,
         "housekeeping_interval_s": housekeeping_interval, "upload_backoff_max_s": upload_backoff_max,

@@ -27,11 +27,11 @@ from typing import Protocol
 import numpy as np
 
 from callrec.core.clock import TICK_US, Clock, MediaProgress
-from callrec.core.jitter import JitterBuffer
+from callrec.core.jitter import EncodedFrame, JitterBuffer
 from callrec.core.log import get_logger
 from callrec.core.mixer import Mixer
 from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioFormat, DecodeError, MediaStats, RejectReason
-from callrec.core.ports import AudioCodecs, BlockResampler, FrameDecoder
+from callrec.core.ports import AudioCodecs, BatchDecoder, BlockResampler, FrameDecoder
 
 __all__ = ["TICK_SAMPLES", "CallMedia", "MixTick", "ParticipantInput", "TickSink"]
 
@@ -46,6 +46,9 @@ REANCHOR_BEHIND_US = 1_000_000
 REANCHOR_AHEAD_US = 30_000_000
 #: Late frames are reported in the log at most once per this many ticks (10 s of call).
 LATE_LOG_INTERVAL_TICKS = 500
+
+_Decoded = tuple[EncodedFrame, "np.ndarray | DecodeError"]
+"""A frame and what decoding it gave."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class CallMedia:
         self._max_ahead_us = max_ahead_ms * 1000
         self.clock = clock
         self._codecs = codecs
+        self._batch: BatchDecoder | None = getattr(codecs, "batch_decoder", None)
         self._mixer = mixer or Mixer()
         self._jitter_capacity = jitter_capacity
         self._gap_tolerance_ms = gap_tolerance_ms
@@ -420,7 +424,8 @@ class CallMedia:
                 if self.clock.ended and not self._pending_after(index):
                     break
                 if self._sinks:
-                    tick = self.produce_tick(index)
+                    predecoded = await self._decode_elsewhere(index) if self._batch is not None else None
+                    tick = self.produce_tick(index, predecoded)
                     self._next_tick = index + 1
                     self._deliver(tick)
                 else:  # nothing records this call now: play its media out without decoding or mixing
@@ -470,12 +475,56 @@ class CallMedia:
         for p in drained:
             self._drop(p)
 
-    def produce_tick(self, index: int) -> MixTick:
-        """Build tick `index` from what is buffered now (`run()` calls this; tests may too)."""
+    async def _decode_elsewhere(self, index: int) -> dict[int, tuple[ParticipantInput, list[_Decoded]]]:
+        """Pop the due frames of every participant the batch decoder handles and decode them there, in one
+        request: this call's tick waits for the answer while the loop serves other calls.
+
+        Frames that fall due while the request is out wait for the next tick (`produce_tick` does not pop
+        them for these participants): one decoder's frames are decoded in one place, in order.
+        """
+        batch = self._batch
+        assert batch is not None
+        popped: list[tuple[ParticipantInput, EncodedFrame]] = []
+        items: list[tuple[FrameDecoder, bytes]] = []
+        for p in self._participants.values():
+            decoder = p.decoder
+            if p.jitter is None or decoder is None or not batch.handles(decoder):
+                continue
+            for frame in p.jitter.pop_due((index + 1) * p.rate // 50):
+                popped.append((p, frame))
+                items.append((decoder, frame.data))
+        if not popped:
+            return {}
+        results = await batch.decode(items)
+        out: dict[int, tuple[ParticipantInput, list[_Decoded]]] = {}
+        for (p, frame), result in zip(popped, results, strict=True):
+            out.setdefault(id(p), (p, []))[1].append((frame, result))
+        return out
+
+    def _place_decoded(self, p: ParticipantInput, frame: EncodedFrame, pcm: np.ndarray | DecodeError) -> None:
+        """Put a decoded frame on the participant's timeline; an undecodable one is counted once, as rejected."""
+        assert p.jitter is not None
+        if isinstance(pcm, DecodeError):  # accepted when it came, found undecodable now
+            p.stats.frames_received -= 1
+            p.stats.reject(RejectReason.DECODE_ERROR)
+            if self._on_rejected is not None:
+                self._on_rejected(p.participant_id, RejectReason.DECODE_ERROR)
+            return
+        p.jitter.place(frame, pcm)
+
+    def produce_tick(
+        self, index: int, predecoded: Mapping[int, tuple[ParticipantInput, list[_Decoded]]] | None = None
+    ) -> MixTick:
+        """Build tick `index` from what is buffered now (`run()` calls this; tests may too).
+
+        `predecoded`: what `_decode_elsewhere` decoded for this tick; the participants the batch decoder
+        handles then take only those frames.
+        """
         ids: list[str] = []
         blocks: dict[str, np.ndarray] = {}
         by_rate: dict[int, dict[str, np.ndarray]] = {}
         drained: list[ParticipantInput] = []
+        batch = self._batch if predecoded is not None else None
         for p in list(self._participants.values()):
             pid = p.participant_id
             jitter, decoder = p.jitter, p.decoder
@@ -485,16 +534,18 @@ class CallMedia:
                 continue
             rate = p.rate
             first, last = index * rate // 50, (index + 1) * rate // 50
-            for frame in jitter.pop_due(last):
-                try:
-                    pcm = decoder.decode(frame.data)
-                except DecodeError:  # accepted when it came, found undecodable now: counted once, as rejected
-                    p.stats.frames_received -= 1
-                    p.stats.reject(RejectReason.DECODE_ERROR)
-                    if self._on_rejected is not None:
-                        self._on_rejected(pid, RejectReason.DECODE_ERROR)
-                    continue
-                jitter.place(frame, pcm)
+            if batch is not None and predecoded is not None and batch.handles(decoder):
+                entry = predecoded.get(id(p))
+                if entry is not None and entry[0] is p:
+                    for frame, outcome in entry[1]:
+                        self._place_decoded(p, frame, outcome)
+            else:
+                for frame in jitter.pop_due(last):
+                    try:
+                        pcm: np.ndarray | DecodeError = decoder.decode(frame.data)
+                    except DecodeError as exc:
+                        pcm = exc
+                    self._place_decoded(p, frame, pcm)
             block = jitter.read(first, last)
             ids.append(pid)
             if rate == OUTPUT_SAMPLE_RATE:

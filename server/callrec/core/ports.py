@@ -29,6 +29,7 @@ from callrec.core.model import (
     AudioFormat,
     ChunkEndReason,
     ChunkInfo,
+    DecodeError,
     RecordedParticipant,
     RecordingState,
     VideoEncoding,
@@ -116,8 +117,24 @@ class BlockResampler(Protocol):
         ...
 
 
+class BatchDecoder(Protocol):
+    """Decodes many participants' frames at once, elsewhere (see `callrec.media.decode_pool.DecodePool`).
+
+    `CallMedia` awaits it once per tick with every due frame of the decoders it `handles`, so the
+    decoding can run in another process while the event loop serves other calls.
+    """
+
+    def handles(self, decoder: FrameDecoder) -> bool:
+        """Whether this decoder's frames go through `decode` (others are decoded in place)."""
+        ...
+
+    async def decode(self, items: Sequence[tuple[FrameDecoder, bytes]]) -> list[np.ndarray | DecodeError]:
+        """One result per (decoder, frame), in order: the PCM `decoder.decode` would give, or its error."""
+        ...
+
+
 class AudioCodecs(Protocol):
-    """Factory of decoders and resamplers."""
+    """Factory of decoders and resamplers; `batch_decoder` (optional attribute) offloads decoding."""
 
     def decoder(self, audio_format: AudioFormat) -> FrameDecoder:
         """A decoder for one participant; ValueError if the format is unusable."""

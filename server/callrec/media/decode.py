@@ -33,6 +33,7 @@ from callrec.core.limits import OPUS_MAX_PACKET_BYTES_PER_20MS
 from callrec.core.mixer import float_to_int16
 from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioEncoding, AudioFormat, DecodeError
 from callrec.media import opus as libopus
+from callrec.media.decode_pool import DecodePool
 
 #: Longest frame accepted: the Opus maximum (RFC 6716 §3.2.5).
 MAX_FRAME_MS = 120
@@ -168,6 +169,12 @@ class AudioDecoder:
         ctx.sample_rate = OPUS_RATE
         ctx.layout = "mono"  # the decoder downmixes stereo packets itself
         return ctx
+
+    @property
+    def offloadable_rate(self) -> int | None:
+        """The rate a decode worker process would decode this participant at (libopus Opus), else None:
+        PCM and G.711 are a table lookup, cheaper here than a trip to another process."""
+        return self.sample_rate if self._libopus is not None else None
 
     @property
     def max_frame_samples(self) -> int:
@@ -360,10 +367,14 @@ class ResamplerBank:
 
 
 class PyAVAudioCodecs:
-    """The PyAV implementation of `callrec.core.call_media.AudioCodecs`, injected into `CallMedia`."""
+    """The PyAV implementation of `callrec.core.call_media.AudioCodecs`, injected into `CallMedia`.
 
-    def __init__(self, group_size: int = 8):
+    With a `DecodePool` (`--decode-workers`), Opus is decoded in worker processes (`batch_decoder`).
+    """
+
+    def __init__(self, group_size: int = 8, decode_pool: DecodePool | None = None):
         self.group_size = group_size
+        self.batch_decoder = decode_pool if decode_pool is not None and decode_pool.size > 0 else None
 
     def decoder(self, audio_format: AudioFormat) -> AudioDecoder:
         """A decoder for one participant; raises ValueError for an unusable format."""
