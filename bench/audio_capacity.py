@@ -10,15 +10,19 @@ step fails (see `bench.server_load` for what fails a step), then is bisected.
   streaming starts until every recording is COMPLETED (so the mp3 flush and local store are in),
   divided by participants x media minutes, at that N;
 * memory per participant = (server RSS during the second half of streaming - RSS of the idle
-  server) / participants, at that N.
+  server) / participants, at that N;
+* 1d: the control RPC latency (GetRecordingState, probed every 250 ms) during that step;
+* 1b, 1c: the same ramp for PCMU in with unmixed wav out (10-person calls), and for 1:1 calls
+  (Opus, mixed mp3): one gRPC stream carries 2 participants there, not 10.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from bench.common import Row, Section, server, wait_quiet
-from bench.server_load import StepResult, ramp, run_step
+from bench.common import Row, Section, percentile, server, wait_quiet
+from bench.server_load import PROBE_INTERVAL_S, StepResult, ramp, run_step
 
 PARTICIPANTS = 10
 
@@ -72,4 +76,72 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     section.rows.append(Row("4a", "memory per audio participant", f"{per_participant:.2f} MB",
                             f"server RSS {ref.rss_base_mb:.0f} MB idle -> {ref.rss_load_mb:.0f} MB "
                             f"with {ref.total_participants} participants", goal="<= 0.5 MB"))
+    section.rows.append(control_row(ref))
+    for variant in VARIANTS:
+        section.rows.append(await variant_row(variant, quick, budget_s * VARIANT_BUDGET_SHARE, log))
     return section
+
+
+def control_row(ref: StepResult) -> Row:
+    """Row 1d: GetRecordingState latency, probed every 250 ms while the row-1 load streams (same step)."""
+    probes = ref.probe_ms
+    value = f"{percentile(probes, 50):.1f} / {percentile(probes, 99):.1f} ms" if probes else "n/a"
+    return Row("1d", "control RPC p50 / p99 during the row-1 load", value,
+               f"GetRecordingState every {PROBE_INTERVAL_S * 1000:.0f} ms ({len(probes)} probes) while "
+               f"{ref.total_participants} participants stream; max {max(probes, default=float('nan')):.0f} ms",
+               goal="p99 <= 5 ms")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another shape of audio load the issue asks to report beside row 1."""
+
+    key: str
+    metric: str
+    participants: int  # per call
+    codec: str
+    record: dict[str, str]
+    start_calls: int
+
+
+VARIANTS = (
+    Variant("1b", "audio participants at real time (PCMU in, unmixed wav, 10-person calls)", 10, "pcmu",
+            {"content_type": "audio", "channel_type": "unmixed", "format": "wav"}, 2),
+    Variant("1c", "audio participants at real time (1:1 calls, Opus in, mixed mp3)", 2, "opus",
+            {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}, 10),
+)
+#: The share of `--audio-budget` each variant ramp may use (row 1 has its own).
+VARIANT_BUDGET_SHARE = 0.6
+
+
+async def variant_row(variant: Variant, quick: bool, budget_s: float, log: Callable[[str], None]) -> Row:
+    """Ramp one variant like row 1 (double until a step fails, then bisect) and report the largest passing load."""
+    seconds = 4.0 if quick else 18.0
+
+    async def step(n: int) -> StepResult:
+        if not quick:
+            await wait_quiet(log)
+        with server("--clock", "realtime") as srv:
+            return await run_step(srv, n, seconds, participants=variant.participants, codec=variant.codec,
+                                  record=variant.record)
+
+    log(f"audio: N calls x {variant.participants} participants ({variant.codec}, real time) -> "
+        f"{variant.record['channel_type']} {variant.record['format']}")
+    best, results = await ramp(step, start=variant.start_calls, max_steps=6, budget_s=budget_s,
+                               step_cost_s=seconds + 15,
+                               levels=[max(1, 10 // variant.participants)] if quick else None, log=log)
+    failed = sorted(n for n, r in results.items() if not r.passed)
+    if not best:
+        first = results[min(results)]
+        return Row(variant.key, variant.metric, f"< {variant.participants}",
+                   f"even {min(results)} call(s) failed: {'; '.join(first.reasons)[:200]}", goal=">= 800")
+    ref = results[best]
+    value = f"{best * variant.participants}" if failed else f">= {best * variant.participants}"
+    detail = (f"{best} x {variant.participants}-person calls, zero frames lost/late; loop thread "
+              f"{ref.stream.get('main_thread_pct', 0):.0f}%, {ref.cpu_per_participant_minute:.3f} CPU s per "
+              f"participant-minute")
+    if failed:
+        detail += f"; {failed[0] * variant.participants} failed: {results[failed[0]].reasons[0]}"[:300]
+    elif quick:
+        detail += "; quick: not ramped to the limit"
+    return Row(variant.key, variant.metric, value, detail, goal=">= 800")
