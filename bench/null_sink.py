@@ -66,19 +66,15 @@ class Stream:
         self.participants.setdefault(participant_id, Counters(False)).rejected += 1
 
     def count_audio(self, frames: Iterable[pb.AudioFrame]) -> None:
-        """Count audio frames: per frame one dict lookup and two integer updates, nothing else."""
-        participants = self.participants
-        for frame in frames:
-            c = participants.get(frame.participant_id)
-            if c is None or not c.joined:
-                self._reject(frame.participant_id)
-                continue
-            c.received += 1
-            if frame.sequence > c.last_audio:
-                c.last_audio = frame.sequence
+        """Count audio frames into the highest audio sequence."""
+        self._count(frames, "last_audio")
 
     def count_video(self, frames: Iterable[pb.VideoFrame]) -> None:
-        """Count video frames (as audio, into the highest video sequence)."""
+        """Count video frames into the highest video sequence."""
+        self._count(frames, "last_video")
+
+    def _count(self, frames: Iterable[pb.AudioFrame] | Iterable[pb.VideoFrame], last: str) -> None:
+        """Per frame one dict lookup and two counter updates, nothing else."""
         participants = self.participants
         for frame in frames:
             c = participants.get(frame.participant_id)
@@ -86,8 +82,8 @@ class Stream:
                 self._reject(frame.participant_id)
                 continue
             c.received += 1
-            if frame.sequence > c.last_video:
-                c.last_video = frame.sequence
+            if frame.sequence > getattr(c, last):
+                setattr(c, last, frame.sequence)
 
     def handle(self, request: pb.StreamMediaRequest) -> bool:
         """Apply one request; True when it was `end`. `leave` changes nothing: counters stay in the acks."""
