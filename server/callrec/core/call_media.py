@@ -524,7 +524,7 @@ class CallMedia:
         blocks: dict[str, np.ndarray] = {}
         by_rate: dict[int, dict[str, np.ndarray]] = {}
         drained: list[ParticipantInput] = []
-        batch = self._batch if predecoded is not None else None
+        batch, decoded_here = (self._batch, predecoded) if predecoded is not None else (None, {})
         for p in list(self._participants.values()):
             pid = p.participant_id
             jitter, decoder = p.jitter, p.decoder
@@ -534,8 +534,8 @@ class CallMedia:
                 continue
             rate = p.rate
             first, last = index * rate // 50, (index + 1) * rate // 50
-            if batch is not None and predecoded is not None and batch.handles(decoder):
-                entry = predecoded.get(id(p))
+            if batch is not None and batch.handles(decoder):
+                entry = decoded_here.get(id(p))
                 if entry is not None and entry[0] is p:
                     for frame, outcome in entry[1]:
                         self._place_decoded(p, frame, outcome)
