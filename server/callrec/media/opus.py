@@ -15,12 +15,11 @@ decoder when none did.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
-import os
 from functools import cache
 
 import numpy as np
+
+from callrec.media.native_libs import load_codec_library
 
 #: The rates libopus can decode to (RFC 6716 §4; opus_decoder_create).
 DECODE_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
@@ -34,45 +33,24 @@ class OpusError(Exception):
     """libopus refused a packet (the message is libopus's own)."""
 
 
-def _candidates() -> list[str]:
-    """PyAV's bundled copy first (the libopus FFmpeg itself uses, pinned with PyAV; 1.5 decodes ~15 %
-    faster than Debian's 1.3 here), then the system's."""
-    names: list[str] = []
-    try:
-        import av
-
-        bundled = os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs", "libopus-*.so*")
-        names += sorted(glob.glob(bundled))
-    except ImportError:  # pragma: no cover - PyAV is a dependency
-        pass
-    found = ctypes.util.find_library("opus")
-    if found:
-        names.append(found)
-    names.append("libopus.so.0")
-    return names
-
-
 @cache
 def _library() -> ctypes.CDLL | None:
-    for name in _candidates():
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.opus_decoder_create.restype = ctypes.c_void_p
-        lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.opus_decoder_destroy.restype = None
-        lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
-        lib.opus_decode_float.restype = ctypes.c_int
-        lib.opus_decode_float.argtypes = [
-            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-        ]
-        lib.opus_decoder_ctl.restype = ctypes.c_int
-        lib.opus_decoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.opus_strerror.restype = ctypes.c_char_p
-        lib.opus_strerror.argtypes = [ctypes.c_int]
-        return lib
-    return None
+    lib = load_codec_library("opus", "libopus.so.0")
+    if lib is None:
+        return None
+    lib.opus_decoder_create.restype = ctypes.c_void_p
+    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.opus_decoder_destroy.restype = None
+    lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_decode_float.restype = ctypes.c_int
+    lib.opus_decode_float.argtypes = [
+        ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+    ]
+    lib.opus_decoder_ctl.restype = ctypes.c_int
+    lib.opus_decoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.opus_strerror.restype = ctypes.c_char_p
+    lib.opus_strerror.argtypes = [ctypes.c_int]
+    return lib
 
 
 def available() -> bool:

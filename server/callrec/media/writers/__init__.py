@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from callrec.core.model import ChannelType, ContentType, Format, RecordingOptions
 from callrec.media.writers.base import AudioWriter, AudioWriterFactory
-from callrec.media.writers.mp3 import Mp3Writer, Mp3WriterFactory
+from callrec.media.writers.mp3 import Mp3Writer, Mp3WriterFactory, PyAVMp3Writer
 from callrec.media.writers.unmixed_wav import UnmixedWavWriter, UnmixedWavWriterFactory
 from callrec.media.writers.wav import WavWriter, WavWriterFactory
 
@@ -16,6 +16,7 @@ __all__ = [
     "AudioWriterFactory",
     "Mp3Writer",
     "Mp3WriterFactory",
+    "PyAVMp3Writer",
     "UnmixedWavWriter",
     "UnmixedWavWriterFactory",
     "WavWriter",
