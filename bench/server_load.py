@@ -21,10 +21,11 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from bench import ROOT
 from bench.common import CORES, CpuWindow, children, median, percentile, proc_cpu, pss_mb, rss_mb
@@ -52,20 +53,32 @@ DONE_STATES = (rpb.RECORDING_STATE_COMPLETED, rpb.RECORDING_STATE_FAILED)
 class LoadGen:
     """The `bench.loadgen` process and its JSON-lines protocol."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, errors: IO[bytes]) -> None:
         self.proc = proc
+        self.errors = errors
         self.events: list[dict[str, Any]] = []
 
     @classmethod
     async def start(cls, cfg: dict[str, Any], timeout: float = 120.0) -> LoadGen:
+        # stderr to a file, not a pipe: nobody reads it while the load runs, and a full pipe would stall it
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.loadgen", json.dumps(cfg),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors,
             cwd=ROOT, limit=1 << 20,
         )
-        gen = cls(proc)
-        await gen.wait("ready", timeout)
+        gen = cls(proc, errors)
+        try:
+            await gen.wait("ready", timeout)
+        except BaseException:
+            await gen.close()
+            raise
         return gen
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The last `limit` characters the generator wrote to stderr."""
+        self.errors.seek(0)
+        return self.errors.read().decode(errors="replace")[-limit:]
 
     @property
     def pid(self) -> int:
@@ -80,11 +93,9 @@ class LoadGen:
                 raise TimeoutError(f"load generator: no {event!r} within {timeout:.0f} s")
             line = await asyncio.wait_for(self.proc.stdout.readline(), left)
             if not line:
-                err = b""
-                if self.proc.stderr is not None:
-                    with contextlib.suppress(TimeoutError):
-                        err = await asyncio.wait_for(self.proc.stderr.read(), 5)
-                raise RuntimeError(f"load generator exited before {event!r}:\n{err.decode(errors='replace')[-2000:]}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 5)
+                raise RuntimeError(f"load generator exited before {event!r}:\n{self.stderr_tail()}")
             msg = json.loads(line)
             self.events.append(msg)
             if msg["event"] == event:
@@ -103,6 +114,7 @@ class LoadGen:
                 self.proc.kill()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), 10)
+        self.errors.close()
 
 
 @dataclass
