@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from callrec.v1 import media_pb2 as pb
 from callrec_client.gateway import GatewayConnection
 from tests.harness import ROOT, ServerProcess, unique
 
@@ -96,11 +97,18 @@ async def test_metrics_endpoint(make_server, tmp_path):
     srv = make_server("--clock", "media", "--metrics-listen", f"127.0.0.1:{port}")
     async with GatewayConnection(srv.target, "m") as gw:
         await gw.join("alice")
+        await gw.join("bob")
         for seq in range(1, 6):
             await gw.audio("alice", seq, seq * 20_000, b"\0\0" * 320)
         await gw.audio("alice", 6, 6 * 20_000, b"")
         await gw.next_response("warning")
+        # a batch is counted once per message: every frame in it still counts
+        await gw.batch(audio=[pb.AudioFrame(participant_id=pid, sequence=seq, timestamp_us=seq * 20_000,
+                                            data=b"\0\0" * 320)
+                              for seq in (7, 8) for pid in ("alice", "bob")]
+                       + [pb.AudioFrame(participant_id="bob", sequence=9, timestamp_us=9 * 20_000, data=b"")])
+        await gw.next_response("warning")
         await gw.end()
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'callrec_frames_received_total{kind="audio"} 5.0' in body
-    assert 'callrec_frames_rejected_total{kind="audio",reason="empty_frame"} 1.0' in body
+    assert 'callrec_frames_received_total{kind="audio"} 9.0' in body
+    assert 'callrec_frames_rejected_total{kind="audio",reason="empty_frame"} 2.0' in body

@@ -55,6 +55,8 @@ class _Broken:
     """The gateway half-closed without `end`."""
 
 
+_FRAMES_RECEIVED = {kind: metrics.FRAMES_RECEIVED.labels(kind) for kind in ("audio", "video")}
+
 _Item = pb.StreamMediaResponse | _End | _Broken | CallrecError
 """What the reader and the notice forwarder queue for the handler."""
 
@@ -72,6 +74,8 @@ class _Session:
         self.out: asyncio.Queue[_Item] = asyncio.Queue(2000)
         self.warning_window = 0.0
         self.warnings_in_window = 0
+        self._accepted = {"audio": 0, "video": 0}
+        """Frames accepted since the last `flush_counts()`, by kind (the metric is bumped once per message)."""
 
     def warn(self, participant_id: str, code: str, message: str) -> None:
         """Queue a warning, at most MAX_WARNINGS_PER_SECOND (the counters in `ack` carry the rest)."""
@@ -87,7 +91,7 @@ class _Session:
     def count(self, participant: CallParticipant, reason: str | None, kind: str) -> None:
         assert self.call is not None
         if reason is None:
-            metrics.FRAMES_RECEIVED.labels(kind).inc()
+            self._accepted[kind] += 1
             participant.stats.frames_received += 1
             self.call.stats.frames_received += 1
             return
@@ -95,6 +99,14 @@ class _Session:
         participant.stats.reject(reason)
         self.call.stats.reject(reason)
         self.warn(participant.participant_id, reason, f"{kind} frame rejected: {reason}")
+
+    def flush_counts(self) -> None:
+        """Add the frames accepted since the last call to `callrec_frames_received_total`: once per message,
+        not per frame (a labelled counter takes a lock; a batch holds every participant's frame)."""
+        for kind, accepted in self._accepted.items():
+            if accepted:
+                _FRAMES_RECEIVED[kind].inc(accepted)
+                self._accepted[kind] = 0
 
     def ack(self) -> pb.StreamMediaResponse:
         assert self.call is not None and self.stream is not None
@@ -199,7 +211,10 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
                 if s.call is None and req.HasField("open"):
                     await self._open(s, req)
                     continue
-                self._handle(s, req)
+                try:
+                    self._handle(s, req)
+                finally:
+                    s.flush_counts()
             await s.out.put(_Broken())
         except _EndOfStream as end:
             await s.out.put(end.end)

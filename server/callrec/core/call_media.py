@@ -570,9 +570,9 @@ class CallMedia:
             start_us=index * TICK_US,
             time=self.clock.tick_time(index),
             mixed=result.mixed,
-            participants={pid: result.blocks[row] for row, pid in enumerate(ids)},
-            speaking={pid: bool(result.speaking[row]) for row, pid in enumerate(ids)},
-            energy_db={pid: float(result.energy_db[row]) for row, pid in enumerate(ids)},
+            participants=dict(zip(ids, result.blocks, strict=True)),
+            speaking=dict(zip(ids, result.speaking.tolist(), strict=True)),
+            energy_db=dict(zip(ids, result.energy_db.tolist(), strict=True)),
             names=self._names_view,
         )
         for p in drained:
