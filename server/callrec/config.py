@@ -18,9 +18,11 @@ from callrec.core.admission import Capacity
 from callrec.core.limits import Limits
 from callrec.webhooks.config import WebhookConfigError, WebhooksConfig, parse_webhooks
 
-CLUSTER_AUDIO_PARTICIPANTS = 80.0
-"""Audio participants one node keeps at real time (`make bench` on the 2-core development machine: 80 at
-real time, 10-person Opus calls, mixed mp3): cluster mode's default capacity."""
+CLUSTER_AUDIO_PARTICIPANTS = 160.0
+"""Audio participants one node keeps at real time: cluster mode's default capacity. `make bench ARGS="--only
+cluster"` (row 8a) on the 2-core development machine, 2026-12-01: one node behind HAProxy, 10-person Opus calls,
+mixed mp3, 160 with zero frames late (on the slower machine of earlier runs, 80). A slower machine should set
+`capacity_audio_participants`."""
 CLUSTER_VIDEO_COMPOSITES = 1.0
 """1080p16 composites one node sustains (`make bench`, same machine)."""
 
