@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -39,7 +40,25 @@ _FRAME_BYTES = 72 * MP3_BIT_RATE // OUTPUT_SAMPLE_RATE
 _ENCODER_DELAY = 1105
 
 
-class Mp3Writer:
+class _Mp3File:
+    """What both writers share: the spool file and the count of samples handed to the encoder."""
+
+    path: Path
+    _file: BinaryIO
+    _samples: int
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes that reached the file so far (the encoder holds back a frame or two)."""
+        return self._file.tell() if not self._file.closed else self.path.stat().st_size
+
+    @property
+    def samples_written(self) -> int:
+        """Samples handed to the encoder."""
+        return self._samples
+
+
+class Mp3Writer(_Mp3File):
     """Encodes mono int16 samples to an mp3 file as they come, with libmp3lame called directly."""
 
     def __init__(self, path: Path, bit_rate: int = MP3_BIT_RATE, compression_level: int = 7) -> None:
@@ -48,16 +67,6 @@ class Mp3Writer:
         self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed in close(); every write reaches the OS
         self._samples = 0
         self._tagged = False
-
-    @property
-    def bytes_written(self) -> int:
-        """Bytes that reached the file so far (LAME holds back a frame or two)."""
-        return self._file.tell() if not self._file.closed else self.path.stat().st_size
-
-    @property
-    def samples_written(self) -> int:
-        """Samples handed to the encoder."""
-        return self._samples
 
     def write(self, samples: np.ndarray) -> None:
         """Encode int16 mono samples."""
@@ -93,7 +102,7 @@ class Mp3Writer:
         return self.path
 
 
-class PyAVMp3Writer:
+class PyAVMp3Writer(_Mp3File):
     """The same stream through PyAV (the fallback where libmp3lame cannot be loaded by itself)."""
 
     def __init__(self, path: Path, bit_rate: int = MP3_BIT_RATE, compression_level: int = 7) -> None:
@@ -109,16 +118,6 @@ class PyAVMp3Writer:
         self._stream = stream
         self._samples = 0
         self._time_base = Fraction(1, OUTPUT_SAMPLE_RATE)
-
-    @property
-    def bytes_written(self) -> int:
-        """Bytes that reached the file so far (the encoder and AVIO hold back a little)."""
-        return self._file.tell() if not self._file.closed else self.path.stat().st_size
-
-    @property
-    def samples_written(self) -> int:
-        """Samples handed to the encoder."""
-        return self._samples
 
     def write(self, samples: np.ndarray) -> None:
         """Encode int16 mono samples."""
