@@ -19,7 +19,7 @@ from callrec.core.chunk_recovery import recover_chunks
 from callrec.core.chunker import FinishedChunk, journal_path
 from callrec.core.model import ChannelType, ChunkEndReason, ContentType, Format, PauseMode, RecordingOptions
 from callrec.media.writers import writer_factory_for
-from callrec.media.writers.repair import SpoolRepair, _mp3_frame_length, cut_mp3, cut_mp4, fix_wav
+from callrec.media.writers.repair import SpoolRepair, cut_mp3, cut_mp4, fix_wav, mp3_frame_length
 from callrec.state.db import Database
 from callrec.testing import EPOCH, decode_file, dominant_frequencies, tone
 
@@ -140,12 +140,12 @@ async def test_an_mp3_killed_before_its_first_audio_frame_has_no_media_and_a_sho
     await rec.finish()
     (spooled,) = image.glob("*.mp3")
     data = spooled.read_bytes()
-    first = _mp3_frame_length(data[:4])
+    first = mp3_frame_length(data[:4])
     assert first is not None and (b"Info" in data[:first] or b"Xing" in data[:first])
     header_only = tmp_path / "header-only.mp3"
     header_only.write_bytes(data[:first])
     assert cut_mp3(header_only) is None
-    second = _mp3_frame_length(data[first:first + 4])
+    second = mp3_frame_length(data[first:first + 4])
     assert second is not None
     one_frame = tmp_path / "one-frame.mp3"
     one_frame.write_bytes(data[: first + second + 7])  # the header, one audio frame, part of the next

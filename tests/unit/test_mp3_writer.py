@@ -16,7 +16,7 @@ import pytest
 
 from callrec.media import lame
 from callrec.media.writers import Mp3Writer, Mp3WriterFactory, PyAVMp3Writer
-from callrec.media.writers.repair import _mp3_frame_length
+from callrec.media.writers.repair import cut_mp3, mp3_frame_length
 from callrec.testing import dominant_frequencies
 
 RATE = 16_000
@@ -87,10 +87,36 @@ def test_the_file_starts_with_an_info_frame_while_it_is_written(factory: Mp3Writ
     writer.write(tone_samples(500.0, 1.0))
     data = (tmp_path / "b.mp3").read_bytes()
     assert writer.bytes_written == len(data) > 0
-    first = _mp3_frame_length(data[:4])
+    first = mp3_frame_length(data[:4])
     assert first == 216  # MPEG-2 Layer III, 48 kbps at 16 kHz
     assert b"Info" in data[:first] or b"Xing" in data[:first]
-    assert _mp3_frame_length(data[first:first + 4]) == 216  # then audio frames
+    assert mp3_frame_length(data[first:first + 4]) == 216  # then audio frames
+    writer.close()
+
+
+def test_a_kill_at_any_moment_leaves_an_empty_file_or_a_decodable_mp3(tmp_path: Path) -> None:
+    """What a kill -9 finds after each 20 ms write (as the recording's writer jobs hand them over): nothing
+    yet, or an Info frame and at least two audio frames, which crash repair keeps and FFmpeg decodes.
+    (A single audio frame is a file FFmpeg cannot open: the 20-kill crash test met one.)"""
+    writer = Mp3WriterFactory().open(tmp_path / "k.mp3")
+    samples = tone_samples(600.0, 0.6)
+    seen_empty = seen_media = False
+    for k in range(0, len(samples), 320):
+        writer.write(samples[k:k + 320])
+        data = (tmp_path / "k.mp3").read_bytes()
+        if not data:
+            seen_empty = True
+            continue
+        seen_media = True
+        first = mp3_frame_length(data[:4])
+        assert first is not None and b"Info" in data[:first], k
+        killed = tmp_path / f"killed-{k}.mp3"
+        killed.write_bytes(data)
+        repaired = cut_mp3(killed)
+        assert repaired is not None and repaired.samples > 0, (k, repaired)  # after the 1105-sample encoder delay
+        pcm, _, _ = decoded(killed)
+        assert len(pcm) > 0
+    assert seen_empty and seen_media  # both states happen within the first 0.6 s
     writer.close()
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from callrec.core.model import MP3_BIT_RATE, OUTPUT_SAMPLE_RATE
 from callrec.media import lame
 from callrec.media.writers.base import fsync_close
+from callrec.media.writers.repair import mp3_frame_length
 
 __all__ = ["Mp3Writer", "Mp3WriterFactory", "PyAVMp3Writer"]
 
@@ -66,6 +67,7 @@ class Mp3Writer(_Mp3File):
         self._encoder = lame.Mp3Encoder(OUTPUT_SAMPLE_RATE, bit_rate, compression_level)
         self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed in close(); every write reaches the OS
         self._samples = 0
+        self._head = b""  # the stream's start, held back until it is the Info frame and two audio frames
         self._tagged = False
 
     def write(self, samples: np.ndarray) -> None:
@@ -76,30 +78,46 @@ class Mp3Writer(_Mp3File):
         self._samples += data.size
         self._append(self._encoder.encode(data))
 
-    def _append(self, bitstream: bytes) -> None:
-        if not bitstream:
-            return
-        self._file.write(bitstream)
-        if not self._tagged:  # the reserved first frame is out: make it a real Info frame now
-            self._tagged = self._put_info_frame()
+    def _append(self, bitstream: bytes, *, final: bool = False) -> None:
+        """Write encoded frames. The first write waits until the stream holds LAME's reserved frame and two
+        audio frames, and puts the Info tag over the reserved one in the same write: whenever a kill -9
+        comes, the file is empty or a decodable mp3 (FFmpeg cannot open one of a single audio frame)."""
+        if not self._tagged:
+            self._head += bitstream
+            if not final and _complete_frames(self._head) < 3:
+                return
+            tag = self._encoder.info_frame()
+            bitstream, self._head = tag + self._head[len(tag):], b""
+            self._tagged = bool(tag)
+        if bitstream:
+            self._file.write(bitstream)
 
-    def _put_info_frame(self) -> bool:
+    def _put_info_frame(self) -> None:
+        """The final Info tag (frame count, padding) over the first frame."""
         tag = self._encoder.info_frame()
-        if not tag:
-            return False
-        self._file.seek(0)
-        self._file.write(tag)
-        self._file.seek(0, 2)
-        return True
+        if tag:
+            self._file.seek(0)
+            self._file.write(tag)
+            self._file.seek(0, 2)
 
     def close(self) -> Path:
         """Flush the encoder, write the final Info tag, fsync, close; returns the path."""
         if not self._file.closed:
-            self._append(self._encoder.flush())
+            self._append(self._encoder.flush(), final=True)
             self._put_info_frame()
             self._encoder.close()
             fsync_close(self._file)
         return self.path
+
+
+def _complete_frames(bitstream: bytes) -> int:
+    """How many whole MPEG audio frames `bitstream` starts with."""
+    count = offset = 0
+    while (length := mp3_frame_length(bitstream[offset : offset + 4])) is not None and offset + length <= len(
+            bitstream):
+        count += 1
+        offset += length
+    return count
 
 
 class PyAVMp3Writer(_Mp3File):

@@ -30,7 +30,7 @@ from callrec.logs import get_logger
 from callrec.media.writers.base import WAV_HEADER_BYTES
 from callrec.media.writers.unmixed_wav import UnmixedWavWriter, sidecar_path
 
-__all__ = ["SpoolRepair", "cut_mp3", "cut_mp4", "fix_wav"]
+__all__ = ["SpoolRepair", "cut_mp3", "cut_mp4", "fix_wav", "mp3_frame_length"]
 
 log = get_logger("repair")
 
@@ -63,7 +63,7 @@ def fix_wav(path: Path) -> RepairedMedia | None:
     return RepairedMedia(data // (2 * channels), channels)
 
 
-def _mp3_frame_length(header: bytes) -> int | None:
+def mp3_frame_length(header: bytes) -> int | None:
     """Length of the MPEG audio frame starting with `header` (4 bytes), None if it is not one."""
     if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
         return None
@@ -88,7 +88,7 @@ def cut_mp3(path: Path) -> RepairedMedia | None:
     offset = 0
     audio_frames = 0
     while True:
-        length = _mp3_frame_length(data[offset : offset + 4])
+        length = mp3_frame_length(data[offset : offset + 4])
         if length is None or offset + length > len(data):
             break
         if not (offset == 0 and _is_info_frame(data[:length])):
