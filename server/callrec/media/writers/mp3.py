@@ -4,10 +4,13 @@
 released, so the writer thread no longer takes the GIL from the event loop ~28 times per second of
 audio as PyAV's per-frame `encode`/`mux` did. The stream starts with LAME's Info tag frame (frame
 count, encoder delay and padding): players and `ffprobe` get the right duration and decoders trim
-exactly the samples that were written (checked in the tests). The tag is put over LAME's reserved
-first frame as soon as a frame is out, and rewritten at close; a file cut by a crash therefore
-starts with an Info frame too (`writers.repair` relies on it). Every write goes straight to the
-OS (an unbuffered file): a kill -9 loses only what LAME holds back, 1-2 frames (36-72 ms of audio).
+exactly the samples that were written (checked in the tests). The stream's start is held back
+until it holds LAME's reserved frame and two audio frames; then the Info tag goes over the reserved
+frame in the same write, and is rewritten at close. So whenever a kill -9 comes, the file is empty
+or a decodable mp3 starting with an Info frame (`writers.repair` relies on it; FFmpeg cannot open an
+mp3 of a single audio frame). Every later write goes straight to the OS (an unbuffered file): a
+kill -9 loses only what LAME holds back, 1-2 frames (36-72 ms of audio), or at a chunk's very start
+its first ~110 ms.
 No ID3 tag, so the size is a pure function of the sample count (chunk rotation by bytes needs that).
 
 `PyAVMp3Writer` is the fallback where libmp3lame cannot be loaded by itself: the same stream
