@@ -7,7 +7,8 @@ Runs in a process of its own (so the client does not share the server's event lo
 and talks to the bench over stdin/stdout, one JSON object per line:
 
 1. prepares every participant's frames (a distinct tone per participant, encoded in the
-   configured codec; optional I420 video from `callrec_client.sim_video`), opens one
+   configured codec; optional video from `callrec_client.sim_video`, raw I420 or H.264/VP8 encoded
+   once, before streaming, as a 2 s loop that starts with a key frame), opens one
    `GatewayConnection` per call, joins the participants, prints `{"event": "ready"}`;
 2. waits for `go` on stdin (the bench starts recordings in between), streams every call in
    real time (per call, one `media_batch` per tick holding every participant's 20 ms audio frame,
@@ -69,6 +70,26 @@ async def read_line(timeout: float) -> str:
     return (await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), timeout)).strip()
 
 
+def video_clips(participants: int, video: dict[str, Any]) -> list[list[tuple[bytes, bool]]]:
+    """Per participant, a 2 s loop of (frame data, key frame): `callrec_client.sim_video`'s pattern, raw
+    I420 or, with `video["codec"]` "h264" or "vp8", encoded with one key frame at the loop's start (so
+    the loop restarts cleanly)."""
+    from callrec_client.sim_video import VideoEncoder, VideoPattern
+
+    codec = video.get("codec", "i420")
+    loop = int(video["fps"] * 2)
+    clips = []
+    for i in range(participants):
+        pattern = VideoPattern(i, f"Participant {i + 1}", video["width"], video["height"], video["fps"])
+        raw = [pattern.frame(k / video["fps"]) for k in range(loop)]
+        if codec == "i420":
+            clips.append([(frame, True) for frame in raw])
+        else:
+            encoder = VideoEncoder(codec, video["width"], video["height"], video["fps"], gop=loop)
+            clips.append([encoder.encode(frame) for frame in raw])
+    return clips
+
+
 async def main(cfg: dict[str, Any]) -> None:
     target: str = cfg["target"]
     call_ids: list[str] = cfg["calls"]
@@ -82,15 +103,8 @@ async def main(cfg: dict[str, Any]) -> None:
     # The same tones in every call: participant i of each call speaks tone i.
     audio = [participant_audio(i, fmt, seconds, speech=False) for i in range(participants)]
     ticks = min(len(a) for a in audio)
-    patterns = []
-    if video:
-        from callrec_client.sim_video import VideoPattern
-
-        patterns = [VideoPattern(i, f"Participant {i + 1}", video["width"], video["height"], video["fps"])
-                    for i in range(participants)]
-        for p in patterns:  # render the looping clip now, not while streaming
-            for k in range(int(video["fps"] * 2)):
-                p.frame(k / video["fps"])
+    video_codec = (video or {}).get("codec", "i420")
+    clips = video_clips(participants, video) if video else []  # rendered now, not while streaming
 
     calls: list[Call] = []
     for n, call_id in enumerate(call_ids):
@@ -99,7 +113,7 @@ async def main(cfg: dict[str, Any]) -> None:
         pids = [f"p{i + 1}" for i in range(participants)]
         for i, pid in enumerate(pids):
             await gw.join(pid, f"Participant {i + 1}", audio=codec, sample_rate=rate, channels=1,
-                          video="i420" if video else None,
+                          video=video_codec if video else None,
                           width=video["width"] if video else 0, height=video["height"] if video else 0)
         calls.append(Call(call_id, gw, pids))
     emit("ready", ticks=ticks)
@@ -130,11 +144,12 @@ async def main(cfg: dict[str, Any]) -> None:
         while video and next_video / fps < (k + 1) * TICK_S:
             t = next_video / fps
             vts = start_us + round(t * 1e6)
+            frames = [clip[next_video % len(clip)] for clip in clips]
             for call in calls:
                 await call.gw.send(pb.StreamMediaRequest(media_batch=pb.MediaBatch(video=[
                     pb.VideoFrame(participant_id=pid, sequence=next_video + 1, timestamp_us=vts,
-                                  data=patterns[i].frame(t), width=video["width"], height=video["height"],
-                                  keyframe=True)
+                                  data=frames[i][0], width=video["width"], height=video["height"],
+                                  keyframe=frames[i][1])
                     for i, pid in enumerate(call.pids)])))
                 for pid in call.pids:
                     call.sent[pid] += 1

@@ -1,11 +1,12 @@
 """Rows: concurrent 1080p16 mp4 composites sustained at real time, memory per composite.
 
 Through the server when it can record mp4: a fresh `callrec serve --clock realtime` per step,
-`bench.loadgen` streams N calls of 9 participants (a tone each, plus 320x180 I420 video at 15 fps
-from `callrec_client.sim_video`) in real time, each call recorded as an audio_video mp4 (one
-video worker process per recording: compositing + libx264 + AAC). N doubles from 1 until a step
-fails (`bench.server_load`; for video also: the recording must be finished within a few seconds
-of the call's end, else its worker was behind real time), then is bisected.
+`bench.loadgen` streams N calls of 9 participants (a tone each, plus 320x180 H.264 video at 15 fps
+from `callrec_client.sim_video`, as issue 11's goal has it) in real time, each call recorded as an
+audio_video mp4 (one video worker process per recording: 9 H.264 decoders, compositing, libx264,
+AAC). N doubles from 1 until a step fails (`bench.server_load`; for video also: the recording must
+be finished within a few seconds of the call's end, else its worker was behind real time), then is
+bisected.
 
 Memory per composite = (server RSS + the workers' PSS while streaming - idle server RSS) / N.
 
@@ -23,7 +24,7 @@ from bench.common import CORES, Row, Section, server, wait_quiet
 from bench.server_load import StepResult, ramp, run_step
 
 PARTICIPANTS = 9
-VIDEO = {"width": 320, "height": 180, "fps": 15.0}
+VIDEO = {"width": 320, "height": 180, "fps": 15.0, "codec": "h264"}  # issue 11: H.264 participants
 RECORD = {"content_type": "audio_video", "channel_type": "mixed", "format": "mp4"}
 
 
@@ -53,7 +54,7 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
             return await run_step(srv, n, seconds, participants=PARTICIPANTS, codec=codec, record=RECORD,
                                   video=VIDEO)
 
-    log(f"video: N calls x {PARTICIPANTS} participants (320x180@15 I420 + {codec}, real time, "
+    log(f"video: N calls x {PARTICIPANTS} participants (320x180@15 H.264 + {codec}, real time, "
         f"{seconds:.0f} s each) -> 1080p16 mp4 through the server")
     server_error = ""
     results: dict[int, StepResult] = {}
