@@ -11,7 +11,7 @@ NODE_STAMP := clients/node/node_modules/.installed
 RUN_APT_PACKAGES := fonts-noto-cjk
 # cluster mode's engines, started by the tests on loopback (SPEC §8): PostgreSQL, Redis, HAProxy
 CLUSTER_APT_PACKAGES := postgresql redis-server haproxy
-APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-dejavu-core
+APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-dejavu-core ffmpeg
 
 .PHONY: run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install
 
@@ -39,7 +39,7 @@ run-deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(RUN_APT_PACKAGES)" || \
 	  echo "warning: could not install $(RUN_APT_PACKAGES): names in mp4 recordings use a fallback font"
 
-## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts, PostgreSQL, Redis); skipped when present
+## apt-deps: Debian tools the tests use (espeak-ng, sox, fonts, PostgreSQL, Redis, ffmpeg: bench row 7b); skipped if present
 apt-deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
 

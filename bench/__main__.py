@@ -3,9 +3,10 @@
 Progress and per-step details go to stderr; the table (and its header: machine, load, versions)
 to stdout. `--quick` runs a few seconds per row (a smoke run, under 90 s; the capacity rows are
 then lower bounds, not ramped to failure). `--only` takes group names or row numbers 1-9:
-1, 2, 4 -> audio; 3, 4 -> video; 5, 6 -> control; 7 -> ffmpeg; 8 -> cluster (SPEC §8: the audio ramp
-through HAProxy in front of one node, then one node per core); 9 -> loadgen (the load generator alone,
-1000 participants against a sink that only counts: it must not be what limits the capacity rows).
+1, 2, 4 -> audio; 3, 4 -> video; 5, 6 -> control; 7 -> ffmpeg (7: the audio mix and mp3 encode,
+7b: the 9-person 1080p16 composite); 8 -> cluster (SPEC §8: the audio ramp through HAProxy in front
+of one node, then one node per core); 9 -> loadgen (the load generator alone, 1000 participants
+against a sink that only counts: it must not be what limits the capacity rows).
 """
 
 from __future__ import annotations
@@ -124,9 +125,11 @@ async def main_async(args: argparse.Namespace, groups: list[str]) -> list[Row]:
 
                 section = await control.run(args.quick, args.codec, log)
             elif group == "ffmpeg":
-                from bench import ffmpeg_compare
+                from bench import ffmpeg_compare, ffmpeg_video
 
                 section = await asyncio.to_thread(ffmpeg_compare.run, args.quick, log)
+                video_section = await asyncio.to_thread(ffmpeg_video.run, args.quick, log)
+                section.rows.extend(video_section.rows)
             elif group == "cluster":
                 from bench import cluster_capacity
 
