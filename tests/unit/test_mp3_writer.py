@@ -135,3 +135,16 @@ def test_lame_refuses_an_impossible_stream_and_a_closed_encoder() -> None:
     encoder.close()
     with pytest.raises(RuntimeError, match="closed"):
         encoder.encode(tone_samples(500.0, 0.1))
+
+
+def test_a_libmp3lame_without_a_needed_function_means_the_pyav_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library that loads but lacks a function we call (a LAME before 3.98) is not used: PyAV encodes."""
+    import ctypes
+
+    monkeypatch.setattr("callrec.media.lame.load_codec_library", lambda stem, soname: ctypes.CDLL(None))
+    lame._library.cache_clear()
+    try:
+        assert not lame.available()
+        assert type(Mp3WriterFactory().open(Path("/dev/null"))) is PyAVMp3Writer
+    finally:
+        lame._library.cache_clear()

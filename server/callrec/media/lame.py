@@ -42,6 +42,15 @@ def _library() -> ctypes.CDLL | None:
     lib = load_codec_library("mp3lame", "libmp3lame.so.0")
     if lib is None:
         return None
+    try:
+        _declare(lib)
+    except AttributeError:  # a LAME older than 3.98 lacks a function we call: use PyAV's encoder instead
+        return None
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Argument and result types of the functions `Mp3Encoder` calls (AttributeError if one is missing)."""
     gfp, i = ctypes.c_void_p, ctypes.c_int
     lib.lame_init.restype = gfp
     lib.lame_init.argtypes = []
@@ -61,7 +70,6 @@ def _library() -> ctypes.CDLL | None:
     lib.lame_get_lametag_frame.argtypes = [gfp, ctypes.c_void_p, ctypes.c_size_t]
     lib.lame_close.restype = i
     lib.lame_close.argtypes = [gfp]
-    return lib
 
 
 def available() -> bool:
