@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -224,3 +225,17 @@ async def wait_quiet(log: object, max_wait_s: float = 6.0, limit_pct: float = 40
             if pct >= limit_pct:
                 log(f"  (machine still busy: other processes use {pct:.0f}% of a core; measuring anyway)")  # type: ignore[operator]
             return pct
+
+
+def child_cpu(cmd: list[str]) -> float:
+    """Run `cmd` to its end; its user + system CPU seconds (`os.wait4`). RuntimeError with the end of its
+    stderr if it fails (give tools a quiet log level: stderr is read after the end)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if code != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed ({code}): {err[-500:]}")
+    return usage.ru_utime + usage.ru_stime

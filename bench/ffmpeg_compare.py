@@ -24,7 +24,6 @@ If ffmpeg is not installed the row says so (Debian: `apt-get install -y ffmpeg`)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import ROOT
-from bench.common import Row, Section
+from bench.common import Row, Section, child_cpu
 
 PARTICIPANTS = 10
 
@@ -75,15 +74,7 @@ def _ffmpeg_cpu(exe: str, inputs: list[Path], out: Path, extra: list[str]) -> fl
         cmd += ["-i", str(path)]
     cmd += ["-filter_complex", f"amix=inputs={len(inputs)}", "-ar", "16000", "-ac", "1", "-b:a", "48k", *extra,
             str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {err[-500:]}")
-    if proc.stderr:
-        proc.stderr.close()
-    return usage.ru_utime + usage.ru_stime
+    return child_cpu(cmd)
 
 
 def run(quick: bool, log: Callable[[str], None]) -> Section:

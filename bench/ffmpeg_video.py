@@ -22,7 +22,6 @@ picture. Each side runs `repeat` times; the minimum CPU of each is compared.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import ROOT
-from bench.common import Row, Section
+from bench.common import Row, Section, child_cpu
 
 PARTICIPANTS = 9
 VIDEO = {"width": 320, "height": 180, "fps": 15.0, "codec": "h264"}
@@ -129,18 +128,6 @@ def _ffmpeg_command(exe: str, videos: list[Path], audios: list[Path], out: Path)
     return cmd
 
 
-def _ffmpeg_cpu(cmd: list[str]) -> float:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    if code != 0:
-        raise RuntimeError(f"ffmpeg failed ({code}): {err[-500:]}")
-    return usage.ru_utime + usage.ru_stime
-
-
 def run(quick: bool, log: Callable[[str], None]) -> Section:
     seconds, repeat = (8.0, 1) if quick else (30.0, 2)
     section = Section()
@@ -160,7 +147,7 @@ def run(quick: bool, log: Callable[[str], None]) -> Section:
                                     ok=False))
             return section
         cmd = _ffmpeg_command(exe, videos, audios, directory / "ffmpeg.mp4")
-        theirs = [_ffmpeg_cpu(cmd) for _ in range(repeat)]
+        theirs = [child_cpu(cmd) for _ in range(repeat)]
     ffmpeg = min(theirs)
     log(f"  ffmpeg scale + xstack + libx264 + aac: {', '.join(f'{v:.2f}' for v in theirs)} CPU s")
     section.rows.append(Row(

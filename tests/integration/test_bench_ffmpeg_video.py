@@ -13,7 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from bench.ffmpeg_video import PARTICIPANTS, TILE_H, TILE_W, _callrec_cpu, _ffmpeg_command, _ffmpeg_cpu, _inputs
+from bench.common import child_cpu
+from bench.ffmpeg_video import PARTICIPANTS, TILE_H, TILE_W, _callrec_cpu, _ffmpeg_command, _inputs
 
 SECONDS = 2.0
 
@@ -30,7 +31,7 @@ def test_both_sides_make_a_1080p16_grid_of_the_same_inputs(tmp_path: Path) -> No
     exe = shutil.which("ffmpeg")
     if exe is None:
         pytest.fail("ffmpeg is missing: `make test-deps` installs it (Debian package ffmpeg)")
-    assert _ffmpeg_cpu(_ffmpeg_command(exe, videos, audios, tmp_path / "ffmpeg.mp4")) > 0
+    assert child_cpu(_ffmpeg_command(exe, videos, audios, tmp_path / "ffmpeg.mp4")) > 0
     source = frames_of(videos[0])[5]  # participant 0's own picture, 320x180
     for name in ("callrec.mp4", "ffmpeg.mp4"):
         shown = frames_of(tmp_path / name)
