@@ -8,8 +8,9 @@ other core while the loop runs Python.
 
 LAME reserves the first frame of the stream for its Info tag (frame count, encoder delay,
 padding: what makes decoders gapless). `Mp3Encoder.info_frame()` gives the tag for what was
-encoded so far; the writer puts it over the reserved frame as soon as there is one (so a file cut
-by a crash still starts with an Info frame) and again at the end.
+encoded so far; the writer puts it over the reserved frame in the first write it makes (held back
+until two audio frames follow, so a file cut by a crash is empty or starts with an Info frame and
+decodes) and again at the end.
 
 The library is the copy PyAV's wheel bundles (the libmp3lame FFmpeg uses), or else the system's
 (Debian `libmp3lame0`); `available()` says whether one loaded, and `writers.mp3` falls back to
