@@ -355,3 +355,26 @@ async def test_the_hub_reports_pressure_while_a_call_is_late_and_not_after() -> 
     clocks[1].current_playout_delay_us  # noqa: B018 -- reading it applies the shrink, as a tick does
     assert clocks[1].last_playout_delay_us - 200_000 <= PRESSURE_EXTRA_US
     assert not hub.media_under_pressure()
+
+
+async def test_realtime_on_the_real_clock_waits_and_end_wakes_it_without_a_stray_timer() -> None:
+    """The real clock's wait is a bare future on a loop timer: it waits the tick's end plus the delay,
+    `end()` wakes it at once, and the timer firing afterwards (on a cancelled future) is harmless."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    clock = RealtimeClock(playout_delay_ms=30)
+    clock.start()
+    started = loop.time()
+    await clock.wait_tick(0, FixedProgress())
+    assert loop.time() - started >= 0.045  # 20 ms tick + 30 ms delay, less the start-up above
+
+    waiting = asyncio.create_task(clock.wait_tick(10, FixedProgress()))  # due ~0.25 s after start
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    clock.end()
+    await asyncio.wait_for(waiting, 1.0)
+    assert loop.time() - started < 0.2  # woken by end(), not by its timer
+    await asyncio.sleep(0.3)  # the timer fires on the cancelled future
+    assert errors == []
+    loop.set_exception_handler(None)

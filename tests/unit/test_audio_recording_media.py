@@ -39,7 +39,6 @@ def tick(index: int, value: int = 1000, participants: dict[str, int] | None = No
         mixed=np.full(TICK_SAMPLES, value, np.int16),
         participants=people,
         speaking={pid: pid in speaking for pid in people},
-        energy_db={pid: -20.0 for pid in people},
         names={pid: pid.upper() for pid in people},
     )
 

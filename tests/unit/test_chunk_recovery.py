@@ -37,7 +37,7 @@ def stepped_tone(seconds: float) -> np.ndarray:
 def tick(index: int, pcm: np.ndarray, speaking: bool = True) -> MixTick:
     block = pcm[index * TICK_SAMPLES : (index + 1) * TICK_SAMPLES]
     return MixTick(index=index, start_us=index * 20_000, time=EPOCH + timedelta(milliseconds=20 * index),
-                   mixed=block, participants={"a": block}, speaking={"a": speaking}, energy_db={"a": -10.0},
+                   mixed=block, participants={"a": block}, speaking={"a": speaking},
                    names={"a": "Alice"})
 
 

@@ -140,7 +140,7 @@ def test_parent_going_away_leaves_a_playable_file(tmp_path: Path) -> None:
         worker.video("cam", raw, index * 0.02, width=160, height=120, raw=True)
         block = np.zeros(320, np.int16)
         worker.on_tick(MixTick(index, index * 20_000, datetime.now(UTC), block, {"cam": block}, {"cam": True},
-                               {"cam": -30.0}, {"cam": "Camera"}))
+                               {"cam": "Camera"}))
     deadline = time.monotonic() + 20
     while worker.backlog_s > 0 and time.monotonic() < deadline:
         time.sleep(0.05)

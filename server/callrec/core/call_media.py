@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -29,11 +29,11 @@ import numpy as np
 from callrec.core.clock import TICK_US, Clock, MediaProgress
 from callrec.core.jitter import EncodedFrame, JitterBuffer
 from callrec.core.log import get_logger
-from callrec.core.mixer import Mixer
+from callrec.core.mixer import Mixer, MixResult
 from callrec.core.model import OUTPUT_SAMPLE_RATE, AudioFormat, DecodeError, MediaStats, RejectReason
 from callrec.core.ports import AudioCodecs, BatchDecoder, BlockResampler, FrameDecoder
 
-__all__ = ["TICK_SAMPLES", "CallMedia", "MixTick", "ParticipantInput", "TickSink"]
+__all__ = ["TICK_SAMPLES", "CallMedia", "MixTick", "ParticipantBlocks", "ParticipantInput", "TickSink"]
 
 log = get_logger(__name__)
 
@@ -56,7 +56,8 @@ class MixTick:
     """One 20 ms tick of a call: everything any output needs.
 
     Arrays are fresh for every tick (sinks may keep references). `participants` holds
-    every participant present during the tick, in join order, video-only ones as silence;
+    every participant present during the tick, in join order, video-only ones as silence
+    (its blocks are made on first use: most sinks only look at who is there);
     `names` is a live read-only view of display names.
     """
 
@@ -64,9 +65,8 @@ class MixTick:
     start_us: int  # call time of the first sample
     time: datetime  # UTC wall-clock time of the first sample
     mixed: np.ndarray  # int16, TICK_SAMPLES samples
-    participants: dict[str, np.ndarray]  # participant_id -> int16 block
+    participants: Mapping[str, np.ndarray]  # participant_id -> int16 block
     speaking: dict[str, bool]
-    energy_db: dict[str, float]
     names: Mapping[str, str]
 
     @property
@@ -78,6 +78,41 @@ class MixTick:
     def end_time(self) -> datetime:
         """Wall-clock time just after the last sample."""
         return self.time + timedelta(microseconds=TICK_US)
+
+
+class ParticipantBlocks(Mapping[str, np.ndarray]):
+    """A tick's participant id -> int16 block, converted from the mixer's float input on first access.
+
+    Why lazy: a mixed recording (most of them) only asks who was there, and converting every
+    participant's block each tick cost as much as the mix itself on a small call. Keys and
+    membership never convert.
+    """
+
+    __slots__ = ("_ids", "_result", "_rows")
+
+    def __init__(self, ids: Sequence[str], result: MixResult) -> None:
+        self._ids = ids
+        self._result = result
+        self._rows: dict[str, int] | None = None
+
+    def _index(self) -> dict[str, int]:
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = {pid: row for row, pid in enumerate(self._ids)}
+        return rows
+
+    def __getitem__(self, participant_id: str) -> np.ndarray:
+        block: np.ndarray = self._result.blocks[self._index()[participant_id]]
+        return block
+
+    def __contains__(self, participant_id: object) -> bool:
+        return participant_id in self._index()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class TickSink(Protocol):
@@ -570,9 +605,8 @@ class CallMedia:
             start_us=index * TICK_US,
             time=self.clock.tick_time(index),
             mixed=result.mixed,
-            participants=dict(zip(ids, result.blocks, strict=True)),
+            participants=ParticipantBlocks(ids, result),
             speaking=dict(zip(ids, result.speaking.tolist(), strict=True)),
-            energy_db=dict(zip(ids, result.energy_db.tolist(), strict=True)),
             names=self._names_view,
         )
         for p in drained:

@@ -168,6 +168,11 @@ class _Raised:
         self.changed_at = now - self.hold_s
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not cancelled by `end()` meanwhile
+        future.set_result(None)
+
+
 class RealtimeClock:
     """Wall-clock pacing with a playout delay and per-gateway drift correction.
 
@@ -319,7 +324,7 @@ class RealtimeClock:
             delay = self._deadline(index) - now
         if delay <= 0:
             return
-        self._sleeper = asyncio.ensure_future(self.time.sleep(delay))
+        self._sleeper = self._sleep(delay)
         try:
             await self._sleeper
         except asyncio.CancelledError:
@@ -327,6 +332,19 @@ class RealtimeClock:
                 raise
         finally:
             self._sleeper = None
+
+    def _sleep(self, delay: float) -> asyncio.Future[None]:
+        """A future done after `delay` seconds (cancel it to wake the waiter early).
+
+        On the real clock a bare future and a loop timer: every call waits once per tick, and a
+        Task around `asyncio.sleep` per wait cost the event loop about 5 µs more each time.
+        """
+        if type(self.time) is not SystemTime:
+            return asyncio.ensure_future(self.time.sleep(delay))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        loop.call_later(delay, _resolve, future)
+        return future
 
     def tick_time(self, index: int) -> datetime:
         """Call time 0 (wall clock at start) plus the tick's offset."""

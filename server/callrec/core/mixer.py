@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -30,9 +31,16 @@ def db_to_linear(db: float) -> float:
 
 
 def float_to_int16(pcm: np.ndarray) -> np.ndarray:
-    """Round float PCM in [-1, 1) to int16, saturating (never wrapping)."""
-    scaled = np.rint(pcm * np.float32(32768.0))
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
+    """Round float PCM in [-1, 1) to int16, saturating (never wrapping).
+
+    Two in-place ufuncs rather than `np.clip`: on a 20 ms block clip's Python wrapper costs
+    more than the arithmetic, and this runs for every tick of every call.
+    """
+    scaled: np.ndarray = np.multiply(pcm, np.float32(32768.0))
+    np.rint(scaled, out=scaled)
+    np.minimum(scaled, np.float32(32767.0), out=scaled)
+    np.maximum(scaled, np.float32(-32768.0), out=scaled)
+    return scaled.astype(np.int16)
 
 
 #: Ceiling of the limiter: the largest positive int16 value, so the output stays symmetric.
@@ -54,12 +62,27 @@ def soft_limit(x: np.ndarray, knee: float = db_to_linear(-3.0)) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MixResult:
-    """One tick of mixer output; arrays are fresh per tick, so sinks may keep them."""
+    """One tick of mixer output; arrays are fresh per tick, so sinks may keep them.
+
+    `blocks` and `energy_db` are computed on first use: a mixed recording needs neither, and
+    converting every participant's block costs as much as the mix on a small call.
+    """
 
     mixed: np.ndarray  # int16, shape (samples,)
-    blocks: np.ndarray  # int16, shape (participants, samples), rows in the order given to mix()
-    energy_db: np.ndarray  # float32, shape (participants,): RMS level in dBFS
+    pcm: np.ndarray  # float32, shape (participants, samples): the mixer's input, rows in the order given to mix()
+    mean_square: np.ndarray  # float32, shape (participants,)
     speaking: np.ndarray  # bool, shape (participants,)
+
+    @cached_property
+    def blocks(self) -> np.ndarray:
+        """int16, shape (participants, samples): each participant's own block."""
+        return float_to_int16(self.pcm)
+
+    @cached_property
+    def energy_db(self) -> np.ndarray:
+        """float32, shape (participants,): RMS level in dBFS."""
+        levels: np.ndarray = 10.0 * np.log10(np.maximum(self.mean_square, np.float32(1e-12)))
+        return levels.astype(np.float32)
 
 
 class Mixer:
@@ -97,35 +120,39 @@ class Mixer:
             raise ValueError(f"blocks must have shape ({len(ids)}, samples), got {blocks.shape}")
         samples = blocks.shape[1]
         if not ids:
-            return MixResult(
-                mixed=np.zeros(samples, dtype=np.int16),
-                blocks=np.zeros((0, samples), dtype=np.int16),
-                energy_db=np.zeros(0, dtype=np.float32),
-                speaking=np.zeros(0, dtype=bool),
-            )
-        total = blocks.sum(axis=0, dtype=np.float32)
-        peak = float(np.abs(total).max())
+            empty = np.zeros(0, dtype=np.float32)
+            return MixResult(np.zeros(samples, dtype=np.int16), np.zeros((0, samples), dtype=np.float32), empty,
+                             np.zeros(0, dtype=bool))
+        # ufuncs called directly: on 20 ms blocks the per-call overhead of the array methods' and
+        # einsum's Python wrappers is most of the cost, and this runs for every tick of every call.
+        total = np.add.reduce(blocks, axis=0, dtype=np.float32)
+        peak = float(np.maximum.reduce(np.abs(total)))
         gained, peak = self._apply_gain(total, peak)
         mixed = soft_limit(gained, self.knee) if peak > self.knee else gained
 
-        mean_square = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float32) / np.float32(samples)
-        loud = mean_square > self._threshold_power
-        energy_db = (10.0 * np.log10(np.maximum(mean_square, np.float32(1e-12)))).astype(np.float32)
-        speaking = loud.copy()
+        mean_square = np.add.reduce(np.square(blocks), axis=1, dtype=np.float32)
+        mean_square /= np.float32(samples)
+        loud = (mean_square > self._threshold_power).tolist()
+        speaking = loud
         hangover = self._hangover
-        for row, participant_id in enumerate(ids):
-            if loud[row]:
-                hangover[participant_id] = self._hangover_ticks
-            else:
-                left = hangover.get(participant_id, 0)
-                if left > 0:
-                    hangover[participant_id] = left - 1
-                    speaking[row] = True
+        if hangover or any(loud):
+            speaking = list(loud)
+            ticks = self._hangover_ticks
+            for row, participant_id in enumerate(ids):
+                if loud[row]:
+                    hangover[participant_id] = ticks
+                else:
+                    left = hangover.get(participant_id, 0)
+                    if left > 0:
+                        hangover[participant_id] = left - 1
+                        speaking[row] = True
+        scaled = np.multiply(mixed, np.float32(32768.0))
+        np.rint(scaled, out=scaled)
         return MixResult(
-            mixed=np.rint(mixed * np.float32(32768.0)).astype(np.int16),  # within +-CEILING: no clip needed
-            blocks=float_to_int16(blocks),
-            energy_db=energy_db,
-            speaking=speaking,
+            mixed=scaled.astype(np.int16),  # within +-CEILING: no clip needed
+            pcm=blocks,
+            mean_square=mean_square,
+            speaking=np.array(speaking, dtype=bool),
         )
 
     def _apply_gain(self, total: np.ndarray, peak: float) -> tuple[np.ndarray, float]:
