@@ -104,6 +104,7 @@ class Mixer:
         self._hangover_ticks = max(0, round(speech_hangover_ms / tick_ms))
         self._gain = 1.0
         self._hangover: dict[str, int] = {}
+        self._ramps: dict[int, np.ndarray] = {}  # block length -> (1..n)/n, for the gain ramp
 
     @property
     def gain(self) -> float:
@@ -165,5 +166,8 @@ class Mixer:
         if old_gain == 1.0 and new_gain == 1.0:
             return total, peak
         n = total.shape[0]
-        ramp = old_gain + (new_gain - old_gain) * (np.arange(1, n + 1, dtype=np.float32) / np.float32(n))
-        return total * ramp.astype(np.float32), peak * max(old_gain, new_gain)
+        steps = self._ramps.get(n)
+        if steps is None:  # the same block length every tick: made once
+            steps = self._ramps[n] = np.arange(1, n + 1, dtype=np.float32) / np.float32(n)
+        ramp = np.float32(old_gain) + np.float32(new_gain - old_gain) * steps
+        return total * ramp, peak * max(old_gain, new_gain)

@@ -78,6 +78,10 @@ _OPUS_FRAME_UNITS = (
 )
 
 
+_PCM16LE = np.dtype("<i2")
+_PCM16_SCALE = np.float32(1.0 / 32768.0)
+
+
 def opus_packet_samples(packet: bytes, rate: int = OPUS_RATE) -> int:
     """Duration of an Opus packet in samples at `rate`, from its TOC byte (no decoding).
 
@@ -214,9 +218,8 @@ class AudioDecoder:
         if encoding == AudioEncoding.OPUS:
             return self._decode_opus(data)
         self.frame_samples(data)  # validates length
-        if encoding == AudioEncoding.PCM16LE:
-            pcm = np.frombuffer(data, dtype="<i2").astype(np.float32)
-            pcm *= np.float32(1.0 / 32768.0)
+        if encoding == AudioEncoding.PCM16LE:  # one ufunc converts and scales (this runs per frame)
+            pcm = np.multiply(np.frombuffer(data, dtype=_PCM16LE), _PCM16_SCALE, dtype=np.float32)
         else:
             pcm = _G711_TABLES[encoding][np.frombuffer(data, dtype=np.uint8)]
         if self._channels == 2:
