@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from callrec import metrics, runtime_gc
+from callrec import loop_lag, metrics, runtime_gc
 from callrec.api.auth import AuthInterceptor
 from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
@@ -462,6 +462,7 @@ async def start(app: App) -> None:
         await app.healthz.start(*parse_host_port(app.config.health_listen, "health_listen"))
     loop = asyncio.get_running_loop()
     app.tasks.append(loop.create_task(app.housekeeping()))
+    app.tasks.append(loop.create_task(loop_lag.watch()))  # callrec_event_loop_lag_seconds
     if app.upload_worker is not None:
         app.upload_worker.start()
     app.tasks.append(loop.create_task(app.outbox.run()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -112,3 +113,6 @@ async def test_metrics_endpoint(make_server, tmp_path):
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'callrec_frames_received_total{kind="audio"} 9.0' in body
     assert 'callrec_frames_rejected_total{kind="audio",reason="empty_frame"} 2.0' in body
+    # the serving loop watches its own lag (a timer every 100 ms) from start-up on
+    lag_count = re.search(r"^callrec_event_loop_lag_seconds_count (\S+)$", body, re.M)
+    assert lag_count is not None and float(lag_count.group(1)) >= 1
