@@ -606,7 +606,7 @@ class CallMedia:
             time=self.clock.tick_time(index),
             mixed=result.mixed,
             participants=ParticipantBlocks(ids, result),
-            speaking=dict(zip(ids, result.speaking.tolist(), strict=True)),
+            speaking=dict(zip(ids, result.speaking, strict=True)),
             names=self._names_view,
         )
         for p in drained:

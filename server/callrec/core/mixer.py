@@ -71,7 +71,7 @@ class MixResult:
     mixed: np.ndarray  # int16, shape (samples,)
     pcm: np.ndarray  # float32, shape (participants, samples): the mixer's input, rows in the order given to mix()
     mean_square: np.ndarray  # float32, shape (participants,)
-    speaking: np.ndarray  # bool, shape (participants,)
+    speaking: list[bool]  # per participant, in the order given to mix()
 
     @cached_property
     def blocks(self) -> np.ndarray:
@@ -116,14 +116,17 @@ class Mixer:
         self._hangover.pop(participant_id, None)
 
     def mix(self, ids: Sequence[str], blocks: np.ndarray) -> MixResult:
-        """Mix float32 blocks of shape (len(ids), samples) in [-1, 1)."""
+        """Mix float32 blocks of shape (len(ids), samples) in [-1, 1).
+
+        The result keeps `blocks` (its int16 `blocks` are made from them on first use): pass a
+        matrix made for this tick and do not change it afterwards.
+        """
         if blocks.ndim != 2 or blocks.shape[0] != len(ids):
             raise ValueError(f"blocks must have shape ({len(ids)}, samples), got {blocks.shape}")
         samples = blocks.shape[1]
         if not ids:
-            empty = np.zeros(0, dtype=np.float32)
-            return MixResult(np.zeros(samples, dtype=np.int16), np.zeros((0, samples), dtype=np.float32), empty,
-                             np.zeros(0, dtype=bool))
+            return MixResult(np.zeros(samples, dtype=np.int16), np.zeros((0, samples), dtype=np.float32),
+                             np.zeros(0, dtype=np.float32), [])
         # ufuncs called directly: on 20 ms blocks the per-call overhead of the array methods' and
         # einsum's Python wrappers is most of the cost, and this runs for every tick of every call.
         total = np.add.reduce(blocks, axis=0, dtype=np.float32)
@@ -153,7 +156,7 @@ class Mixer:
             mixed=scaled.astype(np.int16),  # within +-CEILING: no clip needed
             pcm=blocks,
             mean_square=mean_square,
-            speaking=np.array(speaking, dtype=bool),
+            speaking=speaking,
         )
 
     def _apply_gain(self, total: np.ndarray, peak: float) -> tuple[np.ndarray, float]:
