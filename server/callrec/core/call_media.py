@@ -138,6 +138,7 @@ class ParticipantInput:
     rate: int = field(default=OUTPUT_SAMPLE_RATE)
     anchor: str = ""  # clock anchor key: the gateway, or the participant if its timestamps disagree
     placed_any: bool = False
+    offloaded: bool = False  # its frames are decoded by the batch decoder (asked once, at join)
 
 
 class CallMedia:
@@ -204,6 +205,7 @@ class CallMedia:
         if decoder is not None:
             participant.decoder = decoder
             participant.rate = decoder.sample_rate
+            participant.offloaded = self._batch is not None and self._batch.handles(decoder)
             participant.jitter = JitterBuffer(
                 decoder.sample_rate,
                 stats,
@@ -522,10 +524,10 @@ class CallMedia:
         popped: list[tuple[ParticipantInput, EncodedFrame]] = []
         items: list[tuple[FrameDecoder, bytes]] = []
         for p in self._participants.values():
-            decoder = p.decoder
-            if p.jitter is None or decoder is None or not batch.handles(decoder):
+            decoder, jitter = p.decoder, p.jitter
+            if not p.offloaded or jitter is None or decoder is None:
                 continue
-            for frame in p.jitter.pop_due((index + 1) * p.rate // 50):
+            for frame in jitter.pop_due((index + 1) * p.rate // 50):
                 popped.append((p, frame))
                 items.append((decoder, frame.data))
         if not popped:
@@ -569,7 +571,7 @@ class CallMedia:
                 continue
             rate = p.rate
             first, last = index * rate // 50, (index + 1) * rate // 50
-            if batch is not None and batch.handles(decoder):
+            if batch is not None and p.offloaded:
                 entry = decoded_here.get(id(p))
                 if entry is not None and entry[0] is p:
                     for frame, outcome in entry[1]:

@@ -17,52 +17,73 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+from typing import Any
 
-import numpy as np
-
-from callrec.media.decode_pool import HEADER, read_exactly
+from callrec.media.decode_pool import HEADER, READ_SIZE
 from callrec.media.opus import OpusDecoder, OpusError
 
 
 def serve(commands: int, results: int) -> None:
-    """Answer requests until the parent closes the command pipe."""
+    """Answer requests until the parent closes the command pipe.
+
+    Everything one read brings (the loop sends all the calls that ticked in one turn in one
+    write) is decoded, then answered in one write: the loop wakes once per batch, not once per
+    call. A request cut by the read waits for the next read.
+    """
     decoders: dict[int, OpusDecoder] = {}
+    scratch = bytearray(READ_SIZE)
+    pending = bytearray()
     while True:
-        header = read_exactly(commands, HEADER.size)
-        if header is None:
+        n = os.readv(commands, [scratch])
+        if n == 0:
             return
-        body = read_exactly(commands, HEADER.unpack(header)[0])
-        if body is None:
-            return
-        message = pickle.loads(body)
-        if message[0] == "forget":
-            for key in message[1]:
-                decoder = decoders.pop(key, None)
-                if decoder is not None:
-                    decoder.close()
-            continue
-        _, request_id, rate, items = message
-        lengths: list[int] = []
-        errors: dict[int, str] = {}
-        pieces: list[np.ndarray] = []
-        for index, (key, packet) in enumerate(items):
-            decoder = decoders.get(key)
-            if decoder is None:
-                decoder = decoders[key] = OpusDecoder(rate)
-            try:
-                pcm = decoder.decode(packet)
-            except OpusError as exc:
-                errors[index] = str(exc)
-                lengths.append(0)
-                continue
-            pieces.append(pcm)
-            lengths.append(len(pcm))
-        data = np.concatenate(pieces).tobytes() if pieces else b""
-        answer = pickle.dumps((request_id, lengths, errors, data), protocol=pickle.HIGHEST_PROTOCOL)
-        os.write(results, HEADER.pack(len(answer)))
-        view = memoryview(answer)
-        while view:
-            view = view[os.write(results, view):]
+        pending += memoryview(scratch)[:n]
+        answers = bytearray()
+        offset = 0
+        with memoryview(pending) as view:
+            while len(pending) - offset >= HEADER.size:
+                (size,) = HEADER.unpack_from(pending, offset)
+                start = offset + HEADER.size
+                if len(pending) - start < size:
+                    break
+                message = pickle.loads(view[start:start + size])
+                offset = start + size
+                answer = _answer(message, decoders)
+                if answer is not None:
+                    answers += HEADER.pack(len(answer))
+                    answers += answer
+        del pending[:offset]
+        _write_all(results, answers)
+
+
+def _answer(message: tuple[Any, ...], decoders: dict[int, OpusDecoder]) -> bytes | None:
+    """The pickled answer to a `decode` request; None for `forget` (it has none)."""
+    if message[0] == "forget":
+        for key in message[1]:
+            decoder = decoders.pop(key, None)
+            if decoder is not None:
+                decoder.close()
+        return None
+    _, request_id, rate, items = message
+    lengths: list[int] = []
+    errors: dict[int, str] = {}
+    data = bytearray()
+    for index, (key, packet) in enumerate(items):
+        decoder = decoders.get(key)
+        if decoder is None:
+            decoder = decoders[key] = OpusDecoder(rate)
+        try:
+            lengths.append(decoder.decode_into(packet, data))
+        except OpusError as exc:
+            errors[index] = str(exc)
+            lengths.append(0)
+    return pickle.dumps((request_id, lengths, errors, data), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _write_all(fd: int, data: bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def main(argv: list[str]) -> None:

@@ -94,6 +94,20 @@ class OpusDecoder:
             raise OpusError(self._lib.opus_strerror(n).decode())
         return self._out[:n].copy()
 
+    def decode_into(self, packet: bytes, out: bytearray) -> int:
+        """Decode one packet and append its float32 samples to `out`; returns how many samples.
+
+        For the decode worker, which sends many packets' samples in one buffer: no array per packet.
+        """
+        if self._state is None:
+            raise RuntimeError("the Opus decoder is closed")
+        n = self._decode(self._state, packet, len(packet), self._out_ptr, self._max_samples, 0)
+        if n < 0:
+            self._lib.opus_decoder_ctl(self._state, _OPUS_RESET_STATE)
+            raise OpusError(self._lib.opus_strerror(n).decode())
+        out += self._out.data[:n]
+        return int(n)
+
     def close(self) -> None:
         """Free libopus's state (also done when the object is collected)."""
         if self._state is not None:
