@@ -60,6 +60,82 @@ async def test_the_pool_decodes_exactly_what_the_loop_would() -> None:
         assert abs(dominant_frequencies(expected[1600:], 16_000)[0] - list(TONES.values())[row]) < 5
 
 
+async def test_calls_ticking_together_share_a_write_and_each_gets_its_own_pcm() -> None:
+    """Several calls' requests in one turn of the loop go out in one write; the worker decodes all that one
+    read brought and answers them in one write. Each call must still get its own participants' PCM, bit-exact."""
+    calls = [[packets(f + 40 * c) for f in TONES.values()] for c in range(4)]
+    pool = DecodePool(1)
+    try:
+        remote = [[AudioDecoder(OPUS) for _ in streams] for streams in calls]
+        got: list[list[list[np.ndarray | DecodeError]]] = [[[] for _ in streams] for streams in calls]
+        for tick in range(50):
+            answers = await asyncio.gather(*(
+                pool.decode([(d, s[tick]) for d, s in zip(decoders, streams, strict=True)])
+                for decoders, streams in zip(remote, calls, strict=True)
+            ))
+            for c, results in enumerate(answers):
+                for row, result in enumerate(results):
+                    got[c][row].append(result)
+        assert len(pool.pids) == 1 and pool.inline_fallbacks == 0
+    finally:
+        await pool.close()
+    for c, streams in enumerate(calls):
+        for row, stream in enumerate(streams):
+            local = AudioDecoder(OPUS)
+            expected = np.concatenate([local.decode(p) for p in stream])
+            assert np.array_equal(np.concatenate(got[c][row]), expected)
+
+
+def test_the_worker_answers_requests_split_across_reads_and_packed_in_one() -> None:
+    """The worker's side alone, over pipes: three requests and a `forget`, written so that one read holds
+    two requests and the next the rest of a request cut in its header; answers come in order, bit-exact."""
+    import pickle
+    import threading
+
+    from callrec.media.decode_pool import HEADER
+    from callrec.media.decode_worker import serve
+
+    stream = packets(440.0, 0.2)
+    requests = [("decode", 1, 16_000, [(7, stream[0]), (8, stream[0])]),
+                ("decode", 2, 16_000, [(7, stream[1]), (7, stream[2])]),
+                ("forget", [8]),
+                ("decode", 3, 16_000, [(7, stream[3]), (8, b"\xff\xff")])]
+    wire = b"".join(HEADER.pack(len(body)) + body
+                    for body in (pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL) for m in requests))
+    cmd_r, cmd_w = os.pipe()
+    res_r, res_w = os.pipe()
+    worker = threading.Thread(target=serve, args=(cmd_r, res_w), daemon=True)
+    worker.start()
+    cut = len(wire) - 3  # inside the last request: its end comes with a later read
+    os.write(cmd_w, wire[:cut])
+    os.write(cmd_w, wire[cut:])
+    os.close(cmd_w)
+    worker.join(10)
+    assert not worker.is_alive()
+    os.close(res_w)
+    answers_wire = b""
+    while chunk := os.read(res_r, 1 << 16):
+        answers_wire += chunk
+    os.close(res_r)
+    answers = []
+    offset = 0
+    while offset < len(answers_wire):
+        (size,) = HEADER.unpack_from(answers_wire, offset)
+        answers.append(pickle.loads(answers_wire[offset + HEADER.size:offset + HEADER.size + size]))
+        offset += HEADER.size + size
+    assert [a[0] for a in answers] == [1, 2, 3]  # `forget` has no answer
+    local = {7: AudioDecoder(OPUS), 8: AudioDecoder(OPUS)}
+    expected = [[local[7].decode(stream[0]), local[8].decode(stream[0])],
+                [local[7].decode(stream[1]), local[7].decode(stream[2])],
+                [local[7].decode(stream[3])]]
+    for (_, lengths, _errors, data), want in zip(answers, expected, strict=True):
+        pcm = np.frombuffer(data, dtype=np.float32)
+        assert sum(lengths) == len(pcm) == sum(len(w) for w in want)
+        assert np.array_equal(pcm, np.concatenate(want))
+    assert answers[2][1] == [320, 0] and list(answers[2][2]) == [1]  # a fresh decoder 8 refused garbage
+    assert answers[0][2] == {} and answers[1][2] == {}
+
+
 async def test_a_refused_packet_is_that_packets_error_and_the_decoder_goes_on() -> None:
     stream = packets(500.0, 0.2)
     pool = DecodePool(1)
