@@ -6,11 +6,11 @@ WebRTC gateway would) in real time, and every call is recorded as mixed mp3. N d
 step fails (see `bench.server_load` for what fails a step), then is bisected.
 
 * participants sustained = 10 x the largest passing N;
-* CPU s per participant-minute = the server process's CPU (all threads, /proc) from the moment
-  streaming starts until every recording is COMPLETED (so the mp3 flush and local store are in),
-  divided by participants x media minutes, at that N;
-* memory per participant = (server RSS during the second half of streaming - RSS of the idle
-  server) / participants, at that N;
+* CPU s per participant-minute = the CPU of the server process (all threads, /proc) and of its
+  decode workers from the moment streaming starts until every recording is COMPLETED (so the mp3
+  flush and local store are in), divided by participants x media minutes, at that N;
+* memory per participant = (server RSS + its decode workers' PSS during the second half of
+  streaming - that of the idle server) / participants, at that N;
 * 1d: the control RPC latency (GetRecordingState, probed every 250 ms) during that step;
 * 1b, 1c: the same ramp for PCMU in with unmixed wav out (10-person calls), and for 1:1 calls
   (Opus, mixed mp3): one gRPC stream carries 2 participants there, not 10.
@@ -65,8 +65,9 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     section.rows.append(Row("1", "audio participants at real time (mixed mp3, 10-person calls)", value, detail,
                             goal=">= 800"))
 
-    cpu_detail = (f"server process CPU / participant-minutes, {ref.calls} call(s) x {ref.media_s:.0f} s, "
-                  f"{ref.stream.get('server_pct', 0):.0f}% of a core while streaming")
+    cpu_detail = (f"CPU of the server and its decode workers / participant-minutes, {ref.calls} call(s) x "
+                  f"{ref.media_s:.0f} s, server {ref.stream.get('server_pct', 0):.0f}% and workers "
+                  f"{ref.stream.get('children_pct', 0):.0f}% of a core while streaming")
     smallest = results[min(results)]
     if smallest is not ref:
         cpu_detail += f"; {smallest.calls} call(s): {smallest.cpu_per_participant_minute:.3f}"
@@ -74,8 +75,8 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
                             cpu_detail))
     per_participant = (ref.rss_load_mb - ref.rss_base_mb) / ref.total_participants
     section.rows.append(Row("4a", "memory per audio participant", f"{per_participant:.2f} MB",
-                            f"server RSS {ref.rss_base_mb:.0f} MB idle -> {ref.rss_load_mb:.0f} MB "
-                            f"with {ref.total_participants} participants", goal="<= 0.5 MB"))
+                            f"server RSS + decode workers' PSS {ref.rss_base_mb:.0f} MB idle -> "
+                            f"{ref.rss_load_mb:.0f} MB with {ref.total_participants} participants", goal="<= 0.5 MB"))
     section.rows.append(control_row(ref))
     for variant in VARIANTS:
         section.rows.append(await variant_row(variant, quick, budget_s * VARIANT_BUDGET_SHARE, log))

@@ -3,7 +3,7 @@
 `run_step` opens the calls through the load generator (a separate process), starts one
 recording per call, lets the generator stream in real time, and meanwhile watches the server
 from outside: CPU of the process and of its main thread (the event loop: gRPC + mixer) from
-/proc, RSS (plus the PSS of its child processes, the video workers), and the latency of a
+/proc, RSS (plus the PSS of its child processes: video workers, decode workers), and the latency of a
 GetRecordingState probe every 250 ms (a stall of the shared event loop shows up there).
 Afterwards it reads each recording's final state and media_stats, and the generator's acks.
 
@@ -181,6 +181,15 @@ class StepResult:
         )
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of the server and its live child processes (a child started later counts from its start)."""
+    total = proc_cpu(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError, ValueError):
+            total += proc_cpu(child)
+    return total
+
+
 def _footprint(pid: int, with_children: bool) -> float:
     total = rss_mb(pid)
     if with_children:
@@ -203,7 +212,7 @@ async def run_step(
     pid = srv.proc.pid
     record = record or {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}
     result = StepResult(calls, participants)
-    with_children = video is not None
+    with_children = True  # video workers, and decode workers (`--decode-workers`): their CPU and memory count
     result.rss_base_mb = _footprint(pid, with_children)
     tag = uuid.uuid4().hex[:6]
     call_ids = [f"bench-{tag}-{n}" for n in range(calls)]
@@ -216,7 +225,7 @@ async def run_step(
         async with AsyncCallrecClient(srv.target) as client:
             recs = [await client.start_recording(cid, **record) for cid in call_ids]
             ids = [r.recording_id for r in recs]
-            cpu_go = proc_cpu(pid)
+            cpu_go = _tree_cpu(pid)
             client_cpu0 = proc_cpu(gen.pid)
             self_cpu0 = proc_cpu(os.getpid())
             window = CpuWindow(pid, with_children=with_children)
@@ -267,7 +276,7 @@ async def run_step(
                 if len(finals) < len(ids):
                     await asyncio.sleep(0.05)
             result.finalize_s = time.monotonic() - t_end
-            result.server_cpu_s = proc_cpu(pid) - cpu_go
+            result.server_cpu_s = _tree_cpu(pid) - cpu_go
     finally:
         await gen.close()
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from callrec.core.call_hub import PRESSURE_EXTRA_US, CallMediaHub
 from callrec.core.call_media import CallMedia
-from callrec.core.clock import MediaClock, MediaProgress, RealtimeClock
+from callrec.core.clock import ALL_DUE, MediaClock, MediaProgress, RealtimeClock
 from callrec.core.model import AudioEncoding, AudioFormat
 from callrec.media.decode import PyAVAudioCodecs
 from callrec.testing import EPOCH, CollectingSink, FakeTime, encode_frames, tone
@@ -378,3 +378,86 @@ async def test_realtime_on_the_real_clock_waits_and_end_wakes_it_without_a_stray
     await asyncio.sleep(0.3)  # the timer fires on the cancelled future
     assert errors == []
     loop.set_exception_handler(None)
+
+
+async def test_due_through_is_the_last_tick_whose_deadline_passed() -> None:
+    """How far behind a call is: tick k is due once (k + 1) ticks and the playout delay have passed."""
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=100)
+    assert clock.due_through(0) == 0  # not started: nothing says more
+    clock.start()
+    assert clock.due_through(0) == 0  # the next tick is never less than itself
+    await fake.advance(0.100 + 0.020 * 10)  # ticks 0-9 have ended, plus the delay
+    assert clock.due_through(0) == 9
+    assert clock.due_through(4) == 9
+    assert clock.due_through(12) == 12
+    await fake.advance(0.019)
+    assert clock.due_through(0) == 9  # tick 10 ends 1 ms from now
+    await fake.advance(0.001)
+    assert clock.due_through(0) == 10
+    clock.end()
+    assert clock.due_through(3) == ALL_DUE  # after the end every tick is due
+    media_clock = MediaClock()
+    assert media_clock.due_through(7) == 7  # media, not time, paces that clock
+    media_clock.end()
+    assert media_clock.due_through(7) == ALL_DUE
+
+
+class SlowBatchDecoder:
+    """A batch decoder whose every answer takes `latency_s` of (fake) time: a busy decode worker."""
+
+    def __init__(self, fake: FakeTime, latency_s: float) -> None:
+        self.fake = fake
+        self.latency_s = latency_s
+        self.requests: list[int] = []
+
+    def handles(self, decoder: object) -> bool:
+        return True
+
+    async def decode(self, items: list[tuple[object, bytes]]) -> list[np.ndarray]:
+        self.requests.append(len(items))
+        await self.fake.sleep(self.latency_s)
+        return [decoder.decode(packet) for decoder, packet in items]  # type: ignore[attr-defined]
+
+
+class CodecsWithBatch(PyAVAudioCodecs):
+    def __init__(self, batch: SlowBatchDecoder) -> None:
+        super().__init__()
+        self.batch_decoder = batch
+
+
+async def test_a_call_behind_a_slow_batch_decoder_catches_up_in_one_request() -> None:
+    """Each answer takes 5 ticks. With one request per tick the call would fall further behind every
+    tick (its frames refused as early after 5 s); taking every due tick's frames in one request, it keeps
+    up, and the recording has every frame, in place."""
+    fake = FakeTime()
+    batch = SlowBatchDecoder(fake, latency_s=0.100)
+    clock = RealtimeClock(fake, playout_delay_ms=60)
+    call = CallMedia("call", clock, CodecsWithBatch(batch))
+    call.add_participant("p", "P", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    frames = encode_frames(tone(440.0, 8.0), PCM16)
+    for i, frame in enumerate(frames):
+        assert call.push_audio("p", i, 1_000_000 + i * 20_000, frame) is None, f"frame {i} refused"
+        await fake.advance(0.020)
+    # Behind by the playout delay (which the slow answers raised, as after a stall) and one answer, no more.
+    assert len(frames) - len(sink.ticks) <= clock.current_playout_delay_us // 20_000 + 10
+    assert len(batch.requests) <= len(frames) // 3  # several ticks per request
+    requests = len(batch.requests)
+    call.end()
+    for _ in range(100):
+        await fake.advance(0.1)
+        if task.done():
+            break
+    await task
+    assert len(batch.requests) - requests <= 6  # the buffered 2 s: 0.5 s per request after the end
+    stats = call.stats("p")
+    assert stats.frames_received == len(frames) and dict(stats.frames_rejected_by_reason) == {}
+    got = sink.participant("p")
+    expected = tone(440.0, 8.0)
+    assert expected[0] == 0 and expected[1] != 0
+    start = next(i for i, v in enumerate(got) if v != 0) - 1  # where the first frame was placed
+    assert len(got) - start >= len(expected)
+    assert np.abs(got[start:start + len(expected)].astype(int) - expected.astype(int)).max() <= 1

@@ -34,6 +34,7 @@ from typing import Protocol
 from callrec.core.ports import TimeSource
 
 __all__ = [
+    "ALL_DUE",
     "TICK_US",
     "Clock",
     "MediaClock",
@@ -45,6 +46,8 @@ __all__ = [
 
 #: Length of one mixer tick.
 TICK_US = 20_000
+#: `Clock.due_through` after the call ended: every tick is due.
+ALL_DUE = 1 << 62
 
 
 class SystemTime:
@@ -107,6 +110,11 @@ class Clock(Protocol):
 
     async def wait_tick(self, index: int, source: ProgressSource) -> None:
         """Return when tick `index` may be produced."""
+        ...
+
+    def due_through(self, index: int) -> int:
+        """The last tick that may be produced now, `index` (the next one) or later: how far behind the call is
+        (`ALL_DUE` after `end()`)."""
         ...
 
     def tick_time(self, index: int) -> datetime:
@@ -333,6 +341,20 @@ class RealtimeClock:
         finally:
             self._sleeper = None
 
+    def due_through(self, index: int) -> int:
+        """The last tick whose deadline has passed, at least `index`.
+
+        A call whose ticks fell behind (an overloaded loop, a slow decode worker) can then take
+        several ticks' frames in one go instead of one round trip per tick. After `end()` every
+        tick is due (`ALL_DUE`).
+        """
+        if self._ended:
+            return ALL_DUE
+        if self._t0 is None:
+            return index
+        elapsed_us = round((self.time.monotonic() - self._t0) * 1e6) - self.playout_delay_us - self._extra_us
+        return max(index, int(elapsed_us // TICK_US) - 1)
+
     def _sleep(self, delay: float) -> asyncio.Future[None]:
         """A future done after `delay` seconds (cancel it to wake the waiter early).
 
@@ -410,6 +432,10 @@ class MediaClock:
             if source.media_progress(self.reorder_window_us).ready(start_us, end_us):
                 return
             await self._changed.wait()
+
+    def due_through(self, index: int) -> int:
+        """Only `index`: media, not time, says when a tick is due (every tick after `end()`)."""
+        return ALL_DUE if self._ended else index
 
     def tick_time(self, index: int) -> datetime:
         """Start time plus the tick's offset."""

@@ -152,6 +152,10 @@ class JitterBuffer:
             out.sort(key=lambda f: f.sequence)
         return out
 
+    def next_due(self) -> int | None:
+        """Position of the earliest frame waiting (None when none waits)."""
+        return self._due[0][0] if self._due else None
+
     def drop_due(self, until: int) -> None:
         """Pop the frames that start before `until` without playing them (nothing records the call).
 
