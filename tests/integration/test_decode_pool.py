@@ -8,6 +8,7 @@ a call through a real server and kills the worker with SIGKILL in the middle of 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import os
 import signal
@@ -77,6 +78,10 @@ async def test_calls_ticking_together_share_a_write_and_each_gets_its_own_pcm() 
                 for row, result in enumerate(results):
                     got[c][row].append(result)
         assert len(pool.pids) == 1 and pool.inline_fallbacks == 0
+        worker = pool._slots[0]
+        assert worker is not None
+        for fd in (worker.commands, worker.results):  # a busy tick's answers fit: no stop every 64 KiB
+            assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == pool_module.READ_SIZE
     finally:
         await pool.close()
     for c, streams in enumerate(calls):

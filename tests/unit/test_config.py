@@ -83,7 +83,7 @@ def test_env_var_reaches_serve(tmp_path, monkeypatch):
 
 
 def test_decode_workers_default_follows_the_cores_and_bad_values_name_the_setting(tmp_path, monkeypatch):
-    for cores, workers in ((1, 0), (2, 0), (3, 1), (6, 4), (64, 4)):
+    for cores, workers in ((1, 0), (2, 1), (3, 2), (6, 4), (64, 4)):
         monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
         assert load_config().decode_workers == workers
     toml = tmp_path / "c.toml"

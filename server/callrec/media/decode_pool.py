@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import os
 import pickle
@@ -53,6 +54,16 @@ REQUEST_TIMEOUT_S = 2.0
 #: Bytes one read of a pipe takes at most, into a buffer made once (a fresh 1 MiB per read was an
 #: mmap and munmap per read: measured, a tenth of the loop's overhead of the pool).
 READ_SIZE = 1 << 20
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let the pipe hold `READ_SIZE` bytes (Linux; elsewhere, or above the system's limit, it stays as it is).
+
+    A tick's answer for a busy server is hundreds of kilobytes (1280 bytes per 20 ms packet); through a
+    default 64 KiB pipe the worker stopped at every 64 KiB until the loop came round to read.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
 
 
 class _WorkerLost(Exception):
@@ -198,6 +209,8 @@ class DecodePool:
         child.events.close()
         os.set_blocking(commands, False)
         os.set_blocking(results, False)
+        for fd in (commands, results):
+            _widen_pipe(fd)
         worker = _Worker(child.process, commands, results)
         asyncio.get_running_loop().add_reader(results, self._on_readable, worker)
         if self._slots[slot] is not None:
