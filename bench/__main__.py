@@ -3,7 +3,8 @@
 Progress and per-step details go to stderr; the table (and its header: machine, load, versions)
 to stdout. `--quick` runs a few seconds per row (a smoke run, under 90 s; the capacity rows are
 then lower bounds, not ramped to failure). `--only` takes group names or row numbers 1-9:
-1, 2, 4 -> audio; 3, 4 -> video; 5, 6 -> control; 7 -> ffmpeg (7: the audio mix and mp3 encode,
+1, 2, 4 -> audio (2b: the loop's CPU per Opus packet with and without the decode worker); 3, 4 -> video;
+5, 6 -> control; 7 -> ffmpeg (7: the audio mix and mp3 encode,
 7b: the 9-person 1080p16 composite); 8 -> cluster (SPEC §8: the audio ramp through HAProxy in front
 of one node, then one node per core); 9 -> loadgen (the load generator alone, 1000 participants
 against a sink that only counts: it must not be what limits the capacity rows).
@@ -111,10 +112,12 @@ async def main_async(args: argparse.Namespace, groups: list[str]) -> list[Row]:
         error: BaseException | None = None
         try:
             if group == "audio":
-                from bench import audio_capacity
+                from bench import audio_capacity, decode_offload
 
                 section = await audio_capacity.run(args.quick, args.codec, 30 if args.quick else args.audio_budget,
                                                    log)
+                offload_section = await asyncio.to_thread(decode_offload.run, args.quick, log)
+                section.rows.extend(offload_section.rows)
             elif group == "video":
                 from bench import video_capacity
 

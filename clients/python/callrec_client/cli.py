@@ -170,7 +170,7 @@ def serve(
                                     "crash under ~1 s, at the price of more late frames) [default: 2000].")] = None,
     decode_workers: Annotated[int | None, typer.Option(envvar="CALLREC_DECODE_WORKERS",
                               help="Processes that decode Opus beside the event loop; 0 decodes on the loop "
-                              "[default: one per core beyond two, 0-4].")] = None,
+                              "[default: one per core beyond the first, at most 4].")] = None,
     event_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_EVENT_RETENTION_H",
                                  help="Hours events stay in the log [default: 24].")] = None,
     local_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_LOCAL_RETENTION_H",
