@@ -44,7 +44,7 @@ from callrec.core.log import get_logger
 from callrec.core.model import OUTPUT_SAMPLE_RATE, DecodeError
 from callrec.core.ports import FrameDecoder
 
-__all__ = ["HEADER", "READ_SIZE", "DecodePool"]
+__all__ = ["HEADER", "READ_SIZE", "DecodePool", "take_messages"]
 
 log = get_logger(__name__)
 
@@ -54,6 +54,23 @@ REQUEST_TIMEOUT_S = 2.0
 #: Bytes one read of a pipe takes at most, into a buffer made once (a fresh 1 MiB per read was an
 #: mmap and munmap per read: measured, a tenth of the loop's overhead of the pool).
 READ_SIZE = 1 << 20
+
+
+def take_messages(buffer: bytearray) -> list[Any]:
+    """Unpickle and remove the complete messages at the front of `buffer` (both ways: length, then pickle);
+    a message cut by a read stays for the next."""
+    messages: list[Any] = []
+    offset = 0
+    with memoryview(buffer) as view:
+        while len(buffer) - offset >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, offset)
+            start = offset + HEADER.size
+            if len(buffer) - start < size:
+                break
+            messages.append(pickle.loads(view[start:start + size]))
+            offset = start + size
+    del buffer[:offset]
+    return messages
 
 
 def _widen_pipe(fd: int) -> None:
@@ -322,21 +339,11 @@ class DecodePool:
                             pid=worker.process.pid, exit_code=code)
             self._retire(worker, kill=True)
             return
-        buffer = worker.incoming
-        buffer += memoryview(self._scratch)[:n]
-        offset = 0
-        with memoryview(buffer) as view:
-            while len(buffer) - offset >= HEADER.size:
-                (size,) = HEADER.unpack_from(buffer, offset)
-                start = offset + HEADER.size
-                if len(buffer) - start < size:
-                    break
-                request_id, lengths, errors, data = pickle.loads(view[start:start + size])
-                offset = start + size
-                future = worker.pending.pop(request_id, None)
-                if future is not None and not future.done():
-                    future.set_result((lengths, errors, data))
-        del buffer[:offset]
+        worker.incoming += memoryview(self._scratch)[:n]
+        for request_id, lengths, errors, data in take_messages(worker.incoming):
+            future = worker.pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result((lengths, errors, data))
 
     def _retire(self, worker: _Worker, *, kill: bool) -> None:
         """Stop using a worker: fail what is in flight (decoded here instead), close its pipes."""

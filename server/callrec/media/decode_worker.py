@@ -19,7 +19,7 @@ import pickle
 import sys
 from typing import Any
 
-from callrec.media.decode_pool import HEADER, READ_SIZE
+from callrec.media.decode_pool import HEADER, READ_SIZE, take_messages
 from callrec.media.opus import OpusDecoder, OpusError
 
 
@@ -39,20 +39,11 @@ def serve(commands: int, results: int) -> None:
             return
         pending += memoryview(scratch)[:n]
         answers = bytearray()
-        offset = 0
-        with memoryview(pending) as view:
-            while len(pending) - offset >= HEADER.size:
-                (size,) = HEADER.unpack_from(pending, offset)
-                start = offset + HEADER.size
-                if len(pending) - start < size:
-                    break
-                message = pickle.loads(view[start:start + size])
-                offset = start + size
-                answer = _answer(message, decoders)
-                if answer is not None:
-                    answers += HEADER.pack(len(answer))
-                    answers += answer
-        del pending[:offset]
+        for message in take_messages(pending):
+            answer = _answer(message, decoders)
+            if answer is not None:
+                answers += HEADER.pack(len(answer))
+                answers += answer
         _write_all(results, answers)
 
 

@@ -86,27 +86,26 @@ class OpusDecoder:
 
     def decode(self, packet: bytes) -> np.ndarray:
         """Decode one packet; returns a new float32 array of its samples at `sample_rate`."""
-        if self._state is None:
-            raise RuntimeError("the Opus decoder is closed")
-        n = self._decode(self._state, packet, len(packet), self._out_ptr, self._max_samples, 0)
-        if n < 0:
-            self._lib.opus_decoder_ctl(self._state, _OPUS_RESET_STATE)
-            raise OpusError(self._lib.opus_strerror(n).decode())
-        return self._out[:n].copy()
+        return self._out[:self._decode_packet(packet)].copy()
 
     def decode_into(self, packet: bytes, out: bytearray) -> int:
         """Decode one packet and append its float32 samples to `out`; returns how many samples.
 
         For the decode worker, which sends many packets' samples in one buffer: no array per packet.
         """
+        n = self._decode_packet(packet)
+        out += self._out.data[:n]
+        return n
+
+    def _decode_packet(self, packet: bytes) -> int:
+        """Decode into the decoder's own buffer; returns the samples made (raises OpusError, then resets)."""
         if self._state is None:
             raise RuntimeError("the Opus decoder is closed")
-        n = self._decode(self._state, packet, len(packet), self._out_ptr, self._max_samples, 0)
+        n = int(self._decode(self._state, packet, len(packet), self._out_ptr, self._max_samples, 0))
         if n < 0:
             self._lib.opus_decoder_ctl(self._state, _OPUS_RESET_STATE)
             raise OpusError(self._lib.opus_strerror(n).decode())
-        out += self._out.data[:n]
-        return int(n)
+        return n
 
     def close(self) -> None:
         """Free libopus's state (also done when the object is collected)."""
