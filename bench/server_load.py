@@ -190,11 +190,9 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def _footprint(pid: int, with_children: bool) -> float:
-    total = rss_mb(pid)
-    if with_children:
-        total += sum(pss_mb(c) for c in children(pid))
-    return total
+def _footprint(pid: int) -> float:
+    """Server RSS plus its child processes' PSS (video workers, decode workers)."""
+    return rss_mb(pid) + sum(pss_mb(c) for c in children(pid))
 
 
 async def run_step(
@@ -212,8 +210,7 @@ async def run_step(
     pid = srv.proc.pid
     record = record or {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}
     result = StepResult(calls, participants)
-    with_children = True  # video workers, and decode workers (`--decode-workers`): their CPU and memory count
-    result.rss_base_mb = _footprint(pid, with_children)
+    result.rss_base_mb = _footprint(pid)
     tag = uuid.uuid4().hex[:6]
     call_ids = [f"bench-{tag}-{n}" for n in range(calls)]
     cfg = {"target": srv.target, "calls": call_ids, "participants": participants, "seconds": seconds,
@@ -228,7 +225,7 @@ async def run_step(
             cpu_go = _tree_cpu(pid)
             client_cpu0 = proc_cpu(gen.pid)
             self_cpu0 = proc_cpu(os.getpid())
-            window = CpuWindow(pid, with_children=with_children)
+            window = CpuWindow(pid, with_children=True)  # video and decode workers count
             await gen.go()
             stop_probe = asyncio.Event()
             rss_samples: list[tuple[float, float]] = []
@@ -241,7 +238,7 @@ async def run_step(
                     start = time.perf_counter()
                     await client.get_recording_state(ids[0])
                     result.probe_ms.append(1000 * (time.perf_counter() - start))
-                    rss_samples.append((time.monotonic() - t0, _footprint(pid, with_children)))
+                    rss_samples.append((time.monotonic() - t0, _footprint(pid)))
                     window.sample()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop_probe.wait(), PROBE_INTERVAL_S)

@@ -528,17 +528,17 @@ class CallMedia:
         """
         batch = self._batch
         assert batch is not None
-        offloaded = [(p, p.jitter, p.decoder) for p in self._participants.values()
-                     if p.offloaded and p.jitter is not None and p.decoder is not None]
+        offloaded: list[tuple[ParticipantInput, JitterBuffer, FrameDecoder]] = [
+            (p, p.jitter, p.decoder) for p in self._participants.values()
+            if p.offloaded and p.jitter is not None and p.decoder is not None
+        ]
         if not any((due := jitter.next_due()) is not None and due < (index + 1) * p.rate // 50
-                   for p, jitter, _ in offloaded if jitter is not None):
+                   for p, jitter, _ in offloaded):
             return {}  # nothing due now: this tick plays what earlier requests decoded (or silence)
         last_tick = min(self.clock.due_through(index), index + MAX_CATCH_UP_TICKS)
         popped: list[tuple[ParticipantInput, EncodedFrame]] = []
         items: list[tuple[FrameDecoder, bytes]] = []
         for p, jitter, decoder in offloaded:
-            if jitter is None or decoder is None:
-                continue
             for frame in jitter.pop_due((last_tick + 1) * p.rate // 50):
                 popped.append((p, frame))
                 items.append((decoder, frame.data))
