@@ -23,12 +23,10 @@ writer jobs in `core.audio_recording`, the video worker in `core.video_recording
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -52,6 +50,7 @@ from callrec.core.model import (
     RecordedParticipant,
     RecordingOptions,
 )
+from callrec.core.serial_jobs import RecordingMediaError, SerialJobs
 from callrec.core.timeline import Mark, PauseSpan
 
 __all__ = [
@@ -83,10 +82,6 @@ def journal_path(media_path: Path) -> Path:
 def spool_stem(recording_id: str) -> str:
     """The file name stem of a recording's chunks in the spool (`{stem}-{index}.{ext}`)."""
     return _UNSAFE.sub("_", recording_id) or "recording"
-
-
-class RecordingMediaError(RuntimeError):
-    """Writing the recording's media failed (e.g. disk full); the recording should fail."""
 
 
 @dataclass(frozen=True)
@@ -196,72 +191,6 @@ class ChunkOutput(Protocol):
     async def drain(self) -> None:
         """Wait until every closed chunk's file is written (and `complete` was called for it)."""
         ...
-
-
-class SerialJobs:
-    """Blocking jobs run one at a time, in order, in an executor; each may continue on the loop.
-
-    Bounded: a queue longer than `max_pending` means the disk or the encoder cannot keep
-    up, and the recording fails instead of growing memory. After a failure, jobs are
-    skipped (the recording is over) but the queue still drains.
-    """
-
-    def __init__(
-        self,
-        executor: Executor | None,
-        max_pending: int,
-        on_error: Callable[[BaseException], None],
-        failed: Callable[[], bool],
-        log_fields: LogFields,
-    ) -> None:
-        self._executor = executor
-        self._max_pending = max_pending
-        self._on_error = on_error
-        self._failed = failed
-        self._log_fields = log_fields
-        self._queue: asyncio.Queue[tuple[Callable[[], Any], Callable[[Any], Awaitable[None] | None] | None] | None]
-        self._queue = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def pending(self) -> int:
-        """Jobs waiting (about one per second of media for audio): a lag metric."""
-        return self._queue.qsize()
-
-    def submit(self, run: Callable[[], Any], then: Callable[[Any], Awaitable[None] | None] | None = None) -> None:
-        """Queue `run` (in the executor), then `then(result)` on the loop."""
-        self._ensure_task()
-        if self._queue.qsize() >= self._max_pending and not self._failed():
-            self._on_error(RecordingMediaError(f"writer is {self._queue.qsize()} jobs behind; giving up"))
-        self._queue.put_nowait((run, then))
-
-    async def join(self) -> None:
-        """Run what is queued, then stop."""
-        self._ensure_task()
-        self._queue.put_nowait(None)
-        assert self._task is not None
-        await self._task
-
-    def _ensure_task(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._work())
-
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (job := await self._queue.get()) is not None:
-            if self._failed():
-                continue
-            run, then = job
-            try:
-                result = await loop.run_in_executor(self._executor, run)
-            except Exception as exc:
-                log.exception("recording media writer failed", **self._log_fields)
-                self._on_error(exc)
-                continue
-            if then is not None:
-                outcome = then(result)
-                if inspect.isawaitable(outcome):
-                    await outcome
 
 
 class Chunker:
