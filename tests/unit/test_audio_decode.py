@@ -171,3 +171,29 @@ def test_libopus_refuses_a_corrupt_packet_and_decodes_the_next() -> None:
         decoder.decode(frames[2])
     with pytest.raises(ValueError, match="44100"):
         OpusDecoder(44_100)
+
+
+@pytest.mark.parametrize(
+    "fmt, width",
+    [
+        (AudioFormat(AudioEncoding.PCM16LE, 16_000, 1), 2),
+        (AudioFormat(AudioEncoding.PCM16LE, 44_100, 2), 4),  # 10 ms is 441 samples: no whole-ms rounding
+        (AudioFormat(AudioEncoding.PCMU, 8_000, 1), 1),
+        (AudioFormat(AudioEncoding.PCMA, 11_025, 1), 1),  # 110.25 samples in 10 ms: the bound rounds up
+    ],
+)
+def test_raw_frame_lengths_are_accepted_exactly_from_10_to_60_ms(fmt: AudioFormat, width: int) -> None:
+    """The per-frame check is two comparisons on precomputed byte bounds; they must equal the rule
+    `10 ms <= samples / rate <= 60 ms` at every length around both bounds."""
+    decoder = AudioDecoder(fmt)
+    rate = decoder.sample_rate
+    for samples in range(rate * 10 // 1000 - 3, rate * 60 // 1000 + 4):
+        for extra in (0, 1) if width > 1 else (0,):
+            data = b"\x00" * (samples * width + extra)
+            allowed = extra == 0 and rate * 10 <= samples * 1000 <= rate * 60
+            if allowed:
+                assert decoder.frame_samples(data) == samples
+                assert len(decoder.decode(data)) == samples
+            else:
+                with pytest.raises(DecodeError, match=r"whole number|frames must carry 10-60 ms"):
+                    decoder.frame_samples(data)

@@ -148,3 +148,79 @@ def test_pending_until_and_backlog() -> None:
     play(jitter, range(5))
     assert jitter.pending_until() is None
     assert not jitter.backlogged()
+
+
+def _scenario(seed: int) -> list[list[tuple[int, int, int]]]:
+    """Per tick, the frames (sequence, position, samples) that arrive before it is played: mostly one
+    aligned 20 ms frame, with the odd reordering, duplicate, loss, late frame, timestamp wobble within
+    and beyond the tolerance, and 10 / 40 ms frames."""
+    rng = np.random.default_rng(seed)
+    arrivals: list[list[tuple[int, int, int]]] = [[] for _ in range(400)]
+    position, sequence, held = 0, 0, []
+    for tick in range(380):
+        kind = rng.choice(["aligned"] * 12 + ["wobble", "jump", "lost", "reorder", "dup", "late", "short", "long"])
+        samples = {"short": FRAME // 2, "long": 2 * FRAME}.get(str(kind), FRAME)
+        offset = {"wobble": int(rng.integers(-40, 41)), "jump": int(rng.integers(100, 900))}.get(str(kind), 0)
+        frame = (sequence, max(0, position + offset), samples)
+        sequence += 1
+        position += samples
+        if kind == "lost":
+            continue
+        if kind == "reorder":
+            held.append(frame)
+            continue
+        arrivals[tick].append(frame)
+        if kind == "dup":
+            arrivals[tick].append(frame)
+        if kind == "late":
+            arrivals[tick + 3].append((sequence - 2, frame[1] - FRAME, FRAME))  # already played when it comes
+        if held and rng.random() < 0.5:
+            arrivals[tick].extend(held)
+            held = []
+    return arrivals
+
+
+def test_play_whole_moves_the_buffer_exactly_as_place_then_read_would() -> None:
+    """`play_whole` is the fast path of the common tick: whatever the stream does, the blocks played,
+    the counters and the buffer's state must equal the general path's, tick after tick."""
+    fast_taken = 0
+    for seed in range(12):
+        general, fast = JitterBuffer(RATE), JitterBuffer(RATE)
+        for tick, frames in enumerate(_scenario(seed)):
+            for sequence, position, samples in frames:
+                assert general.push(sequence, position, samples, b"x") == fast.push(sequence, position, samples,
+                                                                                    b"x")
+            first, last = tick * FRAME, (tick + 1) * FRAME
+            for frame in general.pop_due(last):
+                general.place(frame, pcm_of(frame.sequence, frame.samples))
+            expected = general.read(first, last)
+            due = fast.pop_due(last)
+            pcm = [pcm_of(frame.sequence, frame.samples) for frame in due]
+            if len(due) == 1 and fast.play_whole(due[0], first, last, len(pcm[0])):
+                fast_taken += 1
+                block = pcm[0]
+            else:
+                for frame, samples_pcm in zip(due, pcm, strict=True):
+                    fast.place(frame, samples_pcm)
+                block = fast.read(first, last)
+            np.testing.assert_array_equal(block, expected, err_msg=f"seed {seed} tick {tick}")
+            assert fast.played_until == general.played_until
+            assert fast.frontier(FRAME) == general.frontier(FRAME)
+            assert fast.frontier(100 * FRAME) == general.frontier(100 * FRAME)  # the contiguous reach itself
+            assert fast.pending_until() == general.pending_until()
+            assert fast.stats == general.stats, f"seed {seed} tick {tick}"
+    assert 1000 < fast_taken < 12 * 400  # both paths were exercised, the fast one most of the time
+
+
+def test_play_whole_refuses_what_is_not_exactly_the_tick() -> None:
+    jitter = JitterBuffer(RATE)
+    push(jitter, 0)
+    (frame,) = jitter.pop_due(FRAME)
+    assert not jitter.play_whole(frame, 0, FRAME, FRAME - 1)  # the decoder gave a sample less
+    assert not jitter.play_whole(frame, FRAME, 2 * FRAME, FRAME)  # not this tick's frame
+    assert jitter.played_until is None  # refused: nothing moved
+    assert jitter.play_whole(frame, 0, FRAME, FRAME)
+    assert jitter.played_until == FRAME
+    push(jitter, 1, position=FRAME + 30)  # 30 samples late in its timestamp: within the tolerance, placed
+    (frame,) = jitter.pop_due(2 * FRAME + 30)
+    assert not jitter.play_whole(frame, FRAME, 2 * FRAME, FRAME)

@@ -110,3 +110,22 @@ def test_blocks_and_levels_are_made_on_first_use_and_equal_the_inputs() -> None:
                                   np.array([32767, -32768, 32767, -32768], np.int16))
     assert abs(float(result.energy_db[0]) - 20 * np.log10(0.5 / np.sqrt(2))) < 0.1
     assert abs(float(result.energy_db[1]) - 20 * np.log10(1.5)) < 0.01
+
+
+def test_a_steady_loud_call_is_scaled_by_its_constant_gain() -> None:
+    """While the gain holds (a loud call that stays loud), each block is the sum times that gain: the
+    ramp from a gain to the same gain is skipped, and the samples are those the ramp would give."""
+    ids = [f"p{i}" for i in range(6)]
+    streams = np.stack([sine(300, 30, 0.9) for _ in ids])  # the same peak every tick: the gain settles
+    mixer = Mixer()
+    run(mixer, streams[:, : 20 * SAMPLES], ids)
+    held = mixer.gain
+    assert held < 0.2
+    block = streams[:, 20 * SAMPLES : 21 * SAMPLES]
+    result = mixer.mix(ids, block)
+    assert mixer.gain == held  # held, not ramping
+    total = np.add.reduce(block, axis=0, dtype=np.float32)
+    ramped = total * (np.float32(held) + np.float32(0.0) * (np.arange(1, SAMPLES + 1, dtype=np.float32) / SAMPLES))
+    expected = np.rint(soft_limit(ramped) * np.float32(32768.0)).astype(np.int16)
+    np.testing.assert_array_equal(result.mixed, expected)
+    assert int(np.abs(result.mixed.astype(np.int32)).max()) > 0.5 * 32767

@@ -570,7 +570,8 @@ class CallMedia:
         handles then take only those frames.
         """
         ids: list[str] = []
-        blocks: dict[str, np.ndarray] = {}
+        # One row per participant heard this tick (at most all of them; the unused rows are cut off below).
+        matrix = np.zeros((len(self._participants), TICK_SAMPLES), dtype=np.float32)
         by_rate: dict[int, dict[str, np.ndarray]] = {}
         drained: list[ParticipantInput] = []
         batch, decoded_here = (self._batch, predecoded) if predecoded is not None else (None, {})
@@ -583,37 +584,44 @@ class CallMedia:
                 continue
             rate = p.rate
             first, last = index * rate // 50, (index + 1) * rate // 50
+            this_tick: list[_Decoded] = []
             if batch is not None and p.offloaded:
                 entry = decoded_here.get(id(p))
                 if entry is not None and entry[0] is p:
-                    for frame, outcome in entry[1]:
-                        self._place_decoded(p, frame, outcome)
+                    this_tick = entry[1]
             else:
                 for frame in jitter.pop_due(last):
                     try:
                         pcm: np.ndarray | DecodeError = decoder.decode(frame.data)
                     except DecodeError as exc:
                         pcm = exc
-                    self._place_decoded(p, frame, pcm)
-            block = jitter.read(first, last)
-            ids.append(pid)
+                    this_tick.append((frame, pcm))
+            if (len(this_tick) == 1 and not isinstance(pcm := this_tick[0][1], DecodeError)
+                    and jitter.play_whole(this_tick[0][0], first, last, len(pcm))):
+                block = pcm  # one frame, exactly this tick: no trip through the timeline
+            else:
+                for frame, outcome in this_tick:
+                    self._place_decoded(p, frame, outcome)
+                block = jitter.read(first, last)
             if rate == OUTPUT_SAMPLE_RATE:
-                blocks[pid] = block
+                matrix[len(ids)] = block
             else:
                 by_rate.setdefault(rate, {})[pid] = block
+            ids.append(pid)
             if not p.present and jitter.pending_until() is None:
                 drained.append(p)
+        resampled: dict[str, np.ndarray] = {}
         for rate, native in by_rate.items():
             bank = self._banks.get(rate)
             if bank is None:
                 bank = self._codecs.resampler_bank(rate, OUTPUT_SAMPLE_RATE, TICK_SAMPLES)
                 self._banks[rate] = bank
-            blocks.update(bank.process(native))
-        matrix = np.zeros((len(ids), TICK_SAMPLES), dtype=np.float32)
-        for row, pid in enumerate(ids):
-            if (decoded := blocks.get(pid)) is not None:
-                matrix[row] = decoded
-        result = self._mixer.mix(ids, matrix)
+            resampled.update(bank.process(native))
+        if resampled:
+            for row, pid in enumerate(ids):
+                if (converted := resampled.get(pid)) is not None:
+                    matrix[row] = converted
+        result = self._mixer.mix(ids, matrix[: len(ids)])
         tick = MixTick(
             index=index,
             start_us=index * TICK_US,

@@ -197,6 +197,26 @@ class JitterBuffer:
         self._cursor = start + len(pcm)
         self._write(start, pcm)
 
+    def play_whole(self, frame: EncodedFrame, start: int, end: int, decoded_samples: int) -> bool:
+        """Play `frame` as the whole of tick [start, end) without copying it through the timeline.
+
+        The common case, one frame per tick that continues the last one exactly, costs a write into
+        the timeline and a read back out (measured: ~4 µs of the ~10 µs per participant per tick).
+        When `frame` (just popped by `pop_due(end)`, the only frame due, decoded to `decoded_samples`)
+        starts at `start`, covers the tick exactly and nothing else is placed, the state moves on as
+        `place(frame, pcm)` then `read(start, end)` would have moved it, and True says the caller's PCM
+        is the tick's block. Otherwise nothing changes, and the caller places and reads as usual.
+        """
+        if (self._len or frame.position != start or decoded_samples != end - start
+                or (self._cursor is not None and self._cursor != start)
+                or (self._played is not None and self._played != start)):
+            return False
+        self._cursor = self._played = end
+        if self._reach is not None and self._reach < end:
+            self._reach = end
+            self._absorb()
+        return True
+
     def read(self, start: int, end: int) -> np.ndarray:
         """Return samples [start, end) (silence where nothing was placed) and drop them."""
         n = end - start

@@ -166,8 +166,8 @@ class Mixer:
         new_gain = min(target, released)
         old_gain = self._gain
         self._gain = new_gain
-        if old_gain == 1.0 and new_gain == 1.0:
-            return total, peak
+        if old_gain == new_gain:  # steady (no reduction, or a constant one while a loud call goes on): no ramp
+            return (total, peak) if new_gain == 1.0 else (total * np.float32(new_gain), peak * new_gain)
         n = total.shape[0]
         steps = self._ramps.get(n)
         if steps is None:  # the same block length every tick: made once

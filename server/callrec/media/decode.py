@@ -142,6 +142,9 @@ class AudioDecoder:
     _channels: int = field(init=False)
     _opus: av.AudioCodecContext | None = field(init=False, default=None)
     _libopus: libopus.OpusDecoder | None = field(init=False, default=None)
+    # PCM and G.711: a frame's byte width and accepted byte lengths, so the per-frame check is two comparisons.
+    _raw_width: int = field(init=False, default=0)
+    _raw_bytes: tuple[int, int] = field(init=False, default=(0, 0))
 
     def __post_init__(self) -> None:
         fmt = self.audio_format
@@ -167,6 +170,10 @@ class AudioDecoder:
                 self._opus = self._new_opus_context()
         else:
             raise ValueError(f"unsupported audio encoding {fmt.encoding!r}")
+        if fmt.encoding != AudioEncoding.OPUS:
+            rate, width = self.sample_rate, (2 if fmt.encoding == AudioEncoding.PCM16LE else 1) * channels
+            self._raw_width = width
+            self._raw_bytes = (-(-rate * MIN_RAW_FRAME_MS // 1000) * width, rate * MAX_RAW_FRAME_MS // 1000 * width)
 
     def _new_opus_context(self) -> av.AudioCodecContext:
         ctx = av.CodecContext.create("opus", "r")
@@ -199,10 +206,13 @@ class AudioDecoder:
                     f"packet has at most {OPUS_MAX_PACKET_BYTES_PER_20MS} bytes per 20 ms (RFC 6716)"
                 )
             return samples
-        width = (2 if encoding == AudioEncoding.PCM16LE else 1) * self._channels
-        if len(data) % width:
-            raise DecodeError(f"frame of {len(data)} bytes is not a whole number of {width}-byte samples")
-        samples = len(data) // width
+        size, width = len(data), self._raw_width
+        shortest, longest = self._raw_bytes
+        if shortest <= size <= longest and not size % width:  # the common case, checked first (per frame)
+            return size // width
+        if size % width:
+            raise DecodeError(f"frame of {size} bytes is not a whole number of {width}-byte samples")
+        samples = size // width
         rate = self.sample_rate
         if not rate * MIN_RAW_FRAME_MS <= samples * 1000 <= rate * MAX_RAW_FRAME_MS:
             raise DecodeError(
