@@ -317,3 +317,34 @@ async def test_a_database_that_is_not_there_at_start_fails_fast_and_clearly() ->
     with pytest.raises(ValueError, match="postgresql://"):
         PostgresDatabase("mysql://x")
     assert psycopg  # the driver the cluster mode needs is installed
+
+
+async def test_a_statement_stuck_behind_another_nodes_lock_fails_at_the_statement_timeout(postgres_url: str) -> None:
+    """No statement waits forever: one stuck behind a row lock that another node holds in an open
+    transaction is cancelled by PostgreSQL at `statement_timeout` and becomes a retryable UNAVAILABLE
+    that says what to look for; once the lock is gone the same call works."""
+    db = PostgresDatabase(postgres_url, statement_timeout_s=1.0)
+    await db.open()
+    repo = PgRecordingRepository(db)
+    await repo.save(rich_recording("rec-locked"))
+    other_node = await psycopg.AsyncConnection.connect(postgres_url)
+    try:
+        await other_node.execute("BEGIN")
+        await other_node.execute("SELECT 1 FROM recordings WHERE recording_id = 'rec-locked' FOR UPDATE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(CallrecError) as caught:
+            await asyncio.wait_for(repo.save(rich_recording("rec-locked")), 20)
+        waited = asyncio.get_running_loop().time() - started
+        assert caught.value.code is ErrorCode.UNAVAILABLE
+        assert "did not finish a statement within 1 s" in caught.value.message
+        assert "pg_stat_activity" in caught.value.message
+        assert 0.9 <= waited < 10, waited
+        async with db.connection() as conn:
+            cur = await conn.execute("SHOW idle_in_transaction_session_timeout")
+            assert (await cur.fetchone())["idle_in_transaction_session_timeout"] == "1min"
+    finally:
+        await other_node.execute("ROLLBACK")
+        await other_node.close()
+    await repo.save(rich_recording("rec-locked"))  # the lock is gone: the same write goes through
+    assert await repo.get("rec-locked") == rich_recording("rec-locked")
+    await db.close()

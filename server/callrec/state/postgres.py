@@ -13,6 +13,11 @@ each applies only the versions `schema_migrations` does not list yet.
 
 Errors: a database that cannot be reached becomes UNAVAILABLE with the host, port and database
 (never the password) and what to do; the server keeps recording what it already records.
+
+No statement waits forever: every connection sets `statement_timeout` (a statement stuck behind
+another node's lock, or on an overloaded database, becomes UNAVAILABLE, retried by the caller) and
+`idle_in_transaction_session_timeout` (a node that stalls inside a transaction loses it, and its
+locks, instead of holding every other node's statements behind them).
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ def describe_url(url: str) -> str:
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
+def _milliseconds(seconds: float) -> int:
+    """A PostgreSQL timeout setting (milliseconds; 0 would mean none, so at least 1)."""
+    return max(1, round(seconds * 1000))
+
+
 def _migrations() -> list[tuple[int, str, str]]:
     folder = resources.files("callrec.state") / "pg_migrations"
     found = []
@@ -62,12 +72,18 @@ def _migrations() -> list[tuple[int, str, str]]:
 class PostgresDatabase:
     """The cluster's shared state database: `open()` it (connects, migrates), then use the repositories."""
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0,
+                 statement_timeout_s: float = 30.0, idle_in_transaction_timeout_s: float = 60.0) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"--database-url must be a postgresql:// URL; got {describe_url(url)!r}")
         self.url = url
         self.where = describe_url(url)
         self.timeout_s = timeout_s
+        self.statement_timeout_s = statement_timeout_s
+        self._session_settings = (
+            ("statement_timeout", _milliseconds(statement_timeout_s)),
+            ("idle_in_transaction_session_timeout", _milliseconds(idle_in_transaction_timeout_s)),
+        )
         self._tx: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("callrec_pg_tx", default=None)
         self.pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
@@ -77,8 +93,14 @@ class PostgresDatabase:
             timeout=timeout_s,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(timeout_s))},
             connection_class=AsyncConnection[DictRow],
+            configure=self._configure,
             name="callrec-state",
         )
+
+    async def _configure(self, conn: Connection) -> None:
+        """Session settings of every new connection (`SET` in autocommit: they last as long as it does)."""
+        for name, value in self._session_settings:
+            await conn.execute(f"SET {name} = {int(value)}")
 
     async def open(self) -> None:
         """Connect (waiting at most the timeout) and apply missing migrations."""
@@ -102,6 +124,15 @@ class PostgresDatabase:
             ErrorCode.UNAVAILABLE,
         )
 
+    def too_slow(self, exc: BaseException) -> CallrecError:
+        """The UNAVAILABLE error for a statement the database cancelled at `statement_timeout`."""
+        return CallrecError(
+            f"the state database ({self.where}) did not finish a statement within {self.statement_timeout_s:g} s "
+            f"({str(exc).strip() or type(exc).__name__}): another node may hold a lock it needs, or the database "
+            "is overloaded; retry, and if it persists look for long transactions in pg_stat_activity",
+            ErrorCode.UNAVAILABLE,
+        )
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """The task's open transaction's connection, else one from the pool (autocommit)."""
@@ -112,6 +143,8 @@ class PostgresDatabase:
         try:
             async with self.pool.connection() as conn:
                 yield conn
+        except psycopg.errors.QueryCanceled as exc:
+            raise self.too_slow(exc) from None
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise self.unavailable(exc) from None
 
@@ -129,6 +162,8 @@ class PostgresDatabase:
                     yield conn
                 finally:
                     self._tx.reset(token)
+        except psycopg.errors.QueryCanceled as exc:
+            raise self.too_slow(exc) from None
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise self.unavailable(exc) from None
 
