@@ -186,3 +186,17 @@ async def test_then_gets_the_jobs_result(then_kind: str) -> None:
     jobs.submit(lambda: {"size": 42}, then)
     await jobs.join()
     assert got == [{"size": 42}]
+
+
+async def test_a_job_that_raises_a_base_exception_fails_the_recording_and_the_queue_still_drains() -> None:
+    rec = Recorder()
+    jobs = rec.jobs()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt("stop")
+
+    jobs.submit(interrupted)
+    jobs.submit(step(rec, "skipped"))
+    await asyncio.wait_for(jobs.join(), 5)
+    assert [type(e) for e in rec.errors] == [KeyboardInterrupt]
+    assert rec.log == ["on_error stop"]

@@ -173,7 +173,7 @@ class SerialJobs:
                 continue
             try:
                 result = job.run()
-            except Exception as exc:
+            except BaseException as exc:  # whatever ends a job fails the recording, never the queue
                 self._post(loop, self._fail_on_loop, exc)
                 return  # `on_error` runs before the next job; the loop resumes the drain
             if job.then is not None:
