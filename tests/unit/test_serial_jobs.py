@@ -200,3 +200,22 @@ async def test_a_job_that_raises_a_base_exception_fails_the_recording_and_the_qu
     await asyncio.wait_for(jobs.join(), 5)
     assert [type(e) for e in rec.errors] == [KeyboardInterrupt]
     assert rec.log == ["on_error stop"]
+
+
+async def test_a_then_cancelled_at_shutdown_does_not_hold_the_queue() -> None:
+    rec = Recorder()
+    jobs = rec.jobs()
+    started = asyncio.Event()
+
+    async def then_forever(result: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    jobs.submit(step(rec, "a"), then_forever)
+    jobs.submit(step(rec, "b"))
+    await asyncio.wait_for(started.wait(), 5)
+    for task in list(jobs._then_tasks):  # what the loop's shutdown does to pending tasks
+        task.cancel()
+    await asyncio.wait_for(jobs.join(), 5)
+    assert [line.split(" on ")[0] for line in rec.log] == ["run a", "run b"]
+    assert rec.errors == []

@@ -143,6 +143,9 @@ class SerialJobs:
     async def _await_then(self, outcome: Awaitable[None]) -> None:
         try:
             await outcome
+        except asyncio.CancelledError:  # shutting down: later jobs (and joins) must not wait on it forever
+            self._resume()
+            raise
         except Exception as exc:
             self._fail_on_loop(exc)
             return
