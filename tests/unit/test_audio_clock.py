@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import timedelta
 
 import numpy as np
 
@@ -49,6 +50,54 @@ async def test_realtime_places_by_timestamp_not_by_arrival() -> None:
     await fake.advance(0.090)  # the next frame arrives 70 ms "late"
     assert clock.place("gw", 7_020_000) == 520_000  # still right after the first
     assert clock.place("other", 1_000) == 590_000  # another gateway has its own anchor
+
+
+async def test_the_calls_first_frame_puts_the_tick_grid_on_its_gateways_frames() -> None:
+    """Call time 0 moves forward by the first frame's phase (< a tick): that gateway's frames start
+    ticks exactly, the wall-clock times follow, and no tick is mixed earlier than before."""
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=200)
+    clock.start()
+    before = clock.tick_time(0)
+    await fake.advance(0.5073)
+    assert clock.place("gw", 7_000_000) == 500_000  # not 507_300: on the tick grid
+    assert clock.tick_time(0) - before == timedelta(microseconds=7_300)
+    await fake.advance(0.020)
+    assert clock.place("gw", 7_020_000) == 520_000
+    assert clock.place("other", 1_000) == 520_000  # a later gateway is anchored, not re-phased
+    waiting = asyncio.create_task(clock.wait_tick(26, FixedProgress()))  # ends at 540 ms + 200 ms delay
+    await fake.advance(0.740 + 0.0073 - 0.5273 - 0.001)
+    assert not waiting.done()
+    await fake.advance(0.002)
+    assert waiting.done()
+
+
+async def test_on_the_real_time_clock_whole_frames_skip_the_timeline_and_stay_bit_exact(monkeypatch) -> None:
+    """A gateway's 20 ms frames arriving at any phase, with network jitter, play as their ticks' blocks
+    (`JitterBuffer.play_whole`) once the first frame has set the grid, and the audio is unchanged."""
+    from callrec.core.jitter import JitterBuffer
+
+    taken: list[bool] = []
+    original = JitterBuffer.play_whole
+
+    def counting(self: JitterBuffer, *args: object) -> bool:
+        result = original(self, *args)  # type: ignore[arg-type]  # the same arguments, passed through
+        taken.append(result)
+        return result
+
+    monkeypatch.setattr(JitterBuffer, "play_whole", counting)
+    source = tone(440.0, 3.0, start_sample=7)
+    frames = encode_frames(source, PCM16)
+    rng = random.Random(3)
+    arrivals = [(0.1137 + i * 0.02 + rng.uniform(0.0, 0.060), i, 9_000_000 + i * 20_000, f)
+                for i, f in enumerate(frames)]
+    fake = FakeTime()
+    call, sink = await stream_realtime(RealtimeClock(fake), fake, arrivals)
+    assert call.stats("a").frames_rejected_by_reason == {} and call.stats("a").frames_late == 0
+    out = sink.participant("a")
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(source)], source)
+    assert len(taken) >= len(frames) - 1 and sum(taken) >= len(frames) - 1
 
 
 async def stream_realtime(

@@ -221,6 +221,10 @@ def test_play_whole_refuses_what_is_not_exactly_the_tick() -> None:
     assert jitter.played_until is None  # refused: nothing moved
     assert jitter.play_whole(frame, 0, FRAME, FRAME)
     assert jitter.played_until == FRAME
-    push(jitter, 1, position=FRAME + 30)  # 30 samples late in its timestamp: within the tolerance, placed
+    push(jitter, 1, position=FRAME + 30)  # 30 samples off in its timestamp: within the tolerance, on the cursor
     (frame,) = jitter.pop_due(2 * FRAME + 30)
-    assert not jitter.play_whole(frame, FRAME, 2 * FRAME, FRAME)
+    assert jitter.play_whole(frame, FRAME, 2 * FRAME, FRAME)
+    push(jitter, 2, position=2 * FRAME + 200)  # 12.5 ms off: beyond the 5 ms tolerance, a gap before it
+    (frame,) = jitter.pop_due(3 * FRAME + 200)
+    assert not jitter.play_whole(frame, 2 * FRAME, 3 * FRAME, FRAME)
+    assert jitter.played_until == 2 * FRAME

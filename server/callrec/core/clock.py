@@ -4,17 +4,19 @@ The mixer never reads the wall clock; it asks its clock when tick k may be produ
 Call time 0 is when the clock started; tick k covers call time [k*20 ms, (k+1)*20 ms).
 
 * `RealtimeClock` (production): each gateway's first frame is anchored to its arrival
-  time; later frames are placed by their own timestamps, so network jitter does not
-  stretch audio. Tick k is produced `playout_delay` after its end, which leaves that
-  much time for late frames. The anchor keeps following the *fastest* arrivals
-  (minimum of arrival - timestamp over a sliding window), slewed at a bounded rate, so a
-  gateway clock that drifts against ours, or an unlucky first frame, is corrected
-  gradually instead of by a jump. The playout delay adapts: when the event loop stalls
-  (the mixer wakes later than its deadline, so the stream readers were stalled as long)
-  or frames arrive after their tick was mixed, the delay grows to cover it, up to
-  `max_playout_delay_ms`, and shrinks back once things are calm. Latency is cheap for a
-  recording and media dropped as "late" is lost for good, but media waiting out the delay
-  is lost at a crash (see `max_playout_delay_ms` in `callrec.config` for the trade).
+  time (the call's very first frame also moves call time 0 forward by less than a tick, so
+  that it starts a tick: a gateway's 20 ms frames then fill their ticks whole); later frames
+  are placed by their own timestamps, so network jitter does not stretch audio. Tick k is
+  produced `playout_delay` after its end, which leaves that much time for late frames. The
+  anchor keeps following the *fastest* arrivals (minimum of arrival - timestamp over a
+  sliding window), slewed at a bounded rate, so a gateway clock that drifts against ours, or
+  an unlucky first frame, is corrected gradually instead of by a jump. The playout delay
+  adapts: when the event loop stalls (the mixer wakes later than its deadline, so the stream
+  readers were stalled as long) or frames arrive after their tick was mixed, the delay grows
+  to cover it, up to `max_playout_delay_ms`, and shrinks back once things are calm. Latency
+  is cheap for a recording and media dropped as "late" is lost for good, but media waiting
+  out the delay is lost at a crash (see `max_playout_delay_ms` in `callrec.config` for the
+  trade).
 * `MediaClock` (tests, `bench/`, `--clock media`): produces tick k as soon as every
   participant with audio has delivered media past it, so a minute of call is processed
   in a fraction of a second. A participant that left, or the end of the call, releases it.
@@ -249,8 +251,17 @@ class RealtimeClock:
         return None if anchor is None else anchor.offset_us
 
     def place(self, gateway_id: str, timestamp_us: int) -> int:
-        """Anchor on first use, then follow the fastest arrivals with a bounded slew."""
+        """Anchor on first use, then follow the fastest arrivals with a bounded slew.
+
+        The call's first frame also sets the phase of its ticks: call time 0 moves forward by less
+        than a tick, so that frame starts a tick exactly. A gateway sends every participant's frames
+        on one 20 ms grid, so they all land whole in their ticks, and the mixer plays each as its
+        tick's block without copying it through the jitter buffer's timeline (`JitterBuffer.play_whole`).
+        The frames wait at most a tick longer than the playout delay; nothing is mixed earlier.
+        """
         now = self._elapsed_us()
+        if not self._anchors:
+            now = self._rephase(now)
         raw = now - timestamp_us  # arrival - capture: constant + network delay + clock drift
         anchor = self._anchors.get(gateway_id)
         if anchor is None:
@@ -269,6 +280,14 @@ class RealtimeClock:
                     anchor.target_us = anchor.offset_us
                 anchor.window_start_us, anchor.window_min_us = now, math.inf
         return round(timestamp_us + anchor.offset_us)
+
+    def _rephase(self, now_us: float) -> float:
+        """Move call time 0 forward to the tick boundary just before `now_us`; returns `now_us` on the new scale."""
+        assert self._t0 is not None and self._wall0 is not None
+        shift_us = round(now_us) % TICK_US
+        self._t0 += shift_us / 1e6
+        self._wall0 += timedelta(microseconds=shift_us)
+        return now_us - shift_us
 
     @property
     def current_playout_delay_us(self) -> int:
