@@ -208,11 +208,10 @@ class JitterBuffer:
         `place(frame, pcm)` then `read(start, end)` would have moved it, and True says the caller's PCM
         is the tick's block. Otherwise nothing changes, and the caller places and reads as usual.
         """
-        placed = frame.position  # where `place` would put it: on the cursor when within the tolerance
-        if self._cursor is not None and -self._tolerance <= placed - self._cursor <= self._tolerance:
-            placed = self._cursor
-        if (self._len or placed != start or decoded_samples != end - start
-                or (self._cursor is not None and self._cursor != start)
+        cursor = self._cursor  # `place` puts a frame within the tolerance of the cursor on the cursor
+        lands = frame.position == start if cursor is None else (
+            cursor == start and abs(frame.position - start) <= self._tolerance)
+        if (not lands or self._len or decoded_samples != end - start
                 or (self._played is not None and self._played != start)):
             return False
         self._cursor = self._played = end

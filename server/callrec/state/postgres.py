@@ -100,7 +100,7 @@ class PostgresDatabase:
     async def _configure(self, conn: Connection) -> None:
         """Session settings of every new connection (`SET` in autocommit: they last as long as it does)."""
         for name, value in self._session_settings:
-            await conn.execute(f"SET {name} = {int(value)}")
+            await conn.execute(f"SET {name} = {value}")
 
     async def open(self) -> None:
         """Connect (waiting at most the timeout) and apply missing migrations."""
