@@ -485,7 +485,8 @@ async def serve(config: ServerConfig) -> None:
     await start(app)
     runtime_gc.record_pauses()
     frozen = runtime_gc.freeze_startup_objects()  # a full collection would walk them all, stalling every call
-    log.info("start-up objects exempted from garbage collection", objects=frozen)
+    thresholds = runtime_gc.space_young_collections()  # the jitter buffers' frames would be walked 16 times a second
+    log.info("start-up objects exempted from garbage collection", objects=frozen, gc_thresholds=thresholds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
