@@ -52,6 +52,23 @@ def test_duplicates_are_dropped_and_counted_before_and_after_playout() -> None:
     assert stats.frames_late == 0
 
 
+def test_the_history_tells_duplicates_of_the_last_played_frames_from_late_ones() -> None:
+    """A replay of any of the last `history` frames played is a duplicate; older ones and lost ones are late."""
+    stats = MediaStats()
+    jitter = JitterBuffer(RATE, stats, history=64)
+    for sequence in range(200):
+        if sequence != 150:  # lost: its slot plays as silence
+            assert push(jitter, sequence) is None
+    play(jitter, range(200))
+    assert push(jitter, 199) == RejectReason.DUPLICATE
+    assert push(jitter, 136) == RejectReason.DUPLICATE  # the oldest of the last 64
+    assert push(jitter, 150) == RejectReason.LATE  # never played: not a duplicate
+    assert push(jitter, 135) == RejectReason.LATE  # played, but 65 frames ago: out of the history
+    assert push(jitter, 7) == RejectReason.LATE
+    assert stats.frames_rejected_by_reason == {"duplicate": 2, "late": 3}
+    assert stats.frames_late == 3
+
+
 def test_frames_older_than_the_playout_point_are_late() -> None:
     stats = MediaStats()
     jitter = JitterBuffer(RATE, stats)

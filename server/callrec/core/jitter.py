@@ -20,7 +20,6 @@ rejected "overlap"). Frames whose samples were already played out are rejected "
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,8 +71,9 @@ class JitterBuffer:
         self._buffered = 0  # samples of the frames waiting in `_frames`
         self._frames: dict[int, EncodedFrame] = {}
         self._due: list[tuple[int, int]] = []  # (position, sequence)
-        self._history: deque[int] = deque(maxlen=history)
-        self._history_set: set[int] = set()
+        # The sequences played lately, for telling a duplicate from a late frame: slot `sequence %
+        # history` holds the last sequence played there (one store per frame, one load per arrival).
+        self._history: list[int] = [-1] * max(1, history)
         self._played: int | None = None  # everything before this position has been read
         self._cursor: int | None = None  # where the next contiguous frame would start
         self._gap_samples = 0
@@ -98,7 +98,8 @@ class JitterBuffer:
 
     def push(self, sequence: int, position: int, samples: int, data: bytes) -> RejectReason | None:
         """Queue an arriving frame; returns None if accepted, else the (counted) reason."""
-        if sequence in self._frames or sequence in self._history_set:
+        history = self._history
+        if sequence in self._frames or history[sequence % len(history)] == sequence:
             return self._reject(RejectReason.DUPLICATE)
         end = position + samples
         if self._played is not None:
@@ -139,15 +140,14 @@ class JitterBuffer:
         if not due or due[0][0] >= until:
             return []
         out: list[EncodedFrame] = []
+        history = self._history
+        slots = len(history)
         while due and due[0][0] < until:
             _, sequence = heapq.heappop(due)
             frame = self._frames.pop(sequence)
             self._buffered -= frame.samples
             out.append(frame)
-            if len(self._history) == self._history.maxlen:
-                self._history_set.discard(self._history[0])
-            self._history.append(sequence)
-            self._history_set.add(sequence)
+            history[sequence % slots] = sequence
         if len(out) > 1:
             out.sort(key=lambda f: f.sequence)
         return out
