@@ -338,7 +338,8 @@ async def ramp(
     """Find the largest N for which `await step(N)` passes: double until a failure, then bisect.
 
     With `levels`, run exactly those (quick mode). Returns (largest passing N or 0, results).
-    Stops early when the next step would not fit into `budget_s`.
+    Stops early when the next step would not fit into `budget_s`, judged by the last passing step's time
+    (or `step_cost_s` before any passed).
     """
     deadline = time.monotonic() + budget_s
     retries = RETRIES_UNDER_LOAD
@@ -352,7 +353,10 @@ async def ramp(
             break
         began = time.monotonic()
         res = await step(n)
-        step_cost_s = 1.2 * (time.monotonic() - began)  # the next, larger step costs a little more
+        if res.passed:  # the next, larger step costs a little more
+            step_cost_s = 1.2 * (time.monotonic() - began)
+        # A failed step says nothing about the next one, which is smaller (bisection): an overloaded
+        # step's finalize can take minutes, and its time would stop the ramp before the step it needs.
         log("  " + res.summary())
         if not res.passed and res.others_pct > BUSY_PCT and retries and time.monotonic() + step_cost_s < deadline:
             retries -= 1

@@ -1,0 +1,54 @@
+"""The capacity ramp (bench/server_load.py): which steps it runs within its time budget.
+
+The ramp is a benchmark's driver, not a test, but a row of `make bench` is only as good as the steps it
+tries: here each step "takes" fake time, so the budget decisions are checked without running a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench import server_load
+from bench.server_load import StepResult, ramp
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def run_ramp(monkeypatch: pytest.MonkeyPatch, capacity: int, cost: dict[int, float], budget_s: float) -> list[int]:
+    """Ramp from 2 against a server that passes up to `capacity`; returns the steps run, in order."""
+    clock = FakeClock()
+    monkeypatch.setattr(server_load.time, "monotonic", clock.monotonic)
+    ran: list[int] = []
+
+    async def step(n: int) -> StepResult:
+        ran.append(n)
+        clock.now += cost.get(n, 30.0)
+        return StepResult(n, 10, passed=n <= capacity)
+
+    best, results = asyncio.run(ramp(step, start=2, max_steps=7, budget_s=budget_s, step_cost_s=33.0,
+                                     log=lambda line: None))
+    assert best == max((n for n in ran if n <= capacity), default=0)
+    assert set(results) == set(ran)
+    return ran
+
+
+def test_a_failed_steps_overload_does_not_use_up_the_budget_of_the_smaller_step_after_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 32 overloads the server: its recordings take 100 s more to finish, as measured for row 1b; the
+    # estimate for 24 is then 36 s (from 16), not 156 s (from 32), so 24 and 20 still fit
+    ran = run_ramp(monkeypatch, capacity=20, cost={32: 130.0}, budget_s=330.0)
+    assert ran == [2, 4, 8, 16, 32, 24, 20]
+
+
+def test_the_ramp_stops_when_the_next_step_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # each step takes 30 s, so the next is estimated at 36 s: after 4 steps (120 s) of 150 s, no fifth
+    ran = run_ramp(monkeypatch, capacity=100, cost={}, budget_s=150.0)
+    assert ran == [2, 4, 8, 16]
