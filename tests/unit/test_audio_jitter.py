@@ -245,3 +245,40 @@ def test_play_whole_refuses_what_is_not_exactly_the_tick() -> None:
     (frame,) = jitter.pop_due(3 * FRAME + 200)
     assert not jitter.play_whole(frame, 2 * FRAME, 3 * FRAME, FRAME)
     assert jitter.played_until == 2 * FRAME
+
+
+
+def test_advance_moves_the_buffer_exactly_as_read_would_without_making_samples() -> None:
+    """Unrecorded calls skip their ticks with `advance`: after it, the buffer plays on exactly as after `read`."""
+    for seed in range(6):
+        reads, skips = JitterBuffer(RATE), JitterBuffer(RATE)
+        for tick, frames in enumerate(_scenario(seed)):
+            for sequence, position, samples in frames:
+                assert reads.push(sequence, position, samples, b"x") == skips.push(sequence, position, samples, b"x")
+            first, last = tick * FRAME, (tick + 1) * FRAME
+            for jitter in (reads, skips):
+                for frame in jitter.pop_due(last):
+                    jitter.place(frame, pcm_of(frame.sequence, frame.samples))
+            expected = reads.read(first, last)
+            if tick % 3 == 0:
+                skips.advance(last)
+            else:
+                np.testing.assert_array_equal(skips.read(first, last), expected, err_msg=f"seed {seed} tick {tick}")
+            assert skips.played_until == reads.played_until
+            assert skips.frontier(FRAME) == reads.frontier(FRAME)
+            assert skips.pending_until() == reads.pending_until()
+            assert skips.stats == reads.stats
+
+
+def test_advance_drops_the_samples_before_its_end_and_keeps_the_rest() -> None:
+    jitter = JitterBuffer(RATE)
+    assert push(jitter, 0, 0, 2 * FRAME) is None  # one 40 ms frame: two ticks
+    (frame,) = jitter.pop_due(FRAME)
+    source = np.arange(2 * FRAME, dtype=np.float32) / (4 * FRAME)
+    jitter.place(frame, source)
+    jitter.advance(FRAME)  # the first tick, skipped
+    assert jitter.played_until == FRAME
+    assert (jitter._start, jitter._len) == (FRAME, FRAME)  # only the second tick's samples stay buffered
+    np.testing.assert_array_equal(jitter.read(FRAME, 2 * FRAME), source[FRAME:])
+    assert jitter._len == 0
+    assert push(jitter, 1, 0, FRAME) == RejectReason.LATE  # the skipped tick is in the past

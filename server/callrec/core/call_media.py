@@ -506,9 +506,9 @@ class CallMedia:
             if jitter is None:
                 continue
             rate = p.rate
-            first, last = index * rate // 50, (index + 1) * rate // 50
+            last = (index + 1) * rate // 50
             jitter.drop_due(last)
-            jitter.read(first, last)
+            jitter.advance(last)
             if not p.present and jitter.pending_until() is None:
                 drained.append(p)
         for p in drained:

@@ -214,10 +214,8 @@ class JitterBuffer:
         if (not lands or self._len or decoded_samples != end - start
                 or (self._played is not None and self._played != start)):
             return False
-        self._cursor = self._played = end
-        if self._reach is not None and self._reach < end:
-            self._reach = end
-            self._absorb()
+        self._cursor = end
+        self.advance(end)  # nothing is buffered (`self._len` is 0): the playout point and frontier move on
         return True
 
     def read(self, start: int, end: int) -> np.ndarray:
@@ -231,6 +229,15 @@ class JitterBuffer:
             out = np.zeros(n, dtype=np.float32)
             if self._len and lo < hi:
                 out[lo - start : hi - start] = self._buf[lo - data_start : hi - data_start]
+        self.advance(end)
+        return out
+
+    def advance(self, end: int) -> None:
+        """Drop everything before `end` unread: `read(start, end)` without making its samples.
+
+        For a call that nothing records: its playout point moves on as if the tick were heard.
+        """
+        data_start, data_end = self._start, self._start + self._len
         if self._len:
             if data_end <= end:
                 self._len = 0
@@ -242,7 +249,6 @@ class JitterBuffer:
         if self._reach is not None and self._reach < end:
             self._reach = end
             self._absorb()
-        return out
 
     def _write(self, start: int, pcm: np.ndarray) -> None:
         n = len(pcm)
