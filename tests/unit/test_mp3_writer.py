@@ -17,7 +17,7 @@ import pytest
 from callrec.media import lame
 from callrec.media.writers import Mp3Writer, Mp3WriterFactory, PyAVMp3Writer
 from callrec.media.writers.repair import cut_mp3, mp3_frame_length
-from callrec.testing import dominant_frequencies
+from callrec.testing import decode_file, dominant_frequencies
 
 RATE = 16_000
 
@@ -148,3 +148,24 @@ def test_a_libmp3lame_without_a_needed_function_means_the_pyav_writer(monkeypatc
         assert type(Mp3WriterFactory().open(Path("/dev/null"))) is PyAVMp3Writer
     finally:
         lame._library.cache_clear()
+
+
+
+def test_a_cut_too_short_for_ffmpegs_probe_is_remuxed_counted_and_decoded(tmp_path: Path) -> None:
+    """A kill just after a chunk began left this file in the 20-kill crash test: the Info frame and 3 audio
+    frames, its header stale (5 frames). FFmpeg's probe cannot name it (mp3 and h263 both score 25), so
+    repair and the harness name the format: the header is rewritten, every sample counted, the file decoded."""
+    killed = tmp_path / "killed.mp3"
+    original = (Path(__file__).parent / "data" / "killed-chunk-4-frames.mp3").read_bytes()
+    killed.write_bytes(original + original[216:270])  # and the start of a frame the kill cut short
+    with pytest.raises(av.error.InvalidDataError):
+        av.open(str(killed)).close()  # what `ffprobe` says too, unless told `-f mp3`
+    repaired = cut_mp3(killed)
+    decoded_samples = decode_file(killed).samples.shape[0]
+    assert repaired is not None and repaired.samples == decoded_samples > 0
+    data = killed.read_bytes()
+    frame = mp3_frame_length(data[:4])
+    assert frame == 216 and len(data) == 4 * frame  # whole frames only: the cut-short one is gone
+    assert [mp3_frame_length(data[i : i + 4]) for i in range(0, len(data), frame)] == [frame] * 4
+    assert b"Info" in data[:frame] or b"Xing" in data[:frame]
+    assert data[:frame] != original[:frame]  # the remux wrote a true header in place of the stale one

@@ -185,9 +185,14 @@ class DecodedAudio:
         return self.samples[:, index]
 
 
+#: Containers named by their suffix rather than probed: FFmpeg's probe cannot recognise an mp3 of fewer
+#: than 7 frames (a chunk cut by a kill just after it began), though it decodes it when told the format.
+_FORMAT_OF_SUFFIX = {".mp3": "mp3", ".wav": "wav"}
+
+
 def decode_file(path: str | Path) -> DecodedAudio:
     """Decode the first audio stream of a file into int16 samples, with its stream parameters."""
-    with av.open(str(path)) as container:
+    with av.open(str(path), format=_FORMAT_OF_SUFFIX.get(Path(path).suffix.lower())) as container:
         stream = container.streams.audio[0]
         ctx = stream.codec_context
         channels = ctx.channels
