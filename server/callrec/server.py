@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from callrec import loop_lag, metrics, runtime_gc
+from callrec import loop_lag, metrics, runtime_blas, runtime_gc
 from callrec.api.auth import AuthInterceptor
 from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
@@ -487,6 +487,8 @@ async def serve(config: ServerConfig) -> None:
     frozen = runtime_gc.freeze_startup_objects()  # a full collection would walk them all, stalling every call
     thresholds = runtime_gc.space_young_collections()  # the jitter buffers' frames would be walked 16 times a second
     log.info("start-up objects exempted from garbage collection", objects=frozen, gc_thresholds=thresholds)
+    blas = runtime_blas.single_threaded_blas()  # the mixer's vecmat must not start a spinning BLAS thread pool
+    log.info("BLAS limited to one thread", libraries=[f"{b['internal_api']} {b['version']}" for b in blas])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

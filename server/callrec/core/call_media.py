@@ -571,7 +571,9 @@ class CallMedia:
         """
         ids: list[str] = []
         # One row per participant heard this tick (at most all of them; the unused rows are cut off below).
-        matrix = np.zeros((len(self._participants), TICK_SAMPLES), dtype=np.float32)
+        # `empty`, and every used row written below: `zeros` of this size releases the GIL around its calloc,
+        # and each release wakes a waiting writer thread for nothing (see `Mixer.mix`).
+        matrix = np.empty((len(self._participants), TICK_SAMPLES), dtype=np.float32)
         by_rate: dict[int, dict[str, np.ndarray]] = {}
         drained: list[ParticipantInput] = []
         batch, decoded_here = (self._batch, predecoded) if predecoded is not None else (None, {})
@@ -579,7 +581,8 @@ class CallMedia:
             pid = p.participant_id
             jitter, decoder = p.jitter, p.decoder
             if jitter is None or decoder is None:
-                if p.present:
+                if p.present:  # in the call without audio (video only): a silent row
+                    matrix[len(ids)] = 0.0
                     ids.append(pid)
                 continue
             rate = p.rate

@@ -372,7 +372,10 @@ def measure_audio_pipeline(
     import tempfile
 
     from callrec.core.model import ChannelType, ContentType, Format, RecordingOptions
+    from callrec.runtime_blas import single_threaded_blas
     from callrec.testing.call import SimParticipant, run_call, script_call
+
+    single_threaded_blas()  # as the server runs (`serve`)
 
     kinds = {
         "wav": (ChannelType.MIXED, Format.WAV),

@@ -1,0 +1,112 @@
+"""The per-tick media path keeps the GIL (issue 11).
+
+Why it matters: a recording's writer thread spends its time in LAME (ctypes, GIL released) and then
+waits for the GIL. Every time the event loop's thread releases the GIL, CPython signals that waiting
+thread, which wakes, finds the GIL taken again and sleeps: a futex wake and two context switches for
+nothing. NumPy releases the GIL around any loop of more than 500 elements and around `zeros` of more
+than 1 KiB, so a mixer that reduced the whole (participants x 320) matrix did it four times a tick.
+Measured on row 7's pipeline (10 participants, mixed mp3): 7000 context switches per minute of call
+became 3000, and the pipeline's CPU fell by about 14 %.
+
+How the tests see a release: a second thread loops on `time.sleep(0)`, so it is always waiting for the
+GIL; with a switch interval of 5 s it can only run when the main thread releases the GIL. Its pass
+count before and after the code under test tells whether the GIL was released in between.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from callrec.core.call_media import CallMedia
+from callrec.core.clock import MediaClock
+from callrec.core.mixer import Mixer
+from callrec.core.model import AudioEncoding, AudioFormat
+from callrec.media.decode import PyAVAudioCodecs
+from callrec.runtime_blas import single_threaded_blas
+from callrec.testing import EPOCH, CollectingSink, encode_frames, participant_frequency, tone
+
+PCM16_16K = AudioFormat(AudioEncoding.PCM16LE, 16_000, 1)
+
+
+@contextmanager
+def gil_waiter() -> Iterator[Callable[[], int]]:
+    """A thread that always waits for the GIL; yields a function returning how often it got it."""
+    passes = [0]
+    stop = threading.Event()
+
+    def wait_for_the_gil() -> None:
+        while not stop.is_set():
+            time.sleep(0)  # releases the GIL and takes it back: in take_gil whenever the main thread holds it
+            passes[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)  # no forced switch during the measurement: only a release lets it run
+    thread = threading.Thread(target=wait_for_the_gil, daemon=True)
+    thread.start()
+    try:
+        while passes[0] < 10:
+            time.sleep(0.001)
+        yield lambda: passes[0]
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()
+
+
+def releases_during(work: Callable[[], object], repeat: int) -> int:
+    """How often the waiting thread ran while `work` was called `repeat` times."""
+    with gil_waiter() as passes:
+        before = passes()
+        for _ in range(repeat):
+            work()
+        return passes() - before
+
+
+def test_the_watcher_sees_numpy_release_the_gil() -> None:
+    """The control: a reduction over 3200 elements releases the GIL, and the watcher sees it."""
+    matrix = np.ones((10, 320), dtype=np.float32)
+    assert releases_during(lambda: np.add.reduce(matrix, axis=0), 2000) > 0
+
+
+@pytest.mark.parametrize("participants", [2, 10, 40])
+def test_mixing_a_tick_keeps_the_gil(participants: int) -> None:
+    single_threaded_blas()  # as the server runs: 40 rows would otherwise go to OpenBLAS's threads
+    mixer = Mixer()
+    ids = [f"p{i}" for i in range(participants)]
+    t = np.arange(320, dtype=np.float32) / np.float32(16_000)
+    quiet = np.float32(0.5 / participants)  # the sum stays below the limiter's knee: the mix is the plain sum
+    blocks = np.stack([quiet * np.sin(np.float32(2 * np.pi * (200 + 37 * i)) * t)
+                       for i in range(participants)]).astype(np.float32)
+    result = mixer.mix(ids, blocks)
+    np.testing.assert_allclose(result.mixed, np.rint(blocks.sum(axis=0) * 32768), atol=1)
+    np.testing.assert_allclose(result.mean_square, (blocks * blocks).mean(axis=1), rtol=1e-5)
+    assert releases_during(lambda: mixer.mix(ids, blocks), 300) == 0
+
+
+def test_producing_a_ten_person_tick_keeps_the_gil() -> None:
+    """The tick loop's own work, decode and mix included (the mixed row 7's pipeline runs)."""
+    call = CallMedia("c", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
+    for i in range(10):
+        call.add_participant(f"p{i}", f"P{i}", PCM16_16K, "gw")
+    call.attach(CollectingSink())
+    frames = {i: encode_frames(tone(participant_frequency(i), 1.0, rate=16_000), PCM16_16K) for i in range(10)}
+    for n in range(50):
+        for i in range(10):
+            assert call.push_audio(f"p{i}", n, n * 20_000, frames[i][n]) is None
+    ticks = iter(range(50))
+    produced = []
+
+    def tick() -> None:
+        produced.append(call.produce_tick(next(ticks)))
+
+    assert releases_during(tick, 40) == 0
+    heard = [t for t in produced if np.any(t.mixed)]
+    assert len(heard) >= 30, f"only {len(heard)} of 40 ticks carried the participants' tones"
+    assert all(len(t.participants) == 10 for t in heard)
