@@ -197,3 +197,30 @@ def test_raw_frame_lengths_are_accepted_exactly_from_10_to_60_ms(fmt: AudioForma
             else:
                 with pytest.raises(DecodeError, match=r"whole number|frames must carry 10-60 ms"):
                     decoder.frame_samples(data)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_decode_into_writes_what_decode_returns_and_nothing_past_it(fmt: AudioFormat) -> None:
+    """The tick loop decodes one-frame ticks straight into the mix matrix's row (`decode_into`)."""
+    into, plain = AudioDecoder(fmt), AudioDecoder(fmt)  # two decoders: Opus keeps state between frames
+    for frame in tone_frames(700.0, 0.2, fmt):
+        expected = plain.decode(frame)
+        row = np.full(len(expected) + 7, 9.0, dtype=np.float32)
+        n = into.decode_into(frame, row)
+        assert n == len(expected) == into.frame_samples(frame)
+        np.testing.assert_array_equal(row[:n], expected)
+        assert (row[n:] == 9.0).all(), "nothing is written past the frame"
+        exact = np.empty(n, dtype=np.float32)
+        if fmt.encoding != AudioEncoding.OPUS:  # a stateless decoder: the same frame again, into a row of its size
+            assert into.decode_into(frame, exact) == n
+            np.testing.assert_array_equal(exact, expected)
+
+
+def test_decode_into_raises_for_a_corrupt_opus_packet_and_keeps_decoding() -> None:
+    fmt = AudioFormat(AudioEncoding.OPUS, 48_000, 1)
+    decoder = AudioDecoder(fmt)
+    frames = tone_frames(700.0, 0.1, fmt)
+    row = np.zeros(320, dtype=np.float32)
+    with pytest.raises(DecodeError):
+        decoder.decode_into(bytes([0x7B, 0x00]), row)  # code 3 with zero frames (RFC 6716 §3.2.5)
+    assert decoder.decode_into(frames[1], row) == 320

@@ -42,6 +42,10 @@ class CountingCodecs(PyAVAudioCodecs):
                 codecs.decoded += 1
                 return inner.decode(data)
 
+            def decode_into(self, data: bytes, out: np.ndarray) -> int:
+                codecs.decoded += 1
+                return inner.decode_into(data, out)
+
         return Counting()  # type: ignore[return-value]
 
 

@@ -561,6 +561,25 @@ class CallMedia:
             return
         p.jitter.place(frame, pcm)
 
+    def _play_into(self, p: ParticipantInput, frame: EncodedFrame, first: int, last: int, row: np.ndarray) -> None:
+        """Play a frame of exactly one tick at the mix rate into `row`, the tick's block for `p`.
+
+        Decoded in place (`decode_into`: no array per frame, no copy into the matrix, no second check of
+        the length `push` checked), then played as the whole tick when it continues the timeline exactly;
+        otherwise placed on the timeline and the tick read back, as any other frame.
+        """
+        jitter, decoder = p.jitter, p.decoder
+        assert jitter is not None and decoder is not None
+        try:
+            samples = decoder.decode_into(frame.data, row)
+        except DecodeError as exc:
+            self._place_decoded(p, frame, exc)
+            row[:] = jitter.read(first, last)
+            return
+        if not jitter.play_whole(frame, first, last, samples):
+            jitter.place(frame, row[:samples])  # copied onto the timeline before the row is overwritten
+            row[:] = jitter.read(first, last)
+
     def produce_tick(
         self, index: int, predecoded: Mapping[int, tuple[ParticipantInput, list[_Decoded]]] | None = None
     ) -> MixTick:
@@ -593,7 +612,15 @@ class CallMedia:
                 if entry is not None and entry[0] is p:
                     this_tick = entry[1]
             else:
-                for frame in jitter.pop_due(last):
+                due = jitter.pop_due(last)
+                if len(due) == 1 and rate == OUTPUT_SAMPLE_RATE and due[0].samples == TICK_SAMPLES:
+                    # The common case, one 20 ms frame at the mix rate: decoded straight into its row.
+                    self._play_into(p, due[0], first, last, matrix[len(ids)])
+                    ids.append(pid)
+                    if not p.present and jitter.pending_until() is None:
+                        drained.append(p)
+                    continue
+                for frame in due:
                     try:
                         pcm: np.ndarray | DecodeError = decoder.decode(frame.data)
                     except DecodeError as exc:

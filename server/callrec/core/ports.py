@@ -104,6 +104,11 @@ class FrameDecoder(Protocol):
         """Mono float32 PCM at `sample_rate`; raises `DecodeError` and stays usable."""
         ...
 
+    def decode_into(self, data: bytes, out: np.ndarray) -> int:
+        """Decode a frame `frame_samples` accepted into `out[:n]` (float32, at least the frame's length);
+        returns n. Raises `DecodeError` as `decode` does."""
+        ...
+
 
 class BlockResampler(Protocol):
     """Resamples one tick of many streams of one rate (see `media.decode.ResamplerBank`)."""

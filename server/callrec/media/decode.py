@@ -236,6 +236,26 @@ class AudioDecoder:
             pcm = pcm.reshape(-1, 2).mean(axis=1, dtype=np.float32)
         return pcm
 
+    def decode_into(self, data: bytes, out: np.ndarray) -> int:
+        """Decode a frame `frame_samples` accepted into `out[:n]` (float32); returns n.
+
+        For the tick loop's common case, one frame per tick: PCM and G.711 are converted straight into
+        the mix matrix's row (no array per frame, no copy, no second length check: `push` checked it).
+        """
+        encoding = self.audio_format.encoding
+        if encoding == AudioEncoding.OPUS or self._channels == 2:
+            pcm = self.decode(data)
+            n = len(pcm)
+            out[:n] = pcm
+            return n
+        n = len(data) // self._raw_width
+        target = out if len(out) == n else out[:n]
+        if encoding == AudioEncoding.PCM16LE:
+            np.multiply(np.frombuffer(data, dtype=_PCM16LE), _PCM16_SCALE, out=target)
+        else:
+            np.take(_G711_TABLES[encoding], np.frombuffer(data, dtype=np.uint8), out=target)
+        return n
+
     def _decode_opus(self, data: bytes) -> np.ndarray:
         opus_packet_samples(data)  # an empty packet would put FFmpeg in EOF state: never send one
         if self._libopus is not None:
