@@ -43,6 +43,7 @@ from callrec.events.model import StoredEvent
 from callrec.events.recording_events import AcsRecordingEvents
 from callrec.events.redis_log import RedisEventLog
 from callrec.logs import get_logger
+from callrec.media import lame
 from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.decode_pool import DecodePool
 from callrec.media.video_output import make_video_recording_factory
@@ -489,6 +490,7 @@ async def serve(config: ServerConfig) -> None:
     log.info("start-up objects exempted from garbage collection", objects=frozen, gc_thresholds=thresholds)
     blas = runtime_blas.single_threaded_blas()  # the mixer's vecmat must not start a spinning BLAS thread pool
     log.info("BLAS limited to one thread", libraries=[f"{b['internal_api']} {b['version']}" for b in blas])
+    log.info("mp3 encoder", encoder=lame.describe())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,9 +12,9 @@ encoded so far; the writer puts it over the reserved frame in the first write it
 until two audio frames follow, so a file cut by a crash is empty or starts with an Info frame and
 decodes) and again at the end.
 
-The library is the copy PyAV's wheel bundles (the libmp3lame FFmpeg uses), or else the system's
-(Debian `libmp3lame0`); `available()` says whether one loaded, and `writers.mp3` falls back to
-PyAV when none did.
+The library is the system's (Debian `libmp3lame0`, the one Debian's ffmpeg links: 3.5-4x faster
+than the copy PyAV's wheel bundles, see `native_libs`), or else PyAV's copy; `available()` says
+whether one loaded, and `writers.mp3` falls back to PyAV when none did.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class LameError(Exception):
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    lib = load_codec_library("mp3lame", "libmp3lame.so.0")
+    lib = load_codec_library("mp3lame", "libmp3lame.so.0", prefer_system=True)  # 3.5-4x faster: see native_libs
     if lib is None:
         return None
     try:
@@ -71,11 +71,22 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lame_get_lametag_frame.argtypes = [gfp, ctypes.c_void_p, ctypes.c_size_t]
     lib.lame_close.restype = i
     lib.lame_close.argtypes = [gfp]
+    lib.get_lame_version.restype = ctypes.c_void_p
+    lib.get_lame_version.argtypes = []
 
 
 def available() -> bool:
     """Whether libmp3lame could be loaded."""
     return _library() is not None
+
+
+def describe() -> str:
+    """Which LAME encodes mp3, for the start-up log: version and file, or PyAV's encoder."""
+    lib = _library()
+    if lib is None:
+        return "PyAV's mp3 encoder (no libmp3lame could be loaded)"
+    version = ctypes.cast(lib.get_lame_version(), ctypes.c_char_p).value or b"?"
+    return f"libmp3lame {version.decode()} ({lib._name})"
 
 
 class Mp3Encoder:
