@@ -224,3 +224,43 @@ def test_decode_into_raises_for_a_corrupt_opus_packet_and_keeps_decoding() -> No
     with pytest.raises(DecodeError):
         decoder.decode_into(bytes([0x7B, 0x00]), row)  # code 3 with zero frames (RFC 6716 §3.2.5)
     assert decoder.decode_into(frames[1], row) == 320
+
+
+def test_g711_is_decoded_by_byte_translation_to_exactly_ffmpegs_table() -> None:
+    from callrec.media.decode import _G711_BYTES, _G711_TABLES, _g711_decode
+
+    codes = bytes(range(256)) * 2
+    for encoding in (AudioEncoding.PCMU, AudioEncoding.PCMA):
+        np.testing.assert_array_equal(_g711_decode(codes, _G711_BYTES[encoding]),
+                                      _G711_TABLES[encoding][np.frombuffer(codes, dtype=np.uint8)])
+
+
+@pytest.mark.parametrize("in_rate, channels", [(8_000, 4), (48_000, 8), (44_100, 3), (8_000, 1)])
+def test_libswresample_called_directly_gives_pyavs_resampler_output(in_rate: int, channels: int) -> None:
+    """The bank's resampler is libswresample through ctypes; PyAV's (a filter graph around the same
+    library, with its defaults) must give the very same samples, first call's held-back delay included."""
+    import av
+
+    from callrec.media.swresample import SwrResampler
+
+    block = in_rate // 50
+    t = np.arange(block * 40) / in_rate
+    pcm = np.stack([0.3 * np.sin(2 * np.pi * (300 + 170 * c) * t) for c in range(channels)], axis=1)
+    pcm = pcm.astype(np.float32)
+    ours = SwrResampler(in_rate, 16_000, channels)
+    layout = av.AudioLayout(f"{channels} channels")
+    theirs = av.AudioResampler(format="flt", layout=layout, rate=16_000)
+    mine, reference = [], []
+    for k in range(40):
+        chunk = pcm[k * block:(k + 1) * block]
+        mine.append(ours.convert(chunk).copy())
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk).reshape(1, -1), format="flt", layout=layout)
+        frame.sample_rate = in_rate
+        reference += [f.to_ndarray().reshape(-1, channels) for f in theirs.resample(frame)]
+    assert len(mine[0]) < 320 and all(len(m) == 320 for m in mine[2:]), "the filter's delay, then steady blocks"
+    np.testing.assert_array_equal(np.concatenate(mine), np.concatenate(reference))
+    with pytest.raises(ValueError, match="shape"):
+        ours.convert(np.zeros((block, channels + 1), dtype=np.float32))
+    ours.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ours.convert(pcm[:block])
