@@ -173,3 +173,19 @@ async def test_finish_at_does_not_wait_long_when_no_ticks_come(tmp_path: Path) -
     (chunk,) = await rec.finish(at=EPOCH + timedelta(seconds=5), timeout=10)
     assert time.monotonic() - started < 1.0
     assert chunk.samples == TICK_SAMPLES
+
+
+def test_a_ticks_float_blocks_are_the_mixers_rows_or_the_int16_blocks_scaled() -> None:
+    """Unmixed recordings take `pcm_of` (float32, converted to int16 in the writer thread, once a batch)."""
+    from callrec.core.call_media import ParticipantBlocks
+    from callrec.core.mixer import Mixer
+
+    made_by_hand = tick(0, participants={"a": 16384, "b": -32768})
+    np.testing.assert_array_equal(made_by_hand.pcm_of("a"), np.full(TICK_SAMPLES, 0.5, np.float32))
+    np.testing.assert_array_equal(made_by_hand.pcm_of("b"), np.full(TICK_SAMPLES, -1.0, np.float32))
+    rows = np.stack([np.full(TICK_SAMPLES, 0.25, np.float32), np.linspace(-0.5, 0.5, TICK_SAMPLES, dtype=np.float32)])
+    blocks = ParticipantBlocks(["x", "y"], Mixer().mix(["x", "y"], rows))
+    mixed = MixTick(0, 0, EPOCH, np.zeros(TICK_SAMPLES, np.int16), blocks, {}, {})
+    assert np.shares_memory(mixed.pcm_of("y"), rows), "the mixer's own row: no copy, no conversion"
+    np.testing.assert_array_equal(mixed.pcm_of("y"), rows[1])
+    np.testing.assert_array_equal(blocks["y"], np.rint(rows[1] * 32768).astype(np.int16))

@@ -26,7 +26,7 @@ import numpy as np
 from callrec.core.call_media import TICK_SAMPLES, MixTick
 from callrec.core.chunker import ChunkOutput, ClosedChunk, OnChunkFinished, OpenChunk, SerialJobs
 from callrec.core.metadata import VideoConfiguration
-from callrec.core.mixer import float_to_int16, soft_limit
+from callrec.core.mixer import DEFAULT_KNEE, float_to_int16, soft_limit
 from callrec.core.model import OUTPUT_SAMPLE_RATE, ChannelPin, ChannelType, RecordingOptions
 from callrec.core.ports import AudioWriter, AudioWriterFactory, TimeSource
 from callrec.core.recording_engine import RecordingEngine
@@ -195,21 +195,41 @@ class _AudioOutput:
         assigner = self._assigner
         if assigner is None:
             return np.zeros(n, dtype=np.int16) if silent else tick.mixed[start:end]
-        out = np.zeros((n, channels), dtype=np.int16)
         if silent:
-            return out
+            return np.zeros((n, channels), dtype=np.int16)
+        # float32, converted to int16 by the writer thread once per batch (`_write_pieces`): converting
+        # every tick's blocks on the event loop cost more than the rest of this. `empty`, and every channel
+        # written one column at a time: NumPy releases the GIL around `zeros` of this size, which wakes a
+        # thread waiting for the GIL for nothing (see `Mixer.mix`).
+        out = np.empty((n, channels), dtype=np.float32)
         by_channel: dict[int, list[np.ndarray]] = {}
-        for participant_id, block in tick.participants.items():
+        for participant_id in tick.participants:
             channel = assigner.channel_of(participant_id)
             if channel is not None:
-                by_channel.setdefault(channel, []).append(block[start:end])
-        for channel, blocks in by_channel.items():
-            if len(blocks) == 1:
+                by_channel.setdefault(channel, []).append(tick.pcm_of(participant_id)[start:end])
+        for channel in range(channels):
+            blocks = by_channel.get(channel)
+            if blocks is None:
+                out[:, channel] = 0.0
+            elif len(blocks) == 1:
                 out[:, channel] = blocks[0]
             else:  # overflow participants share the last channel, mixed with the limiter
-                total = np.sum([b.astype(np.float32) for b in blocks], axis=0) / np.float32(32768.0)
-                out[:, channel] = float_to_int16(soft_limit(total))
+                out[:, channel] = _mix_overflow(blocks)
         return out
+
+
+def _mix_overflow(blocks: list[np.ndarray]) -> np.ndarray:
+    """The float32 blocks of the participants sharing the last channel, summed and limited.
+
+    Summed one block at a time and limited only when loud: on a 20 ms block each NumPy call costs more
+    than its arithmetic, and `np.sum` over a list, or `soft_limit` on a quiet block, cost 40-60 µs a tick.
+    """
+    total = blocks[0].copy()
+    for block in blocks[1:]:
+        np.add(total, block, out=total)
+    if float(np.maximum.reduce(np.abs(total))) > DEFAULT_KNEE:  # below the knee soft_limit is the identity
+        total = soft_limit(total)
+    return total
 
 
 class AudioRecording(RecordingEngine):
@@ -253,14 +273,20 @@ class AudioRecording(RecordingEngine):
 
 
 def _write_pieces(slot: _Slot, pieces: list[np.ndarray]) -> None:
-    """Write a batch; unmixed pieces of equal width are concatenated into one write."""
+    """Write a batch; unmixed pieces of equal width are concatenated into one write, and converted to int16
+    here (an unmixed recording's blocks come as float32: see `_AudioOutput._block`)."""
     writer = slot.writer
     assert writer is not None
     run: list[np.ndarray] = []
     for piece in pieces:
         if run and piece.shape[1:] != run[0].shape[1:]:
-            writer.write(np.concatenate(run))
+            writer.write(_int16(np.concatenate(run)))
             run = []
         run.append(piece)
     if run:
-        writer.write(np.concatenate(run) if len(run) > 1 else run[0])
+        writer.write(_int16(np.concatenate(run) if len(run) > 1 else run[0]))
+
+
+def _int16(samples: np.ndarray) -> np.ndarray:
+    """int16 samples as they are; float32 ones (in [-1, 1)) rounded and saturated."""
+    return samples if samples.dtype == np.int16 else float_to_int16(samples)

@@ -76,6 +76,19 @@ class MixTick:
         """Samples per block."""
         return len(self.mixed)
 
+    def pcm_of(self, participant_id: str) -> np.ndarray:
+        """A participant's block as float32 in [-1, 1): the mixer's own input row (a view: do not change
+        it), or, for a tick not made by the mixer, the int16 block scaled.
+
+        For sinks that mix or convert further (an unmixed recording's channels): no int16 round trip,
+        and the conversion to int16 can happen in a writer thread, once per batch.
+        """
+        participants = self.participants
+        if isinstance(participants, ParticipantBlocks):
+            return participants.pcm(participant_id)
+        scaled: np.ndarray = np.multiply(participants[participant_id], np.float32(1.0 / 32768.0), dtype=np.float32)
+        return scaled
+
     @property
     def end_time(self) -> datetime:
         """Wall-clock time just after the last sample."""
@@ -106,6 +119,11 @@ class ParticipantBlocks(Mapping[str, np.ndarray]):
     def __getitem__(self, participant_id: str) -> np.ndarray:
         block: np.ndarray = self._result.blocks[self._index()[participant_id]]
         return block
+
+    def pcm(self, participant_id: str) -> np.ndarray:
+        """The participant's float32 block, the mixer's input row (a view, no conversion)."""
+        row: np.ndarray = self._result.pcm[self._index()[participant_id]]
+        return row
 
     def __contains__(self, participant_id: object) -> bool:
         return participant_id in self._index()

@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["CEILING", "MixResult", "Mixer", "db_to_linear", "float_to_int16", "soft_limit"]
+__all__ = ["CEILING", "DEFAULT_KNEE", "MixResult", "Mixer", "db_to_linear", "float_to_int16", "soft_limit"]
 
 
 def db_to_linear(db: float) -> float:
@@ -47,7 +47,11 @@ def float_to_int16(pcm: np.ndarray) -> np.ndarray:
 CEILING = 32767 / 32768
 
 
-def soft_limit(x: np.ndarray, knee: float = db_to_linear(-3.0)) -> np.ndarray:
+#: Where the limiter's tanh curve starts (-3 dBFS): below it `soft_limit` is the identity.
+DEFAULT_KNEE = db_to_linear(-3.0)
+
+
+def soft_limit(x: np.ndarray, knee: float = DEFAULT_KNEE) -> np.ndarray:
     """Identity below `knee`; above it a tanh curve that approaches `CEILING` but never exceeds it.
 
     Continuous with slope 1 at the knee, so a signal that only grazes it is not distorted.
