@@ -129,3 +129,9 @@ def test_a_steady_loud_call_is_scaled_by_its_constant_gain() -> None:
     expected = np.rint(soft_limit(ramped) * np.float32(32768.0)).astype(np.int16)
     np.testing.assert_array_equal(result.mixed, expected)
     assert int(np.abs(result.mixed.astype(np.int32)).max()) > 0.5 * 32767
+
+
+def test_float64_blocks_are_mixed_as_float32() -> None:
+    result = Mixer().mix(["a", "b"], np.full((2, 320), 0.1))  # float64, as a caller may pass
+    assert result.pcm.dtype == result.mean_square.dtype == np.float32
+    np.testing.assert_array_equal(result.mixed, np.full(320, 6554, np.int16))  # 0.2 * 32768, rounded

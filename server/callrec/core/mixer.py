@@ -128,6 +128,8 @@ class Mixer:
         """
         if blocks.ndim != 2 or blocks.shape[0] != len(ids):
             raise ValueError(f"blocks must have shape ({len(ids)}, samples), got {blocks.shape}")
+        if blocks.dtype != np.float32:  # `vecmat` and `vecdot` keep their input's precision
+            blocks = blocks.astype(np.float32)
         samples = blocks.shape[1]
         if not ids:
             return MixResult(np.zeros(samples, dtype=np.int16), np.zeros((0, samples), dtype=np.float32),
