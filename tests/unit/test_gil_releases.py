@@ -93,6 +93,7 @@ def test_mixing_a_tick_keeps_the_gil(participants: int) -> None:
 @pytest.mark.parametrize("fmt", [
     pytest.param(PCM16_16K, id="pcm16-16k"),
     pytest.param(AudioFormat(AudioEncoding.PCMU, 8_000, 1), id="pcmu-8k"),  # G.711 lookup, resampler bank
+    pytest.param(AudioFormat(AudioEncoding.OPUS, 48_000, 1), id="opus"),  # libopus on the loop (no decode worker)
 ])
 def test_producing_a_ten_person_tick_keeps_the_gil(fmt: AudioFormat) -> None:
     """The tick loop's own work, decode, resampling and mix included (row 7's pipeline; row 1b's G.711)."""
@@ -116,3 +117,16 @@ def test_producing_a_ten_person_tick_keeps_the_gil(fmt: AudioFormat) -> None:
     heard = [t for t in produced if np.any(t.mixed)]
     assert len(heard) >= 30, f"only {len(heard)} of 40 ticks carried the participants' tones"
     assert all(len(t.participants) == 10 for t in heard)
+
+
+def test_short_codec_calls_keep_the_gil_and_long_ones_release_it() -> None:
+    """libopus (15-30 µs a packet, on the loop) and libswresample keep the GIL; LAME, encoding 100 ms at a
+    time in a writer thread, releases it so the loop runs meanwhile."""
+    import ctypes
+
+    from callrec.media import lame, opus, swresample
+
+    assert isinstance(opus._library(), ctypes.PyDLL)
+    assert isinstance(swresample._library(), ctypes.PyDLL)
+    lame_library = lame._library()
+    assert isinstance(lame_library, ctypes.CDLL) and not isinstance(lame_library, ctypes.PyDLL)
