@@ -5,21 +5,22 @@ made from the array, a push, a pull, a frame made for the result and two freed, 
 GIL around each of those (six releases per call, each waking any thread that waits for the GIL, for
 nothing). The call cost ~40 µs for 8 channels of a 20 ms tick; a 10-person call of 8 kHz participants
 spent 85 µs a tick in it alone, 200 µs on the server's loop (measured: `ResamplerBank.process`).
-`swr_convert` itself is a few microseconds, so it is called here as one foreign call that keeps the GIL
-(`PyDLL`): on the event loop a short call that holds the GIL is cheaper than a release.
+`swr_convert` itself takes 15-20 µs for 8 channels (the filter), so it is called here as one foreign call
+that keeps the GIL (`PyDLL`): on the event loop a short call that holds the GIL is cheaper than a release.
 
-The library is the one PyAV's wheel bundles (the swresample its FFmpeg uses), else the system's.
+The library is the one PyAV's wheel bundles (the swresample its FFmpeg uses), else the system's
+(`native_libs`).
 The algorithm and its settings are swresample's defaults, as `aresample`'s.
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
 from functools import cache
 
 import numpy as np
+
+from callrec.media.native_libs import load_codec_library
 
 __all__ = ["SwrResampler", "available"]
 
@@ -34,38 +35,26 @@ class _ChannelLayout(ctypes.Structure):
                 ("opaque", ctypes.c_void_p)]
 
 
-def _paths() -> list[str]:
-    names: list[str] = []
-    try:
-        import av
-
-        names += sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs",
-                                               "libswresample-*.so*")))
-    except ImportError:  # pragma: no cover - PyAV is a dependency
-        pass
-    return [*names, "libswresample.so.6", "libswresample.so.5", "libswresample.so.4"]
-
-
 @cache
-def _library() -> ctypes.PyDLL | None:
-    """libswresample with the GIL kept across calls (PyDLL); None when none loads or one lacks a function."""
-    for path in _paths():
-        try:
-            lib = ctypes.PyDLL(path)
-            vp, i = ctypes.c_void_p, ctypes.c_int
-            lib.swr_alloc_set_opts2.restype = i
-            lib.swr_alloc_set_opts2.argtypes = [ctypes.POINTER(vp), ctypes.POINTER(_ChannelLayout), i, i,
-                                                ctypes.POINTER(_ChannelLayout), i, i, i, vp]
-            lib.swr_init.restype = i
-            lib.swr_init.argtypes = [vp]
-            lib.swr_convert.restype = i
-            lib.swr_convert.argtypes = [vp, ctypes.POINTER(vp), i, ctypes.POINTER(vp), i]
-            lib.swr_free.restype = None
-            lib.swr_free.argtypes = [ctypes.POINTER(vp)]
-            return lib
-        except (OSError, AttributeError):  # not there, or an FFmpeg before 5.1 (no swr_alloc_set_opts2)
-            continue
-    return None
+def _library() -> ctypes.CDLL | None:
+    """libswresample with the GIL kept across calls (PyDLL); None when none loads or it lacks a function."""
+    lib = load_codec_library("swresample", "libswresample.so.6", keep_gil=True)
+    if lib is None:
+        return None
+    vp, i = ctypes.c_void_p, ctypes.c_int
+    try:
+        lib.swr_alloc_set_opts2.restype = i
+        lib.swr_alloc_set_opts2.argtypes = [ctypes.POINTER(vp), ctypes.POINTER(_ChannelLayout), i, i,
+                                            ctypes.POINTER(_ChannelLayout), i, i, i, vp]
+        lib.swr_init.restype = i
+        lib.swr_init.argtypes = [vp]
+        lib.swr_convert.restype = i
+        lib.swr_convert.argtypes = [vp, ctypes.POINTER(vp), i, ctypes.POINTER(vp), i]
+        lib.swr_free.restype = None
+        lib.swr_free.argtypes = [ctypes.POINTER(vp)]
+    except AttributeError:  # an FFmpeg before 5.1 (no swr_alloc_set_opts2)
+        return None
+    return lib
 
 
 def available() -> bool:
