@@ -112,12 +112,14 @@ async def main_async(args: argparse.Namespace, groups: list[str]) -> list[Row]:
         error: BaseException | None = None
         try:
             if group == "audio":
-                from bench import audio_capacity, decode_offload
+                from bench import audio_capacity, decode_offload, grpc_transport
 
                 section = await audio_capacity.run(args.quick, args.codec, 30 if args.quick else args.audio_budget,
                                                    log)
                 offload_section = await asyncio.to_thread(decode_offload.run, args.quick, log)
                 section.rows.extend(offload_section.rows)
+                transport_section = await asyncio.to_thread(grpc_transport.run, args.quick, log)
+                section.rows.extend(transport_section.rows)
             elif group == "video":
                 from bench import video_capacity
 

@@ -14,6 +14,8 @@ step fails (see `bench.server_load` for what fails a step), then is bisected.
 * 1d: the control RPC latency (GetRecordingState, probed every 250 ms) during that step;
 * 1b, 1c: the same ramp for PCMU in with unmixed wav out (10-person calls), and for 1:1 calls
   (Opus, mixed mp3): one gRPC stream carries 2 participants there, not 10.
+* 1e: row 1c's 1:1 calls with the gateway sending 3 ticks (60 ms) of frames per `media_batch`
+  instead of one: the transport's price per message (row 2c) paid a third as often.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Variant:
     codec: str
     record: dict[str, str]
     start_calls: int
+    ticks_per_batch: int = 1
 
 
 VARIANTS = (
@@ -110,6 +113,8 @@ VARIANTS = (
             {"content_type": "audio", "channel_type": "unmixed", "format": "wav"}, 2),
     Variant("1c", "audio participants at real time (1:1 calls, Opus in, mixed mp3)", 2, "opus",
             {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}, 10),
+    Variant("1e", "audio participants at real time (1:1 calls, Opus, mixed mp3, 3 ticks per message)", 2,
+            "opus", {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}, 10, ticks_per_batch=3),
 )
 #: The share of `--audio-budget` each variant ramp may use (row 1 has its own).
 VARIANT_BUDGET_SHARE = 0.6
@@ -124,10 +129,11 @@ async def variant_row(variant: Variant, quick: bool, budget_s: float, log: Calla
             await wait_quiet(log)
         with server("--clock", "realtime") as srv:
             return await run_step(srv, n, seconds, participants=variant.participants, codec=variant.codec,
-                                  record=variant.record)
+                                  record=variant.record, ticks_per_batch=variant.ticks_per_batch)
 
-    log(f"audio: N calls x {variant.participants} participants ({variant.codec}, real time) -> "
-        f"{variant.record['channel_type']} {variant.record['format']}")
+    log(f"audio: N calls x {variant.participants} participants ({variant.codec}, real time, "
+        f"{variant.ticks_per_batch} tick(s) per message) -> {variant.record['channel_type']} "
+        f"{variant.record['format']}")
     best, results = await ramp(step, start=variant.start_calls, max_steps=6, budget_s=budget_s,
                                step_cost_s=seconds + 15,
                                levels=[max(1, 10 // variant.participants)] if quick else None, log=log)

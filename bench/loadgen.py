@@ -12,7 +12,8 @@ and talks to the bench over stdin/stdout, one JSON object per line:
    `GatewayConnection` per call, joins the participants, prints `{"event": "ready"}`;
 2. waits for `go` on stdin (the bench starts recordings in between), streams every call in
    real time (per call, one `media_batch` per tick holding every participant's 20 ms audio frame,
-   and one per video frame time),
+   or with `ticks_per_batch` N one every N ticks holding those N ticks' frames; and one per video
+   frame time),
    prints `{"event": "streamed", ...}` with how far the sender slipped behind its schedule and
    its own CPU use;
 3. waits (at most 5 s) for the acks to count every frame, ends the calls and prints
@@ -90,6 +91,17 @@ def video_clips(participants: int, video: dict[str, Any]) -> list[list[tuple[byt
     return clips
 
 
+def ticks_to_send(k: int, ticks: int, ticks_per_batch: int) -> range:
+    """The ticks whose frames go out at tick `k`: every `ticks_per_batch`-th tick sends the ones since the
+    last batch (itself included), and the last tick sends what is left; other ticks send nothing.
+
+    A gateway batches what it has captured, so a frame is never sent before its own tick.
+    """
+    if (k + 1) % ticks_per_batch and k != ticks - 1:
+        return range(0)
+    return range(k - k % ticks_per_batch, k + 1)
+
+
 async def main(cfg: dict[str, Any]) -> None:
     target: str = cfg["target"]
     call_ids: list[str] = cfg["calls"]
@@ -97,6 +109,7 @@ async def main(cfg: dict[str, Any]) -> None:
     seconds: float = cfg["seconds"]
     codec: str = cfg.get("codec", "opus")
     video: dict[str, Any] | None = cfg.get("video")
+    ticks_per_batch: int = max(1, int(cfg.get("ticks_per_batch", 1)))
 
     fmt = AudioFormat(AudioEncoding(codec), 48_000 if codec == "opus" else 16_000, 1)
     rate = native_rate(fmt)
@@ -134,13 +147,16 @@ async def main(cfg: dict[str, Any]) -> None:
         if wait > 0:
             await asyncio.sleep(wait)
         slips.append(time.monotonic() - due)
-        ts = start_us + k * 20_000
-        for call in calls:  # a tick of each call's participants in one media_batch
+        batch = ticks_to_send(k, ticks, ticks_per_batch)
+        for call in calls:  # the batch's ticks of each call's participants in one media_batch
+            if not batch:
+                break
             await call.gw.send(pb.StreamMediaRequest(media_batch=pb.MediaBatch(audio=[
-                pb.AudioFrame(participant_id=pid, sequence=k + 1, timestamp_us=ts, data=audio[i][k])
-                for i, pid in enumerate(call.pids)])))
+                pb.AudioFrame(participant_id=pid, sequence=j + 1, timestamp_us=start_us + j * 20_000,
+                              data=audio[i][j])
+                for j in batch for i, pid in enumerate(call.pids)])))
             for pid in call.pids:
-                call.sent[pid] += 1
+                call.sent[pid] += len(batch)
         while video and next_video / fps < (k + 1) * TICK_S:
             t = next_video / fps
             vts = start_us + round(t * 1e6)

@@ -204,8 +204,12 @@ async def run_step(
     codec: str = "opus",
     record: dict[str, str] | None = None,
     video: dict[str, Any] | None = None,
+    ticks_per_batch: int = 1,
 ) -> StepResult:
-    """Stream `calls` calls of `participants` for `seconds` through `srv`, recording each."""
+    """Stream `calls` calls of `participants` for `seconds` through `srv`, recording each.
+
+    `ticks_per_batch`: the generator sends each call's audio every that many ticks, all of them in one
+    `media_batch` (1: one message per call per 20 ms tick)."""
     assert srv.proc is not None
     pid = srv.proc.pid
     record = record or {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}
@@ -214,7 +218,7 @@ async def run_step(
     tag = uuid.uuid4().hex[:6]
     call_ids = [f"bench-{tag}-{n}" for n in range(calls)]
     cfg = {"target": srv.target, "calls": call_ids, "participants": participants, "seconds": seconds,
-           "codec": codec, "video": video}
+           "codec": codec, "video": video, "ticks_per_batch": ticks_per_batch}
     gen = await LoadGen.start(cfg)
     try:
         ready = gen.events[-1]

@@ -83,6 +83,51 @@ async def test_batched_ticks_record_every_participant_on_its_channel(server: Ser
     assert stats.frames_received == 450 and dict(stats.frames_rejected_by_reason) == {"decode_error": 1}
 
 
+async def test_several_ticks_per_batch_in_real_time_lose_nothing(server: ServerProcess, tmp_path: Path) -> None:
+    """A gateway that batches 3 ticks (60 ms) per message, sent in real time as it captures them (what row 2c's
+    per-message price of the transport suggests for many small calls): the realtime clock takes every
+    frame of a batch, the oldest 40 ms older than the newest, with none late, no gap filled, and each
+    participant's tone whole on its channel."""
+    import asyncio
+    import time
+
+    call_id = unique("batch3")
+    by_tick = ticks()
+    batches = [[f for tick in by_tick[n: n + 3] for f in tick] for n in range(0, len(by_tick), 3)]
+    assert len(batches) == 50 and all(len(b) == 9 for b in batches)
+    async with AsyncCallrecClient(server.target) as client, GatewayConnection(server.target, call_id) as gw:
+        for pid in TONES:
+            await gw.join(pid)
+        rec = await client.start_recording(call_id, content_type="audio", format="wav", channel_type="unmixed",
+                                           audio_channel_participant_ordering=list(TONES))
+        started = time.monotonic()
+        for n, batch in enumerate(batches):  # batch n holds ticks 3n..3n+2: sent once the last was captured
+            await asyncio.sleep(max(0.0, started + (3 * n + 3) * 0.02 - time.monotonic()))
+            await gw.batch(audio=batch)
+        acks = await final_ack(gw, dict.fromkeys(TONES, 150))
+        assert {p: (a.received, dict(a.rejected_by_reason)) for p, a in acks.items()} == {
+            p: (150, {}) for p in TONES}
+        await gw.end()
+        done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=60)
+        (chunk,) = done.chunks
+        path = tmp_path / "batched3.wav"
+        path.write_bytes(await download(client, chunk.content_location))
+    stats = done.media_stats
+    assert (stats.frames_received, stats.frames_late, stats.gap_fill_ms) == (450, 0, 0)
+    assert not stats.frames_rejected_by_reason
+    from callrec.testing import decode_file
+
+    audio = decode_file(path)
+    assert (audio.sample_rate, audio.channels) == (RATE, 3)
+    assert abs(audio.duration_s - SECONDS) <= 0.02
+    for channel, (pid, hz) in enumerate(TONES.items()):
+        block = audio.channel(channel)[: int(SECONDS * RATE)]
+        assert peaks(block[RATE // 2: int(2.5 * RATE)], 1) == {int(hz)}, f"{pid} on channel {channel}"
+        windows = block[RATE // 10: len(block) - RATE // 10].astype(np.float64)
+        rms = np.sqrt((windows[: len(windows) // 160 * 160].reshape(-1, 160) ** 2).mean(axis=1))  # 10 ms each
+        assert rms.min() > 0.5 * np.median(rms), f"{pid}: a 10 ms window at {rms.argmin() * 10 + 100} ms fell silent"
+
+
 async def test_a_batch_over_the_limit_is_refused_with_the_setting_named(make_server, tmp_path: Path) -> None:
     config = tmp_path / "callrec.toml"
     config.write_text("[limits]\nmax_batch_frames = 4\n")

@@ -52,3 +52,18 @@ def test_the_ramp_stops_when_the_next_step_would_not_fit(monkeypatch: pytest.Mon
     # each step takes 30 s, so the next is estimated at 36 s: after 4 steps (120 s) of 150 s, no fifth
     ran = run_ramp(monkeypatch, capacity=100, cost={}, budget_s=150.0)
     assert ran == [2, 4, 8, 16]
+
+
+def test_the_load_generator_sends_every_tick_once_in_batches_of_at_most_n_and_never_early() -> None:
+    """Row 1e's gateway: batches of N ticks, each sent at its last tick, the remainder at the end."""
+    from bench.loadgen import ticks_to_send
+
+    for ticks, per_batch in ((10, 1), (10, 3), (9, 3), (1, 3), (7, 10)):
+        sent = [(k, list(ticks_to_send(k, ticks, per_batch))) for k in range(ticks)]
+        flat = [tick for _, batch in sent for tick in batch]
+        assert flat == list(range(ticks)), (ticks, per_batch)
+        for k, batch in sent:
+            assert len(batch) <= per_batch
+            assert all(tick <= k for tick in batch)  # nothing before its own tick
+            assert not batch or batch[-1] == k  # a batch goes out at its newest tick
+    assert [list(ticks_to_send(k, 9, 3)) for k in (0, 1, 2)] == [[], [], [0, 1, 2]]
