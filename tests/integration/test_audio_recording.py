@@ -13,6 +13,7 @@ import pytest
 
 from callrec.core.model import AudioEncoding, AudioFormat
 from callrec.testing import decode_file, dominant_frequencies, interleave
+from callrec.v1 import recording_pb2 as rpb
 from callrec_client import AsyncCallrecClient, CallrecError
 from tests.integration.audio_recording import Speaker, download, frames_of, record_call
 
@@ -267,6 +268,55 @@ def test_cli_download_resumes_and_gateway_sim(server, tmp_path):
     assert (tmp_path / "call.wav").read_bytes() == whole and not (tmp_path / "call.wav.part").exists()
     audio = decode_file(tmp_path / "call.wav")
     assert peaks(audio.channel(0)[RATE // 2:RATE + RATE // 2], 2) == {300, 500}
+
+
+def test_gateway_sim_batches_several_ticks_per_message_and_loses_nothing(server, tmp_path):
+    """`gateway-sim --batch-ms 60`: three ticks of both participants per message, each sent when its newest
+    frame is due (issue 11: the transport's price is per message). A third of the messages, every frame
+    accepted, nothing late or filled, both tones for the whole call."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from callrec_client import CallrecClient
+
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    sim = threading.Thread(target=lambda: result.setdefault("sim", subprocess.run(
+        [sys.executable, "-m", "callrec_client.cli", "gateway-sim", "sim-60", "-n", "2", "--duration", "3",
+         "--codec", "opus", "--batch-ms", "60", "--json", "--server", server.target],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)))
+    sim.start()
+    with CallrecClient(server.target) as client:
+        for _ in range(100):
+            try:
+                rec = client.start_recording("sim-60", content_type="audio", format="wav", channel_type="unmixed")
+                break
+            except CallrecError:
+                time.sleep(0.05)
+        sim.join(60)
+        assert result["sim"].returncode == 0, result["sim"].stderr
+        report = json.loads(result["sim"].stdout)
+        assert report["messages"] == 50  # 150 ticks of 2 participants, 3 ticks a message
+        assert report["received"] == report["sent"] == {"participant-1": 150, "participant-2": 150}
+        assert report["rejected"] == {"participant-1": {}, "participant-2": {}}
+        for _ in range(200):
+            state = client.get_recording_state(rec.recording_id)
+            if state.state == rpb.RECORDING_STATE_COMPLETED:
+                break
+            time.sleep(0.05)
+        assert state.media_stats.frames_late == 0 and state.media_stats.gap_fill_ms == 0
+        whole = b"".join(p.data for p in client.download(state.chunks[0].content_location))
+    (tmp_path / "sim.wav").write_bytes(whole)
+    audio = decode_file(tmp_path / "sim.wav")
+    assert audio.channels == 2
+    assert {peak for channel in range(2) for peak in peaks(audio.channel(channel)[RATE // 2: RATE * 5 // 2], 1)} == {
+        300, 500}  # each participant's tone alone on a channel of its own
+    for channel in range(2):
+        tone = audio.channel(channel)
+        windows = tone[RATE // 10: RATE * 29 // 10].astype(float)
+        rms = np.sqrt((windows[: len(windows) // 160 * 160].reshape(-1, 160) ** 2).mean(axis=1))
+        assert rms.min() > 0.5 * np.median(rms), f"channel {channel}: silent 10 ms at {rms.argmin() * 10 + 100} ms"
 
 
 async def test_corrupt_frames_are_counted_and_harm_nobody(server, tmp_path):
