@@ -28,11 +28,11 @@ from callrec.api.recording import RecordingServicer
 from callrec.api.uploads import UploadServicer
 from callrec.api.webhooks import WebhookServicer
 from callrec.api.wire import MalformedRequestInterceptor
+from callrec.cancellation import honour_cancellation
 from callrec.config import ServerConfig, parse_host_port
 from callrec.core.admission import Admission
 from callrec.core.call_hub import CallMediaHub, make_clock_factory
 from callrec.core.call_registry import Call, CallRegistry
-from callrec.core.cancellation import honour_cancellation
 from callrec.core.errors import CallrecError
 from callrec.core.media_recorder import MediaRecorder
 from callrec.core.model import RecordingState
@@ -137,7 +137,7 @@ class App:
         """Prune expired events and idempotency keys, apply local stores' retention, and prune the
         outbox and the spool (`prune_uploads`), every `housekeeping_interval_s`."""
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+            honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
             try:  # a shared event log or database may be unreachable for a while: the next round tries again
                 pruned = await self.events.prune()
                 forgotten = await self.repo.forget_requests_before(timedelta(hours=self.config.idempotency_window_h))
@@ -161,7 +161,7 @@ class App:
         grace whose calls no gateway re-opened anywhere (ServerRestarted), so none stays ACTIVE forever."""
         assert self.nodes is not None
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+            honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
             await asyncio.sleep(self.nodes.lease_s)
             try:
                 await self.registry.end_abandoned(self.config.reconnect_grace_s)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from callrec.core.cancellation import honour_cancellation
+from callrec.cancellation import honour_cancellation
 
 
 def polling_loop(check: bool) -> tuple[Callable[[], object], list[int]]:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from callrec.core.call_registry import SERVER_RESTARTED, Call, CallRegistry, RecordingNotice
-from callrec.core.cancellation import honour_cancellation
 from callrec.core.errors import (
     RPC_CODE_NUMBERS,
     CallrecError,
@@ -409,7 +408,6 @@ class RecordingRegistry:
             log.error("late chunks could not be stored", recording_id=recording_id, error=failure)
             return
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
             rec = await self.repo.get(recording_id)
             if rec is None or rec.state is RecordingState.FAILED:
                 return

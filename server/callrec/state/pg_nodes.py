@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from callrec.core.cancellation import honour_cancellation
+from callrec.cancellation import honour_cancellation
 from callrec.core.errors import CallrecError, FailedPrecondition
 from callrec.logs import get_logger
 from callrec.state.postgres import PostgresDatabase
@@ -85,7 +85,7 @@ class PgNodeRegistry:
     async def _beat(self) -> None:
         failing = False
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+            honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
             await asyncio.sleep(self.lease_s / 3)
             try:
                 await self.heartbeat()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callrec import metrics
-from callrec.core.cancellation import honour_cancellation
+from callrec.cancellation import honour_cancellation
 from callrec.logs import get_logger
 from callrec.security.redact import redact_text
 from callrec.state.db import Database
@@ -216,7 +216,7 @@ class Outbox:
         returns, and the recording's outcome here must not wait for that.
         """
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+            honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
             async with self._changed:
                 uploads = await self.rows.group(group_id, own=True)
                 if all(u.state != PENDING for u in uploads):
@@ -314,7 +314,7 @@ class Outbox:
         await self._report()
         try:
             while True:
-                honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+                honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
                 self._wake.clear()
                 await self._expire_overdue()
                 self._cancel_timed_out()

@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from callrec.core.cancellation import honour_cancellation
+from callrec.cancellation import honour_cancellation
 from callrec.core.clock import SystemTime
 from callrec.core.errors import OutOfRange, ResourceExhausted
 from callrec.core.ports import TimeSource
@@ -350,7 +350,7 @@ class WebhookDispatcher:
     async def _run(self, endpoint_id: str) -> None:
         """Follow the log for one endpoint until it is disabled or removed (or the dispatcher closes)."""
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+            honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
             try:
                 if await self._follow(endpoint_id):
                     return
@@ -416,7 +416,7 @@ class WebhookDispatcher:
         event = stored.event
         body = _body(stored)
         while True:
-            honour_cancellation()  # a cancel a library swallowed (core/cancellation.py)
+            honour_cancellation()  # a cancel a library swallowed (callrec/cancellation.py)
             due = cursor.next_attempt_at
             if due is not None and due > self._now():
                 release()
