@@ -47,15 +47,39 @@ async def final_ack(gw: GatewayConnection, expected: dict[str, int]) -> dict[str
     return last
 
 
+async def record_unmixed(client: AsyncCallrecClient, gw: GatewayConnection, call_id: str) -> pb.Recording:
+    """Every participant of `TONES` joined, and an unmixed wav recording of them started, in that order."""
+    for pid in TONES:
+        await gw.join(pid)
+    return await client.start_recording(call_id, content_type="audio", format="wav", channel_type="unmixed",
+                                        audio_channel_participant_ordering=list(TONES))
+
+
+async def stored_wav(client: AsyncCallrecClient, gw: GatewayConnection, rec: pb.Recording, path: Path) -> pb.Recording:
+    """End the call, wait for the recording to complete, download its one chunk to `path`; the final state."""
+    await gw.end()
+    done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=60)
+    (chunk,) = done.chunks
+    path.write_bytes(await download(client, chunk.content_location))
+    return done
+
+
+def decoded_tones(path: Path) -> list[np.ndarray]:
+    """The wav's channels, checked for shape and length: one per participant of `TONES`, in order."""
+    from callrec.testing import decode_file
+
+    audio = decode_file(path)
+    assert (audio.sample_rate, audio.channels) == (RATE, 3)
+    assert abs(audio.duration_s - SECONDS) <= 0.02
+    return [audio.channel(channel) for channel in range(3)]
+
+
 async def test_batched_ticks_record_every_participant_on_its_channel(server: ServerProcess, tmp_path: Path) -> None:
     call_id = unique("batch")
     batches = ticks()
     assert len(batches) == 150 and all(len(b) == 3 for b in batches)
     async with AsyncCallrecClient(server.target) as client, GatewayConnection(server.target, call_id) as gw:
-        for pid in TONES:
-            await gw.join(pid)
-        rec = await client.start_recording(call_id, content_type="audio", format="wav", channel_type="unmixed",
-                                           audio_channel_participant_ordering=list(TONES))
+        rec = await record_unmixed(client, gw, call_id)
         bad = mpb.AudioFrame(participant_id="bob", sequence=1000, timestamp_us=batches[-1][0].timestamp_us + 20_000,
                              data=b"\x00" * 3)  # not a whole PCM16 sample: rejected alone
         for i, batch in enumerate(batches):
@@ -65,18 +89,10 @@ async def test_batched_ticks_record_every_participant_on_its_channel(server: Ser
         assert dict(acks["bob"].rejected_by_reason) == {"decode_error": 1}
         assert not acks["alice"].rejected_by_reason and not acks["carol"].rejected_by_reason
         assert (acks["alice"].last_audio_sequence, acks["bob"].last_audio_sequence) == (150, 1000)
-        await gw.end()
-        done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=60)
-        (chunk,) = done.chunks
-        path = tmp_path / "batched.wav"
-        path.write_bytes(await download(client, chunk.content_location))
-    from callrec.testing import decode_file
-
-    audio = decode_file(path)
-    assert (audio.sample_rate, audio.channels) == (RATE, 3)
-    assert abs(audio.duration_s - SECONDS) <= 0.02
+        done = await stored_wav(client, gw, rec, tmp_path / "batched.wav")
+    channels = decoded_tones(tmp_path / "batched.wav")
     for channel, (pid, hz) in enumerate(TONES.items()):
-        block = audio.channel(channel)[RATE // 2: int(2.5 * RATE)]
+        block = channels[channel][RATE // 2: int(2.5 * RATE)]
         assert peaks(block, 1) == {int(hz)}, f"{pid} on channel {channel}"
         assert np.abs(block).max() > 3000, f"{pid}'s tone is there at full level"
     stats = done.media_stats
@@ -96,10 +112,7 @@ async def test_several_ticks_per_batch_in_real_time_lose_nothing(server: ServerP
     batches = [[f for tick in by_tick[n: n + 3] for f in tick] for n in range(0, len(by_tick), 3)]
     assert len(batches) == 50 and all(len(b) == 9 for b in batches)
     async with AsyncCallrecClient(server.target) as client, GatewayConnection(server.target, call_id) as gw:
-        for pid in TONES:
-            await gw.join(pid)
-        rec = await client.start_recording(call_id, content_type="audio", format="wav", channel_type="unmixed",
-                                           audio_channel_participant_ordering=list(TONES))
+        rec = await record_unmixed(client, gw, call_id)
         started = time.monotonic()
         for n, batch in enumerate(batches):  # batch n holds ticks 3n..3n+2: sent once the last was captured
             await asyncio.sleep(max(0.0, started + (3 * n + 3) * 0.02 - time.monotonic()))
@@ -107,21 +120,13 @@ async def test_several_ticks_per_batch_in_real_time_lose_nothing(server: ServerP
         acks = await final_ack(gw, dict.fromkeys(TONES, 150))
         assert {p: (a.received, dict(a.rejected_by_reason)) for p, a in acks.items()} == {
             p: (150, {}) for p in TONES}
-        await gw.end()
-        done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=60)
-        (chunk,) = done.chunks
-        path = tmp_path / "batched3.wav"
-        path.write_bytes(await download(client, chunk.content_location))
+        done = await stored_wav(client, gw, rec, tmp_path / "batched3.wav")
     stats = done.media_stats
     assert (stats.frames_received, stats.frames_late, stats.gap_fill_ms) == (450, 0, 0)
     assert not stats.frames_rejected_by_reason
-    from callrec.testing import decode_file
-
-    audio = decode_file(path)
-    assert (audio.sample_rate, audio.channels) == (RATE, 3)
-    assert abs(audio.duration_s - SECONDS) <= 0.02
+    channels = decoded_tones(tmp_path / "batched3.wav")
     for channel, (pid, hz) in enumerate(TONES.items()):
-        block = audio.channel(channel)[: int(SECONDS * RATE)]
+        block = channels[channel][: int(SECONDS * RATE)]
         assert peaks(block[RATE // 2: int(2.5 * RATE)], 1) == {int(hz)}, f"{pid} on channel {channel}"
         windows = block[RATE // 10: len(block) - RATE // 10].astype(np.float64)
         rms = np.sqrt((windows[: len(windows) // 160 * 160].reshape(-1, 160) ** 2).mean(axis=1))  # 10 ms each
