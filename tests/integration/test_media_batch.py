@@ -130,7 +130,7 @@ async def test_several_ticks_per_batch_in_real_time_lose_nothing(server: ServerP
         assert peaks(block[RATE // 2: int(2.5 * RATE)], 1) == {int(hz)}, f"{pid} on channel {channel}"
         windows = block[RATE // 10: len(block) - RATE // 10].astype(np.float64)
         rms = np.sqrt((windows[: len(windows) // 160 * 160].reshape(-1, 160) ** 2).mean(axis=1))  # 10 ms each
-        assert rms.min() > 0.5 * np.median(rms), f"{pid}: a 10 ms window at {rms.argmin() * 10 + 100} ms fell silent"
+        assert rms.min() > 0.1 * np.median(rms), f"{pid}: a gap (silent 10 ms) at {rms.argmin() * 10 + 100} ms"
 
 
 async def test_a_batch_over_the_limit_is_refused_with_the_setting_named(make_server, tmp_path: Path) -> None:
