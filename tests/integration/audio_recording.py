@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from callrec.core.model import AudioEncoding, AudioFormat
 from callrec.testing import GatewayFrame, ParticipantStream, decode_file, interleave, tone_frames
 from callrec.v1 import events_pb2 as epb
@@ -94,3 +96,13 @@ async def record_call(
             media.append(path)
             metadata.append(json.loads(await download(client, chunk.metadata_location)))
     return Recorded(done, event, media, metadata)
+
+
+def assert_no_gap(samples: np.ndarray, rate: int, what: str) -> None:
+    """No silent 10 ms window (under a tenth of the median level) between the first and the last 100 ms:
+    that is what a gap filled with silence looks like. A quieter stretch is not one (an Opus stream's
+    onset ramps up over its first few hundred milliseconds)."""
+    edge, window = rate // 10, rate // 100
+    body = samples[edge: len(samples) - edge].astype(np.float64)
+    rms = np.sqrt((body[: len(body) // window * window].reshape(-1, window) ** 2).mean(axis=1))
+    assert rms.min() > 0.1 * np.median(rms), f"{what}: a gap (silent 10 ms) at {rms.argmin() * 10 + 100} ms"

@@ -140,16 +140,15 @@ MAX_BATCH_FRAMES = 256
 def _send_groups(events: list[tuple], limit: int, window_s: float = 0.0) -> list[list[tuple]]:
     """Consecutive events due at the same instant, or with `window_s` in the same window of that length
     (from the start), at most `limit` per group, in order. A group is sent when its last event is due."""
+    def slot(event: tuple) -> float:
+        return int(event[0] / window_s + 1e-9) if window_s else event[0]
+
     groups: list[list[tuple]] = []
-    last_window = -1
     for event in events:
-        window = int(event[0] / window_s + 1e-9) if window_s else -1
-        same = window == last_window if window_s else bool(groups) and groups[-1][0][0] == event[0]
-        if groups and len(groups[-1]) < limit and same:
+        if groups and len(groups[-1]) < limit and slot(groups[-1][-1]) == slot(event):
             groups[-1].append(event)
         else:
             groups.append([event])
-        last_window = window
     return groups
 
 
