@@ -322,3 +322,46 @@ def test_sequences_are_uint64_and_order_within_a_position() -> None:
     assert [f.data for f in jitter.pop_due(FRAME)] == [b"earlier"]
     assert [(f.sequence, f.data) for f in jitter.pop_due(2 * FRAME)] == [(0, b"first"), (MAX_SEQUENCE, b"last")]
     assert jitter.push(MAX_SEQUENCE, 2 * FRAME, FRAME, b"again") == RejectReason.DUPLICATE
+
+
+def test_the_timeline_keeps_every_sample_written_until_it_is_read_whatever_the_order() -> None:
+    """The decoded half against a model (position -> sample): writes ahead of, behind and over the data,
+    reads and skips of any length. The buffer keeps its data at an offset that reads move on and writes
+    move back to the front or grow, so every path of that bookkeeping is driven here."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    step = st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 3 * FRAME), st.integers(1, 5 * FRAME)),
+        st.tuples(st.just("read"), st.integers(0, 3 * FRAME), st.just(0)),
+        st.tuples(st.just("skip"), st.integers(0, 3 * FRAME), st.just(0)),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(step, min_size=1, max_size=40))
+    def check(steps: list[tuple[str, int, int]]) -> None:
+        jitter = JitterBuffer(RATE)  # a buffer of RATE // 4 = 4000 samples: long writes make it grow
+        model: dict[int, float] = {}
+        played = 0
+        written = 0
+        for kind, amount, length in steps:
+            if kind == "write":  # anywhere from the playout point to a bit past the data
+                start = played + amount
+                written += 1
+                values = written + np.arange(length, dtype=np.float32) / 8192
+                jitter._write(start, values)
+                model.update(zip(range(start, start + length), values.tolist(), strict=True))
+            else:
+                end = played + amount
+                if kind == "read":
+                    expected = [model.get(p, 0.0) for p in range(played, end)]
+                    np.testing.assert_array_equal(jitter.read(played, end), np.array(expected, dtype=np.float32))
+                else:
+                    jitter.advance(end)
+                model = {p: v for p, v in model.items() if p >= end}
+                played = end
+        end = max(model, default=played) + 1
+        expected = [model.get(p, 0.0) for p in range(played, end)]
+        np.testing.assert_array_equal(jitter.read(played, end), np.array(expected, dtype=np.float32))
+
+    check()

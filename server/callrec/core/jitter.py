@@ -95,10 +95,14 @@ class JitterBuffer:
         self._reach: int | None = None
         self._reach_pending: list[tuple[int, int]] = []
         self._max_end: int | None = None
-        # Decoded PCM on the timeline: samples [_start, _start + _len) of _buf.
+        # Decoded PCM on the timeline: positions [_start, _start + _len), held in _buf[_off : _off + _len].
+        # Reading moves `_off` on instead of moving what stays to the front of the buffer: with several
+        # ticks placed ahead (a call catching up decodes them in one request) every tick's read moved all
+        # of them (measured: most of `read`'s time at 600 participants).
         self._buf = np.zeros(max(1, sample_rate // 4), dtype=np.float32)
         self._start = 0
         self._len = 0
+        self._off = 0
 
     # ------------------------------------------------------------------ arrival
     def __len__(self) -> int:
@@ -248,12 +252,13 @@ class JitterBuffer:
         n = end - start
         data_start, data_end = self._start, self._start + self._len
         lo, hi = max(start, data_start), min(end, data_end)
+        shift = self._off - data_start  # position p is at _buf[p + shift]
         if self._len and lo == start and hi == end:
-            out = self._buf[start - data_start : end - data_start].copy()
+            out = self._buf[start + shift : end + shift].copy()
         else:
             out = np.zeros(n, dtype=np.float32)
             if self._len and lo < hi:
-                out[lo - start : hi - start] = self._buf[lo - data_start : hi - data_start]
+                out[lo - start : hi - start] = self._buf[lo + shift : hi + shift]
         self.advance(end)
         return out
 
@@ -262,14 +267,14 @@ class JitterBuffer:
 
         For a call that nothing records: its playout point moves on as if the tick were heard.
         """
-        data_start, data_end = self._start, self._start + self._len
         if self._len:
-            if data_end <= end:
-                self._len = 0
+            data_start = self._start
+            if data_start + self._len <= end:
+                self._len = self._off = 0
             elif data_start < end:
-                keep = data_end - end
-                self._buf[:keep] = self._buf[end - data_start : data_end - data_start]
-                self._start, self._len = end, keep
+                dropped = end - data_start
+                self._off += dropped
+                self._start, self._len = end, self._len - dropped
         self._played = end if self._played is None else max(self._played, end)
         if self._reach is not None and self._reach < end:
             self._reach = end
@@ -280,29 +285,42 @@ class JitterBuffer:
         if n == 0:
             return
         if self._len == 0:
+            self._off = 0
             self._ensure(n)
             self._start, self._len = start, n
             self._buf[:n] = pcm
             return
-        if start < self._start:  # a frame placed before buffered data (odd timestamps): shift right
+        if start < self._start:  # a frame placed before buffered data (odd timestamps): extend to the left
             shift = self._start - start
-            self._ensure(self._len + shift)
-            self._buf[shift : shift + self._len] = self._buf[: self._len]
-            self._buf[:shift] = 0.0
+            if self._off >= shift:
+                self._off -= shift
+            else:
+                self._ensure(self._len + shift)
+                off = self._off
+                self._buf[off + shift : off + shift + self._len] = self._buf[off : off + self._len]
+            self._buf[self._off : self._off + shift] = 0.0
             self._start, self._len = start, self._len + shift
         data_end = self._start + self._len
         new_end = max(data_end, start + n)
         self._ensure(new_end - self._start)
+        shift = self._off - self._start  # position p is at _buf[p + shift]
         if start > data_end:
-            self._buf[data_end - self._start : start - self._start] = 0.0
-        self._buf[start - self._start : start - self._start + n] = pcm
+            self._buf[data_end + shift : start + shift] = 0.0
+        self._buf[start + shift : start + shift + n] = pcm
         self._len = new_end - self._start
 
     def _ensure(self, size: int) -> None:
-        if size > len(self._buf):
-            grown = np.zeros(max(size, 2 * len(self._buf)), dtype=np.float32)
-            grown[: self._len] = self._buf[: self._len]
+        """Room for `size` samples from the data's start: the data moves to the buffer's front, or to a larger one."""
+        buf, off, length = self._buf, self._off, self._len
+        if off + size <= len(buf):
+            return
+        if size > len(buf):
+            grown = np.zeros(max(size, 2 * len(buf)), dtype=np.float32)
+            grown[:length] = buf[off : off + length]
             self._buf = grown
+        else:
+            buf[:length] = buf[off : off + length]
+        self._off = 0
 
     # ------------------------------------------------------------------ progress
     def frontier(self, reorder_window: int) -> int | None:
