@@ -310,12 +310,16 @@ class JitterBuffer:
         self._len = new_end - self._start
 
     def _ensure(self, size: int) -> None:
-        """Room for `size` samples from the data's start: the data moves to the buffer's front, or to a larger one."""
+        """Room for `size` samples from the data's start: the data moves to the buffer's front, or to a larger one.
+
+        The buffer stays at least twice what it holds, so the data moves to the front at most once per half
+        a buffer read: with several ticks placed ahead, a buffer just large enough moved them every tick or two.
+        """
         buf, off, length = self._buf, self._off, self._len
         if off + size <= len(buf):
             return
-        if size > len(buf):
-            grown = np.zeros(max(size, 2 * len(buf)), dtype=np.float32)
+        if 2 * size > len(buf):
+            grown = np.zeros(max(2 * size, 2 * len(buf)), dtype=np.float32)
             grown[:length] = buf[off : off + length]
             self._buf = grown
         else:
