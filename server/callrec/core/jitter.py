@@ -252,13 +252,13 @@ class JitterBuffer:
         n = end - start
         data_start, data_end = self._start, self._start + self._len
         lo, hi = max(start, data_start), min(end, data_end)
-        shift = self._off - data_start  # position p is at _buf[p + shift]
+        to_index = self._off - data_start  # position p is at _buf[p + to_index]
         if self._len and lo == start and hi == end:
-            out = self._buf[start + shift : end + shift].copy()
+            out = self._buf[start + to_index : end + to_index].copy()
         else:
             out = np.zeros(n, dtype=np.float32)
             if self._len and lo < hi:
-                out[lo - start : hi - start] = self._buf[lo + shift : hi + shift]
+                out[lo - start : hi - start] = self._buf[lo + to_index : hi + to_index]
         self.advance(end)
         return out
 
@@ -303,10 +303,10 @@ class JitterBuffer:
         data_end = self._start + self._len
         new_end = max(data_end, start + n)
         self._ensure(new_end - self._start)
-        shift = self._off - self._start  # position p is at _buf[p + shift]
+        to_index = self._off - self._start  # position p is at _buf[p + to_index]
         if start > data_end:
-            self._buf[data_end + shift : start + shift] = 0.0
-        self._buf[start + shift : start + shift + n] = pcm
+            self._buf[data_end + to_index : start + to_index] = 0.0
+        self._buf[start + to_index : start + to_index + n] = pcm
         self._len = new_end - self._start
 
     def _ensure(self, size: int) -> None:
