@@ -130,6 +130,11 @@ class ServerConfig:
     Opus decoding is about a quarter of the loop's work under load, and a process decodes on another
     core (threads cannot: libopus's returns would queue for the GIL). Default: one per core beyond two,
     at most 4 (none on 2 cores, where the measured gain was nil). Started at the first Opus packet."""
+    audio_writer_process: bool = True
+    """Write audio recordings' files (mp3 encoding included) in a process of their own; False: in writer threads.
+
+    Each 0.1 s batch of each recording was a writer thread's job, and each job took the GIL back three times
+    from the event loop every call and RPC shares (`callrec.media.writer_pool`); the process takes none."""
     event_retention_h: float = 24.0
     """Hours events stay in the durable log."""
     local_retention_h: float = 24.0
@@ -372,6 +377,9 @@ def validate(config: ServerConfig) -> None:
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_DECODE_WORKERS:
         raise ConfigError(f"decode_workers must be 0-{MAX_DECODE_WORKERS} (0: decode Opus on the event loop); "
                           f"got {workers!r}")
+    if not isinstance(config.audio_writer_process, bool):
+        raise ConfigError("audio_writer_process must be true (a process writes audio recordings) or false (writer "
+                          f"threads); got {config.audio_writer_process!r}")
     if config.upload_concurrency < 1:
         raise ConfigError(f"upload_concurrency must be >= 1; got {config.upload_concurrency}")
     if config.upload_timeout_s <= 0:

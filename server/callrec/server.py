@@ -49,6 +49,7 @@ from callrec.media.decode import PyAVAudioCodecs
 from callrec.media.decode_pool import DecodePool
 from callrec.media.video_output import make_video_recording_factory
 from callrec.media.video_text import check_font_at_startup
+from callrec.media.writer_pool import AudioWriterPool
 from callrec.media.writers import writer_factory_for
 from callrec.media.writers.repair import SpoolRepair
 from callrec.security.tls import ServerTlsFiles, load_server_tls
@@ -129,6 +130,8 @@ class App:
     """Pushes every event to the webhook endpoints (None in cluster mode, where it is not available yet)."""
     decode_pool: DecodePool | None = None
     """The Opus decode processes (`--decode-workers`), stopped last."""
+    writer_pool: AudioWriterPool | None = None
+    """The audio writer process (`--audio-writer-process`), stopped once the recordings are finalised."""
     serving: bool = False
     """True from `start()` until `stop()` begins: what /healthz reports."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -211,6 +214,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.registry.drain(timeout)
         await self.calls.close()
+        if self.writer_pool is not None:  # every recording closed its files: the process writes the rest and exits
+            await self.writer_pool.close_all()
         await self.server.stop(grace=min(timeout, 5.0))
         await self.uploads.close()
         for task in self.tasks:
@@ -290,9 +295,10 @@ async def build_server(
         """A recording's media failed: stop it; finalising then fails it with the media's error."""
         asyncio.get_running_loop().create_task(registry.stop(recording_id, MEDIA_FAILED))
 
+    writer_pool = AudioWriterPool() if config.audio_writer_process else None
     recorder = MediaRecorder(hub, outbox, chunks, stores, config.spool_dir, config.resource_id, writer_factory_for,
                              video_recording_factory=make_video_recording_factory(config.clock),
-                             on_media_error=media_failed, repair=SpoolRepair())
+                             on_media_error=media_failed, repair=SpoolRepair(), audio_writer_host=writer_pool)
     registry = RecordingRegistry(
         repo,
         AcsRecordingEvents(events, config.resource_id),
@@ -391,7 +397,7 @@ async def build_server(
     await uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
                uploads, upload_worker, shared_db, nodes, forwarder=forwarder, webhooks=webhooks,
-               decode_pool=decode_pool)
+               decode_pool=decode_pool, writer_pool=writer_pool)
 
 
 def forward_credentials(tls: ServerTlsFiles | None) -> ForwardCredentials:

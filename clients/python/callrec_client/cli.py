@@ -171,6 +171,10 @@ def serve(
     decode_workers: Annotated[int | None, typer.Option(envvar="CALLREC_DECODE_WORKERS",
                               help="Processes that decode Opus beside the event loop; 0 decodes on the loop "
                               "[default: one per core beyond the first, at most 4].")] = None,
+    audio_writer_process: Annotated[bool | None, typer.Option(
+        "--audio-writer-process/--no-audio-writer-process", envvar="CALLREC_AUDIO_WRITER_PROCESS",
+        help="Write audio recordings (mp3 encoding included) in a process of their own instead of writer "
+        "threads, which compete with the event loop for the GIL [default: on].")] = None,
     event_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_EVENT_RETENTION_H",
                                  help="Hours events stay in the log [default: 24].")] = None,
     local_retention_h: Annotated[float | None, typer.Option(envvar="CALLREC_LOCAL_RETENTION_H",
@@ -249,6 +253,7 @@ def serve(
         "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
         "reconnect_grace_s": reconnect_grace, "playout_delay_ms": playout_delay_ms,
         "max_playout_delay_ms": max_playout_delay_ms, "decode_workers": decode_workers,
+        "audio_writer_process": audio_writer_process,
         "event_retention_h": event_retention_h, "local_retention_h": local_retention_h,
         "default_storage": default_storage, "drain_timeout_s": drain_timeout,
         "housekeeping_interval_s": housekeeping_interval, "upload_backoff_max_s": upload_backoff_max,

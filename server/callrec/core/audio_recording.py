@@ -15,6 +15,8 @@ cannot keep up fails the recording instead of growing memory.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -28,10 +30,10 @@ from callrec.core.chunker import ChunkOutput, ClosedChunk, OnChunkFinished, Open
 from callrec.core.metadata import VideoConfiguration
 from callrec.core.mixer import DEFAULT_KNEE, float_to_int16, soft_limit
 from callrec.core.model import OUTPUT_SAMPLE_RATE, ChannelPin, ChannelType, RecordingOptions
-from callrec.core.ports import AudioWriter, AudioWriterFactory, TimeSource
+from callrec.core.ports import AudioWriter, AudioWriterFactory, AudioWriterHost, TimeSource
 from callrec.core.recording_engine import RecordingEngine
 
-__all__ = ["AudioRecording", "ChannelAssigner"]
+__all__ = ["AudioRecording", "ChannelAssigner", "write_pieces"]
 
 
 class ChannelAssigner:
@@ -188,7 +190,7 @@ class _AudioOutput:
             return
         pieces, slot = self._pending, self._slot
         self._pending, self._pending_samples = [], 0
-        self._jobs.submit(lambda: _write_pieces(slot, pieces))
+        self._jobs.submit(lambda: write_pieces(_writer_of(slot), pieces))
 
     def _block(self, tick: MixTick, start: int, end: int, silent: bool, channels: int) -> np.ndarray:
         n = end - start
@@ -216,6 +218,64 @@ class _AudioOutput:
             else:  # overflow participants share the last channel, mixed with the limiter
                 out[:, channel] = _mix_overflow(blocks)
         return out
+
+
+class _HostedAudioOutput(_AudioOutput):
+    """`ChunkOutput` whose writers live in the audio writer process (`AudioWriterHost`): a batch is queued
+    there from the loop, not run as a writer thread's job (see `media.writer_pool` for why)."""
+
+    def __init__(self, factory: AudioWriterFactory, jobs: SerialJobs, assigner: ChannelAssigner | None,
+                 batch_samples: int, host: AudioWriterHost, on_error: Callable[[BaseException], None]) -> None:
+        super().__init__(factory, jobs, assigner, batch_samples)
+        self._host = host
+        self._on_error = on_error
+        self._key: int | None = None
+        self._closing: set[asyncio.Future[Path]] = set()
+
+    def open(self, chunk: OpenChunk) -> None:
+        try:
+            self._key = self._host.open(self._factory, chunk.media_path, self._on_error)
+        except Exception as exc:  # no writer process (shutting down, or it cannot start): the recording fails
+            self._key = None
+            self._on_error(exc)
+
+    def close(self, closed: ClosedChunk, complete: Callable[[Callable[[], Path]], None]) -> None:
+        self._flush()
+        if self._key is None:
+            return  # its open failed, and the recording with it
+        closing = self._host.close(self._key)
+        self._key = None
+        self._closing.add(closing)
+
+        def closed_there(future: asyncio.Future[Path]) -> None:
+            self._closing.discard(future)
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is None:
+                path = future.result()
+                complete(lambda: path)
+            else:
+                complete(functools.partial(_raise, error))  # the chunk's finish job fails the recording
+
+        closing.add_done_callback(closed_there)
+
+    async def drain(self) -> None:
+        """Wait until every closed chunk's file is finished there (its finish job then queued)."""
+        while self._closing:
+            await asyncio.wait(set(self._closing))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        pieces = self._pending
+        self._pending, self._pending_samples = [], 0
+        if self._key is not None:
+            self._host.write(self._key, pieces)
+
+
+def _raise(error: BaseException) -> Path:
+    raise error
 
 
 def _mix_overflow(blocks: list[np.ndarray]) -> np.ndarray:
@@ -254,8 +314,10 @@ class AudioRecording(RecordingEngine):
         time: TimeSource | None = None,
         first_index: int = 0,
         start_paused: bool | None = None,
+        writer_host: AudioWriterHost | None = None,
     ) -> None:
         self.writer_factory = writer_factory
+        self._writer_host = writer_host
         self._batch_samples = max(TICK_SAMPLES, OUTPUT_SAMPLE_RATE * batch_ms // 1000)
         self._assigner = (
             ChannelAssigner(options.unmixed_max_channels, options.audio_channel_participant_ordering,
@@ -269,14 +331,16 @@ class AudioRecording(RecordingEngine):
         )
 
     def _make_output(self) -> ChunkOutput:
+        if self._writer_host is not None:
+            return _HostedAudioOutput(self.writer_factory, self.jobs, self._assigner, self._batch_samples,
+                                      self._writer_host, self.fail)
         return _AudioOutput(self.writer_factory, self.jobs, self._assigner, self._batch_samples)
 
 
-def _write_pieces(slot: _Slot, pieces: list[np.ndarray]) -> None:
+def write_pieces(writer: AudioWriter, pieces: Sequence[np.ndarray]) -> None:
     """Write a batch; unmixed pieces of equal width are concatenated into one write, and converted to int16
-    here (an unmixed recording's blocks come as float32: see `_AudioOutput._block`)."""
-    writer = slot.writer
-    assert writer is not None
+    here (an unmixed recording's blocks come as float32: see `_AudioOutput._block`). Runs where the writer
+    is: a writer thread, or the audio writer process (`media.writer_worker`)."""
     run: list[np.ndarray] = []
     for piece in pieces:
         if run and piece.shape[1:] != run[0].shape[1:]:
@@ -285,6 +349,11 @@ def _write_pieces(slot: _Slot, pieces: list[np.ndarray]) -> None:
         run.append(piece)
     if run:
         writer.write(_int16(np.concatenate(run) if len(run) > 1 else run[0]))
+
+
+def _writer_of(slot: _Slot) -> AudioWriter:
+    assert slot.writer is not None
+    return slot.writer
 
 
 def _int16(samples: np.ndarray) -> np.ndarray:

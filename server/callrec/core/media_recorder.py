@@ -36,6 +36,7 @@ from callrec.core.model import (
 from callrec.core.object_keys import ChunkKeys
 from callrec.core.ports import (
     AudioWriterFactory,
+    AudioWriterHost,
     ChunkIndexPort,
     ChunkRepairPort,
     FinishedMedia,
@@ -89,6 +90,7 @@ class MediaRecorder:
         video_recording_factory: VideoRecordingFactory | None = None,
         on_media_error: Callable[[str, BaseException], None] | None = None,
         repair: ChunkRepairPort | None = None,
+        audio_writer_host: AudioWriterHost | None = None,
     ) -> None:
         self.hub = hub
         self.uploads = uploads
@@ -100,6 +102,8 @@ class MediaRecorder:
         self.video_recording_factory = video_recording_factory
         self.on_media_error = on_media_error
         self.repair = repair
+        self.audio_writer_host = audio_writer_host
+        """Where audio recordings' writers run (the writer process); None: in writer threads."""
         self._active: dict[str, _Active] = {}
 
     def _error_handler(self, recording_id: str, active: _Active) -> Callable[[BaseException], None]:
@@ -162,7 +166,7 @@ class MediaRecorder:
             return
         audio = AudioRecording(rec.recording_id, rec.call_id, rec.options, spool, self.resource_id,
                                self.writer_factory_for(rec.options), on_chunk, start_at=start_at, on_error=on_error,
-                               first_index=first_index, start_paused=paused)
+                               first_index=first_index, start_paused=paused, writer_host=self.audio_writer_host)
         active.sink = audio
         self._active[rec.recording_id] = active
         self.hub.attach(rec.server_call_id, audio)

@@ -16,7 +16,8 @@ Implementations: `media.decode.PyAVAudioCodecs` (AudioCodecs), `media.writers`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ __all__ = [
     "AudioCodecs",
     "AudioWriter",
     "AudioWriterFactory",
+    "AudioWriterHost",
     "BlockResampler",
     "CallOwnershipPort",
     "ChunkIndexPort",
@@ -183,6 +185,28 @@ class AudioWriterFactory(Protocol):
 
     def projected_bytes(self, samples: int, channels: int) -> int:
         """File size (upper bound) once `samples` frames are written and the file closed."""
+        ...
+
+
+class AudioWriterHost(Protocol):
+    """Audio writers kept in another process (`media.writer_pool.AudioWriterPool`), driven from the loop.
+
+    Why: a writer thread asks for the GIL back after every encode and every write, and each time the
+    event loop that every call shares gives it up (see `media.writer_pool`). Here the loop only queues
+    each batch; the writes of one writer happen in the order they were queued.
+    """
+
+    def open(self, factory: AudioWriterFactory, path: Path, on_error: Callable[[BaseException], None]) -> int:
+        """Open a writer of `factory` on `path` there; returns its key. `on_error` (called on the loop)
+        hears of anything that fails it later: opening, a write, the process's exit."""
+        ...
+
+    def write(self, key: int, pieces: Sequence[np.ndarray]) -> None:
+        """Queue blocks for the writer (int16, or float32 in [-1, 1) converted there): one batch."""
+        ...
+
+    def close(self, key: int) -> asyncio.Future[Path]:
+        """Finish and fsync the file after everything queued; the future gives its path (or the error)."""
         ...
 
 

@@ -18,7 +18,7 @@ Why the details are as they are:
 * Workers start at the first Opus packet, not with the server, so servers that never see Opus
   (most tests) start none.
 
-Wire format, both ways: a 4-byte little-endian length, then a pickle. Requests are
+Wire format (`media.pipe_channel`'s), both ways: a 4-byte little-endian length, then a pickle. Requests are
 `("decode", id, rate, [(key, packet), ...])` and `("forget", [key, ...])`; answers are
 `(id, [samples per packet], {index: error}, float32 bytes of all packets)`.
 """
@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import os
-import pickle
-import struct
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,44 +40,14 @@ import numpy as np
 from callrec.core.log import get_logger
 from callrec.core.model import OUTPUT_SAMPLE_RATE, DecodeError
 from callrec.core.ports import FrameDecoder
+from callrec.media.pipe_channel import HEADER, READ_SIZE, frame, take_messages, widen_pipe
 
-__all__ = ["HEADER", "READ_SIZE", "DecodePool", "take_messages"]
+__all__ = ["HEADER", "READ_SIZE", "DecodePool", "take_messages"]  # the wire format is `media.pipe_channel`'s
 
 log = get_logger(__name__)
 
-HEADER = struct.Struct("<I")
 #: A worker that has not answered a request in this long is killed; its packets are decoded here.
 REQUEST_TIMEOUT_S = 2.0
-#: Bytes one read of a pipe takes at most, into a buffer made once (a fresh 1 MiB per read was an
-#: mmap and munmap per read: measured, a tenth of the loop's overhead of the pool).
-READ_SIZE = 1 << 20
-
-
-def take_messages(buffer: bytearray) -> list[Any]:
-    """Unpickle and remove the complete messages at the front of `buffer` (both ways: length, then pickle);
-    a message cut by a read stays for the next."""
-    messages: list[Any] = []
-    offset = 0
-    with memoryview(buffer) as view:
-        while len(buffer) - offset >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer, offset)
-            start = offset + HEADER.size
-            if len(buffer) - start < size:
-                break
-            messages.append(pickle.loads(view[start:start + size]))
-            offset = start + size
-    del buffer[:offset]
-    return messages
-
-
-def _widen_pipe(fd: int) -> None:
-    """Let the pipe hold `READ_SIZE` bytes (Linux; elsewhere, or above the system's limit, it stays as it is).
-
-    A tick's answer for a busy server is hundreds of kilobytes (1280 bytes per 20 ms packet); through a
-    default 64 KiB pipe the worker stopped at every 64 KiB until the loop came round to read.
-    """
-    with contextlib.suppress(AttributeError, OSError):
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
 
 
 class _WorkerLost(Exception):
@@ -227,7 +194,7 @@ class DecodePool:
         os.set_blocking(commands, False)
         os.set_blocking(results, False)
         for fd in (commands, results):
-            _widen_pipe(fd)
+            widen_pipe(fd)
         worker = _Worker(child.process, commands, results)
         asyncio.get_running_loop().add_reader(results, self._on_readable, worker)
         if self._slots[slot] is not None:
@@ -301,12 +268,10 @@ class DecodePool:
 
     def _send(self, worker: _Worker, message: tuple[object, ...]) -> None:
         """Queue a message; the calls ticking in this turn of the loop go out in one write."""
-        body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         if not worker.outgoing and not worker.flush_scheduled:
             worker.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, worker)
-        worker.outgoing += HEADER.pack(len(body))
-        worker.outgoing += body
+        worker.outgoing += frame(message)
 
     def _flush(self, worker: _Worker) -> None:
         worker.flush_scheduled = False

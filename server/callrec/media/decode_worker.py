@@ -19,8 +19,8 @@ import pickle
 import sys
 from typing import Any
 
-from callrec.media.decode_pool import HEADER, READ_SIZE, take_messages
 from callrec.media.opus import OpusDecoder, OpusError
+from callrec.media.pipe_channel import HEADER, READ_SIZE, take_messages, write_all
 
 
 def serve(commands: int, results: int) -> None:
@@ -44,7 +44,7 @@ def serve(commands: int, results: int) -> None:
             if answer is not None:
                 answers += HEADER.pack(len(answer))
                 answers += answer
-        _write_all(results, answers)
+        write_all(results, answers)
 
 
 def _answer(message: tuple[Any, ...], decoders: dict[int, OpusDecoder]) -> bytes | None:
@@ -69,12 +69,6 @@ def _answer(message: tuple[Any, ...], decoders: dict[int, OpusDecoder]) -> bytes
             errors[index] = str(exc)
             lengths.append(0)
     return pickle.dumps((request_id, lengths, errors, data), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _write_all(fd: int, data: bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,83 @@
+"""Audio recordings' writers in a process of their own: `python -m callrec.media.writer_worker <cmd fd> <result fd>`.
+
+The loop's side, the reasons and the guarantees are in `callrec.media.writer_pool`. Here each writer
+(`media.writers`: mp3 through libmp3lame, wav, unmixed wav) is kept under the key the pool gave it,
+and the commands run in the order they came:
+
+* `("open", key, factory, path)`: `factory.open(path)`;
+* `("write", key, pieces)`: one batch (`core.audio_recording.write_pieces`, as a writer thread runs it);
+* `("close", key)`: finish and fsync the file; answered `("closed", key, path)`.
+
+A writer that fails (the disk, the encoder) is answered `("failed", key, message)` and dropped; its
+later commands are ignored. The process never exits over one writer.
+
+When the command pipe closes (the server stopped, or was killed), everything already in the pipe is
+written first, then the process exits: media the server had handed over survives its kill -9, and
+start-up recovery finishes the files left open (`core.chunk_recovery`). SIGINT and SIGTERM are ignored:
+a Ctrl-C reaches the whole process group, and the server's drain still needs its writers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from callrec.core.audio_recording import write_pieces
+from callrec.core.ports import AudioWriter
+from callrec.media.pipe_channel import READ_SIZE, frame, take_messages, write_all
+
+
+def serve(commands: int, results: int) -> None:
+    """Run commands until the parent closes the command pipe; answers of one read go out in one write."""
+    writers: dict[int, AudioWriter] = {}
+    scratch = bytearray(READ_SIZE)
+    pending = bytearray()
+    while True:
+        n = os.readv(commands, [scratch])
+        if n == 0:
+            return
+        pending += memoryview(scratch)[:n]
+        answers = bytearray()
+        for message in take_messages(pending):
+            answer = run_command(message, writers)
+            if answer is not None:
+                answers += frame(answer)
+        if answers:
+            write_all(results, answers)
+
+
+def run_command(message: tuple[Any, ...], writers: dict[int, AudioWriter]) -> tuple[Any, ...] | None:
+    """Run one command; the answer to send, if it has one (a close, or a failure)."""
+    kind, key = message[0], message[1]
+    try:
+        if kind == "open":
+            factory, path = message[2], Path(message[3])
+            writers[key] = factory.open(path)
+            return None
+        writer = writers.get(key)
+        if writer is None:  # it failed before: the loop heard so then
+            return ("failed", key, "the writer failed earlier") if kind == "close" else None
+        if kind == "write":
+            write_pieces(writer, message[2])
+            return None
+        if kind == "close":
+            del writers[key]
+            return ("closed", key, str(writer.close()))
+        return ("failed", key, f"unknown command {kind!r}")
+    except Exception as exc:  # one writer's failure is its recording's, never the process's
+        writers.pop(key, None)
+        what = f"opening {message[3]}" if kind == "open" else f"{kind} of writer {key}"
+        return ("failed", key, f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    serve(int(argv[1]), int(argv[2]))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
