@@ -35,6 +35,22 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def child_processes(parent_pid: int, module: str) -> list[int]:
+    """Pids of `parent_pid`'s children running `python -m module` (the server's worker processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            if module.encode() in cmd and parent == parent_pid:
+                found.append(int(entry.name))
+    return found
+
+
 class ServerProcess:
     """`callrec serve` in a subprocess, logging to data_dir/server.log."""
 

@@ -22,6 +22,7 @@ from callrec.media import decode_pool as pool_module
 from callrec.media.decode import AudioDecoder
 from callrec.media.decode_pool import DecodePool
 from callrec.testing import dominant_frequencies, interleave, tone_frames
+from tests.harness import child_processes
 from tests.integration.audio_recording import Speaker, frames_of, record_call
 
 OPUS = AudioFormat(AudioEncoding.OPUS, 48_000, 1)
@@ -220,18 +221,7 @@ async def test_a_recorded_opus_call_survives_its_decode_worker_being_killed(make
     killed: list[int] = []
 
     def workers() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                parent = int(stat[stat.rindex(")") + 2:].split()[1])
-                if b"callrec.media.decode_worker" in cmd and parent == server.proc.pid:
-                    found.append(int(entry.name))
-        return found
+        return child_processes(server.proc.pid, "callrec.media.decode_worker")
 
     async def kill_midway(frames_sent: int) -> None:
         if frames_sent == len(frames) // 2:

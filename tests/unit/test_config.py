@@ -93,3 +93,29 @@ def test_decode_workers_default_follows_the_cores_and_bad_values_name_the_settin
     for bad in (-1, 65, "two", True):
         with pytest.raises(ConfigError, match=r"decode_workers must be 0-64 \(0: decode Opus on the event loop\)"):
             load_config({"decode_workers": bad})
+
+
+def test_the_audio_writer_process_is_on_by_default_and_each_source_can_turn_it_off(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import callrec.logs
+    import callrec.server
+    from callrec_client.cli import app
+
+    assert load_config().audio_writer_process is True
+    toml = tmp_path / "c.toml"
+    toml.write_text("[server]\naudio_writer_process = false\n")
+    assert load_config(None, toml).audio_writer_process is False
+    for bad in ("no", 0, 1):
+        with pytest.raises(ConfigError, match=r"audio_writer_process must be true .* or false"):
+            load_config({"audio_writer_process": bad})
+    seen = {}
+    monkeypatch.setattr(callrec.server, "run", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(callrec.logs, "configure_logging", lambda *args, **kwargs: None)
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), "--no-audio-writer-process"])
+    assert result.exit_code == 0, result.output
+    assert seen.pop("cfg").audio_writer_process is False
+    result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path)], env={"CALLREC_AUDIO_WRITER_PROCESS": "false"})
+    assert result.exit_code == 0, result.output
+    assert seen.pop("cfg").audio_writer_process is False

@@ -17,6 +17,7 @@ import fcntl
 import os
 import pickle
 import struct
+import subprocess
 from collections.abc import Callable
 from subprocess import Popen
 from typing import Any
@@ -168,7 +169,14 @@ class LoopPipe:
         with contextlib.suppress(OSError):
             os.close(self._results)
         self._exited.set()
-        self._on_exit(self.process.poll())
+        self._on_exit(self._exit_code())
+
+    def _exit_code(self) -> int | None:
+        """The worker's exit status: its result pipe closes as it dies, a moment before it can be reaped."""
+        try:
+            return self.process.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:  # it closed the pipe and lives on: `finish` or `kill` ends it
+            return None
 
     async def finish(self, timeout: float = 10.0) -> None:
         """Send what is queued, close the command pipe and wait for the worker to answer the rest and
