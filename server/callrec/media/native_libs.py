@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import importlib.util
 import os
 
 __all__ = ["load_codec_library"]
@@ -22,13 +23,11 @@ __all__ = ["load_codec_library"]
 
 def _candidates(stem: str, soname: str, prefer_system: bool) -> list[str]:
     bundled: list[str] = []
-    try:
-        import av
-
-        pattern = os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs", f"lib{stem}-*.so*")
+    # Found, not imported: the audio writer process loads libmp3lame and nothing of PyAV (~30 MB less).
+    spec = importlib.util.find_spec("av")
+    if spec is not None and spec.origin:
+        pattern = os.path.join(os.path.dirname(os.path.dirname(spec.origin)), "av.libs", f"lib{stem}-*.so*")
         bundled = sorted(glob.glob(pattern))
-    except ImportError:  # pragma: no cover - PyAV is a dependency
-        pass
     system: list[str] = []
     found = ctypes.util.find_library(stem)
     if found:

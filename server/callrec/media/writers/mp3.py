@@ -27,13 +27,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
-import av
 import numpy as np
 
 from callrec.core.model import MP3_BIT_RATE, OUTPUT_SAMPLE_RATE
 from callrec.media import lame
-from callrec.media.writers.base import fsync_close
-from callrec.media.writers.repair import mp3_frame_length
+from callrec.media.writers.base import fsync_close, mp3_frame_length
 
 __all__ = ["Mp3Writer", "Mp3WriterFactory", "PyAVMp3Writer"]
 
@@ -127,6 +125,8 @@ class PyAVMp3Writer(_Mp3File):
     """The same stream through PyAV (the fallback where libmp3lame cannot be loaded by itself)."""
 
     def __init__(self, path: Path, bit_rate: int = MP3_BIT_RATE, compression_level: int = 7) -> None:
+        import av  # here: the audio writer process (`media.writer_worker`) loads PyAV only where it needs it
+
         self.path = path
         self._file = open(path, "w+b")  # noqa: SIM115 - closed in close(); PyAV writes through it
         self._container = av.open(self._file, "w", format="mp3", buffer_size=256, options={"id3v2_version": "0"})
@@ -139,13 +139,14 @@ class PyAVMp3Writer(_Mp3File):
         self._stream = stream
         self._samples = 0
         self._time_base = Fraction(1, OUTPUT_SAMPLE_RATE)
+        self._frame_type = av.AudioFrame
 
     def write(self, samples: np.ndarray) -> None:
         """Encode int16 mono samples."""
         data = np.ascontiguousarray(samples, dtype=np.int16).reshape(1, -1)
         if data.shape[1] == 0:
             return
-        frame = av.AudioFrame.from_ndarray(data, format="s16p", layout="mono")
+        frame = self._frame_type.from_ndarray(data, format="s16p", layout="mono")
         frame.sample_rate = OUTPUT_SAMPLE_RATE
         frame.pts = self._samples
         frame.time_base = self._time_base

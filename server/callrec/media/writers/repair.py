@@ -27,19 +27,12 @@ import av
 from callrec.core.model import SAMPLES_PER_VIDEO_FRAME
 from callrec.core.ports import RepairedMedia
 from callrec.logs import get_logger
-from callrec.media.writers.base import WAV_HEADER_BYTES
+from callrec.media.writers.base import WAV_HEADER_BYTES, mp3_frame_length
 from callrec.media.writers.unmixed_wav import UnmixedWavWriter, sidecar_path
 
 __all__ = ["SpoolRepair", "cut_mp3", "cut_mp4", "fix_wav", "mp3_frame_length"]
 
 log = get_logger("repair")
-
-_MP3_BIT_RATES = {  # kbps by bit-rate index: MPEG-1 Layer III, MPEG-2/2.5 Layer III
-    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
-_MP3_SAMPLE_RATES = {3: (44_100, 48_000, 32_000), 2: (22_050, 24_000, 16_000), 0: (11_025, 12_000, 8_000)}
-
 
 def fix_wav(path: Path) -> RepairedMedia | None:
     """Set a PCM wav's RIFF and data sizes from its length (whole samples); None without a header."""
@@ -61,23 +54,6 @@ def fix_wav(path: Path) -> RepairedMedia | None:
         handle.flush()
         os.fsync(handle.fileno())
     return RepairedMedia(data // (2 * channels), channels)
-
-
-def mp3_frame_length(header: bytes) -> int | None:
-    """Length of the MPEG audio frame starting with `header` (4 bytes), None if it is not one."""
-    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
-        return None
-    version = (header[1] >> 3) & 0x3  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
-    layer = (header[1] >> 1) & 0x3
-    bit_rate_index = header[2] >> 4
-    rate_index = (header[2] >> 2) & 0x3
-    padding = (header[2] >> 1) & 0x1
-    if version == 1 or layer != 1 or bit_rate_index in (0, 15) or rate_index == 3:
-        return None  # reserved values, or not Layer III
-    kbps = _MP3_BIT_RATES[1 if version == 3 else 2][bit_rate_index]
-    sample_rate = _MP3_SAMPLE_RATES[version][rate_index]
-    coefficient = 144 if version == 3 else 72
-    return coefficient * kbps * 1000 // sample_rate + padding
 
 
 def cut_mp3(path: Path) -> RepairedMedia | None:
