@@ -14,41 +14,22 @@ tick waits for its answer before the next). A packet libopus refuses is answered
 
 from __future__ import annotations
 
-import os
-import pickle
 import sys
 from typing import Any
 
 from callrec.media.opus import OpusDecoder, OpusError
-from callrec.media.pipe_channel import HEADER, READ_SIZE, take_messages, write_all
+from callrec.media.pipe_channel import serve_commands
 
 
 def serve(commands: int, results: int) -> None:
-    """Answer requests until the parent closes the command pipe.
-
-    Everything one read brings (the loop sends all the calls that ticked in one turn in one
-    write) is decoded, then answered in one write: the loop wakes once per batch, not once per
-    call. A request cut by the read waits for the next read.
-    """
+    """Answer requests until the parent closes the command pipe (`pipe_channel.serve_commands`: the calls
+    that ticked in one turn of the loop come in one write and are answered in one)."""
     decoders: dict[int, OpusDecoder] = {}
-    scratch = bytearray(READ_SIZE)
-    pending = bytearray()
-    while True:
-        n = os.readv(commands, [scratch])
-        if n == 0:
-            return
-        pending += memoryview(scratch)[:n]
-        answers = bytearray()
-        for message in take_messages(pending):
-            answer = _answer(message, decoders)
-            if answer is not None:
-                answers += HEADER.pack(len(answer))
-                answers += answer
-        write_all(results, answers)
+    serve_commands(commands, results, lambda message: _answer(message, decoders))
 
 
-def _answer(message: tuple[Any, ...], decoders: dict[int, OpusDecoder]) -> bytes | None:
-    """The pickled answer to a `decode` request; None for `forget` (it has none)."""
+def _answer(message: tuple[Any, ...], decoders: dict[int, OpusDecoder]) -> tuple[Any, ...] | None:
+    """The answer to a `decode` request; None for `forget` (it has none)."""
     if message[0] == "forget":
         for key in message[1]:
             decoder = decoders.pop(key, None)
@@ -68,7 +49,7 @@ def _answer(message: tuple[Any, ...], decoders: dict[int, OpusDecoder]) -> bytes
         except OpusError as exc:
             errors[index] = str(exc)
             lengths.append(0)
-    return pickle.dumps((request_id, lengths, errors, data), protocol=pickle.HIGHEST_PROTOCOL)
+    return (request_id, lengths, errors, data)
 
 
 def main(argv: list[str]) -> None:

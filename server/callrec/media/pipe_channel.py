@@ -22,7 +22,7 @@ from collections.abc import Callable
 from subprocess import Popen
 from typing import Any
 
-__all__ = ["HEADER", "READ_SIZE", "LoopPipe", "frame", "take_messages", "widen_pipe", "write_all"]
+__all__ = ["HEADER", "READ_SIZE", "LoopPipe", "frame", "serve_commands", "take_messages", "widen_pipe", "write_all"]
 
 HEADER = struct.Struct("<I")
 #: Bytes one read of a pipe takes at most, into a buffer made once (a fresh 1 MiB per read was an
@@ -61,6 +61,29 @@ def widen_pipe(fd: int) -> None:
     """
     with contextlib.suppress(AttributeError, OSError):
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
+
+
+def serve_commands(commands: int, results: int, answer: Callable[[Any], object | None]) -> None:
+    """The worker's side: `answer` each message until the parent closes the command pipe.
+
+    Everything one read brings (the loop sends what it queued in one turn in one write) is run, then
+    answered in one write: the loop wakes once per batch, not once per message. A message cut by the read
+    waits for the next read. `answer` returns the message to send back, or None.
+    """
+    scratch = bytearray(READ_SIZE)
+    pending = bytearray()
+    while True:
+        n = os.readv(commands, [scratch])
+        if n == 0:
+            return
+        pending += memoryview(scratch)[:n]
+        answers = bytearray()
+        for message in take_messages(pending):
+            reply = answer(message)
+            if reply is not None:
+                answers += frame(reply)
+        if answers:
+            write_all(results, answers)
 
 
 def write_all(fd: int, data: bytes | bytearray) -> None:

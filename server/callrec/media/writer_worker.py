@@ -19,7 +19,6 @@ a Ctrl-C reaches the whole process group, and the server's drain still needs its
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -27,26 +26,13 @@ from typing import Any
 
 from callrec.core.audio_recording import write_pieces
 from callrec.core.ports import AudioWriter
-from callrec.media.pipe_channel import READ_SIZE, frame, take_messages, write_all
+from callrec.media.pipe_channel import serve_commands
 
 
 def serve(commands: int, results: int) -> None:
     """Run commands until the parent closes the command pipe; answers of one read go out in one write."""
     writers: dict[int, AudioWriter] = {}
-    scratch = bytearray(READ_SIZE)
-    pending = bytearray()
-    while True:
-        n = os.readv(commands, [scratch])
-        if n == 0:
-            return
-        pending += memoryview(scratch)[:n]
-        answers = bytearray()
-        for message in take_messages(pending):
-            answer = run_command(message, writers)
-            if answer is not None:
-                answers += frame(answer)
-        if answers:
-            write_all(results, answers)
+    serve_commands(commands, results, lambda message: run_command(message, writers))
 
 
 def run_command(message: tuple[Any, ...], writers: dict[int, AudioWriter]) -> tuple[Any, ...] | None:
