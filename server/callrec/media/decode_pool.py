@@ -40,7 +40,7 @@ import numpy as np
 from callrec.core.log import get_logger
 from callrec.core.model import OUTPUT_SAMPLE_RATE, DecodeError
 from callrec.core.ports import FrameDecoder
-from callrec.media.pipe_channel import HEADER, READ_SIZE, frame, take_messages, widen_pipe
+from callrec.media.pipe_channel import HEADER, READ_SIZE, append_frame, take_messages, widen_pipe
 
 __all__ = ["HEADER", "READ_SIZE", "DecodePool", "take_messages"]  # the wire format is `media.pipe_channel`'s
 
@@ -271,7 +271,7 @@ class DecodePool:
         if not worker.outgoing and not worker.flush_scheduled:
             worker.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, worker)
-        worker.outgoing += frame(message)
+        append_frame(worker.outgoing, message)
 
     def _flush(self, worker: _Worker) -> None:
         worker.flush_scheduled = False

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from subprocess import Popen
 from typing import Any
 
-__all__ = ["HEADER", "READ_SIZE", "LoopPipe", "frame", "serve_commands", "take_messages", "widen_pipe", "write_all"]
+__all__ = [
+    "HEADER", "READ_SIZE", "LoopPipe", "append_frame", "serve_commands", "take_messages", "widen_pipe", "write_all",
+]
 
 HEADER = struct.Struct("<I")
 #: Bytes one read of a pipe takes at most, into a buffer made once (a fresh 1 MiB per read was an
@@ -30,10 +32,12 @@ HEADER = struct.Struct("<I")
 READ_SIZE = 1 << 20
 
 
-def frame(message: object) -> bytes:
-    """One message as it goes down a pipe: length, then pickle."""
+def append_frame(buffer: bytearray, message: object) -> None:
+    """Append one message as it goes down a pipe: length, then pickle (no copy of the pickle made for it:
+    the decode pool does this for every call's tick)."""
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(body)) + body
+    buffer += HEADER.pack(len(body))
+    buffer += body
 
 
 def take_messages(buffer: bytearray) -> list[Any]:
@@ -81,7 +85,7 @@ def serve_commands(commands: int, results: int, answer: Callable[[Any], object |
         for message in take_messages(pending):
             reply = answer(message)
             if reply is not None:
-                answers += frame(reply)
+                append_frame(answers, reply)
         if answers:
             write_all(results, answers)
 
@@ -142,7 +146,7 @@ class LoopPipe:
         if not self._outgoing and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        self._outgoing += frame(message)
+        append_frame(self._outgoing, message)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

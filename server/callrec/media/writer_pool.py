@@ -1,4 +1,4 @@
-"""`AudioWriterPool`: audio recordings' files written by a process of their own (`--audio-writer-processes`).
+"""`AudioWriterPool`: audio recordings' files written by a process of their own (`--audio-writer-process`).
 
 Why a process and not the writer threads: every 0.1 s batch of every recording was a job in a writer
 thread, and each job took the GIL three times (to start, after libmp3lame, after the file write), each
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,9 @@ MAX_QUEUED_BYTES = 256 << 20
 class _Writer:
     on_error: Callable[[BaseException], None]
     pipe: LoopPipe
+    path: Path
     closing: asyncio.Future[Path] | None = None
     failed: BaseException | None = None
-    path: Path = field(default_factory=Path)
 
 
 class AudioWriterPool:
@@ -76,7 +76,7 @@ class AudioWriterPool:
             raise RecordingMediaError("the audio writer process was stopped (the server is shutting down)")
         pipe = self._running()
         key = next(self._keys)
-        self._writers[key] = _Writer(on_error, pipe, path=path)
+        self._writers[key] = _Writer(on_error, pipe, path)
         pipe.send(("open", key, factory, str(path)))
         return key
 
