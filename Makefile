@@ -12,9 +12,13 @@ NODE_STAMP := clients/node/node_modules/.installed
 RUN_APT_PACKAGES := fonts-noto-cjk libmp3lame0
 # cluster mode's engines, started by the tests on loopback (SPEC §8): PostgreSQL, Redis, HAProxy
 CLUSTER_APT_PACKAGES := postgresql redis-server haproxy
-APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-dejavu-core ffmpeg
+APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-dejavu-core ffmpeg gcc
+# the media path mypyc compiles (callrec/compiled.py MODULES): rebuilt when one of them changes
+COMPILED_SOURCES := $(addprefix server/callrec/,core/jitter.py core/timeline.py core/clock.py core/mixer.py \
+  core/call_media.py core/call_hub.py media/decode_pool.py media/pipe_channel.py compiled.py)
+COMPILED_STAMP := server/callrec/_compiled.json
 
-.PHONY: run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install
+.PHONY: run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install compile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +26,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+## compile: build the media path with mypyc (needs a C compiler; without one the server runs interpreted,
+## with a warning at start-up). `make run`, `make test` and `make bench` run it first.
+compile: $(COMPILED_STAMP)
+
+$(COMPILED_STAMP): $(STAMP) $(COMPILED_SOURCES) tools/build_native.py
+	$(BIN)/python tools/build_native.py $(if $(REQUIRE_COMPILED),--require)
+
 ## run: start the server on 127.0.0.1:50051 with SQLite + local storage under ./data
-run: $(STAMP) run-deps
+run: $(STAMP) run-deps compile
 	$(BIN)/callrec serve --listen 127.0.0.1:50051 --data-dir ./data
 
 $(TOOLS_STAMP): tools/package.json
@@ -57,11 +68,14 @@ test-deps: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) apt-deps
 
 ## test: install test dependencies (pip, npm, Debian) and run the suite (under 10 min; not the slow-marked tests)
 test: test-deps
+	@$(MAKE) --no-print-directory compile REQUIRE_COMPILED=1
 	$(BIN)/pytest -q -m "not slow"
+	CALLREC_COMPILED=0 $(BIN)/pytest -q -m "not slow" tests/unit  # the interpreted fallback keeps working
 
 ## test-slow: the slow-marked tests (20 kill -9s, 1000 cancelled streams, a minute of A/V sync, store outages,
 ## the three-node cluster behind HAProxy: ~7 min)
 test-slow: test-deps
+	@$(MAKE) --no-print-directory compile REQUIRE_COMPILED=1
 	$(BIN)/pytest -q -m slow
 
 ## proto: regenerate the Python stubs in server/callrec/v1 from protos/
@@ -75,20 +89,21 @@ lint: $(STAMP) $(TOOLS_STAMP)
 	tools/node_modules/.bin/buf lint
 
 ## bench: the performance table of SPEC §7 (--quick for a smoke run: make bench ARGS=--quick)
-bench: $(STAMP) apt-deps
+bench: $(STAMP) apt-deps compile
 	@$(MAKE) --no-print-directory apt-install PACKAGES="ffmpeg"
 	$(BIN)/python -m bench $(ARGS)
 
 ## cluster: PostgreSQL, Redis, three callrec nodes (127.0.0.1:50061-50063) and HAProxy (127.0.0.1:50050) from
 ## Debian's packages, node data under ./cluster-data; Ctrl-C stops them (bench/cluster.py, deploy/haproxy.cfg)
-cluster: $(STAMP) run-deps
+cluster: $(STAMP) run-deps compile
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(CLUSTER_APT_PACKAGES)"
 	$(BIN)/python -m bench.cluster $(ARGS)
 
 ## soak: 30 min, 20 calls, a kill -9 every 2-5 min and a 10-min store outage (moto on loopback);
 ## prints media lost per kill and uploads lost, fails above 1 s / any (make soak ARGS=--quick: ~8 min)
-soak: $(STAMP) run-deps
+soak: $(STAMP) run-deps compile
 	$(BIN)/python -m bench.soak $(ARGS)
 
 clean:
-	rm -rf $(VENV) tools/node_modules clients/node/node_modules
+	-[ -x $(BIN)/python ] && $(BIN)/python tools/build_native.py --clean
+	rm -rf $(VENV) tools/node_modules clients/node/node_modules server/build

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from callrec import loop_lag, metrics, runtime_blas, runtime_gc
+from callrec import compiled, loop_lag, metrics, runtime_blas, runtime_gc
 from callrec.api.auth import AuthInterceptor
 from callrec.api.content import ContentServicer
 from callrec.api.events import EventServicer
@@ -500,6 +500,8 @@ async def serve(config: ServerConfig) -> None:
     blas = runtime_blas.single_threaded_blas()  # the mixer's vecmat must not start a spinning BLAS thread pool
     log.info("BLAS limited to one thread", libraries=[f"{b['internal_api']} {b['version']}" for b in blas])
     log.info("mp3 encoder", encoder=lame.describe())
+    media_path = compiled.state()
+    (log.info if media_path.compiled or media_path.requested else log.warning)("media path", mode=media_path.reason)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

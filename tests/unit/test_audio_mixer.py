@@ -98,14 +98,15 @@ def test_blocks_and_levels_are_made_on_first_use_and_equal_the_inputs() -> None:
 
     pcm = np.stack([sine(300, 1, 0.5), np.full(SAMPLES, 1.5, np.float32), np.full(SAMPLES, -1.5, np.float32)])
     result = Mixer().mix(["a", "b", "c"], pcm)
-    assert "blocks" not in result.__dict__ and "energy_db" not in result.__dict__
+    assert not result.converted
     blocks = ParticipantBlocks(["a", "b", "c"], result)
     assert list(blocks) == ["a", "b", "c"] and len(blocks) == 3
     assert "b" in blocks and "z" not in blocks and 7 not in blocks
-    assert "blocks" not in result.__dict__  # keys and membership did not convert
+    assert not result.converted  # keys and membership did not convert
     np.testing.assert_array_equal(blocks["a"], np.rint(pcm[0] * 32768).astype(np.int16))
     assert set(blocks["b"].tolist()) == {32767} and set(blocks["c"].tolist()) == {-32768}  # saturated
     assert blocks.get("z") is None
+    assert result.converted and result.blocks is result.blocks  # converted once, then kept for every sink
     np.testing.assert_array_equal(float_to_int16(np.array([0.99999, -1.0, 2.0, -2.0], np.float32)),
                                   np.array([32767, -32768, 32767, -32768], np.int16))
     assert abs(float(result.energy_db[0]) - 20 * np.log10(0.5 / np.sqrt(2))) < 0.1

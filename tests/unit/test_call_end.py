@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from callrec.api.media import MediaServicer
@@ -21,6 +22,7 @@ from callrec.core.clock import MediaClock
 from callrec.core.limits import Limits
 from callrec.core.model import AudioEncoding, AudioFormat, ChannelType, ContentType, Format, RecordingOptions
 from callrec.core.model import RecordingState as State
+from callrec.core.ports import BlockResampler, FrameDecoder
 from callrec.core.recording_registry import NoMedia, RecordingRegistry
 from callrec.media.decode import PyAVAudioCodecs
 from callrec.testing import EPOCH, FakeTime
@@ -35,6 +37,34 @@ GRACE_S = 10.0
 
 def new_hub() -> CallMediaHub:
     return CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
+
+
+class CrashingCodecs:
+    """Codecs whose decoders accept frames and then fail with a bug (not a `DecodeError`) when decoding."""
+
+    def __init__(self) -> None:
+        self._codecs = PyAVAudioCodecs()
+
+    def decoder(self, audio_format: AudioFormat) -> FrameDecoder:
+        return CrashingDecoder(self._codecs.decoder(audio_format))
+
+    def resampler_bank(self, in_rate: int, out_rate: int, block: int) -> BlockResampler:
+        return self._codecs.resampler_bank(in_rate, out_rate, block)
+
+
+class CrashingDecoder:
+    def __init__(self, inner: FrameDecoder) -> None:
+        self.sample_rate = inner.sample_rate
+        self._inner = inner
+
+    def frame_samples(self, data: bytes) -> int:
+        return self._inner.frame_samples(data)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        raise RuntimeError("decoder bug")
+
+    def decode_into(self, data: bytes, out: np.ndarray) -> int:
+        raise RuntimeError("decoder bug")
 
 
 class Blocker:
@@ -220,14 +250,9 @@ async def test_a_broken_stream_without_grace_ends_its_call_in_the_registry_task(
 
 async def test_a_failed_media_task_leaves_the_hub_and_is_replaced_on_next_use() -> None:
     calls = CallRegistry(reconnect_grace_s=GRACE_S, limits=Limits(max_participants_per_call=5), time=FakeTime())
-    hub = new_hub()
     call, stream = calls.open("c1", "", "gw")
+    hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), CrashingCodecs())  # crashes at its first tick
     media = hub.media("c1")
-
-    def explode(index: int) -> Any:
-        raise RuntimeError("mixer bug")
-
-    media.produce_tick = explode  # type: ignore[method-assign]  # a pipeline that crashes at its first tick
     hub.joined(call, calls.join(call, stream, "alice", "Alice", PCM16, None))
     hub.audio(call, call.participants["alice"], 1, 20_000, FRAME)
     media.end()

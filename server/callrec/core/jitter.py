@@ -90,6 +90,7 @@ class JitterBuffer:
         self._history: list[int] = [-1] * max(1, history)
         self._played: int | None = None  # everything before this position has been read
         self._cursor: int | None = None  # where the next contiguous frame would start
+        self.whole_frame_plays = 0  # ticks `play_whole` served (a frame skipped the timeline)
         self._gap_samples = 0
         # Delivery frontier, for the media-driven clock.
         self._reach: int | None = None
@@ -245,6 +246,7 @@ class JitterBuffer:
             return False
         self._cursor = end
         self.advance(end)  # nothing is buffered (`self._len` is 0): the playout point and frontier move on
+        self.whole_frame_plays += 1
         return True
 
     def read(self, start: int, end: int) -> np.ndarray:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -64,29 +62,44 @@ def soft_limit(x: np.ndarray, knee: float = DEFAULT_KNEE) -> np.ndarray:
     return np.where(magnitude > knee, np.copysign(limited, y), y).astype(np.float32, copy=False)
 
 
-@dataclass(frozen=True)
 class MixResult:
     """One tick of mixer output; arrays are fresh per tick, so sinks may keep them.
 
-    `blocks` and `energy_db` are computed on first use: a mixed recording needs neither, and
-    converting every participant's block costs as much as the mix on a small call.
+    `blocks` and `energy_db` are computed on first use and kept: a mixed recording needs neither,
+    and converting every participant's block costs as much as the mix on a small call. (An explicit
+    cache, not `functools.cached_property`: compiled by mypyc that becomes a plain property, which
+    would convert the whole matrix again for every participant an unmixed recording asks for.)
     """
 
-    mixed: np.ndarray  # int16, shape (samples,)
-    pcm: np.ndarray  # float32, shape (participants, samples): the mixer's input, rows in the order given to mix()
-    mean_square: np.ndarray  # float32, shape (participants,)
-    speaking: list[bool]  # per participant, in the order given to mix()
+    __slots__ = ("_blocks", "_energy_db", "mean_square", "mixed", "pcm", "speaking")
 
-    @cached_property
+    def __init__(self, mixed: np.ndarray, pcm: np.ndarray, mean_square: np.ndarray, speaking: list[bool]) -> None:
+        self.mixed = mixed  # int16, shape (samples,)
+        self.pcm = pcm  # float32, shape (participants, samples): the mixer's input, rows in the order given to mix()
+        self.mean_square = mean_square  # float32, shape (participants,)
+        self.speaking = speaking  # per participant, in the order given to mix()
+        self._blocks: np.ndarray | None = None
+        self._energy_db: np.ndarray | None = None
+
+    @property
+    def converted(self) -> bool:
+        """Whether `blocks` or `energy_db` was asked for (a mixed recording never asks)."""
+        return self._blocks is not None or self._energy_db is not None
+
+    @property
     def blocks(self) -> np.ndarray:
         """int16, shape (participants, samples): each participant's own block."""
-        return float_to_int16(self.pcm)
+        if self._blocks is None:
+            self._blocks = float_to_int16(self.pcm)
+        return self._blocks
 
-    @cached_property
+    @property
     def energy_db(self) -> np.ndarray:
         """float32, shape (participants,): RMS level in dBFS."""
-        levels: np.ndarray = 10.0 * np.log10(np.maximum(self.mean_square, np.float32(1e-12)))
-        return levels.astype(np.float32)
+        if self._energy_db is None:
+            levels: np.ndarray = 10.0 * np.log10(np.maximum(self.mean_square, np.float32(1e-12)))
+            self._energy_db = levels.astype(np.float32)
+        return self._energy_db
 
 
 class Mixer:

@@ -59,6 +59,11 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError(f"no answer within {REQUEST_TIMEOUT_S} s"))
 
 
+#: A worker's answer to one request: each packet's length in samples, errors by index, the PCM (a bytearray
+#: as `decode_worker` builds it; exact, since the compiled build checks it at run time).
+_Answer = tuple[list[int], dict[int, str], bytes | bytearray]
+
+
 @dataclass(eq=False)
 class _Worker:
     """One decode process and the loop's side of its pipes."""
@@ -66,7 +71,7 @@ class _Worker:
     process: Popen[bytes]
     commands: int  # non-blocking, parent -> child
     results: int  # non-blocking, child -> parent
-    pending: dict[int, asyncio.Future[tuple[list[int], dict[int, str], bytes]]] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[_Answer]] = field(default_factory=dict)
     outgoing: bytearray = field(default_factory=bytearray)
     incoming: bytearray = field(default_factory=bytearray)
     forgotten: list[int] = field(default_factory=list)
@@ -121,7 +126,7 @@ class DecodePool:
             ((worker, indices),) = groups.values()
             answers = [await self._ask(worker, items, indices)]
         else:
-            answers = await asyncio.gather(*(self._ask(worker, items, indices) for worker, indices in groups.values()))
+            answers = await asyncio.gather(*[self._ask(worker, items, indices) for worker, indices in groups.values()])
         for (_, indices), answer in zip(groups.values(), answers, strict=True):
             for index, result in zip(indices, answer, strict=True):
                 results[index] = result
@@ -220,7 +225,7 @@ class DecodePool:
     async def _ask(self, worker: _Worker, items: Sequence[tuple[FrameDecoder, bytes]], indices: Sequence[int],
                    packets: list[tuple[int, bytes]] | None = None) -> list[np.ndarray | DecodeError]:
         request_id = next(self._requests)
-        future: asyncio.Future[tuple[list[int], dict[int, str], bytes]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         try:
             if worker.forgotten:
                 forgotten, worker.forgotten = worker.forgotten, []

@@ -94,7 +94,8 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
     """A blocking write of everything (the worker's side)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        written = os.write(fd, view)  # not inside the slice: compiled, a bytearray or memoryview slice evaluates
+        view = view[written:]  # its bounds twice (see `callrec.compiled`)
 
 
 class LoopPipe:
