@@ -187,9 +187,16 @@ def median(values: Sequence[float]) -> float:
 
 
 @contextlib.contextmanager
-def server(*args: str, keep: bool = False) -> Iterator[ServerProcess]:
-    """A fresh `callrec serve` on a loopback port with its own data directory, stopped after."""
+def server(*args: str, keep: bool = False, limits: dict[str, int] | None = None) -> Iterator[ServerProcess]:
+    """A fresh `callrec serve` on a loopback port with its own data directory, stopped after.
+
+    `limits`: [limits] settings for it (a config file), where a capacity ramp would meet a default limit
+    before the machine's capacity (e.g. 400 one-to-one calls are 400 recordings; `max_recordings` is 200)."""
     tmp = Path(tempfile.mkdtemp(prefix="callrec-bench-"))
+    if limits:
+        config = tmp / "bench.toml"
+        config.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items()))
+        args = (*args, "--config", str(config))
     proc = ServerProcess(tmp / "data", *args, env={"CALLREC_LOG_LEVEL": "warning"})
     try:
         proc.start(timeout=60)
