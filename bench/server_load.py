@@ -274,7 +274,11 @@ async def run_step(
             while len(finals) < len(ids) and time.monotonic() < deadline:
                 for rid in ids:
                     if rid not in finals:
-                        rec = await client.get_recording_state(rid)
+                        try:
+                            rec = await client.get_recording_state(rid)
+                        except CallrecError as exc:  # the server stalled past the client's deadline: say so
+                            result.errors.append(f"GetRecordingState while recordings finish: {exc}")
+                            continue
                         if rec.state in DONE_STATES:
                             finals[rid] = rec
                 if len(finals) < len(ids):
