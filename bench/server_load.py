@@ -224,7 +224,13 @@ async def run_step(
         ready = gen.events[-1]
         result.media_s = ready["ticks"] * 0.02
         async with AsyncCallrecClient(srv.target) as client:
-            recs = [await client.start_recording(cid, **record) for cid in call_ids]
+            try:
+                recs = [await client.start_recording(cid, **record) for cid in call_ids]
+            except CallrecError as exc:  # the server could not even start the recordings in time: a failed step
+                result.errors.append(f"StartRecording: {exc}")
+                result.reasons.append(f"errors: StartRecording: {exc}"[:300])
+                result.passed = False
+                return result
             ids = [r.recording_id for r in recs]
             cpu_go = _tree_cpu(pid)
             client_cpu0 = proc_cpu(gen.pid)
