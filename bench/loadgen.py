@@ -14,8 +14,9 @@ and talks to the bench over stdin/stdout, one JSON object per line:
    real time (per call, one `media_batch` per tick holding every participant's 20 ms audio frame,
    or with `ticks_per_batch` N one every N ticks holding those N ticks' frames; and one per video
    frame time),
-   prints `{"event": "streamed", ...}` with how far the sender slipped behind its schedule and
-   its own CPU use;
+   prints `{"event": "streamed", ...}` with how far the sender slipped behind its schedule, how
+   much media its calls had queued that gRPC had not taken yet (`backlog_max_ms`: `send` only queues,
+   so the slip alone would not show a generator whose writes fall behind), and its own CPU use;
 3. waits (at most 5 s) for the acks to count every frame, ends the calls and prints
    `{"event": "report", ...}` with sent / received / rejected counts per call.
 
@@ -38,6 +39,8 @@ from callrec_client.simulator import native_rate, participant_audio
 
 TICK_S = 0.02
 GO_TIMEOUT_S = 180.0
+#: Every this many ticks the generator notes how many requests its calls have queued unsent.
+BACKLOG_SAMPLE_TICKS = 5
 ACK_WAIT_S = 5.0
 END_TIMEOUT_S = 60.0
 
@@ -102,6 +105,12 @@ def ticks_to_send(k: int, ticks: int, ticks_per_batch: int) -> range:
     return range(k - k % ticks_per_batch, k + 1)
 
 
+def backlog_ms(queued: int, ticks_per_batch: int, fps: float) -> float:
+    """How long one call takes to send `queued` requests: a request per `ticks_per_batch` ticks of audio,
+    plus one per video frame (`fps`, 0 without video)."""
+    return 1000 * queued / (1 / (ticks_per_batch * TICK_S) + fps)
+
+
 async def main(cfg: dict[str, Any]) -> None:
     target: str = cfg["target"]
     call_ids: list[str] = cfg["calls"]
@@ -139,6 +148,7 @@ async def main(cfg: dict[str, Any]) -> None:
     start_us = int(time.time() * 1e6)
     t0 = time.monotonic()
     slips: list[float] = []
+    backlog_max = 0  # the most requests any call had queued and not yet taken by gRPC (sampled)
     next_video = 0
     fps = video["fps"] if video else 0.0
     for k in range(ticks):
@@ -147,6 +157,8 @@ async def main(cfg: dict[str, Any]) -> None:
         if wait > 0:
             await asyncio.sleep(wait)
         slips.append(time.monotonic() - due)
+        if k and k % BACKLOG_SAMPLE_TICKS == 0:  # (before the first tick the queues still hold the joins)
+            backlog_max = max(backlog_max, max(call.gw.queued for call in calls))
         batch = ticks_to_send(k, ticks, ticks_per_batch)
         for call in calls:  # the batch's ticks of each call's participants in one media_batch
             if not batch:
@@ -174,7 +186,8 @@ async def main(cfg: dict[str, Any]) -> None:
     cpu = time.process_time() - cpu0
     slips.sort()
     emit("streamed", wall_s=wall, media_s=ticks * TICK_S, cpu_s=cpu,
-         slip_max_ms=1000 * slips[-1], slip_p99_ms=1000 * slips[int(0.99 * (len(slips) - 1))])
+         slip_max_ms=1000 * slips[-1], slip_p99_ms=1000 * slips[int(0.99 * (len(slips) - 1))],
+         backlog_max_ms=backlog_ms(backlog_max, ticks_per_batch, fps))
 
     deadline = time.monotonic() + ACK_WAIT_S
     while time.monotonic() < deadline and not all(c.settled() for c in calls):

@@ -8,7 +8,8 @@ MediaService that only counts frames and acks them, so the sink costs little and
 what is measured. Quick mode streams 10 calls (100 participants) for 4 s: a smoke run, not the goal.
 
 It passes ("not the bottleneck") when the generator kept its schedule (slip at most
-`server_load.SLIP_LIMIT_MS`), every frame sent was acked as received, and it used less than
+`server_load.SLIP_LIMIT_MS`, and no call's unsent media queued longer than that), every frame sent
+was acked as received, and it used less than
 `CPU_LIMIT_PCT` of one core (its event loop is one thread: above that it has no headroom left).
 Otherwise the row says plainly that the load generator is the bottleneck, and why. CPU comes from
 the generator's own `streamed` report (process time over wall time of the streaming phase),
@@ -107,6 +108,7 @@ class Measurement:
     others_pct: float = 0.0  # every other process on the machine, % of one core
     slip_max_ms: float = 0.0
     slip_p99_ms: float = 0.0
+    backlog_max_ms: float = 0.0
     sent: int = 0
     received: int = 0
     rejected: int = 0
@@ -122,6 +124,9 @@ class Measurement:
         if self.slip_max_ms > SLIP_LIMIT_MS:
             reasons.append(f"it slipped {self.slip_max_ms:.0f} ms behind its 20 ms schedule "
                            f"(limit {SLIP_LIMIT_MS:.0f} ms)")
+        if self.backlog_max_ms > SLIP_LIMIT_MS:
+            reasons.append(f"its streams fell {self.backlog_max_ms:.0f} ms behind its schedule (media queued "
+                           f"that gRPC had not taken; limit {SLIP_LIMIT_MS:.0f} ms)")
         if self.received < self.sent or self.rejected:
             reasons.append(f"only {self.received} of {self.sent} frames were acked as received")
         if self.gen_pct >= CPU_LIMIT_PCT:
@@ -160,6 +165,7 @@ async def stream(gen: LoadGen, sink: NullSinkProcess, m: Measurement) -> None:
     m.gen_pct = 100 * streamed["cpu_s"] / max(streamed["wall_s"], 1e-6)
     m.slip_max_ms = streamed["slip_max_ms"]
     m.slip_p99_ms = streamed["slip_p99_ms"]
+    m.backlog_max_ms = streamed["backlog_max_ms"]
     acked = await gen.wait("acked", 30)
     for call in acked["calls"]:
         m.sent += call["sent"]
@@ -189,7 +195,8 @@ async def measure(calls: int, seconds: float, codec: str, log: Callable[[str], N
 
 def summary(m: Measurement) -> str:
     """The figures, for the log and the row's detail."""
-    return (f"slip max {m.slip_max_ms:.0f} ms / p99 {m.slip_p99_ms:.0f} ms (limit {SLIP_LIMIT_MS:.0f}); "
+    return (f"slip max {m.slip_max_ms:.0f} ms / p99 {m.slip_p99_ms:.0f} ms, backlog max {m.backlog_max_ms:.0f} ms "
+            f"(limit {SLIP_LIMIT_MS:.0f}); "
             f"generator {m.gen_pct:.0f} % of a core (/proc {m.gen_proc_pct:.0f} %), ~{m.cpu_estimate():.0f} "
             f"participants per process by CPU (linear to {CPU_LIMIT_PCT:.0f} %); sink {m.sink_pct:.0f} %, "
             f"other processes {m.others_pct:.0f} %; frames acked {m.received}/{m.sent}")

@@ -8,7 +8,8 @@ GetRecordingState probe every 250 ms (a stall of the shared event loop shows up 
 Afterwards it reads each recording's final state and media_stats, and the generator's acks.
 
 A step passes when every recording completed, every frame sent was accepted (acks and
-media_stats: nothing rejected, nothing late, no gap filled), the sender kept its schedule,
+media_stats: nothing rejected, nothing late, no gap filled), the sender kept its schedule and its
+writes kept up with it (no call's media queued unsent in the generator beyond `SLIP_LIMIT_MS`),
 the probe never waited longer than `LOOP_LAG_LIMIT_MS`, the main thread stayed below
 `MAIN_THREAD_LIMIT_PCT` of a core, and (video) the recordings were finished within
 `FINALIZE_LIMIT_S` of the call's end (a worker behind real time needs longer).
@@ -131,6 +132,8 @@ class StepResult:
     client_cpu_pct: float = 0.0
     others_pct: float = 0.0  # CPU used by processes not of this bench during streaming (% of one core)
     slip_max_ms: float = 0.0
+    backlog_max_ms: float = 0.0
+    """The most media a call had queued in the generator that gRPC had not taken (sampled every 100 ms)."""
     probe_ms: list[float] = field(default_factory=list)
     rss_base_mb: float = 0.0
     rss_load_mb: float = 0.0  # server RSS (+ children PSS), median over the 2nd half of streaming
@@ -175,7 +178,8 @@ class StepResult:
             f"{self.media_s:.0f} s: server {s.get('server_pct', 0):5.1f}% (loop thread "
             f"{s.get('main_thread_pct', 0):5.1f}%, workers {s.get('children_pct', 0):5.1f}%), client "
             f"{self.client_cpu_pct:5.1f}%, other processes {self.others_pct:5.1f}% (% of one core); "
-            f"slip max {self.slip_max_ms:.0f} ms; probe p99 {percentile(self.probe_ms, 99):.1f} ms; "
+            f"slip max {self.slip_max_ms:.0f} ms, backlog max {self.backlog_max_ms:.0f} ms; "
+            f"probe p99 {percentile(self.probe_ms, 99):.1f} ms; "
             f"frames {self.received}/{self.sent}; finalize {self.finalize_s:.1f} s; "
             f"RSS +{self.rss_load_mb - self.rss_base_mb:.0f} MB -> {verdict}"
         )
@@ -269,6 +273,7 @@ async def run_step(
                     + 100 * (proc_cpu(os.getpid()) - self_cpu0) / wall)
             result.others_pct = max(0.0, result.stream["machine_pct"] * CORES - ours)
             result.slip_max_ms = streamed["slip_max_ms"]
+            result.backlog_max_ms = streamed["backlog_max_ms"]
             late_half = [mb for t, mb in rss_samples if t >= seconds / 2] or [mb for _, mb in rss_samples]
             result.rss_load_mb = median(late_half) if late_half else result.rss_base_mb
 
@@ -331,6 +336,9 @@ async def run_step(
         reasons.append(f"{result.gap_fill_ms} ms gap-filled")
     if result.slip_max_ms > SLIP_LIMIT_MS:
         reasons.append(f"sender slipped {result.slip_max_ms:.0f} ms behind real time")
+    if result.backlog_max_ms > SLIP_LIMIT_MS:
+        reasons.append(f"the generator's writes fell {result.backlog_max_ms:.0f} ms behind (media queued that gRPC "
+                       "had not taken)")
     worst_probe = max(result.probe_ms, default=0.0)
     if worst_probe > LOOP_LAG_LIMIT_MS:
         reasons.append(f"event loop lag: probe took {worst_probe:.0f} ms")
