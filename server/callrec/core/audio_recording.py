@@ -32,6 +32,7 @@ from callrec.core.mixer import DEFAULT_KNEE, float_to_int16, soft_limit
 from callrec.core.model import OUTPUT_SAMPLE_RATE, ChannelPin, ChannelType, RecordingOptions
 from callrec.core.ports import AudioWriter, AudioWriterFactory, AudioWriterHost, TimeSource
 from callrec.core.recording_engine import RecordingEngine
+from callrec.core.zeros import zeros
 
 __all__ = ["AudioRecording", "ChannelAssigner", "write_pieces"]
 
@@ -163,7 +164,7 @@ class _AudioOutput:
 
     def pad(self, chunk: OpenChunk, paused: bool, position: int) -> None:
         shape = (TICK_SAMPLES, chunk.channels) if self._assigner is not None else (TICK_SAMPLES,)
-        self._pending.append(np.zeros(shape, dtype=np.int16))
+        self._pending.append(zeros(shape, np.int16))
         self._pending_samples += TICK_SAMPLES
 
     def channel_of(self, participant_id: str) -> int | None:
@@ -196,9 +197,9 @@ class _AudioOutput:
         n = end - start
         assigner = self._assigner
         if assigner is None:
-            return np.zeros(n, dtype=np.int16) if silent else tick.mixed[start:end]
+            return zeros(n, np.int16) if silent else tick.mixed[start:end]
         if silent:
-            return np.zeros((n, channels), dtype=np.int16)
+            return zeros((n, channels), np.int16)  # the GIL kept: see `core.zeros`
         # float32, converted to int16 by the writer thread once per batch (`_write_pieces`): converting
         # every tick's blocks on the event loop cost more than the rest of this. `empty`, and every channel
         # written one column at a time: NumPy releases the GIL around `zeros` of this size, which wakes a

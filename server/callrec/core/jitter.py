@@ -32,6 +32,7 @@ from heapq import heappop, heappush
 import numpy as np
 
 from callrec.core.model import MediaStats, RejectReason
+from callrec.core.zeros import zeros
 
 __all__ = ["MAX_SEQUENCE", "EncodedFrame", "JitterBuffer"]
 
@@ -100,7 +101,7 @@ class JitterBuffer:
         # Reading moves `_off` on instead of moving what stays to the front of the buffer: with several
         # ticks placed ahead (a call catching up decodes them in one request) every tick's read moved all
         # of them (measured: most of `read`'s time at 600 participants).
-        self._buf = np.zeros(max(1, sample_rate // 4), dtype=np.float32)
+        self._buf = zeros(max(1, sample_rate // 4), np.float32)
         self._start = 0
         self._len = 0
         self._off = 0
@@ -258,7 +259,7 @@ class JitterBuffer:
         if self._len and lo == start and hi == end:
             out = self._buf[start + to_index : end + to_index].copy()
         else:
-            out = np.zeros(n, dtype=np.float32)
+            out = zeros(n, np.float32)  # the GIL kept: see `core.zeros`
             if self._len and lo < hi:
                 out[lo - start : hi - start] = self._buf[lo + to_index : hi + to_index]
         self.advance(end)
@@ -321,7 +322,7 @@ class JitterBuffer:
         if off + size <= len(buf):
             return
         if 2 * size > len(buf):
-            grown = np.zeros(max(2 * size, 2 * len(buf)), dtype=np.float32)
+            grown = zeros(max(2 * size, 2 * len(buf)), np.float32)
             grown[:length] = buf[off : off + length]
             self._buf = grown
         else:
