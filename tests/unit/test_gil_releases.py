@@ -130,3 +130,33 @@ def test_short_codec_calls_keep_the_gil_and_long_ones_release_it() -> None:
     assert isinstance(swresample._library(), ctypes.PyDLL)
     lame_library = lame._library()
     assert isinstance(lame_library, ctypes.CDLL) and not isinstance(lame_library, ctypes.PyDLL)
+
+
+@pytest.mark.parametrize("fmt", [
+    pytest.param(PCM16_16K, id="pcm16-16k"),
+    pytest.param(AudioFormat(AudioEncoding.OPUS, 48_000, 1), id="opus"),
+])
+def test_a_tick_of_silence_keeps_the_gil(fmt: AudioFormat) -> None:
+    """Participants whose frames stopped (a quiet gateway, or an overloaded server where every frame comes
+    late): each tick reads silence from their timelines. `np.zeros` of a tick (1280 bytes) released the GIL
+    for every participant on every tick, and under overload that handed the GIL to gRPC's threads exactly
+    when the loop had no time to spare (`core.zeros`)."""
+    call = CallMedia("c", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
+    for i in range(10):
+        call.add_participant(f"p{i}", f"P{i}", fmt, "gw")
+    call.attach(CollectingSink())
+    frames = encode_frames(tone(participant_frequency(0), 0.2, rate=fmt.sample_rate), fmt)
+    for n in range(10):  # one participant speaks for 200 ms, with every other frame missing; then nobody
+        if n % 2 == 0:
+            assert call.push_audio("p0", n, n * 20_000, frames[n]) is None
+    ticks = iter(range(60))
+    produced = []
+
+    def tick() -> None:
+        produced.append(call.produce_tick(next(ticks)))
+
+    tick()
+    assert releases_during(tick, 59) == 0
+    assert any(np.any(t.mixed) for t in produced[:10])  # p0's frames were heard, between the gaps
+    assert not any(np.any(t.mixed) for t in produced[12:])  # then silence, every participant still there
+    assert all(len(t.participants) == 10 for t in produced)
