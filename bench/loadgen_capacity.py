@@ -125,7 +125,7 @@ class Measurement:
             reasons.append(f"it slipped {self.slip_max_ms:.0f} ms behind its 20 ms schedule "
                            f"(limit {SLIP_LIMIT_MS:.0f} ms)")
         if self.backlog_max_ms > SLIP_LIMIT_MS:
-            reasons.append(f"its streams fell {self.backlog_max_ms:.0f} ms behind its schedule (media queued "
+            reasons.append(f"its writes fell {self.backlog_max_ms:.0f} ms behind its schedule (media queued "
                            f"that gRPC had not taken; limit {SLIP_LIMIT_MS:.0f} ms)")
         if self.received < self.sent or self.rejected:
             reasons.append(f"only {self.received} of {self.sent} frames were acked as received")
