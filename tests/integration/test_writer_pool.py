@@ -74,6 +74,8 @@ async def test_mp3_and_wav_hold_exactly_what_was_queued(tmp_path: Path) -> None:
         await write_in_batches(pool, wav_key, samples)
         await write_in_batches(pool, mp3_key, samples)
         wav_path, mp3_path = await asyncio.gather(pool.close(wav_key), pool.close(mp3_key))
+        # woken by every pipe write of the loop, it must not preempt the loop (`writer_worker.batch_scheduling`)
+        assert os.sched_getscheduler(pool.pid) == os.SCHED_BATCH
     finally:
         await pool.close_all()
     assert errors == []
