@@ -228,6 +228,7 @@ class RealtimeClock:
         self._anchors: dict[str, _Anchor] = {}
         self._ended = False
         self._sleeper: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # `_sleep`'s, kept (see there)
 
     @property
     def ended(self) -> bool:
@@ -382,7 +383,10 @@ class RealtimeClock:
         """
         if type(self.time) is not SystemTime:
             return asyncio.ensure_future(self.time.sleep(delay))
-        loop = asyncio.get_running_loop()
+        # Kept from the first wait: `asyncio.get_running_loop()` calls getpid() (a system call) each time.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         loop.call_later(delay, _resolve, future)
         return future
