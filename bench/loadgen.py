@@ -131,7 +131,11 @@ async def main(cfg: dict[str, Any]) -> None:
     calls: list[Call] = []
     for n, call_id in enumerate(call_ids):
         gw = GatewayConnection(target, call_id, gateway_id=f"bench-gw-{n}", queue_size=2000)
-        await asyncio.wait_for(gw.open(), 30)
+        try:
+            await asyncio.wait_for(gw.open(), 30)
+        except Exception as exc:  # the server (or a proxy) did not take this call: say which, and why
+            emit("error", message=f"call {n + 1} of {len(call_ids)} ({call_id}) was not opened: {exc!r}")
+            return
         pids = [f"p{i + 1}" for i in range(participants)]
         for i, pid in enumerate(pids):
             await gw.join(pid, f"Participant {i + 1}", audio=codec, sample_rate=rate, channels=1,

@@ -102,7 +102,7 @@ class LoadGen:
             if msg["event"] == event:
                 return msg
             if msg["event"] == "error":
-                raise RuntimeError(f"load generator: {msg}")
+                raise RuntimeError(f"load generator: {msg.get('message', msg)}")
 
     async def go(self) -> None:
         assert self.proc.stdin is not None
@@ -223,7 +223,13 @@ async def run_step(
     call_ids = [f"bench-{tag}-{n}" for n in range(calls)]
     cfg = {"target": srv.target, "calls": call_ids, "participants": participants, "seconds": seconds,
            "codec": codec, "video": video, "ticks_per_batch": ticks_per_batch}
-    gen = await LoadGen.start(cfg)
+    try:
+        gen = await LoadGen.start(cfg)
+    except (RuntimeError, TimeoutError) as exc:  # the calls could not even be opened: a failed step, not a crash
+        result.errors.append(f"load generator: {exc}")
+        result.reasons.append(f"errors: {str(exc).strip().splitlines()[0]}"[:300])
+        result.passed = False
+        return result
     try:
         ready = gen.events[-1]
         result.media_s = ready["ticks"] * 0.02

@@ -6,14 +6,28 @@ generator mid-step and look like a slow server); when it dies, the error says wh
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import pytest
 
-from bench.server_load import LoadGen
+from bench.server_load import LoadGen, run_step
+from tests.harness import free_port
 
 
 async def test_a_generator_that_dies_reports_its_traceback() -> None:
     with pytest.raises(RuntimeError, match=r"exited before 'ready'(.|\n)*KeyError: 'target'"):
         await LoadGen.start({"calls": ["c"], "participants": 1, "seconds": 1}, timeout=60)
+
+
+async def test_a_step_whose_calls_cannot_be_opened_fails_with_the_reason() -> None:
+    """A server (or proxy) that does not take the calls fails the step and says which call, instead of ending the
+    whole benchmark row with a traceback (it did, through HAProxy's 100 streams a connection)."""
+    nobody = SimpleNamespace(target=f"127.0.0.1:{free_port()}", proc=SimpleNamespace(pid=os.getpid()))
+    result = await run_step(nobody, 2, 1.0, participants=1, codec="pcmu")  # type: ignore[arg-type]
+    assert not result.passed
+    assert result.reasons[0].startswith("errors: load generator: call 1 of 2 (bench-"), result.reasons
+    assert "was not opened" in result.reasons[0]
 
 
 def test_h264_clips_loop_cleanly_and_decode_to_the_pattern() -> None:
