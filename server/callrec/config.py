@@ -18,11 +18,12 @@ from callrec.core.admission import Capacity
 from callrec.core.limits import Limits
 from callrec.webhooks.config import WebhookConfigError, WebhooksConfig, parse_webhooks
 
-CLUSTER_AUDIO_PARTICIPANTS = 160.0
+CLUSTER_AUDIO_PARTICIPANTS = 640.0
 """Audio participants one node keeps at real time: cluster mode's default capacity. `make bench ARGS="--only
-cluster"` (row 8a) on the 2-core development machine, 2026-12-01: one node behind HAProxy, 10-person Opus calls,
-mixed mp3, 160 with zero frames late (on the slower machine of earlier runs, 80). A slower machine should set
-`capacity_audio_participants`."""
+cluster"` (row 8a) on the 2-core development machine, 2026-12-03: one node behind HAProxy with PostgreSQL and
+Redis on the same machine, 10-person Opus calls, mixed mp3, 640 with every frame on time and the control probe
+under 200 ms (800 kept every frame but the probe took 307 ms). It was 160 (2026-12-01, before the compiled media
+path and the writer process). A slower machine should set `capacity_audio_participants`."""
 CLUSTER_VIDEO_COMPOSITES = 1.0
 """1080p16 composites one node sustains (`make bench`, same machine)."""
 

@@ -56,7 +56,7 @@ def test_no_capacity_means_no_cost_admission() -> None:
 def test_capacity_settings_and_their_automatic_defaults() -> None:
     assert not load_config().capacity.enabled, "a single node admits by the count limits only"
     cluster = load_config({"database_url": "postgresql://u@127.0.0.1/db"}).capacity
-    assert (cluster.audio_participants, cluster.video_composites, cluster.ceiling) == (160.0, 1.0, 0.8)
+    assert (cluster.audio_participants, cluster.video_composites, cluster.ceiling) == (640.0, 1.0, 0.8)
     own = load_config({"capacity_audio_participants": 40, "admission_ceiling": 0.5}).capacity
     assert (own.audio_participants, own.video_composites, own.ceiling) == (40, 0.0, 0.5)
     with pytest.raises(ConfigError, match="admission_ceiling"):
