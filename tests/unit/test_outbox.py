@@ -545,3 +545,32 @@ async def test_uploads_yield_to_media_under_pressure(tmp_path, db, fake):
         store.gate.set()
         uploads = await wait_group(outbox, "rec1")
     assert [u.state for u in uploads] == [DONE] * 12
+
+
+async def test_recordings_finishing_together_each_wait_for_their_own_group(tmp_path, db, fake):
+    """A burst of calls ending at once: each finishing recording waits for its group's uploads. An upload that
+    ends wakes only its own group's waiters; it used to wake every waiter, each of which queried its group again
+    on the loop (N recordings: N x N queries; 160 recordings of 1:1 calls took 4.5 s to finish)."""
+    groups = [f"rec{n}" for n in range(40)]
+    store = FakeStore(fake)
+    outbox = make_outbox(db, store, fake, concurrency=1)  # one upload ending at a time, as a busy target does
+    for group in groups:
+        for name in ("0.wav", "0-metadata.json"):
+            await outbox.enqueue(group, TARGET, f"{group}/{name}", spool(tmp_path, f"{group}-{name}"), "audio/wav")
+    queried: list[str] = []
+    read_group = outbox.rows.group
+
+    async def counted(group_id: str, *, own: bool):
+        queried.append(group_id)
+        return await read_group(group_id, own=own)
+
+    outbox.rows.group = counted  # type: ignore[method-assign]
+    waiting = [asyncio.create_task(outbox.wait_group(group)) for group in groups]
+    await tick(fake)
+    assert sorted(queried) == sorted(groups), "each waiter looked at its group once"
+    async with running(outbox):
+        finished = await asyncio.wait_for(asyncio.gather(*waiting), 5.0)
+    assert [[u.state for u in uploads] for uploads in finished] == [[DONE, DONE]] * len(groups)
+    # once at the start, then once per upload of its own that ended (2 files): 3 a group, whatever the burst
+    assert len(queried) <= 3 * len(groups), f"{len(queried)} queries for {len(groups)} groups"
+    assert not outbox._waiters, "no waiter left behind"
