@@ -268,7 +268,7 @@ async def build_server(
         upload_worker,
         concurrency=config.upload_concurrency,
         backoff_max_s=config.upload_backoff_max_s,
-        on_change=lambda counts: metrics.UPLOADS_PENDING.set(counts["pending"]),
+        on_pending=metrics.UPLOADS_PENDING.set,
         attempt_timeout_s=config.upload_timeout_s,
         deadline_s=config.upload_deadline_h * 3600,
         under_pressure=lambda: hub.media_under_pressure(),  # uploads yield to late media (hub: below)

@@ -92,6 +92,7 @@ async def test_files_are_stored_listed_in_pages_retried_and_pruned(rows_factory,
     assert ids == sorted(ids) and len(set(ids)) == 3
     assert await outbox.queued_keys("rec1") == {"rec1/0.wav", "rec1/1.wav", "rec1/2.wav"}
     assert await outbox.counts() == {PENDING: 3, DONE: 0, FAILED: 0}
+    assert await outbox.rows.pending() == 3
 
     async with running(outbox):
         with pytest.raises(UploadFailed, match=r"rec1/1.wav: access denied.*callrec uploads retry rec1"):
@@ -140,6 +141,7 @@ async def test_a_nodes_uploads_are_listed_everywhere_and_attempted_only_by_that_
                                                                               ("rec1/3.wav", DONE)]
             assert await node_a.counts() == {PENDING: 0, DONE: 1, FAILED: 0}
             assert await node_b.counts() == {PENDING: 1, DONE: 0, FAILED: 0}
+            assert (await node_a.rows.pending(), await node_b.rows.pending()) == (0, 1), "each node's own"
             assert await node_a.retry_failed("rec1") == await node_b.retry_failed("rec1")  # nothing failed
             pruned = await node_a.prune(done_before=1e12, failed_before=1e12)
             assert pruned.done_rows == 1 and len(await node_a.group("rec1")) == 1, "node-b's row stays"

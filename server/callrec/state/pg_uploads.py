@@ -77,6 +77,13 @@ class PgUploadRows:
         counts.update({r["state"]: int(r["n"]) for r in rows})
         return counts
 
+    async def pending(self) -> int:
+        async with self.db.connection() as conn:
+            cur = await conn.execute("SELECT COUNT(*) AS n FROM uploads WHERE state = %s AND node_id = %s",
+                                     (PENDING, self.node_id))
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
     async def page(self, state: str | None, group_id: str, before_id: int | None, limit: int) -> list[Upload]:
         query, params = page_query(state, group_id, before_id, limit, "%s")
         return await self._all(query, tuple(params))

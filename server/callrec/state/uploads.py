@@ -123,6 +123,11 @@ class UploadRowsPort(Protocol):
         """This node's uploads by state."""
         ...
 
+    async def pending(self) -> int:
+        """This node's pending uploads: an index range, where `counts` reads every row kept (50 000 done rows:
+        2 ms a call, and the outbox reported after every upload)."""
+        ...
+
     async def page(self, state: str | None, group_id: str, before_id: int | None, limit: int) -> list[Upload]:
         """Up to `limit` uploads of every node, newest first, with ids below `before_id`."""
         ...
@@ -233,6 +238,9 @@ class SqliteUploadRows:
         counts = dict.fromkeys(STATES, 0)
         counts.update({r["state"]: int(r["n"]) for r in rows})
         return counts
+
+    async def pending(self) -> int:
+        return int(self.db.conn.execute("SELECT COUNT(*) FROM uploads WHERE state = ?", (PENDING,)).fetchone()[0])
 
     async def page(self, state: str | None, group_id: str, before_id: int | None, limit: int) -> list[Upload]:
         query, params = page_query(state, group_id, before_id, limit, "?")

@@ -138,7 +138,7 @@ class Outbox:
         concurrency: int = 2,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
-        on_change: Callable[[dict[str, int]], None] | None = None,
+        on_pending: Callable[[int], None] | None = None,
         *,
         attempt_timeout_s: float = 300.0,
         deadline_s: float = 24 * 3600.0,
@@ -155,7 +155,7 @@ class Outbox:
         self.backoff_max_s = backoff_max_s
         self.attempt_timeout_s = attempt_timeout_s
         self.deadline_s = deadline_s
-        self.on_change = on_change
+        self.on_pending = on_pending
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
@@ -527,5 +527,5 @@ class Outbox:
         log.error("upload failed permanently; the spool keeps the file", key=upload.key, path=upload.path, error=error)
 
     async def _report(self) -> None:
-        if self.on_change:
-            self.on_change(await self.counts())
+        if self.on_pending:
+            self.on_pending(await self.rows.pending())
