@@ -76,7 +76,8 @@ class HaproxyProcess:
 
 @dataclass
 class Cluster:
-    """PostgreSQL + Redis + `nodes` callrec nodes + HAProxy, under `root` (a temporary directory by default)."""
+    """PostgreSQL + Redis + `nodes` callrec nodes + HAProxy, under `root` (by default a temporary directory, which
+    `stop` leaves for the caller to read or remove)."""
 
     nodes: int = 3
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="callrec-cluster-")))
