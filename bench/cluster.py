@@ -74,6 +74,30 @@ class HaproxyProcess:
                 self.proc.wait()
 
 
+def wait_routed(target: str, proxy: HaproxyProcess | None, nodes: int, timeout: float = 30.0) -> None:
+    """Until a gRPC health check through the proxy on `target` answers SERVING 2 x `nodes` times in a row (and
+    one more round of HAProxy's checks passed: every node UP); RuntimeError with the proxy's log if it exits."""
+    deadline = time.monotonic() + timeout
+    ok = 0
+    last: Exception | None = None
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proxy is not None and proxy.proc is not None and proxy.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited ({proxy.proc.returncode}):\n"
+                                   f"{proxy.log.read_text(errors='replace')[-2000:]}")
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                ok = ok + 1 if answer.status == health_pb2.HealthCheckResponse.SERVING else 0
+                if ok >= 2 * nodes:
+                    time.sleep(1.5)  # one more round of HAProxy's checks (inter 1s): every node UP
+                    return
+            except grpc.RpcError as exc:
+                ok, last = 0, exc
+            time.sleep(0.1)
+    raise RuntimeError(f"the proxy on {target} did not route within {timeout} s: {last}")
+
+
 @dataclass
 class Cluster:
     """PostgreSQL + Redis + `nodes` callrec nodes + HAProxy, under `root` (by default a temporary directory, which
@@ -143,25 +167,7 @@ class Cluster:
 
     def wait_routed(self, timeout: float = 30.0) -> None:
         """Until a gRPC health check through the proxy answers SERVING for a handful of calls in a row."""
-        deadline = time.monotonic() + timeout
-        ok = 0
-        last: Exception | None = None
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proxy is not None and self.proxy.proc is not None and self.proxy.proc.poll() is not None:
-                    raise RuntimeError(f"haproxy exited ({self.proxy.proc.returncode}):\n"
-                                       f"{self.proxy.log.read_text(errors='replace')[-2000:]}")
-                try:
-                    answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    ok = ok + 1 if answer.status == health_pb2.HealthCheckResponse.SERVING else 0
-                    if ok >= 2 * self.nodes:
-                        time.sleep(1.5)  # one more round of HAProxy's checks (inter 1s): every node UP
-                        return
-                except grpc.RpcError as exc:
-                    ok, last = 0, exc
-                time.sleep(0.1)
-        raise RuntimeError(f"the proxy on {self.target} did not route within {timeout} s: {last}")
+        wait_routed(self.target, self.proxy, self.nodes, timeout)
 
     def stop(self) -> None:
         """Stop the proxy, the nodes, Redis and PostgreSQL (in that order)."""

@@ -10,15 +10,12 @@ deploy/haproxy.cfg (rendered with free ports) in front of one `callrec serve` on
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.cluster import HAPROXY_TEMPLATE, HaproxyProcess, render_haproxy
+from bench.cluster import HAPROXY_TEMPLATE, HaproxyProcess, render_haproxy, wait_routed
 from callrec_client.gateway import GatewayConnection
 from tests.harness import ServerProcess, free_port, unique
 
@@ -36,18 +33,7 @@ def proxy_target(make_server: Callable[..., ServerProcess], tmp_path: Path) -> I
     proxy = HaproxyProcess(config, tmp_path / "haproxy.log").start()
     target = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        with grpc.insecure_channel(target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, f"the proxy did not route: {proxy.log.read_text()[-2000:]}"
-                time.sleep(0.1)
+        wait_routed(target, proxy, nodes=1)
         yield target
     finally:
         proxy.stop()
