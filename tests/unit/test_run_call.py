@@ -4,6 +4,7 @@ one piece of code places a participant's audio and video on the call timeline.""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,41 @@ async def test_a_participant_off_its_gateways_clock_is_recorded_in_sync_both_way
     flashes, beeps = flash_onsets(video, (3 * W // 4, H // 2)), beep_onsets(video, 1500.0)
     assert len(flashes) >= 3 and len(flashes) == len(beeps), (flashes, beeps)
     assert max(abs(f - b) for f, b in zip(flashes, beeps, strict=True)) <= 0.0625
+
+
+async def test_the_files_of_a_spool_run_call_made_go_with_the_result(tmp_path: Path) -> None:
+    """A test suite calling `run_call` thousands of times must not fill the temp folder: the directory it made
+    lives as long as the result (the chunk paths stay readable while it is held), a given one is the caller's."""
+    import gc
+
+    result = await run_call([SimParticipant("alice", tone_hz=300)], seconds=1, recordings={"mixed": WAV})
+    made = result.spool_dir
+    assert made is not None and made.name.startswith("callrec-run-call-")
+    chunk_paths = [chunk.media_path for chunk in result["mixed"].chunks]
+    assert chunk_paths and all(path.is_file() and path.is_relative_to(made) for path in chunk_paths)
+    del result
+    gc.collect()
+    assert not made.exists()
+
+    again = await run_call([SimParticipant("alice", tone_hz=300)], seconds=1, recordings={"mixed": WAV})
+    assert again.spool_dir is not None and again.spool_dir.exists()
+    again.cleanup()
+    assert not again.spool_dir.exists()
+
+    kept = await run_call([SimParticipant("alice", tone_hz=300)], seconds=1, recordings={"mixed": WAV},
+                          spool_dir=tmp_path / "spool")
+    kept.cleanup()
+    del kept
+    gc.collect()
+    assert [p.suffix for p in (tmp_path / "spool").rglob("*.wav")] == [".wav"]
+
+
+def test_measure_audio_pipeline_leaves_no_files_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from callrec.testing import measure_audio_pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    figures = measure_audio_pipeline(2, 1.0, recordings=("wav",))
+    assert figures["cpu_s"] > 0
+    assert list(tmp_path.iterdir()) == []

@@ -369,6 +369,7 @@ def measure_audio_pipeline(
 
         python -c "from callrec.testing import measure_audio_pipeline as m; print(m(10, 60))"
     """
+    import contextlib
     import tempfile
 
     from callrec.core.model import ChannelType, ContentType, Format, RecordingOptions
@@ -390,10 +391,11 @@ def measure_audio_pipeline(
         name: RecordingOptions(content_type=ContentType.AUDIO, channel_type=kinds[name][0], format=kinds[name][1])
         for name in recordings
     }
-    spool = spool_dir or Path(tempfile.mkdtemp(prefix="callrec-measure-"))
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    asyncio.run(run_call(script, seconds, options, spool_dir=spool, decode=False, yield_every=participants))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    with contextlib.ExitStack() as stack:  # a spool made here is deleted after: only the figures are returned
+        spool = spool_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="callrec-measure-")))
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        asyncio.run(run_call(script, seconds, options, spool_dir=spool, decode=False, yield_every=participants))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     participant_minutes = participants * seconds / 60.0
     return {
         "participants": participants,

@@ -163,14 +163,27 @@ class RecordingResult:
 
 @dataclass
 class CallResult:
-    """Every recording of the call by name, and the call's media counters."""
+    """Every recording of the call by name, and the call's media counters.
+
+    The chunk files are under `spool_dir`. When `run_call` made that directory itself (no `spool_dir`
+    given), the result owns it: it is deleted with the result (garbage collection, interpreter exit) or at
+    `cleanup()`, so a test suite calling `run_call` thousands of times leaves nothing in the temp folder.
+    Pass `spool_dir` to keep the files.
+    """
 
     recordings: dict[str, RecordingResult]
     stats: dict[str, MediaStats]  # per participant: received, rejected by reason, late, gap fill
     audio_frames_sent: int
+    spool_dir: Path | None = None
+    _owned_spool: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> RecordingResult:
         return self.recordings[name]
+
+    def cleanup(self) -> None:
+        """Delete the chunk files now if `run_call` made their directory (a `spool_dir` given is left alone)."""
+        if self._owned_spool is not None:
+            self._owned_spool.cleanup()
 
 
 @dataclass(order=True)
@@ -351,7 +364,12 @@ async def run_call(
     script = participants if isinstance(participants, CallScript) else \
         script_call(participants, seconds, impairments)
     participants = script.participants
-    spool = spool_dir or Path(tempfile.mkdtemp(prefix="callrec-run-call-"))
+    owned: tempfile.TemporaryDirectory[str] | None = None  # made here: the result owns it (deleted with it)
+    if spool_dir is None:
+        owned = tempfile.TemporaryDirectory(prefix="callrec-run-call-")
+        spool = Path(owned.name)
+    else:
+        spool = spool_dir
     hub = CallMediaHub(lambda: MediaClock(start_time=EPOCH), PyAVAudioCodecs())
     call = Call(call_id, call_id, "conn-0")
     for gateway_id in dict.fromkeys(p.gateway_id for p in participants):
@@ -440,4 +458,4 @@ async def run_call(
             audio = np.concatenate([np.pad(d, ((0, 0), (0, width - d.shape[1]))) for d in decoded]) if decoded \
                 else np.zeros((0, 1), np.int16)
         results[name] = RecordingResult(chunks, metadata, audio, videos, error)
-    return CallResult(results, media.participant_stats(), script.audio_frames)
+    return CallResult(results, media.participant_stats(), script.audio_frames, spool, owned)
