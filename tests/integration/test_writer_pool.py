@@ -9,6 +9,7 @@ disk; the server's own writer process exits with it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -131,6 +132,34 @@ async def test_a_writer_that_cannot_open_fails_its_recording_only(tmp_path: Path
         await pool.close_all()
     assert len(bad) == 1 and "opening" in str(bad[0]) and str(missing) in str(bad[0])
     assert good == []
+
+
+async def test_a_journal_is_written_there_behind_the_batches_before_it(tmp_path: Path) -> None:
+    """A chunk's journal goes down the same pipe as its media (no thread of the server writes it), in order
+    with the batches: each one replaces the last atomically and the last one queued is what stays. A journal
+    that cannot be written fails its writer's recording with the path, and that one only."""
+    pool = AudioWriterPool()
+    errors, other = Errors(), Errors()
+    samples = tone(440.0, 1.0)
+    journal = tmp_path / "a.wav.journal.json"
+    try:
+        key = pool.open(WavWriterFactory(), tmp_path / "a.wav", errors)
+        for n, start in enumerate(range(0, len(samples), BATCH)):
+            pool.write(key, [samples[start:start + BATCH]])
+            pool.journal(key, journal, {"samples": start + BATCH, "n": n})
+        path = await pool.close(key)
+        bad = pool.open(WavWriterFactory(), tmp_path / "b.wav", other)
+        pool.journal(bad, tmp_path / "no-such-dir" / "b.wav.journal.json", {"samples": 0})
+        with pytest.raises(RecordingMediaError, match="no-such-dir"):
+            await pool.close(bad)
+    finally:
+        await pool.close_all()
+    assert errors == []
+    assert json.loads(journal.read_text()) == {"samples": len(samples), "n": 9}
+    assert not list(tmp_path.glob("*.tmp*"))  # replaced atomically: no temporary file left
+    with wave.open(str(path)) as wav:
+        assert wav.getnframes() == len(samples)
+    assert len(other) == 1 and "journal" in str(other[0]) and "no-such-dir" in str(other[0])
 
 
 async def test_a_killed_process_fails_the_recordings_it_held_and_the_next_one_gets_a_new_process(

@@ -22,6 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +122,10 @@ class _AudioOutput:
             slot.writer = factory.open(path)
 
         self._jobs.submit(open_writer)
+
+    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+        """Writer threads: the chunker queues it as a job, behind this recording's writes (`SerialJobs`)."""
+        return False
 
     def set_paused(self, paused: bool) -> None:
         return None
@@ -239,6 +244,17 @@ class _HostedAudioOutput(_AudioOutput):
         except Exception as exc:  # no writer process (shutting down, or it cannot start): the recording fails
             self._key = None
             self._on_error(exc)
+
+    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+        """Through the writer process, behind this chunk's batches: written there, in order with the media it
+        describes, and no thread of the server takes the GIL for it (a recording's journal is rewritten every
+        second: hundreds of recordings were hundreds of thread jobs a second, in bursts when they started
+        together)."""
+        if self._key is None:
+            return False
+        self._flush()
+        self._host.journal(self._key, path, journal)
+        return True
 
     def close(self, closed: ClosedChunk, complete: Callable[[Callable[[], Path]], None]) -> None:
         self._flush()

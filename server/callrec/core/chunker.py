@@ -181,6 +181,11 @@ class ChunkOutput(Protocol):
         """`audioConfiguration.bitRate` of a chunk with `channels` channels."""
         ...
 
+    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+        """Queue the open chunk's journal (JSON, written atomically, not fsynced) behind the media queued so far,
+        where the media goes; False leaves it to the chunker, as a job of its own."""
+        ...
+
     def close(self, closed: ClosedChunk, complete: Callable[[Callable[[], Path]], None]) -> None:
         """Finish the chunk's file; then call `complete(finish_file)` (at once, or when the worker is done).
 
@@ -395,7 +400,8 @@ class Chunker:
             **(self._journal_extra() if self._journal_extra is not None else {}),
         }
         path = journal_path(chunk.media_path)
-        self.jobs.submit(lambda: write_json_atomically(path, journal, durable=False))
+        if not self.output.journal(path, journal):
+            self.jobs.submit(lambda: write_json_atomically(path, journal, durable=False))
 
     def _close(self, chunk: OpenChunk, reason: ChunkEndReason) -> None:
         participants = tuple(sorted(chunk.participants.values(), key=lambda p: p.channel))

@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -203,6 +203,11 @@ class AudioWriterHost(Protocol):
 
     def write(self, key: int, pieces: Sequence[np.ndarray]) -> None:
         """Queue blocks for the writer (int16, or float32 in [-1, 1) converted there): one batch."""
+        ...
+
+    def journal(self, key: int, path: Path, document: dict[str, Any]) -> None:
+        """Write a chunk's journal there (JSON, atomically, not fsynced), after the writes queued before it; a
+        failure there fails the writer `key` (its `on_error`)."""
         ...
 
     def close(self, key: int) -> asyncio.Future[Path]:

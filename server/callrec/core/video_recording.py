@@ -120,6 +120,10 @@ class _VideoOutput:
             self._path = chunk.media_path
             self._worker.rotate(chunk.media_path)
 
+    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+        """The chunker writes it as a job (the worker process knows nothing of journals)."""
+        return False
+
     def set_paused(self, paused: bool) -> None:
         if paused:
             self._worker.pause(self._silence)

@@ -92,6 +92,13 @@ class AudioWriterPool:
             return
         writer.pipe.send(("write", key, list(pieces)))
 
+    def journal(self, key: int, path: Path, document: dict[str, Any]) -> None:
+        """Queue a chunk's journal behind the writer's batches (see `core.ports.AudioWriterHost`)."""
+        writer = self._writers.get(key)
+        if writer is None or writer.failed is not None:
+            return  # failed already: its recording heard so
+        writer.pipe.send(("journal", key, str(path), document))
+
     def close(self, key: int) -> asyncio.Future[Path]:
         """Finish the file after everything queued; the future gives its path or the error."""
         future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()

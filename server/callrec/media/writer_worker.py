@@ -6,6 +6,7 @@ and the commands run in the order they came:
 
 * `("open", key, factory, path)`: `factory.open(path)`;
 * `("write", key, pieces)`: one batch (`core.audio_recording.write_pieces`, as a writer thread runs it);
+* `("journal", key, path, document)`: the open chunk's journal (`core.chunker`), behind the batches before it;
 * `("close", key)`: finish and fsync the file; answered `("closed", key, path)`.
 
 A writer that fails (the disk, the encoder) is answered `("failed", key, message)` and dropped; its
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from callrec.core.audio_recording import write_pieces
+from callrec.core.metadata import write_json_atomically
 from callrec.core.ports import AudioWriter
 from callrec.media.pipe_channel import serve_commands
 
@@ -57,6 +59,9 @@ def run_command(message: tuple[Any, ...], writers: dict[int, AudioWriter]) -> tu
             return ("failed", key, "the writer failed earlier") if kind == "close" else None
         if kind == "write":
             write_pieces(writer, message[2])
+            return None
+        if kind == "journal":
+            write_json_atomically(Path(message[2]), message[3], durable=False)
             return None
         if kind == "close":
             del writers[key]
