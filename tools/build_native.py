@@ -28,14 +28,11 @@ from callrec import compiled  # noqa: E402  (after the path and the environment 
 
 
 def remove_build() -> int:
-    """Delete the extension modules of the set, the group library and the manifest; returns how many files."""
+    """Delete every extension module in the package (this set's, the group library, those an earlier set
+    left: `compiled.built_extensions`) and the manifest; returns how many files."""
     removed = 0
-    for module in compiled.MODULES:
-        while (built := compiled.extension_path(module)) is not None:
-            built.unlink()
-            removed += 1
-    for library in compiled.PACKAGE_ROOT.glob(compiled.GROUP.rsplit(".", 1)[1] + "__mypyc*"):
-        library.unlink()
+    for built in compiled.built_extensions():
+        built.unlink()
         removed += 1
     if compiled.MANIFEST.exists():
         compiled.MANIFEST.unlink()

@@ -82,6 +82,17 @@ def extension_path(module: str, package_root: Path = PACKAGE_ROOT) -> Path | Non
     return None
 
 
+def built_extensions(package_root: Path = PACKAGE_ROOT) -> list[Path]:
+    """Every extension module under the package, of this build or an earlier one.
+
+    A module taken out of `MODULES` keeps the extension an earlier build left beside its source; Python
+    imports that before the source, and it asks the new group library for an entry it no longer has
+    (`AttributeError: module 'callrec.native__mypyc' has no attribute 'init_callrec___...'`). The build
+    removes them all first."""
+    return sorted({path for suffix in importlib.machinery.EXTENSION_SUFFIXES  # ".so" matches the others too
+                   for path in package_root.rglob("*" + suffix)})
+
+
 def stale_modules(manifest: dict[str, str], modules: Sequence[str] = MODULES,
                   package_root: Path = PACKAGE_ROOT) -> list[str]:
     """The modules whose build cannot be used: not built, or built from a source that has changed since."""

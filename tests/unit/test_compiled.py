@@ -64,6 +64,21 @@ def test_a_missing_extension_or_manifest_is_no_build(tmp_path: Path) -> None:
     assert not decide(tmp_path, tmp_path / "broken.json").compiled
 
 
+def test_a_rebuild_finds_the_extensions_an_earlier_set_left(tmp_path: Path) -> None:
+    """A module taken out of the set keeps its old extension beside its source, which Python imports first and
+    which then asks the new group library for an entry it lacks: the build must find it to delete it."""
+    fake_build(tmp_path)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    left = compiled.source_path("callrec.core.chunker", tmp_path).with_name("chunker" + suffix)
+    left.write_bytes(b"\x7fELF")
+    group = tmp_path / ("native__mypyc" + suffix)
+    group.write_bytes(b"\x7fELF")
+    found = compiled.built_extensions(tmp_path)
+    assert left in found and group in found
+    assert {compiled.extension_path(m, tmp_path) for m in MODULES} <= set(found)
+    assert not any(path.suffix == ".py" for path in found) and len(found) == 4
+
+
 @pytest.mark.parametrize("value", ["0", "false", "OFF", "no"])
 def test_the_environment_can_ask_for_the_source(tmp_path: Path, value: str) -> None:
     state = decide(tmp_path, fake_build(tmp_path), {"CALLREC_COMPILED": value})
