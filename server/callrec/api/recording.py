@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -25,6 +25,13 @@ from callrec.v1 import recording_pb2_grpc
 SERVICE = pb.DESCRIPTOR.services_by_name["RecordingService"].full_name
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
+
+
+class _CarriesRecording(Protocol):
+    """Pause, Resume and StopRecordingResponse: each carries the resource in its `recording` field."""
+
+    @property
+    def recording(self) -> pb.Recording: ...
 
 
 async def check_storage(stores: StoreResolver, options: RecordingOptions) -> None:
@@ -107,7 +114,9 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
             if forwarded is None:
                 raise
             return forwarded
-        return response_type(recording=await self._out(rec))
+        response = response_type()
+        cast(_CarriesRecording, response).recording.CopyFrom(await self._out(rec))
+        return response
 
     async def _out(self, rec: Recording) -> pb.Recording:
         """The resource, with the upload progress of its files."""
