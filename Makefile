@@ -18,13 +18,18 @@ COMPILED_SOURCES := $(addprefix server/callrec/,core/jitter.py core/timeline.py 
   core/call_media.py core/call_hub.py media/decode_pool.py media/pipe_channel.py compiled.py)
 COMPILED_STAMP := server/callrec/_compiled.json
 
-.PHONY: run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install compile
+.PHONY: lock run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install compile
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' -c constraints.txt
 	touch $@
+
+## lock: rewrite constraints.txt (the locked test environment) from .venv, after upgrading on purpose
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(callrec|pip)([=@ ]|$$)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 ## compile: build the media path with mypyc (needs a C compiler; without one the server runs interpreted,
 ## with a warning at start-up). `make run`, `make test` and `make bench` run it first.
