@@ -10,16 +10,23 @@ admission would stop them.
 
 The CPU and loop-thread figures `run_step` samples are node 1's only (a cluster has no one process);
 what decides a step is the recordings' own counters, read through the proxy.
+
+Row 8c runs 1:1 calls on one node, and row 8d fits admission's two audio costs to rows 8a and 8c (one node
+at a load of 1.0 in both shapes): `config.CLUSTER_AUDIO_PARTICIPANTS` and `config.CLUSTER_CALLS` are its
+figures, and a machine of one's own gets its own with `--capacity-audio-participants` and `--capacity-calls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench.audio_capacity import RAMP_LIMITS
 from bench.cluster import Cluster
 from bench.common import Row, Section, wait_quiet
 from bench.server_load import StepResult, ramp, run_step
@@ -28,43 +35,80 @@ PARTICIPANTS = 10
 NO_ADMISSION = ("--capacity-audio-participants", "1000000", "--capacity-video-composites", "1000000")
 
 
+def fit_capacity(large: tuple[int, int], small: tuple[int, int]) -> tuple[float, float] | None:
+    """Admission's audio costs from two shapes a node keeps at a load of 1.0, each (calls, participants per call).
+
+    Solves `calls * k / P + calls / C = 1` for both shapes (P: capacity_audio_participants, C: capacity_calls).
+    None when the two do not give two positive costs (a machine where calls cost nothing apart, or noise).
+    """
+    (n1, k1), (n2, k2) = large, small
+    det = n1 * k1 * n2 - n1 * n2 * k2
+    if det == 0:
+        return None
+    per_participant = (n2 - n1) / det  # 1 / P
+    per_call = (n1 * k1 - n2 * k2) / det  # 1 / C
+    if per_participant <= 0 or per_call <= 0:
+        return None
+    return 1 / per_participant, 1 / per_call
+
+
 async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], None],
               node_counts: tuple[int, ...] = (1, 2)) -> Section:
     seconds = 4.0 if quick else 18.0
     section = Section()
-    best_of: dict[int, int] = {}
-    for nodes in node_counts:
-        async def step(n: int, nodes: int = nodes) -> StepResult:
-            if not quick:
-                await wait_quiet(log)
-            cluster = Cluster(nodes=nodes, lease_s=15.0, node_args=("--clock", "realtime", *NO_ADMISSION),
-                              node_env={"CALLREC_LOG_LEVEL": "warning"})
-            await asyncio.to_thread(cluster.start)
-            try:
-                # run_step measures one process: node 1 stands in for it (see the module docstring)
-                front: Any = SimpleNamespace(target=cluster.target, proc=cluster.servers[0].proc)
-                return await run_step(front, n, seconds, participants=PARTICIPANTS, codec=codec)
-            finally:
-                await asyncio.to_thread(cluster.stop)
-                # its temporary directory (nodes' data and spools, Redis, logs): 1-17 MB a step, 180 MB a run
-                await asyncio.to_thread(shutil.rmtree, cluster.root, True)
+    # (row, nodes, participants per call, first step in calls a node)
+    # From 8 calls a node: a node holds 320-640 participants since 2026-12-03 (the ramp from 2 calls a node
+    # spent its six steps doubling and stopped at the first failure, unbisected); 1:1 calls from 80.
+    shapes = [(f"8{'abcdefgh'[nodes - 1]}", nodes, PARTICIPANTS, 8) for nodes in node_counts]
+    if 1 in node_counts:
+        shapes.append(("8c", 1, 2, 80))
+    best_of: dict[tuple[int, int], int] = {}
+    # a ramp of 1:1 calls meets [limits] max_recordings (200) before the machine's capacity: raised, as in row 1c
+    with tempfile.TemporaryDirectory(prefix="callrec-bench-limits-") as limits_dir:
+        limits = Path(limits_dir) / "limits.toml"
+        limits.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in RAMP_LIMITS.items()))
+        node_args = ("--clock", "realtime", *NO_ADMISSION, "--config", str(limits))
+        for row, nodes, participants, first in shapes:
+            async def step(n: int, nodes: int = nodes, participants: int = participants) -> StepResult:
+                if not quick:
+                    await wait_quiet(log)
+                cluster = Cluster(nodes=nodes, lease_s=15.0, node_args=node_args,
+                                  node_env={"CALLREC_LOG_LEVEL": "warning"})
+                await asyncio.to_thread(cluster.start)
+                try:
+                    # run_step measures one process: node 1 stands in for it (see the module docstring)
+                    front: Any = SimpleNamespace(target=cluster.target, proc=cluster.servers[0].proc)
+                    return await run_step(front, n, seconds, participants=participants, codec=codec)
+                finally:
+                    await asyncio.to_thread(cluster.stop)
+                    # its temporary directory (nodes' data and spools, Redis, logs): 1-17 MB a step, 180 MB a run
+                    await asyncio.to_thread(shutil.rmtree, cluster.root, True)
 
-        log(f"cluster: {nodes} node(s) behind HAProxy, N calls x {PARTICIPANTS} participants ({codec}, real time)")
-        # From 8 calls a node: a node holds 320-640 participants since 2026-12-03 (the ramp from 2 calls a node
-        # spent its six steps doubling and stopped at the first failure, unbisected).
-        best, results = await ramp(step, start=8 * nodes, max_steps=7, budget_s=budget_s / len(node_counts),
-                                   step_cost_s=seconds + 45, levels=[1] if quick else None, log=log)
-        best_of[nodes] = best
-        failed = sorted(n for n, r in results.items() if not r.passed)
-        value = f"{best * PARTICIPANTS}" if best else "< 10"
-        if best and not failed:
-            value = f">= {value}"
-        detail = f"{best} x {PARTICIPANTS}-person calls through HAProxy, PostgreSQL, Redis; zero frames lost/late"
-        if failed:
-            detail += f"; {failed[0] * PARTICIPANTS} failed: {results[failed[0]].reasons[0]}"[:300]
-        if nodes > 1 and best_of.get(1):
-            detail += f"; {best / best_of[1]:.2f}x one node"
-        section.rows.append(Row(f"8{'abcdefgh'[nodes - 1]}",
-                                f"audio participants at real time, cluster of {nodes} node(s) on this machine",
-                                value, detail, goal=">= 800" if nodes > 1 else ""))
+            shape = f"{participants}-person calls" if participants > 2 else "1:1 calls"
+            log(f"cluster: {nodes} node(s) behind HAProxy, N {shape} ({codec}, real time)")
+            best, results = await ramp(step, start=first * nodes, max_steps=7, budget_s=budget_s / len(shapes),
+                                       step_cost_s=seconds + 45, levels=[1] if quick else None, log=log)
+            best_of[(nodes, participants)] = best
+            failed = sorted(n for n, r in results.items() if not r.passed)
+            value = f"{best * participants}" if best else f"< {first * nodes * participants}"
+            if best and not failed:
+                value = f">= {value}"
+            detail = f"{best} x {shape} through HAProxy, PostgreSQL, Redis; zero frames lost/late"
+            if failed:
+                detail += f"; {failed[0] * participants} failed: {results[failed[0]].reasons[0]}"[:300]
+            if nodes > 1 and best_of.get((1, participants)):
+                detail += f"; {best / best_of[(1, participants)]:.2f}x one node"
+            what = f"audio participants at real time, cluster of {nodes} node(s) on this machine"
+            if participants != PARTICIPANTS:
+                what += f", {shape}"
+            section.rows.append(Row(row, what, value, detail, goal=">= 800" if nodes > 1 else ""))
+    large, small = best_of.get((1, PARTICIPANTS)), best_of.get((1, 2))
+    if large and small:
+        fitted = fit_capacity((large, PARTICIPANTS), (small, 2))
+        value = (f"--capacity-audio-participants {fitted[0]:.0f} --capacity-calls {fitted[1]:.0f}" if fitted
+                 else "no fit (calls cost nothing apart here): --capacity-audio-participants "
+                 f"{large * PARTICIPANTS}")
+        section.rows.append(Row("8d", "admission capacity of one node, fitted to rows 8a and 8c", value,
+                                f"a load of 1.0 at {large} x {PARTICIPANTS}-person and at {small} x 1:1 calls "
+                                "(core.admission; the cluster defaults in callrec.config)"))
     return section

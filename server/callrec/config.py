@@ -18,12 +18,16 @@ from callrec.core.admission import Capacity
 from callrec.core.limits import Limits
 from callrec.webhooks.config import WebhookConfigError, WebhooksConfig, parse_webhooks
 
-CLUSTER_AUDIO_PARTICIPANTS = 640.0
-"""Audio participants one node keeps at real time: cluster mode's default capacity. `make bench ARGS="--only
-cluster"` (row 8a) on the 2-core development machine, 2026-12-03: one node behind HAProxy with PostgreSQL and
-Redis on the same machine, 10-person Opus calls, mixed mp3, 640 with every frame on time and the control probe
-under 200 ms (800 kept every frame but the probe took 307 ms). It was 160 (2026-12-01, before the compiled media
-path and the writer process). A slower machine should set `capacity_audio_participants`."""
+CLUSTER_AUDIO_PARTICIPANTS = 853.0
+CLUSTER_CALLS = 256.0
+"""Cluster mode's default audio capacity of a node: a load of participants / 853 + calls / 256, which is 1.0 at
+both shapes one node behind HAProxy kept at real time on the 2-core development machine (`make bench
+ARGS="--only cluster"`, rows 8a and 8c, PostgreSQL and Redis on the same machine, Opus in, mixed mp3, every
+frame on time and the control probe under 200 ms; 2026-12-03): 64 10-person calls (640 participants; 800 kept
+every frame, the probe took 207 ms) and 160 1:1 calls (320; 400 likewise, 292 ms). Row 8d fits the two; by
+hand, 720 and 360 passed twice each, so the fit keeps a margin. Before the per-call share the default was 640
+participants alone, which admitted 1:1 calls up to 512 participants at the ceiling, past the 400 where they
+fall behind. A slower machine should set `capacity_audio_participants` and `capacity_calls`."""
 CLUSTER_VIDEO_COMPOSITES = 1.0
 """1080p16 composites one node sustains (`make bench`, same machine)."""
 
@@ -81,7 +85,12 @@ class ServerConfig:
     a dead node's calls go to the node their gateways re-open them on after this."""
     capacity_audio_participants: float = 0.0
     """Admission: audio participants this node keeps at real time; 0 = automatic: off on a single node, and
-    in cluster mode the figure `make bench` measured for one node on the 2-core development machine (80)."""
+    in cluster mode the figure `make bench` measured for one node on the 2-core development machine."""
+    capacity_calls: float = 0.0
+    """Admission: the per-call share of the load (each call's stream, tick, mix and encoder), as the calls this
+    node would keep at real time if participants cost nothing; 0 = automatic: in cluster mode with
+    `capacity_audio_participants` automatic too, the figure fitted to `make bench`'s 10-person and 1:1 calls;
+    otherwise calls are not costed apart from their participants."""
     capacity_video_composites: float = 0.0
     """Admission: 1080p mp4 composites this node keeps at real time; 0 = automatic: off on a single node,
     1 in cluster mode (measured likewise)."""
@@ -181,7 +190,10 @@ class ServerConfig:
         cluster = bool(self.database_url)
         audio = self.capacity_audio_participants or (CLUSTER_AUDIO_PARTICIPANTS if cluster else 0.0)
         video = self.capacity_video_composites or (CLUSTER_VIDEO_COMPOSITES if cluster else 0.0)
-        return Capacity(audio, video, self.admission_ceiling)
+        # the automatic per-call share belongs to the automatic participant figure it was fitted with
+        automatic_audio = cluster and not self.capacity_audio_participants
+        calls = self.capacity_calls or (CLUSTER_CALLS if automatic_audio else 0.0)
+        return Capacity(audio, video, self.admission_ceiling, calls=calls)
 
     @property
     def state_db_path(self) -> Path:
@@ -363,8 +375,9 @@ def validate(config: ServerConfig) -> None:
     if not 0 < config.admission_ceiling <= 1:
         raise ConfigError(f"admission_ceiling must be in (0, 1] (a fraction of the node's capacity); "
                           f"got {config.admission_ceiling}")
-    if config.capacity_audio_participants < 0 or config.capacity_video_composites < 0:
-        raise ConfigError("capacity_audio_participants and capacity_video_composites must be >= 0 (0 = automatic)")
+    for name in ("capacity_audio_participants", "capacity_calls", "capacity_video_composites"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0 (0 = automatic); got {getattr(config, name)}")
     if config.max_playout_delay_ms < config.playout_delay_ms:
         raise ConfigError(
             f"max_playout_delay_ms ({config.max_playout_delay_ms}) must be >= "

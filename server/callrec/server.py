@@ -317,7 +317,8 @@ async def build_server(
     admission: Admission | None = None
     if capacity.enabled:
         admission = Admission(capacity, calls.participant_count, registry.composite_count,
-                              node=f"node {config.node_id!r}" if config.node_id else "this node")
+                              node=f"node {config.node_id!r}" if config.node_id else "this node",
+                              calls=calls.call_count)
         calls.admission = admission
     metrics.CALLS_OPEN.set_function(lambda: len(calls.calls()))
     metrics.CALL_MEDIA_TASKS.set_function(hub.running_tasks)

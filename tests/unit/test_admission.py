@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from callrec import config
 from callrec.config import ConfigError, load_config
 from callrec.core.admission import Admission, Capacity
 from callrec.core.errors import ErrorCode, ResourceExhausted
 
 
-def admission(participants: int, composites: int, capacity: Capacity) -> Admission:
-    return Admission(capacity, lambda: participants, lambda: composites, node="node 'n1'")
+def admission(participants: int, composites: int, capacity: Capacity, calls: int = 0) -> Admission:
+    return Admission(capacity, lambda: participants, lambda: composites, node="node 'n1'", calls=lambda: calls)
 
 
 def test_the_load_adds_audio_and_video_costs() -> None:
@@ -18,6 +19,35 @@ def test_the_load_adds_audio_and_video_costs() -> None:
     assert admission(40, 0, cap).load() == pytest.approx(0.5)
     assert admission(40, 1, cap).load() == pytest.approx(1.0)
     assert admission(0, 0, Capacity()).load() == 0.0
+
+
+def test_calls_cost_apart_from_their_participants() -> None:
+    """1:1 calls cost more per participant than 10-person calls: a capacity fitted to both refuses each in time."""
+    cap = Capacity(audio_participants=1000, calls=250, ceiling=0.8)
+    ten_person = admission(800, 0, cap, calls=80)  # 0.8 + 0.32
+    one_to_one = admission(400, 0, cap, calls=200)  # 0.4 + 0.8
+    assert ten_person.load() == pytest.approx(1.12) and one_to_one.load() == pytest.approx(1.2)
+    assert admission(400, 0, cap, calls=40).load() == pytest.approx(0.56)
+    with pytest.raises(ResourceExhausted) as caught:
+        admission(300, 0, cap, calls=150).check_open()  # 0.3 + 0.6 = 90 % with the new call's own 0.4 %
+    for fragment in ("300 audio participants of 1000", "150 calls of 250", "admission_ceiling"):
+        assert fragment in caught.value.message, caught.value.message
+    # the same participants in 10-person calls leave room for one more call
+    admission(300, 0, cap, calls=30).check_open()  # 0.3 + 0.12 + 0.004
+
+
+def test_a_new_call_counts_its_own_cost() -> None:
+    cap = Capacity(calls=10, ceiling=0.8)
+    admission(0, 0, cap, calls=6).check_open()  # 7 calls of 10 with it: 70 %
+    with pytest.raises(ResourceExhausted, match="80%"):
+        admission(0, 0, cap, calls=7).check_open()  # 8 of 10: the ceiling
+    assert admission(0, 0, cap, calls=7).full() and not admission(0, 0, cap, calls=6).full()
+
+
+def test_without_a_per_call_cost_the_message_is_as_before() -> None:
+    with pytest.raises(ResourceExhausted) as caught:
+        admission(8, 0, Capacity(audio_participants=10), calls=3).check_open()
+    assert "calls of" not in caught.value.message
 
 
 def test_new_calls_stop_at_the_ceiling_and_say_why() -> None:
@@ -56,9 +86,20 @@ def test_no_capacity_means_no_cost_admission() -> None:
 def test_capacity_settings_and_their_automatic_defaults() -> None:
     assert not load_config().capacity.enabled, "a single node admits by the count limits only"
     cluster = load_config({"database_url": "postgresql://u@127.0.0.1/db"}).capacity
-    assert (cluster.audio_participants, cluster.video_composites, cluster.ceiling) == (640.0, 1.0, 0.8)
+    assert (cluster.audio_participants, cluster.video_composites, cluster.ceiling) == (
+        config.CLUSTER_AUDIO_PARTICIPANTS, 1.0, 0.8)
+    assert cluster.calls == config.CLUSTER_CALLS > 0, "cluster mode costs calls apart by default"
     own = load_config({"capacity_audio_participants": 40, "admission_ceiling": 0.5}).capacity
-    assert (own.audio_participants, own.video_composites, own.ceiling) == (40, 0.0, 0.5)
+    assert (own.audio_participants, own.video_composites, own.ceiling, own.calls) == (40, 0.0, 0.5, 0.0)
+    # a participant figure of one's own in cluster mode: the automatic per-call share was fitted to another one
+    own_in_cluster = load_config({"database_url": "postgresql://u@127.0.0.1/db",
+                                  "capacity_audio_participants": 40}).capacity
+    assert (own_in_cluster.audio_participants, own_in_cluster.calls) == (40, 0.0)
+    both = load_config({"capacity_audio_participants": 900, "capacity_calls": 300}).capacity
+    assert (both.audio_participants, both.calls) == (900, 300) and both.enabled
+    assert load_config({"capacity_calls": 50}).capacity.enabled
+    with pytest.raises(ConfigError, match="capacity_calls must be >= 0"):
+        load_config({"capacity_calls": -1})
     with pytest.raises(ConfigError, match="admission_ceiling"):
         load_config({"admission_ceiling": 1.5})
     with pytest.raises(ValueError, match="admission_ceiling"):

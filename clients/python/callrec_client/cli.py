@@ -215,7 +215,13 @@ def serve(
     capacity_audio_participants: Annotated[float | None, typer.Option(
         envvar="CALLREC_CAPACITY_AUDIO_PARTICIPANTS",
         help="Admission: audio participants this node keeps at real time; 0 = automatic (off on a single node, "
-        "80 in cluster mode) [default: 0].")] = None,
+        "the measured figure in cluster mode) [default: 0].")] = None,
+    capacity_calls: Annotated[float | None, typer.Option(
+        envvar="CALLREC_CAPACITY_CALLS",
+        help="Admission: the per-call share of the load, as the calls this node would keep at real time if "
+        "participants cost nothing (1:1 calls cost more per participant than large ones); 0 = automatic (in "
+        "cluster mode with --capacity-audio-participants automatic: the measured figure; else not costed) "
+        "[default: 0].")] = None,
     capacity_video_composites: Annotated[float | None, typer.Option(
         envvar="CALLREC_CAPACITY_VIDEO_COMPOSITES",
         help="Admission: 1080p mp4 composites this node keeps at real time; 0 = automatic (off on a single "
@@ -261,7 +267,7 @@ def serve(
         "upload_deadline_h": upload_deadline_h, "upload_retention_h": upload_retention_h,
         "failed_retention_h": failed_retention_h, "database_url": database_url, "events_url": events_url,
         "node_id": node_id, "advertise": advertise, "node_lease_s": node_lease,
-        "capacity_audio_participants": capacity_audio_participants,
+        "capacity_audio_participants": capacity_audio_participants, "capacity_calls": capacity_calls,
         "capacity_video_composites": capacity_video_composites, "admission_ceiling": admission_ceiling,
     }
     try:

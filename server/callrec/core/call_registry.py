@@ -118,6 +118,10 @@ class CallRegistry:
         """The open call, or None."""
         return self._calls.get(server_call_id)
 
+    def call_count(self) -> int:
+        """Calls open on this node (admission's per-call cost), those waiting for their gateway included."""
+        return len(self._calls)
+
     def participant_count(self) -> int:
         """Participants of every open call (what admission counts)."""
         return sum(len(call.participants) for call in self._calls.values())
