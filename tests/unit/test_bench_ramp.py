@@ -67,3 +67,16 @@ def test_the_load_generator_sends_every_tick_once_in_batches_of_at_most_n_and_ne
             assert all(tick <= k for tick in batch)  # nothing before its own tick
             assert not batch or batch[-1] == k  # a batch goes out at its newest tick
     assert [list(ticks_to_send(k, 9, 3)) for k in (0, 1, 2)] == [[], [], [0, 1, 2]]
+
+
+def test_admission_capacity_is_fitted_to_both_call_shapes() -> None:
+    """Row 8d: the participant and call capacities that put both measured shapes at a load of exactly 1.0."""
+    from bench.cluster_capacity import fit_capacity
+
+    participants, calls = fit_capacity((64, 10), (160, 2))
+    assert (participants, calls) == (pytest.approx(853.33, abs=0.01), pytest.approx(256.0))
+    for n, k in ((64, 10), (160, 2)):
+        assert n * k / participants + n / calls == pytest.approx(1.0)
+    # twice the participants in 1:1 calls as in 10-person ones: calls cost nothing apart, no per-call share
+    assert fit_capacity((64, 10), (320, 2)) is None
+    assert fit_capacity((64, 10), (64, 10)) is None  # one shape twice says nothing about calls
