@@ -80,3 +80,26 @@ def test_admission_capacity_is_fitted_to_both_call_shapes() -> None:
     # twice the participants in 1:1 calls as in 10-person ones: calls cost nothing apart, no per-call share
     assert fit_capacity((64, 10), (320, 2)) is None
     assert fit_capacity((64, 10), (64, 10)) is None  # one shape twice says nothing about calls
+
+
+def test_a_step_failed_by_the_load_generator_alone_is_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slip of the generator says nothing about the server: once, the first step of a full run failed by
+    one and the ramp bisected row 1 from 100 down to 90. The server's own failures are not retried."""
+    clock = FakeClock()
+    monkeypatch.setattr(server_load.time, "monotonic", clock.monotonic)
+    ran: list[int] = []
+    hiccups = {10: ["sender slipped 258 ms behind real time", "the generator's writes fell 220 ms behind"]}
+
+    async def step(n: int) -> StepResult:
+        ran.append(n)
+        clock.now += 30.0
+        reasons = hiccups.pop(n, []) if n <= 40 else [f"{n} frames late"]
+        return StepResult(n, 10, passed=not reasons, reasons=reasons)
+
+    best, _ = asyncio.run(ramp(step, start=10, max_steps=7, budget_s=1000.0, step_cost_s=33.0,
+                               log=lambda line: None))
+    assert ran[:3] == [10, 10, 20], ran
+    assert best == 40 and ran.count(80) == 1, ran  # 80 failed by the server: not retried
+    assert StepResult(1, 1, reasons=["sender slipped 300 ms behind real time"]).only_the_generator_failed
+    assert not StepResult(1, 1, reasons=["sender slipped 300 ms", "5 frames late"]).only_the_generator_failed
+    assert not StepResult(1, 1).only_the_generator_failed
