@@ -63,3 +63,14 @@ def test_a_line_that_is_not_a_pin_is_refused():
         locked_versions("grpcio==1.85.1\ntypes-protobuf @ file:///tmp/x.whl\n")
     with pytest.raises(AssertionError, match="not name==version"):
         locked_versions("numpy>=2.2\n")
+
+
+def test_the_build_backend_is_pinned_as_the_environment_is() -> None:
+    """pip builds callrec in an isolated environment that constraints.txt does not reach."""
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    locked = locked_versions()
+    for line in build:
+        requirement = Requirement(line)
+        pins = [spec for spec in requirement.specifier if spec.operator == "=="]
+        assert pins, f"build-system requires {line!r}: pin it (==) to the version in constraints.txt"
+        assert locked.get(canonicalize_name(requirement.name)) == Version(pins[0].version), line
