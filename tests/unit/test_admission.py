@@ -104,3 +104,14 @@ def test_capacity_settings_and_their_automatic_defaults() -> None:
         load_config({"admission_ceiling": 1.5})
     with pytest.raises(ValueError, match="admission_ceiling"):
         Admission(Capacity(1, 1, 0), lambda: 0, lambda: 0)
+
+
+def test_the_capacities_load_from_the_config_file(tmp_path) -> None:
+    """The `[server]` keys of a TOML file, as a measured machine would set them (README, "Cluster mode")."""
+    path = tmp_path / "callrec.toml"
+    path.write_text("[server]\ncapacity_audio_participants = 794\ncapacity_calls = 329\n"
+                    "capacity_video_composites = 2\nadmission_ceiling = 0.75\n")
+    cap = load_config(config_file=path).capacity
+    assert (cap.audio_participants, cap.calls, cap.video_composites, cap.ceiling) == (794, 329, 2, 0.75)
+    # flags and environment variables win over the file, as for every setting
+    assert load_config({"capacity_calls": 100}, config_file=path).capacity.calls == 100
