@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.audio_capacity import RAMP_LIMITS
 from bench.cluster import Cluster
-from bench.common import Row, Section, wait_quiet
+from bench.common import Row, Section, wait_quiet, write_limits
 from bench.server_load import StepResult, ramp, run_step
 
 PARTICIPANTS = 10
@@ -66,8 +66,7 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     bounded: dict[tuple[int, int], bool] = {}  # a step above the best failed: the best is the capacity, not a floor
     # a ramp of 1:1 calls meets [limits] max_recordings (200) before the machine's capacity: raised, as in row 1c
     with tempfile.TemporaryDirectory(prefix="callrec-bench-limits-") as limits_dir:
-        limits = Path(limits_dir) / "limits.toml"
-        limits.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in RAMP_LIMITS.items()))
+        limits = write_limits(Path(limits_dir) / "limits.toml", RAMP_LIMITS)
         node_args = ("--clock", "realtime", *NO_ADMISSION, "--config", str(limits))
         for row, nodes, participants, first in shapes:
             async def step(n: int, nodes: int = nodes, participants: int = participants) -> StepResult:

@@ -186,6 +186,12 @@ def median(values: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------------------ server
 
 
+def write_limits(path: Path, limits: dict[str, int]) -> Path:
+    """A config file of `[limits]` settings at `path` (`--config`), where a ramp would meet a default limit."""
+    path.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items()))
+    return path
+
+
 @contextlib.contextmanager
 def server(*args: str, keep: bool = False, limits: dict[str, int] | None = None) -> Iterator[ServerProcess]:
     """A fresh `callrec serve` on a loopback port with its own data directory, stopped after.
@@ -194,9 +200,7 @@ def server(*args: str, keep: bool = False, limits: dict[str, int] | None = None)
     before the machine's capacity (e.g. 400 one-to-one calls are 400 recordings; `max_recordings` is 200)."""
     tmp = Path(tempfile.mkdtemp(prefix="callrec-bench-"))
     if limits:
-        config = tmp / "bench.toml"
-        config.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items()))
-        args = (*args, "--config", str(config))
+        args = (*args, "--config", str(write_limits(tmp / "bench.toml", limits)))
     proc = ServerProcess(tmp / "data", *args, env={"CALLREC_LOG_LEVEL": "warning"})
     try:
         proc.start(timeout=60)

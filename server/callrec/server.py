@@ -320,7 +320,7 @@ async def build_server(
                               node=f"node {config.node_id!r}" if config.node_id else "this node",
                               calls=calls.call_count)
         calls.admission = admission
-    metrics.CALLS_OPEN.set_function(lambda: len(calls.calls()))
+    metrics.CALLS_OPEN.set_function(calls.call_count)
     metrics.CALL_MEDIA_TASKS.set_function(hub.running_tasks)
     metrics.PLAYOUT_DELAY_MAX.set_function(hub.max_playout_delay_s)
     ingest = ingest or hub
