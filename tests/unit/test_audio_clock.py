@@ -165,11 +165,14 @@ async def test_an_adaptive_playout_delay_absorbs_uncorrected_drift() -> None:
     assert stats.frames_late <= 5, stats
 
 
-async def stalled_loop(max_playout_delay_ms: float) -> tuple[CallMedia, CollectingSink, np.ndarray]:
-    """Frames every 20 ms; at 2 s the event loop blocks for 1 s, then mixer and readers wake together.
+async def stalled_loop(
+    max_playout_delay_ms: float, stalls: tuple[tuple[float, float], ...] = ((2.0, 3.0),)
+) -> tuple[CallMedia, CollectingSink, np.ndarray]:
+    """Frames every 20 ms; the event loop blocks over each (start, end) of `stalls` (by default 2-3 s),
+    then mixer and readers wake together.
 
-    The mixer is woken first (the worst order): it finds itself 1 s behind while the
-    frames of that second are still unread.
+    The mixer is woken first (the worst order): it finds itself behind by the stall while the
+    frames that came during it are still unread.
     """
     source = tone(440.0, 5.0, start_sample=7)
     frames = encode_frames(source, PCM16)
@@ -184,7 +187,7 @@ async def stalled_loop(max_playout_delay_ms: float) -> tuple[CallMedia, Collecti
     backlog: list[tuple[int, bytes]] = []
     for i, data in enumerate(frames):
         arrival = 0.1 + i * 0.02
-        if 2.0 <= arrival < 3.0:  # arrives while the loop is blocked: read after the stall
+        if any(start <= arrival < end for start, end in stalls):  # the loop is blocked: read after the stall
             backlog.append((i, data))
             continue
         if backlog:
@@ -213,6 +216,38 @@ async def test_a_stalled_event_loop_loses_no_frames() -> None:
     out = sink.participant("a")
     start = int(np.flatnonzero(out)[0])
     np.testing.assert_array_equal(out[start : start + len(source)], source)
+
+
+async def test_stalls_shorter_than_the_playout_delay_leave_it_alone() -> None:
+    """A busy loop stalls often: each stall's frames are covered by the base delay, so none raises it.
+
+    Eight stalls of 150 ms in 4 s. Adding each stall to the delay (as before 2026-12-03) pinned it at its
+    2 s maximum within seconds on a loaded server, 2 s of media in memory that a kill -9 would lose.
+    """
+    stalls = tuple((1.0 + k / 2, 1.0 + k / 2 + 0.15) for k in range(8))
+    call, sink, source = await stalled_loop(max_playout_delay_ms=2000, stalls=stalls)
+    stats = call.stats("a")
+    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    assert isinstance(call.clock, RealtimeClock)
+    assert call.clock.stalls == 0 and call.clock.current_playout_delay_us == 200_000
+    out = sink.participant("a")
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(source)], source)
+
+
+async def test_a_stall_longer_than_the_delay_raises_it_to_cover_that_stall_not_the_sum() -> None:
+    fake = FakeTime()
+    clock = RealtimeClock(fake, playout_delay_ms=200, max_playout_delay_ms=2000)
+    clock.start()
+    await fake.advance(1.0)
+    fake.stall(0.5)  # tick 39's deadline was 1.0 s: the mixer wakes 0.5 s late
+    await clock.wait_tick(39, None)  # type: ignore[arg-type]  # unused by the real-time clock
+    # a frame that came as the stall began is read 0.5 s later: its tick needs 0.5 s + a tick of margin
+    assert clock.stalls == 1 and clock.current_playout_delay_us == 520_000
+    await fake.advance(0.2)
+    fake.stall(0.3)  # a shorter stall while the first is held: already covered
+    await clock.wait_tick(int(1.7 / 0.02) - 36, None)  # type: ignore[arg-type]
+    assert clock.stalls == 1 and clock.current_playout_delay_us == 520_000
 
 
 async def test_without_adaptation_a_stalled_loop_drops_the_stalled_second() -> None:
@@ -245,7 +280,7 @@ async def test_a_stall_raises_the_delay_for_seconds_and_late_frames_for_a_minute
     await fake.advance(1.0)
     fake.stall(0.5)  # the loop was blocked: the mixer wakes 0.5 s after its deadline
     await clock.wait_tick(int(1.0 / 0.02) - 10, None)  # type: ignore[arg-type]  # unused by the real-time clock
-    assert clock.stalls == 1 and clock.current_playout_delay_us >= 650_000
+    assert clock.stalls == 1 and clock.current_playout_delay_us >= 500_000  # 0.48 s late + a tick of margin
     await fake.advance(5.0)  # 2 s held, then 200 ms/s: back to the base within seconds
     assert clock.current_playout_delay_us == 200_000
     clock.note_late(5_000_000)  # a frame of 5.0 s that came at 6.5 s: its tick ended at 5.02 s, + a tick of margin
