@@ -1,6 +1,7 @@
 """`python -m bench.soak [--quick]`: a soak run through crashes and a store outage (issue 9).
 
-For `--minutes` (default 30), `--calls` gateways (default 20) each stream one participant, in real
+For `--minutes` (default 30), `--calls` gateways (default 20) each stream one participant (or
+`--participants` of them: the first carries the clock tone, the others quiet noise, to load the server), in real
 time, into a `callrec serve` on the real-time clock whose default storage target is moto's S3
 server. Every recording is chunked every `--chunk-seconds` (60), in a mix of formats: mixed wav,
 mixed mp3, unmixed wav, and one mixed mp4 (at most one: a 1080p composite is the heaviest thing a
@@ -86,6 +87,7 @@ LOW_HZ, HIGH_HZ, STEP_HZ = 300.0, 2400.0, 40.0
 LOW_STEPS, HIGH_STEPS = 50, 70  # low tone 300..2260 Hz, high tone 2400..5160 Hz
 MAX_SECONDS = LOW_STEPS * HIGH_STEPS  # seconds of gateway clock with a unique pair of tones
 AMPLITUDE = 0.15  # each tone; the pair peaks at 0.3
+MAX_PARTICIPANTS = 20  # per call (`--participants`): the server's default limit is higher
 LOST_LIMIT_S = 1.0  # media lost per kill above this fails the run
 GRACE_S = 60.0
 BACKOFF_MAX_S = 5.0
@@ -115,6 +117,11 @@ def frame_pcm(frame: int) -> bytes:
     signal = AMPLITUDE * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
     return (signal * 32767).astype("<i2").tobytes()
 
+
+#: What the extra participants of `--participants` send: quiet noise (rms 0.001; the same frame from each, so 9 of
+#: them mix to 0.009 in phase, under the silence threshold of `label_windows`; spread over the spectrum where the
+#: tones are peaks).
+NOISE_PCM = (np.random.default_rng(7).normal(0.0, 0.001, FRAME_SAMPLES) * 32767).astype("<i2").tobytes()
 
 _FREQS = np.fft.rfftfreq(WINDOW, 1 / RATE)
 _LOW_BAND = (_FREQS >= LOW_HZ - STEP_HZ / 2) & (_FREQS < LOW_HZ + STEP_HZ * (LOW_STEPS - 0.5))
@@ -283,8 +290,9 @@ class Gateway:
     bench's clock; frames due while the stream is down are dropped (as a live gateway would).
     """
 
-    def __init__(self, target: str, call: Call, epoch: float, deadline: float) -> None:
+    def __init__(self, target: str, call: Call, epoch: float, deadline: float, participants: int = 1) -> None:
         self.target, self.call, self.epoch, self.deadline = target, call, epoch, deadline
+        self.participants = participants
         self.stopped = False
         self.frame = 0
         self.sequence = 0
@@ -304,6 +312,9 @@ class Gateway:
             try:
                 async with gw:
                         await gw.join("p", f"Speaker {self.call.index}", audio="pcm16le", sample_rate=RATE, channels=1)
+                        for extra in range(1, self.participants):  # after "p": channel 0 of unmixed stays its tone
+                            await gw.join(f"q{extra}", f"Listener {extra}", audio="pcm16le", sample_rate=RATE,
+                                          channels=1)
                         self.frame = max(self.frame, int(self.now() * 50))
                         self.opens.append(self.frame / 50)
                         stream = asyncio.create_task(self._stream(gw))
@@ -341,7 +352,13 @@ class Gateway:
                 self.frame = due
             while self.frame <= due and not self.stopped:
                 self.sequence += 1
-                await gw.audio("p", self.sequence, 1_000_000 + self.frame * 20_000, frame_pcm(self.frame))
+                timestamp_us = 1_000_000 + self.frame * 20_000
+                if self.participants == 1:
+                    await gw.audio("p", self.sequence, timestamp_us, frame_pcm(self.frame))
+                else:  # one media_batch a tick, as gateways send many participants
+                    await gw.batch(audio=[gw.audio_frame("p", self.sequence, timestamp_us, frame_pcm(self.frame))]
+                                   + [gw.audio_frame(f"q{k}", self.sequence, timestamp_us, NOISE_PCM)
+                                      for k in range(1, self.participants)])
                 self.frame += 1
             await asyncio.sleep(max(0.0, self.frame / 50 - self.now()))
 
@@ -398,6 +415,7 @@ class Settings:
     final_wait_s: float
     keep: bool
     playout_delay_ms: int | None = None  # None: the server's default
+    participants: int = 1  # per call: "p" with the tone, the rest quiet noise
 
 
 def plan_chaos(s: Settings, rng: random.Random, start: float, end: float) -> tuple[list[float], float]:
@@ -512,7 +530,8 @@ class Soak:
         s = self.s
         hard_deadline = time.monotonic() + 60 * s.minutes + 300 + s.final_wait_s + 600
         self.epoch = time.monotonic()
-        self.gateways = [Gateway(self.server.target, c, self.epoch, hard_deadline) for c in self.calls]
+        self.gateways = [Gateway(self.server.target, c, self.epoch, hard_deadline, s.participants)
+                         for c in self.calls]
         tasks = [asyncio.create_task(g.run()) for g in self.gateways]
         monitor: asyncio.Task[None] | None = None
         sampler: asyncio.Task[None] | None = None
@@ -936,7 +955,8 @@ def report(soak: Soak, elapsed: float, command: str) -> bool:
     names = [c.name for c in soak.calls]
     results = [soak.results[n] for n in names if n in soak.results]
     console.print(Text(f"callrec soak, {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}"))
-    console.print(Text(f"{s.minutes:g} min, {s.calls} calls ({', '.join(names)}), chunks of {s.chunk_seconds:g} s, "
+    console.print(Text(f"{s.minutes:g} min, {s.calls} calls of {s.participants} ({', '.join(names)}), "
+                       f"chunks of {s.chunk_seconds:g} s, "
                        f"kill every {s.kill_every[0]:g}-{s.kill_every[1]:g} min, outage {s.outage_minutes:g} min, "
                        f"seed {s.seed}; reconnect grace {GRACE_S:g} s, upload backoff max {BACKOFF_MAX_S:g} s, "
                        f"playout delay {s.playout_delay_ms if s.playout_delay_ms is not None else 'default'} ms"))
@@ -1095,7 +1115,10 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, help="recording time (default 30; --quick 6)")
-    parser.add_argument("--calls", type=int, help="calls, one participant each (default 20; --quick 6)")
+    parser.add_argument("--calls", type=int, help="calls (default 20; --quick 6)")
+    parser.add_argument("--participants", type=int, default=1,
+                        help=f"participants per call (default 1, at most {MAX_PARTICIPANTS}): the first carries the "
+                             "tone, the others quiet noise, sent in one media_batch a tick (a loaded server)")
     parser.add_argument("--kill-every", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="minutes between kills, drawn uniformly (default 2 5; --quick 1 2)")
     parser.add_argument("--outage-minutes", type=float, help="store outage, 0 for none (default 10; --quick 2)")
@@ -1123,6 +1146,8 @@ def parse(argv: list[str] | None = None) -> Settings:
                      f"{MAX_SECONDS} s")
     if calls < 1:
         parser.error("--calls must be at least 1")
+    if not 1 <= a.participants <= MAX_PARTICIPANTS:
+        parser.error(f"--participants must be in [1, {MAX_PARTICIPANTS}]")
     if not 0 < kill_every[0] <= kill_every[1]:
         parser.error("--kill-every needs 0 < MIN <= MAX")
     if kill_every[0] * 60 < 20:
@@ -1131,7 +1156,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         parser.error("--outage-minutes must be >= 0")
     return Settings(minutes=minutes, calls=calls, kill_every=(kill_every[0], kill_every[1]), outage_minutes=outage,
                     seed=a.seed if a.seed is not None else random.randrange(2**31), chunk_seconds=a.chunk_seconds,
-                    mp4=not a.no_mp4, final_wait_s=a.final_wait, keep=a.keep, playout_delay_ms=a.playout_delay_ms)
+                    mp4=not a.no_mp4, final_wait_s=a.final_wait, keep=a.keep, playout_delay_ms=a.playout_delay_ms,
+                    participants=a.participants)
 
 
 def main(argv: list[str] | None = None) -> None:

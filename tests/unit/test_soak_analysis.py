@@ -32,3 +32,28 @@ def test_media_continuous_across_a_kill_loses_nothing_and_resumes_at_once() -> N
     assert result.lost == [0.0]
     assert result.resume == [0.0]  # not the 28 s to the next span after the unexplained gap
     assert result.other_gaps == [(pytest.approx(31.0), pytest.approx(9.0))]
+
+
+def test_the_extra_participants_noise_leaves_the_tone_readable() -> None:
+    """`--participants 10`: the tone plus nine participants' noise, mixed, still labels every window as the tone."""
+    import numpy as np
+
+    from bench.soak import FRAME_SAMPLES, NOISE_PCM, frame_pcm, label_windows
+
+    frames = range(250, 400)  # seconds 5-7 of the gateway clock
+    tone = np.concatenate([np.frombuffer(frame_pcm(f), "<i2") for f in frames]).astype(np.float32) / 32768
+    noise = np.frombuffer(NOISE_PCM, "<i2").astype(np.float32) / 32768
+    assert len(noise) == FRAME_SAMPLES and 0.0007 < float(np.sqrt(np.mean(noise**2))) < 0.0013
+    mixed = tone + 9 * np.tile(noise, len(frames))  # the worst case: nine copies in phase
+    assert label_windows(mixed) == label_windows(tone)
+    assert set(label_windows(tone)) == {5, 6, 7}
+    assert label_windows(9 * np.tile(noise, len(frames))) == [-1] * 30  # the noise alone is "silence"
+
+
+@pytest.mark.parametrize("value", ["0", "21"])
+def test_participants_out_of_range_are_refused(value: str) -> None:
+    from bench.soak import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--participants", value])
+    assert parse(["--quick", "--participants", "10"]).participants == 10
