@@ -221,10 +221,11 @@ async def test_a_stalled_event_loop_loses_no_frames() -> None:
 async def test_stalls_shorter_than_the_playout_delay_leave_it_alone() -> None:
     """A busy loop stalls often: each stall's frames are covered by the base delay, so none raises it.
 
-    Eight stalls of 150 ms in 4 s. Adding each stall to the delay (as before 2026-12-03) pinned it at its
-    2 s maximum within seconds on a loaded server, 2 s of media in memory that a kill -9 would lose.
+    Eight stalls of 100 ms in 4 s (the delay covers a stall up to 130 ms: 200 ms less a tick and the 50 ms
+    of slack). Adding each stall to the delay (as before 2026-12-03) pinned it at its 2 s maximum within
+    seconds on a loaded server, 2 s of media in memory that a kill -9 would lose.
     """
-    stalls = tuple((1.0 + k / 2, 1.0 + k / 2 + 0.15) for k in range(8))
+    stalls = tuple((1.0 + k / 2, 1.0 + k / 2 + 0.1) for k in range(8))
     call, sink, source = await stalled_loop(max_playout_delay_ms=2000, stalls=stalls)
     stats = call.stats("a")
     assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
@@ -242,12 +243,54 @@ async def test_a_stall_longer_than_the_delay_raises_it_to_cover_that_stall_not_t
     await fake.advance(1.0)
     fake.stall(0.5)  # tick 39's deadline was 1.0 s: the mixer wakes 0.5 s late
     await clock.wait_tick(39, None)  # type: ignore[arg-type]  # unused by the real-time clock
-    # a frame that came as the stall began is read 0.5 s later: its tick needs 0.5 s + a tick of margin
-    assert clock.stalls == 1 and clock.current_playout_delay_us == 520_000
+    # a frame that came as the stall began is read 0.5 s later: its tick needs 0.5 s, a tick and the slack
+    assert clock.stalls == 1 and clock.current_playout_delay_us == 570_000
     await fake.advance(0.2)
     fake.stall(0.3)  # a shorter stall while the first is held: already covered
     await clock.wait_tick(int(1.7 / 0.02) - 36, None)  # type: ignore[arg-type]
-    assert clock.stalls == 1 and clock.current_playout_delay_us == 520_000
+    assert clock.stalls == 1 and clock.current_playout_delay_us == 570_000
+
+
+async def lagging_reader(slack_ms: float) -> tuple[CallMedia, CollectingSink, np.ndarray]:
+    """Frames every 20 ms, read later and later: 2 ms more each (a loop with more work than it does in real
+    time), up to 400 ms behind, twice the base delay, with no stall of the mixer at any point."""
+    source = tone(440.0, 6.0, start_sample=7)
+    frames = encode_frames(source, PCM16)
+    fake = FakeTime()
+    clock = RealtimeClock(fake, max_playout_delay_ms=2000, slack_ms=slack_ms)
+    call = CallMedia("c", clock, PyAVAudioCodecs())
+    call.add_participant("a", "A", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    task = asyncio.create_task(call.run())
+    now = 0.0
+    first = 0.1
+    for i, data in enumerate(frames):
+        read_at = first + i * 0.02 + (min(0.4, (i - 50) * 0.002) if i > 50 else 0.0)
+        await fake.advance(read_at - now)
+        now = read_at
+        call.push_audio("a", i, i * 20_000, data)
+    await fake.advance(3.0)
+    await call.close()
+    await task
+    return call, sink, source
+
+
+async def test_frames_read_later_and_later_raise_the_delay_before_any_is_late() -> None:
+    call, sink, source = await lagging_reader(slack_ms=50)
+    stats = call.stats("a")
+    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    assert isinstance(call.clock, RealtimeClock) and call.clock.stalls == 0  # the slack did it, not a stall
+    assert 400_000 < call.clock.current_playout_delay_us <= 500_000  # held, as for late frames
+    out = sink.participant("a")
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(source)], source)
+
+
+async def test_without_the_slack_rule_frames_read_later_and_later_go_late() -> None:
+    """The control: the delay rises only once frames are already lost."""
+    call, _, _ = await lagging_reader(slack_ms=0)
+    assert call.stats("a").frames_late >= 1
 
 
 async def test_without_adaptation_a_stalled_loop_drops_the_stalled_second() -> None:

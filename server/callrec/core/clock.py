@@ -189,10 +189,13 @@ class RealtimeClock:
     The playout delay adapts (up to `max_playout_delay_ms`) in two ways. Frames that did arrive
     after their tick was mixed raise it to what they needed, measured on the wall clock, and it
     stays raised for `calm_hold_s` (a minute) before it is given back at `shrink_rate` (20 ms/s):
-    that is evidence, and the causes recur (many recordings rotating their chunks at once). A
+    that is evidence, and the causes recur (many recordings rotating their chunks at once); so is a
+    frame that came with less than `slack_ms` (50 ms, at most a quarter of the delay) to spare, and it
+    raises the delay as much, before frames are lost (`_keep_slack`). A
     stall of the event loop (the mixer wakes late) raises it *before* mixing when the delay does not
     cover the stall: the frames that came while the loop was blocked are read only now, and the first
-    of them ended its tick as the stall began, so the delay must be the stall plus a tick. That is a
+    of them ended its tick as the stall began, so the delay must be the stall plus a tick and the
+    slack. That is a
     guess, so it is held only `stall_hold_s` (2 s) and given back at `stall_shrink_rate` (200 ms/s).
     Media waiting out the delay is in memory only, and it is what a kill -9 loses: a delay that
     ratchets up on every hiccup of a busy server costs that much at every crash. (Adding each stall to
@@ -215,6 +218,7 @@ class RealtimeClock:
         shrink_rate: float = 0.02,
         stall_hold_s: float = 2.0,
         stall_shrink_rate: float = 0.2,
+        slack_ms: float = 50.0,
     ) -> None:
         self.time = time_source or SystemTime()
         self.playout_delay_us = round(playout_delay_ms * 1000)
@@ -224,6 +228,7 @@ class RealtimeClock:
         self._late = _Raised(calm_hold_s, shrink_rate)  # what late frames needed
         self._stall = _Raised(stall_hold_s, stall_shrink_rate)  # what stalls may need
         self.stalls = 0  # times the mixer woke so late that the delay had to grow
+        self._slack_us = min(round(slack_ms * 1000), self.playout_delay_us // 4)  # see `_keep_slack`
         self._window_us = drift_window_s * 1e6
         self._slew = max_slew_ppm / 1e6
         self._deadband_us = drift_deadband_ms * 1000
@@ -284,7 +289,27 @@ class RealtimeClock:
                 else:
                     anchor.target_us = anchor.offset_us
                 anchor.window_start_us, anchor.window_min_us = now, math.inf
-        return round(timestamp_us + anchor.offset_us)
+        placed = round(timestamp_us + anchor.offset_us)
+        self._keep_slack(placed, now)
+        return placed
+
+    def _keep_slack(self, call_us: int, now_us: float) -> None:
+        """Raise the delay before frames go late: when one comes within `slack_ms` of its tick's deadline.
+
+        A server whose stream readers fall behind (more work queued on the loop than it does in real time)
+        delivers its frames later and later, without a stall long enough to raise the delay; only late
+        frames, already lost, would. A frame that came with less than `slack_ms` to spare is evidence of the
+        same kind, a step earlier: the delay is raised so that it would have had that much (held like late
+        frames). A frame too late for any delay (a bogus timestamp) is left to the jitter buffer's limits.
+        """
+        waited_us = now_us - (call_us // TICK_US + 1) * TICK_US  # how long after its tick's end it came
+        needed_us = waited_us + self._slack_us - self.playout_delay_us
+        if needed_us <= self._extra_us:
+            return
+        room = self.max_playout_delay_us - self.playout_delay_us
+        if needed_us > room + self._slack_us:
+            return
+        self._late.raise_to(needed_us, room, self.time.monotonic())
 
     def _rephase(self, now_us: float) -> float:
         """Move call time 0 forward to the tick boundary just before `now_us`; returns `now_us` on the new scale."""
@@ -351,9 +376,10 @@ class RealtimeClock:
         delay = self._deadline(index) - now
         if -delay > self._stall_threshold_s:
             # The frames that came while the loop was blocked are read now; the first of them ends its tick
-            # when the stall began, so its deadline must be at least the stall's length (plus a tick of
-            # margin) after that: a delay that already covers it needs no raise.
-            needed_us = -delay * 1e6 + TICK_US - self.playout_delay_us
+            # about when the stall began, so its deadline must be the stall's length after that, plus a tick
+            # and the slack `_keep_slack` wants (else reading them would raise the delay again, as evidence
+            # held a minute): a delay that already covers that needs no raise.
+            needed_us = -delay * 1e6 + TICK_US + self._slack_us - self.playout_delay_us
             room = self.max_playout_delay_us - self.playout_delay_us
             if needed_us > self._extra_us and self._extra_us < room:
                 self.stalls += 1
