@@ -364,9 +364,9 @@ class RealtimeClock:
 
         Waking more than `stall_threshold_ms` after the deadline means the event loop
         was blocked that long, and the stream readers with it: the frames that came during the
-        stall are still unread. If the delay is shorter than the stall (plus a tick), it grows to
-        that, which gives the readers time to catch up before their ticks are mixed (for a few
-        seconds only, unless frames do turn out late: see the class docstring).
+        stall are still unread. If the delay is shorter than the stall (plus a tick and the slack of
+        `_keep_slack`), it grows to that, which gives the readers time to catch up before their ticks
+        are mixed (for a few seconds only, unless frames do turn out late: see the class docstring).
         """
         if self._ended:
             return
