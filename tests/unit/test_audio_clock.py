@@ -165,6 +165,34 @@ async def test_an_adaptive_playout_delay_absorbs_uncorrected_drift() -> None:
     assert stats.frames_late <= 5, stats
 
 
+async def one_tone_call(
+    seconds: float, fake: FakeTime, clock: RealtimeClock
+) -> tuple[CallMedia, CollectingSink, np.ndarray, list[bytes], asyncio.Task[None]]:
+    """A call of one PCM16 participant playing a tone, its mixer running on `clock`: what the tests push."""
+    source = tone(440.0, seconds, start_sample=7)
+    call = CallMedia("c", clock, PyAVAudioCodecs())
+    call.add_participant("a", "A", PCM16, "gw")
+    sink = CollectingSink()
+    call.attach(sink)
+    return call, sink, source, encode_frames(source, PCM16), asyncio.create_task(call.run())
+
+
+def assert_every_frame_played(call: CallMedia, sink: CollectingSink, source: np.ndarray) -> None:
+    """No frame late or rejected, and the tone came out sample for sample."""
+    stats = call.stats("a")
+    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    out = sink.participant("a")
+    start = int(np.flatnonzero(out)[0])
+    np.testing.assert_array_equal(out[start : start + len(source)], source)
+
+
+async def played_out(call: CallMedia, task: asyncio.Task[None], fake: FakeTime) -> None:
+    """Let the mixer play what is buffered, then end the call."""
+    await fake.advance(3.0)
+    await call.close()
+    await task
+
+
 async def stalled_loop(
     max_playout_delay_ms: float, stalls: tuple[tuple[float, float], ...] = ((2.0, 3.0),)
 ) -> tuple[CallMedia, CollectingSink, np.ndarray]:
@@ -174,15 +202,10 @@ async def stalled_loop(
     The mixer is woken first (the worst order): it finds itself behind by the stall while the
     frames that came during it are still unread.
     """
-    source = tone(440.0, 5.0, start_sample=7)
-    frames = encode_frames(source, PCM16)
     fake = FakeTime()
-    clock = RealtimeClock(fake, max_playout_delay_ms=max_playout_delay_ms)
-    call = CallMedia("c", clock, PyAVAudioCodecs())
-    call.add_participant("a", "A", PCM16, "gw")
-    sink = CollectingSink()
-    call.attach(sink)
-    task = asyncio.create_task(call.run())
+    call, sink, source, frames, task = await one_tone_call(
+        5.0, fake, RealtimeClock(fake, max_playout_delay_ms=max_playout_delay_ms)
+    )
     now = 0.0
     backlog: list[tuple[int, bytes]] = []
     for i, data in enumerate(frames):
@@ -200,22 +223,16 @@ async def stalled_loop(
         await fake.advance(arrival - now)
         now = arrival
         call.push_audio("a", i, i * 20_000, data)
-    await fake.advance(3.0)
-    await call.close()
-    await task
+    await played_out(call, task, fake)
     return call, sink, source
 
 
 async def test_a_stalled_event_loop_loses_no_frames() -> None:
     call, sink, source = await stalled_loop(max_playout_delay_ms=2000)
-    stats = call.stats("a")
-    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    assert_every_frame_played(call, sink, source)
     assert isinstance(call.clock, RealtimeClock) and call.clock.stalls >= 1  # grew by the stall, before mixing
     # ... and only for a while: 3 s after the stall, most of the second it added is given back
     assert 200_000 < call.clock.current_playout_delay_us < 1_000_000
-    out = sink.participant("a")
-    start = int(np.flatnonzero(out)[0])
-    np.testing.assert_array_equal(out[start : start + len(source)], source)
 
 
 async def test_stalls_shorter_than_the_playout_delay_leave_it_alone() -> None:
@@ -227,13 +244,9 @@ async def test_stalls_shorter_than_the_playout_delay_leave_it_alone() -> None:
     """
     stalls = tuple((1.0 + k / 2, 1.0 + k / 2 + 0.1) for k in range(8))
     call, sink, source = await stalled_loop(max_playout_delay_ms=2000, stalls=stalls)
-    stats = call.stats("a")
-    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    assert_every_frame_played(call, sink, source)
     assert isinstance(call.clock, RealtimeClock)
     assert call.clock.stalls == 0 and call.clock.current_playout_delay_us == 200_000
-    out = sink.participant("a")
-    start = int(np.flatnonzero(out)[0])
-    np.testing.assert_array_equal(out[start : start + len(source)], source)
 
 
 async def test_a_stall_longer_than_the_delay_raises_it_to_cover_that_stall_not_the_sum() -> None:
@@ -254,15 +267,10 @@ async def test_a_stall_longer_than_the_delay_raises_it_to_cover_that_stall_not_t
 async def lagging_reader(slack_ms: float) -> tuple[CallMedia, CollectingSink, np.ndarray]:
     """Frames every 20 ms, read later and later: 2 ms more each (a loop with more work than it does in real
     time), up to 400 ms behind, twice the base delay, with no stall of the mixer at any point."""
-    source = tone(440.0, 6.0, start_sample=7)
-    frames = encode_frames(source, PCM16)
     fake = FakeTime()
-    clock = RealtimeClock(fake, max_playout_delay_ms=2000, slack_ms=slack_ms)
-    call = CallMedia("c", clock, PyAVAudioCodecs())
-    call.add_participant("a", "A", PCM16, "gw")
-    sink = CollectingSink()
-    call.attach(sink)
-    task = asyncio.create_task(call.run())
+    call, sink, source, frames, task = await one_tone_call(
+        6.0, fake, RealtimeClock(fake, max_playout_delay_ms=2000, slack_ms=slack_ms)
+    )
     now = 0.0
     first = 0.1
     for i, data in enumerate(frames):
@@ -270,21 +278,15 @@ async def lagging_reader(slack_ms: float) -> tuple[CallMedia, CollectingSink, np
         await fake.advance(read_at - now)
         now = read_at
         call.push_audio("a", i, i * 20_000, data)
-    await fake.advance(3.0)
-    await call.close()
-    await task
+    await played_out(call, task, fake)
     return call, sink, source
 
 
 async def test_frames_read_later_and_later_raise_the_delay_before_any_is_late() -> None:
     call, sink, source = await lagging_reader(slack_ms=50)
-    stats = call.stats("a")
-    assert stats.frames_late == 0 and stats.frames_rejected_by_reason == {}, stats
+    assert_every_frame_played(call, sink, source)
     assert isinstance(call.clock, RealtimeClock) and call.clock.stalls == 0  # the slack did it, not a stall
     assert 400_000 < call.clock.current_playout_delay_us <= 500_000  # held, as for late frames
-    out = sink.participant("a")
-    start = int(np.flatnonzero(out)[0])
-    np.testing.assert_array_equal(out[start : start + len(source)], source)
 
 
 async def test_without_the_slack_rule_frames_read_later_and_later_go_late() -> None:
