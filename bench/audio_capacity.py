@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.common import Row, Section, percentile, server, wait_quiet
+from bench.loadgen_capacity import NullSinkProcess
 from bench.server_load import PROBE_INTERVAL_S, StepResult, ramp, run_step
 
 PARTICIPANTS = 10
@@ -38,11 +39,21 @@ RAMP_LIMITS = {"max_recordings": 4000, "max_calls": 4000, "max_streams": 8000}
 async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], None]) -> Section:
     seconds = 4.0 if quick else 18.0
 
+    floor = await NullSinkProcess.start()  # row 1d's floor: a grpc.aio server without callrec code
+    try:
+        return await _run(quick, codec, budget_s, seconds, floor.target, log)
+    finally:
+        await floor.stop()
+
+
+async def _run(quick: bool, codec: str, budget_s: float, seconds: float, floor_target: str,
+               log: Callable[[str], None]) -> Section:
     async def step(n: int) -> StepResult:
         if not quick:
             await wait_quiet(log)
         with server("--clock", "realtime", limits=RAMP_LIMITS) as srv:
-            return await run_step(srv, n, seconds, participants=PARTICIPANTS, codec=codec)
+            return await run_step(srv, n, seconds, participants=PARTICIPANTS, codec=codec,
+                                  floor_target=floor_target)
 
     log(f"audio: N calls x {PARTICIPANTS} participants ({codec}, real time, {seconds:.0f} s each) -> mixed mp3")
     # From 10 calls: 10, 20, 40, 80, then bisection, within the budget. From 2, doubling alone took all seven
@@ -94,13 +105,19 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
 
 
 def control_row(ref: StepResult) -> Row:
-    """Row 1d: GetRecordingState latency, probed every 250 ms while the row-1 load streams (same step)."""
+    """Row 1d: GetRecordingState latency, probed every 250 ms while the row-1 load streams (same step), and
+    beside it the same probe of a server without callrec code at the same moments: the floor on this machine."""
     probes = ref.probe_ms
     value = f"{percentile(probes, 50):.1f} / {percentile(probes, 99):.1f} ms" if probes else "n/a"
-    return Row("1d", "control RPC p50 / p99 during the row-1 load", value,
-               f"GetRecordingState every {PROBE_INTERVAL_S * 1000:.0f} ms ({len(probes)} probes) while "
-               f"{ref.total_participants} participants stream; max {max(probes, default=float('nan')):.0f} ms",
-               goal="p99 <= 5 ms")
+    detail = (f"GetRecordingState every {PROBE_INTERVAL_S * 1000:.0f} ms ({len(probes)} probes) while "
+              f"{ref.total_participants} participants stream; max {max(probes, default=float('nan')):.0f} ms")
+    floor = ref.floor_probe_ms
+    if floor:
+        detail += (f"; the same client against a grpc.aio server without callrec code (bench.null_sink), right "
+                   f"after each probe: p50 / p99 {percentile(floor, 50):.1f} / {percentile(floor, 99):.1f} ms")
+    if ref.floor_errors:
+        detail += f" ({len(ref.floor_errors)} of its probes failed: {ref.floor_errors[0][:80]})"
+    return Row("1d", "control RPC p50 / p99 during the row-1 load", value, detail, goal="p99 <= 5 ms")
 
 
 @dataclass(frozen=True)

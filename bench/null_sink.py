@@ -1,9 +1,13 @@
 """A MediaService that only counts: the far end for measuring the load generator alone (row 9).
 
+It also answers `GetRecordingState` with one canned recording and nothing else: a gRPC server with callrec's
+protos, uvloop and no callrec code, for row 1d to probe beside the real server at the same moments (how long
+any server built on grpc.aio takes to answer on this machine under this load: the floor under row 1d).
+
     python -m bench.null_sink
 
 listens on a free loopback port, prints `{"event": "ready", "port": N}` on stdout and serves until
-SIGTERM or EOF on stdin. It implements `StreamMedia` and nothing else: `open` is answered with
+SIGTERM or EOF on stdin. Of the media service it implements `StreamMedia` alone: `open` is answered with
 `opened`, `join` registers a participant, every frame of `audio`, `video` and `media_batch` is counted
 per participant (received, highest sequence), an `ack` with every participant goes back at least
 once a second and once more when `end` arrives, and then the stream ends.
@@ -31,7 +35,8 @@ import grpc
 
 import bench  # noqa: F401  (sys.path)
 from callrec.v1 import media_pb2 as pb
-from callrec.v1 import media_pb2_grpc
+from callrec.v1 import media_pb2_grpc, recording_pb2_grpc
+from callrec.v1 import recording_pb2 as rpb
 
 ACK_INTERVAL_S = 1.0
 #: Frames of a participant never joined on the stream are counted under this reason, not dropped.
@@ -142,6 +147,30 @@ class NullSink(media_pb2_grpc.MediaServiceServicer):
             reader.cancel()
 
 
+def canned_recording(participants: int = 10) -> rpb.Recording:
+    """A recording of a 10-person call as callrec answers it mid-call: about the same bytes on the wire."""
+    rec = rpb.Recording(recording_id="null-sink-recording", server_call_id="null-sink-call", call_id="null-sink-call",
+                        state=rpb.RECORDING_STATE_ACTIVE, content_type=rpb.RECORDING_CONTENT_TYPE_AUDIO,
+                        channel_type=rpb.RECORDING_CHANNEL_TYPE_MIXED, format=rpb.RECORDING_FORMAT_MP3,
+                        pause_mode=rpb.PAUSE_MODE_SKIP, destination="local")
+    rec.start_time.GetCurrentTime()
+    for n in range(participants):
+        rec.participants.add(participant_id=f"p{n + 1}")
+    return rec
+
+
+class NullRecording(recording_pb2_grpc.RecordingServiceServicer):
+    """`GetRecordingState` answered from one canned message, whatever the id (the other RPCs: UNIMPLEMENTED)."""
+
+    def __init__(self) -> None:
+        self.response = rpb.GetRecordingStateResponse(recording=canned_recording())
+
+    async def GetRecordingState(  # the generated servicer's name
+        self, request: rpb.GetRecordingStateRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.GetRecordingStateResponse:
+        return self.response
+
+
 async def _watch_stdin(stop: asyncio.Event) -> None:
     """Set `stop` at EOF on stdin (the parent went away or closed it); no-op if stdin is not a pipe."""
     loop = asyncio.get_running_loop()
@@ -158,6 +187,7 @@ async def _watch_stdin(stop: asyncio.Event) -> None:
 async def main() -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     media_pb2_grpc.add_MediaServiceServicer_to_server(NullSink(), server)
+    recording_pb2_grpc.add_RecordingServiceServicer_to_server(NullRecording(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stop = asyncio.Event()

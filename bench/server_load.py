@@ -140,6 +140,9 @@ class StepResult:
     backlog_max_ms: float = 0.0
     """The most media a call had queued in the generator that gRPC had not taken (sampled every 100 ms)."""
     probe_ms: list[float] = field(default_factory=list)
+    floor_probe_ms: list[float] = field(default_factory=list)
+    """The same probe sent to a gRPC server without callrec code right after each one (`floor_target`)."""
+    floor_errors: list[str] = field(default_factory=list)
     rss_base_mb: float = 0.0
     rss_load_mb: float = 0.0  # server RSS (+ children PSS), median over the 2nd half of streaming
     finalize_s: float = 0.0  # call end -> all recordings finished
@@ -219,11 +222,15 @@ async def run_step(
     record: dict[str, str] | None = None,
     video: dict[str, Any] | None = None,
     ticks_per_batch: int = 1,
+    floor_target: str | None = None,
 ) -> StepResult:
     """Stream `calls` calls of `participants` for `seconds` through `srv`, recording each.
 
     `ticks_per_batch`: the generator sends each call's audio every that many ticks, all of them in one
-    `media_batch` (1: one message per call per 20 ms tick)."""
+    `media_batch` (1: one message per call per 20 ms tick). `floor_target`: HOST:PORT of a server that
+    answers GetRecordingState without callrec code (`bench.null_sink`); each control probe is followed by
+    the same request there (`StepResult.floor_probe_ms`), so the step shows what any grpc.aio server
+    answers in on this machine under this load."""
     assert srv.proc is not None
     pid = srv.proc.pid
     record = record or {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}
@@ -243,7 +250,9 @@ async def run_step(
     try:
         ready = gen.events[-1]
         result.media_s = ready["ticks"] * 0.02
-        async with AsyncCallrecClient(srv.target) as client:
+        async with AsyncCallrecClient(srv.target) as client, contextlib.AsyncExitStack() as stack:
+            floor_client = (await stack.enter_async_context(AsyncCallrecClient(floor_target))
+                            if floor_target else None)
             try:
                 recs = [await client.start_recording(cid, **record) for cid in call_ids]
             except CallrecError as exc:  # the server could not even start the recordings in time: a failed step
@@ -271,6 +280,13 @@ async def run_step(
                     except CallrecError as exc:  # an overloaded server may miss the client's deadline: a failed step
                         result.errors.append(f"control probe: {exc}")
                     result.probe_ms.append(1000 * (time.perf_counter() - start))
+                    if floor_client is not None:
+                        start = time.perf_counter()
+                        try:
+                            await floor_client.get_recording_state(ids[0])
+                            result.floor_probe_ms.append(1000 * (time.perf_counter() - start))
+                        except CallrecError as exc:  # the floor's trouble, not the server's: no step fails by it
+                            result.floor_errors.append(str(exc))
                     rss_samples.append((time.monotonic() - t0, _footprint(pid)))
                     window.sample()
                     with contextlib.suppress(TimeoutError):

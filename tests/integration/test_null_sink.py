@@ -1,4 +1,5 @@
-"""`bench.null_sink`: the counting MediaService the load generator's row (9) is measured against.
+"""`bench.null_sink`: the counting MediaService the load generator's row (9) is measured against, and the
+server without callrec code row 1d probes beside the real one (the floor on the machine).
 
 Row 9 trusts the sink's acks to say every frame the generator sent arrived, so the acks must count
 exactly what was sent, per participant, and `end` must close the stream (the generator waits for
@@ -12,9 +13,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from callrec.v1 import media_pb2 as pb
+from callrec.v1 import recording_pb2 as rpb
+from callrec_client import AsyncCallrecClient, CallrecError
 from callrec_client.gateway import GatewayConnection
 from tests.harness import ROOT, unique
 
@@ -75,3 +79,33 @@ async def test_the_sink_acks_exactly_what_was_sent_and_end_closes_the_stream(sin
         assert counted(gw.responses[-1]) == expected, "the last ack, after `end`, counts everything"
     finally:
         await gw.close()
+
+
+async def test_the_sink_answers_get_recording_state_like_a_real_server_and_nothing_else(
+    sink_target: str, server
+) -> None:
+    """Row 1d probes it beside the real server as the floor, so it must answer the same client with a message of
+    about the real answer's size (a 10-person mixed mp3 recording mid-call), and pretend nothing more."""
+    call_id = unique("floor")
+    gw = GatewayConnection(server.target, call_id, gateway_id="gw")
+    await gw.open()
+    try:
+        for n in range(10):
+            await gw.join(f"p{n + 1}", audio="pcm16le", sample_rate=16_000)
+        async with AsyncCallrecClient(server.target) as real:
+            started = await real.start_recording(call_id, content_type="audio", channel_type="mixed", format="mp3")
+            await gw.send(pb.StreamMediaRequest(media_batch=pb.MediaBatch(audio=[
+                GatewayConnection.audio_frame(f"p{n + 1}", 1, 0, b"\0\0" * 320) for n in range(10)])))
+            real_answer = await real.get_recording_state(started.recording_id)
+            await real.stop_recording(started.recording_id)
+    finally:
+        await gw.close()
+    async with AsyncCallrecClient(sink_target) as floor:
+        canned = await floor.get_recording_state(started.recording_id)
+        assert canned.state == rpb.RECORDING_STATE_ACTIVE
+        assert [p.participant_id for p in canned.participants] == [f"p{n + 1}" for n in range(10)]
+        real_bytes, canned_bytes = real_answer.ByteSize(), canned.ByteSize()
+        assert real_bytes / 2 <= canned_bytes <= real_bytes * 2, (real_bytes, canned_bytes)
+        with pytest.raises(CallrecError) as caught:
+            await floor.start_recording(call_id, content_type="audio", channel_type="mixed", format="mp3")
+        assert caught.value.code == grpc.StatusCode.UNIMPLEMENTED
