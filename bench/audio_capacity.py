@@ -11,7 +11,8 @@ step fails (see `bench.server_load` for what fails a step), then is bisected.
   flush and local store are in), divided by participants x media minutes, at that N;
 * memory per participant = (server RSS + its decode workers' PSS during the second half of
   streaming - that of the idle server) / participants, at that N;
-* 1d: the control RPC latency (GetRecordingState, probed every 250 ms) during that step;
+* 1d: the control RPC latency (GetRecordingState, probed every 250 ms) during that step, and beside it the
+  same probe of `bench.null_sink` (a grpc.aio server without callrec code) right after each: the floor;
 * 1b, 1c: the same ramp for PCMU in with unmixed wav out (10-person calls), and for 1:1 calls
   (Opus, mixed mp3): one gRPC stream carries 2 participants there, not 10.
 * 1e: row 1c's 1:1 calls with the gateway sending 3 ticks (60 ms) of frames per `media_batch`
