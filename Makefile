@@ -17,6 +17,9 @@ APT_PACKAGES := $(RUN_APT_PACKAGES) $(CLUSTER_APT_PACKAGES) espeak-ng sox fonts-
 COMPILED_SOURCES := $(addprefix server/callrec/,core/jitter.py core/timeline.py core/clock.py core/mixer.py \
   core/call_media.py core/call_hub.py media/decode_pool.py media/pipe_channel.py compiled.py)
 COMPILED_STAMP := server/callrec/_compiled.json
+# `make test` runs the suite in two pytest-xdist processes, a test file to a process (its module fixtures start
+# once): the tests mostly wait on the servers they start. `make test PARALLEL=` runs it in one process.
+PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: lock run run-deps test test-slow test-deps proto lint bench soak cluster clean apt-deps apt-install compile
 
@@ -71,11 +74,11 @@ apt-install:
 
 test-deps: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) apt-deps
 
-## test: install test dependencies (pip, npm, Debian) and run the suite (under 10 min; not the slow-marked tests)
+## test: install test dependencies (pip, npm, Debian) and run the suite (about 6 min in two processes; not the slow-marked tests)
 test: test-deps
 	@$(MAKE) --no-print-directory compile REQUIRE_COMPILED=1
-	$(BIN)/pytest -q -m "not slow"
-	CALLREC_COMPILED=0 $(BIN)/pytest -q -m "not slow" tests/unit  # the interpreted fallback keeps working
+	$(BIN)/pytest -q -m "not slow" $(PARALLEL)
+	CALLREC_COMPILED=0 $(BIN)/pytest -q -m "not slow" $(PARALLEL) tests/unit  # the interpreted fallback keeps working
 
 ## test-slow: the slow-marked tests (20 kill -9s, 1000 cancelled streams, a minute of A/V sync, store outages,
 ## the three-node cluster behind HAProxy: ~7 min)
