@@ -74,7 +74,7 @@ apt-install:
 
 test-deps: $(STAMP) $(TOOLS_STAMP) $(NODE_STAMP) apt-deps
 
-## test: install test dependencies (pip, npm, Debian) and run the suite (about 6 min in two processes; not the slow-marked tests)
+## test: install test dependencies (pip, npm, Debian) and run the suite (about 7 min, in two processes; not the slow-marked tests)
 test: test-deps
 	@$(MAKE) --no-print-directory compile REQUIRE_COMPILED=1
 	$(BIN)/pytest -q -m "not slow" $(PARALLEL)
