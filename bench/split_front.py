@@ -158,12 +158,23 @@ def start_front(port: int, backend_target: str) -> subprocess.Popen[str]:
 async def measure(participants: int, seconds: float, runs: int, port: int) -> list[dict[str, Any]]:
     """Alternate straight and front steps of row 1's load; one result dict per step."""
     from bench.audio_capacity import RAMP_LIMITS
+    from bench.loadgen_capacity import NullSinkProcess
+
+    floor = await NullSinkProcess.start()  # the floor: the same probe of a grpc.aio server without callrec code
+    try:
+        return await _alternate(participants, seconds, runs, port, RAMP_LIMITS, floor.target)
+    finally:
+        await floor.stop()
+
+
+async def _alternate(participants: int, seconds: float, runs: int, port: int, limits: dict[str, int],
+                     floor_target: str) -> list[dict[str, Any]]:
     from bench.server_load import run_step
 
     results: list[dict[str, Any]] = []
     for run in range(runs):
         for mode in ("straight", "front"):
-            with server("--clock", "realtime", limits=RAMP_LIMITS) as srv:
+            with server("--clock", "realtime", limits=limits) as srv:
                 assert srv.proc is not None
                 target, front = srv.target, None
                 if mode == "front":
@@ -172,7 +183,7 @@ async def measure(participants: int, seconds: float, runs: int, port: int) -> li
                 try:
                     front_cpu0, t0 = (proc_cpu(front.pid) if front else 0.0), time.monotonic()
                     step = await run_step(types.SimpleNamespace(proc=srv.proc, target=target),  # type: ignore[arg-type]
-                                          participants // 10, seconds)
+                                          participants // 10, seconds, floor_target=floor_target)
                     front_pct = 100 * (proc_cpu(front.pid) - front_cpu0) / (time.monotonic() - t0) if front else 0.0
                 finally:
                     if front is not None:
@@ -183,6 +194,7 @@ async def measure(participants: int, seconds: float, runs: int, port: int) -> li
                 "run": run + 1, "mode": mode, "passed_frames": not any("frames" in r for r in step.reasons),
                 "summary": step.summary(), "n": len(probes), "front_pct": front_pct,
                 **{f"p{q}": percentile(probes, q) for q in (50, 90, 99)}, "max": max(probes, default=float("nan")),
+                "floor_p50": percentile(step.floor_probe_ms, 50), "floor_p99": percentile(step.floor_probe_ms, 99),
             })
             print(results[-1]["summary"], file=sys.stderr, flush=True)
     return results
@@ -205,10 +217,12 @@ def main() -> None:
     results = asyncio.run(measure(args.participants, args.seconds, args.runs, args.port))
     print(f"control probe (GetRecordingState every 250 ms) at {args.participants} participants, ms")
     print(f"{'run':>3}  {'mode':<8}  {'probes':>6}  {'p50':>6}  {'p90':>6}  {'p99':>6}  {'max':>6}  "
-          f"{'front CPU':>9}  frames")
+          f"{'front CPU':>9}  {'floor p50/p99':>13}  frames")
     for r in results:
         print(f"{r['run']:>3}  {r['mode']:<8}  {r['n']:>6}  {r['p50']:>6.1f}  {r['p90']:>6.1f}  {r['p99']:>6.1f}  "
-              f"{r['max']:>6.1f}  {r['front_pct']:>8.0f}%  {'all on time' if r['passed_frames'] else 'LATE/LOST'}")
+              f"{r['max']:>6.1f}  {r['front_pct']:>8.0f}%  {r['floor_p50']:>6.1f}/{r['floor_p99']:<6.1f}  "
+              f"{'all on time' if r['passed_frames'] else 'LATE/LOST'}")
+    print("floor: the same probe, right after each, of bench.null_sink (a grpc.aio server without callrec code)")
 
 
 if __name__ == "__main__":
