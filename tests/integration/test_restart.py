@@ -61,16 +61,23 @@ async def test_sigterm_drains_and_state_survives_restart(make_server, tmp_path):
             await gw2.end()
 
 
+#: The grace of the restart tests: it starts when the restarted server recovers the call, so it must cover the rest
+#: of that server's start-up and the gateway's re-open on a loaded machine (2 s did not, once, with the suite's
+#: other process busy beside it); the reconnect test then waits past it to show the re-opened call kept its recording.
+RECONNECT_GRACE_S = 5
+
+
 async def test_kill_9_recovers_active_recording_then_ends_with_server_restarted(make_server, tmp_path):
     data = tmp_path / "data"
-    first = make_server("--clock", "media", "--reconnect-grace", "4", data_dir=data)
+    grace = str(RECONNECT_GRACE_S)  # the recording must still be ACTIVE when the client first asks
+    first = make_server("--clock", "media", "--reconnect-grace", grace, data_dir=data)
     async with AsyncCallrecClient(first.target) as client:
         gw = GatewayConnection(first.target, "call-k", gateway_id="gw")
         await gw.open()
         rec = await client.start_recording("call-k", content_type="audio", format="wav")
     first.kill()
     await gw.close()
-    second = make_server("--clock", "media", "--reconnect-grace", "4", data_dir=data)
+    second = make_server("--clock", "media", "--reconnect-grace", grace, data_dir=data)
     async with AsyncCallrecClient(second.target) as client:
         recovered = await client.get_recording_state(rec.recording_id)
         assert recovered.state == pb.RECORDING_STATE_ACTIVE
@@ -80,12 +87,6 @@ async def test_kill_9_recovers_active_recording_then_ends_with_server_restarted(
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
         done = await wait_state(client, rec.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=15)
         assert done.session_end_reason == "ServerRestarted"
-
-
-#: The grace of the reconnect test: it starts when the restarted server recovers the call, so it must cover the rest
-#: of that server's start-up and the gateway's re-open on a loaded machine (2 s did not, once, with the suite's
-#: other process busy beside it); the test then waits past it to show the re-opened call kept its recording.
-RECONNECT_GRACE_S = 5
 
 
 async def test_kill_9_then_gateway_reconnects_and_recording_continues(make_server, tmp_path):
