@@ -72,7 +72,12 @@ def releases_during(work: Callable[[], object], repeat: int) -> int:
 def test_the_watcher_sees_numpy_release_the_gil() -> None:
     """The control: a reduction over 3200 elements releases the GIL, and the watcher sees it."""
     matrix = np.ones((10, 320), dtype=np.float32)
-    assert releases_during(lambda: np.add.reduce(matrix, axis=0), 2000) > 0
+    # The watcher sees a release only if it gets a core the moment numpy lets go of the GIL; with the suite's
+    # other process (`make test` runs two) busy on the second core it can miss 2000 of them, so it gets tries.
+    attempts = [releases_during(lambda: np.add.reduce(matrix, axis=0), 2000)]
+    while attempts[-1] == 0 and len(attempts) < 20:
+        attempts.append(releases_during(lambda: np.add.reduce(matrix, axis=0), 2000))
+    assert attempts[-1] > 0, f"no release seen in {len(attempts)} x 2000 reductions"
 
 
 @pytest.mark.parametrize("participants", [2, 10, 40])
