@@ -159,3 +159,22 @@ def test_the_state_database_commits_durably(tmp_path: Path) -> None:
     db = Database(tmp_path / "state.db")
     assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_journals_are_written_compact_and_metadata_indented(tmp_path: Path) -> None:
+    """A journal (rewritten every second of every recording) is one compact line; a chunk's metadata, which
+    people read, is indented. Both read back as what was written, names outside ASCII included, and leave
+    no `.part` behind."""
+    from callrec.core.metadata import write_json_atomically
+
+    document = {"participants": [{"participantId": "8:acs:1", "displayName": "Zoë Ångström"}], "chunkIndex": 3}
+    journal, metadata = tmp_path / "r-0.journal.json", tmp_path / "r-0.json"
+    write_json_atomically(journal, document, durable=False)
+    write_json_atomically(metadata, document)
+    journal_text, metadata_text = journal.read_text(encoding="utf-8"), metadata.read_text(encoding="utf-8")
+    assert journal_text == ('{"participants":[{"participantId":"8:acs:1","displayName":"Zoë Ångström"}],'
+                            '"chunkIndex":3}\n')
+    assert metadata_text.startswith('{\n  "participants": [\n    {\n      "participantId"')
+    assert metadata_text.endswith("}\n")
+    assert json.loads(journal_text) == json.loads(metadata_text) == document
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r-0.journal.json", "r-0.json"]
