@@ -22,6 +22,7 @@ import av
 import numpy as np
 import pytest
 
+from callrec.core.journal_files import JOURNAL_GLOB, journal_path
 from callrec.core.serial_jobs import RecordingMediaError
 from callrec.media.writer_pool import AudioWriterPool
 from callrec.media.writers.mp3 import Mp3WriterFactory
@@ -136,27 +137,30 @@ async def test_a_writer_that_cannot_open_fails_its_recording_only(tmp_path: Path
 
 async def test_a_journal_is_written_there_behind_the_batches_before_it(tmp_path: Path) -> None:
     """A chunk's journal goes down the same pipe as its media (no thread of the server writes it), in order
-    with the batches: each one replaces the last atomically and the last one queued is what stays. A journal
-    that cannot be written fails its writer's recording with the path, and that one only."""
+    with the batches: each one is written afresh and then removes the one before, so the last one queued is
+    what stays. A journal that cannot be written fails its writer's recording with the path, and that one
+    only."""
     pool = AudioWriterPool()
     errors, other = Errors(), Errors()
     samples = tone(440.0, 1.0)
-    journal = tmp_path / "a.wav.journal.json"
     try:
         key = pool.open(WavWriterFactory(), tmp_path / "a.wav", errors)
+        previous = None
         for n, start in enumerate(range(0, len(samples), BATCH)):
             pool.write(key, [samples[start:start + BATCH]])
-            pool.journal(key, journal, {"samples": start + BATCH, "n": n})
+            journal = journal_path(tmp_path / "a.wav", n + 1)
+            pool.journal(key, journal, {"samples": start + BATCH, "n": n}, previous)
+            previous = journal
         path = await pool.close(key)
         bad = pool.open(WavWriterFactory(), tmp_path / "b.wav", other)
-        pool.journal(bad, tmp_path / "no-such-dir" / "b.wav.journal.json", {"samples": 0})
+        pool.journal(bad, journal_path(tmp_path / "no-such-dir" / "b.wav", 1), {"samples": 0}, None)
         with pytest.raises(RecordingMediaError, match="no-such-dir"):
             await pool.close(bad)
     finally:
         await pool.close_all()
     assert errors == []
-    assert json.loads(journal.read_text()) == {"samples": len(samples), "n": 9}
-    assert not list(tmp_path.glob("*.tmp*"))  # replaced atomically: no temporary file left
+    assert [p.name for p in tmp_path.glob(JOURNAL_GLOB)] == ["a.journal-10.json"]  # the others removed
+    assert json.loads((tmp_path / "a.journal-10.json").read_text()) == {"samples": len(samples), "n": 9}
     with wave.open(str(path)) as wav:
         assert wav.getnframes() == len(samples)
     assert len(other) == 1 and "journal" in str(other[0]) and "no-such-dir" in str(other[0])

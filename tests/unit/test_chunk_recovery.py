@@ -15,8 +15,9 @@ import pytest
 
 from callrec.core.audio_recording import AudioRecording
 from callrec.core.call_media import TICK_SAMPLES, MixTick
-from callrec.core.chunk_recovery import recover_chunks
-from callrec.core.chunker import FinishedChunk, journal_path
+from callrec.core.chunk_recovery import forget_journal, recover_chunks
+from callrec.core.chunker import FinishedChunk
+from callrec.core.journal_files import JOURNAL_GLOB, journal_path, write_journal
 from callrec.core.model import ChannelType, ChunkEndReason, ContentType, Format, PauseMode, RecordingOptions
 from callrec.media.writers import writer_factory_for
 from callrec.media.writers.repair import SpoolRepair, cut_mp3, cut_mp4, fix_wav, mp3_frame_length
@@ -75,7 +76,7 @@ async def test_an_open_chunk_is_finished_from_its_spool_losing_under_a_second(
     image, done, rec = await snapshot_mid_recording(tmp_path, options, 4.5)
     await rec.finish()  # the live one ends normally; the image is what a crash leaves
     assert done[0].end_reason is ChunkEndReason.SESSION_ENDED
-    assert len(list(image.glob("*.journal.json"))) == 1  # the crash image: one open chunk
+    assert len(list(image.glob(JOURNAL_GLOB))) == 1  # the crash image: one open chunk, its newest journal only
     (chunk,) = recover_chunks(image, set(), SpoolRepair())
     assert chunk.end_reason is ChunkEndReason.SERVER_RESTARTED and chunk.index == 0
     audio = decode_file(chunk.media_path).channel(0)
@@ -94,7 +95,7 @@ async def test_recovery_continues_chunk_indexes_and_skips_indexed_chunks(tmp_pat
     image, done, rec = await snapshot_mid_recording(tmp_path, options, 3.5)
     assert [c.index for c in done] == [0, 1, 2]
     await rec.finish()
-    assert not any(journal_path(c.media_path).exists() for c in done)  # announced: journal removed
+    assert not list((tmp_path / "live").glob(JOURNAL_GLOB))  # announced: every journal removed
     (chunk,) = recover_chunks(image, {0, 1, 2}, SpoolRepair())
     assert chunk.index == 3
     assert seconds_heard(decode_file(chunk.media_path).channel(0)) in ([], [pitch(3)])
@@ -162,19 +163,54 @@ def test_the_state_database_commits_durably(tmp_path: Path) -> None:
 
 
 def test_journals_are_written_compact_and_metadata_indented(tmp_path: Path) -> None:
-    """A journal (rewritten every second of every recording) is one compact line; a chunk's metadata, which
-    people read, is indented. Both read back as what was written, names outside ASCII included, and leave
-    no `.part` behind."""
+    """A journal (rewritten every second of every recording) is one compact line written afresh, the one it
+    replaces removed after; a chunk's metadata, which people read, is indented. Both read back as what was
+    written, names outside ASCII included, and leave no `.part` behind."""
     from callrec.core.metadata import write_json_atomically
 
     document = {"participants": [{"participantId": "8:acs:1", "displayName": "Zoë Ångström"}], "chunkIndex": 3}
-    journal, metadata = tmp_path / "r-0.journal.json", tmp_path / "r-0.json"
-    write_json_atomically(journal, document, durable=False)
+    media = tmp_path / "r-0.wav"
+    first, second, metadata = journal_path(media, 1), journal_path(media, 2), tmp_path / "r-0-metadata.json"
+    write_journal(first, {"chunkIndex": 3}, None)
+    write_journal(second, document, first)
     write_json_atomically(metadata, document)
-    journal_text, metadata_text = journal.read_text(encoding="utf-8"), metadata.read_text(encoding="utf-8")
+    journal_text, metadata_text = second.read_text(encoding="utf-8"), metadata.read_text(encoding="utf-8")
     assert journal_text == ('{"participants":[{"participantId":"8:acs:1","displayName":"Zoë Ångström"}],'
                             '"chunkIndex":3}\n')
     assert metadata_text.startswith('{\n  "participants": [\n    {\n      "participantId"')
     assert metadata_text.endswith("}\n")
     assert json.loads(journal_text) == json.loads(metadata_text) == document
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r-0.journal.json", "r-0.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r-0-metadata.json", "r-0.journal-2.json"]
+
+
+async def test_a_half_written_newest_journal_falls_back_to_the_one_before_and_old_names_still_recover(
+        tmp_path: Path) -> None:
+    """What a kill -9 in the middle of a journal's write leaves: the newest journal cut short beside the one
+    before it (removed only after its successor was whole). Recovery uses the newest that reads whole, and
+    removes them all once the chunk is indexed. A journal of the earlier naming (`.journal.json`, renamed
+    over) recovers too."""
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV)
+    image, _, rec = await snapshot_mid_recording(tmp_path, options, 3.5)
+    await rec.finish()
+    (whole,) = list(image.glob(JOURNAL_GLOB))
+    seq = int(whole.name.rsplit("-", 1)[1].removesuffix(".json"))
+    torn = whole.with_name(whole.name.replace(f"-{seq}.json", f"-{seq + 1}.json"))
+    text = whole.read_text(encoding="utf-8")
+    torn.write_text(text[: len(text) // 2], encoding="utf-8")
+    legacy_copy = tmp_path / "legacy"
+    shutil.copytree(image, legacy_copy)
+
+    (chunk,) = recover_chunks(image, set(), SpoolRepair())
+    assert chunk.index == 0 and chunk.end_reason is ChunkEndReason.SERVER_RESTARTED
+    assert seconds_heard(decode_file(chunk.media_path).channel(0))[:2] == [pitch(0), pitch(1)]
+    assert sorted(p.name for p in image.glob(JOURNAL_GLOB)) == sorted([whole.name, torn.name])  # until indexed
+    forget_journal(chunk)
+    assert not list(image.glob(JOURNAL_GLOB))
+
+    torn_copy = legacy_copy / torn.name
+    torn_copy.unlink()
+    (legacy_copy / whole.name).rename(legacy_copy / whole.name.replace(f".journal-{seq}.json", ".journal.json"))
+    (old,) = recover_chunks(legacy_copy, set(), SpoolRepair())
+    assert old.index == 0 and old.samples == chunk.samples
+    forget_journal(old)
+    assert not list(legacy_copy.glob(JOURNAL_GLOB))

@@ -123,7 +123,7 @@ class _AudioOutput:
 
         self._jobs.submit(open_writer)
 
-    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+    def journal(self, path: Path, journal: dict[str, Any], previous: Path | None) -> bool:
         """Writer threads: the chunker queues it as a job, behind this recording's writes (`SerialJobs`)."""
         return False
 
@@ -245,7 +245,7 @@ class _HostedAudioOutput(_AudioOutput):
             self._key = None
             self._on_error(exc)
 
-    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+    def journal(self, path: Path, journal: dict[str, Any], previous: Path | None) -> bool:
         """Through the writer process, behind this chunk's batches: written there, in order with the media it
         describes, and no thread of the server takes the GIL for it (a recording's journal is rewritten every
         second: hundreds of recordings were hundreds of thread jobs a second, in bursts when they started
@@ -253,7 +253,7 @@ class _HostedAudioOutput(_AudioOutput):
         if self._key is None:
             return False
         self._flush()
-        self._host.journal(self._key, path, journal)
+        self._host.journal(self._key, path, journal, previous)
         return True
 
     def close(self, closed: ClosedChunk, complete: Callable[[Callable[[], Path]], None]) -> None:

@@ -8,28 +8,28 @@ media file is repaired by the `ChunkRepairPort` (wav header, mp3 frame boundary,
 unmixed channels assembled, fragmented mp4 cut after its last complete fragment), the
 metadata gets the true duration of what survived (an open pause ends where the media
 ended) and is written beside it. The chunk's end reason is `ServerRestarted`; the
-caller indexes and uploads it, then removes the journal.
+caller indexes and uploads it, then removes the journal. A chunk's newest journal may be
+half written (the process died writing it): the newest one that reads whole is used
+(`core.journal_files`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from callrec.core.chunker import FinishedChunk, journal_path
+from callrec.core.chunker import FinishedChunk
+from callrec.core.journal_files import forget_journals, journals_by_chunk, newest_readable
 from callrec.core.log import get_logger
 from callrec.core.metadata import milliseconds, write_json_atomically
 from callrec.core.model import OUTPUT_SAMPLE_RATE, ChunkEndReason, PauseInterval, RecordedParticipant
 from callrec.core.ports import ChunkRepairPort
 
-__all__ = ["JOURNAL_GLOB", "forget_journal", "recover_chunks"]
+__all__ = ["forget_journal", "recover_chunks"]
 
 log = get_logger(__name__)
-
-JOURNAL_GLOB = "*.journal.json"
 
 
 def _parse_time(text: str) -> datetime:
@@ -96,19 +96,20 @@ def recover_chunks(
     their journals stay until the caller has indexed them.
     """
     finished: list[FinishedChunk] = []
-    for path in sorted(spool_dir.glob(JOURNAL_GLOB)):
-        try:
-            journal = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            log.warning("unreadable chunk journal left as it is", path=str(path), error=str(exc))
+    for paths in journals_by_chunk(spool_dir).values():
+        found = newest_readable(paths)
+        if found is None:
+            log.warning("unreadable chunk journals left as they are", paths=[str(p) for p in paths])
             continue
+        journal, path = found
+        media = spool_dir / str(journal["media_file"])
         if int(journal["index"]) in indexed:
-            path.unlink(missing_ok=True)
+            forget_journals(media)
             continue
         chunk = _finish_from_journal(journal, spool_dir, repair, bit_rate)
         if chunk is None:
             log.info("crashed chunk held no media", path=str(path))
-            path.unlink(missing_ok=True)
+            forget_journals(media)
             continue
         log.info("crashed chunk recovered", recording_id=str(journal["recording_id"]), index=chunk.index,
                  duration_ms=chunk.duration_ms)
@@ -117,5 +118,5 @@ def recover_chunks(
 
 
 def forget_journal(chunk: FinishedChunk) -> None:
-    """The recovered chunk is indexed: its journal is no longer needed."""
-    journal_path(chunk.media_path).unlink(missing_ok=True)
+    """The recovered chunk is indexed: its journals are no longer needed."""
+    forget_journals(chunk.media_path)

@@ -13,12 +13,14 @@ writer jobs in `core.audio_recording`, the video worker in `core.video_recording
 - In-order completion: blocking work (file I/O, encoding, metadata) runs one job at a
   time, in order, in an executor (`SerialJobs`); finished chunks are reported to
   `on_chunk_finished` on the event loop in index order, the last with SessionEnded.
-- Crash safety: while a chunk is open, its journal (`{stem}-{index}.journal.json`: the
+- Crash safety: while a chunk is open, its journal (`{stem}-{index}.journal-{n}.json`: the
   metadata document so far, participants, pauses with their call-timeline positions,
   the last position taken) is rewritten through the same job queue, after the media it
-  describes, whenever it changed and at least once per second of media. After a
-  `kill -9`, `core.chunk_recovery` finishes the chunk from its journal and whatever
-  media reached the disk. A finished chunk's journal is removed once it is announced.
+  describes, whenever it changed and at least once per second of media: each rewrite a
+  new file, the one before it removed after (`core.journal_files` says why). After a
+  `kill -9`, `core.chunk_recovery` finishes the chunk from its newest whole journal and
+  whatever media reached the disk. A finished chunk's journals are removed once it is
+  announced.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from callrec.core.call_media import TICK_SAMPLES, MixTick
+from callrec.core.journal_files import forget_journals, journal_path, write_journal
 from callrec.core.log import LogFields, get_logger
 from callrec.core.metadata import (
     VideoConfiguration,
@@ -72,11 +75,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 #: The journal is rewritten at least this often (16 kHz samples of call time) while its chunk is open.
 JOURNAL_EVERY_SAMPLES = OUTPUT_SAMPLE_RATE
-
-
-def journal_path(media_path: Path) -> Path:
-    """The journal beside a chunk's media file."""
-    return media_path.with_name(media_path.stem + ".journal.json")
 
 
 def spool_stem(recording_id: str) -> str:
@@ -181,9 +179,10 @@ class ChunkOutput(Protocol):
         """`audioConfiguration.bitRate` of a chunk with `channels` channels."""
         ...
 
-    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
-        """Queue the open chunk's journal (JSON, written atomically, not fsynced) behind the media queued so far,
-        where the media goes; False leaves it to the chunker, as a job of its own."""
+    def journal(self, path: Path, journal: dict[str, Any], previous: Path | None) -> bool:
+        """Queue the open chunk's journal (`journal_files.write_journal`: JSON to `path`, not fsynced, then
+        `previous` removed) behind the media queued so far, where the media goes; False leaves it to the
+        chunker, as a job of its own."""
         ...
 
     def close(self, closed: ClosedChunk, complete: Callable[[Callable[[], Path]], None]) -> None:
@@ -242,6 +241,8 @@ class Chunker:
         self._journal_extra = journal_extra
         self._journal_dirty = False
         self._journaled_position = 0
+        self._journal_seq = 0
+        self._last_journal: Path | None = None  # the open chunk's newest journal
         self._position = 0  # call timeline position after the last sample taken
         self._chunk_start_position = 0
         spool_dir.mkdir(parents=True, exist_ok=True)
@@ -323,6 +324,7 @@ class Chunker:
     def _open(self, index: int, start_time: datetime, position: int) -> None:
         stem = f"{self._stem}-{index}"
         self._chunk_start_position = position
+        self._last_journal = None  # the chunk before keeps its journals until it is announced
         self.current = OpenChunk(
             index=index,
             document_id=new_document_id(),
@@ -399,9 +401,11 @@ class Chunker:
             "document": self._document(chunk),
             **(self._journal_extra() if self._journal_extra is not None else {}),
         }
-        path = journal_path(chunk.media_path)
-        if not self.output.journal(path, journal):
-            self.jobs.submit(lambda: write_json_atomically(path, journal, durable=False))
+        self._journal_seq += 1
+        path = journal_path(chunk.media_path, self._journal_seq)
+        previous, self._last_journal = self._last_journal, path
+        if not self.output.journal(path, journal, previous):
+            self.jobs.submit(lambda: write_journal(path, journal, previous))
 
     def _close(self, chunk: OpenChunk, reason: ChunkEndReason) -> None:
         participants = tuple(sorted(chunk.participants.values(), key=lambda p: p.channel))
@@ -448,7 +452,7 @@ class Chunker:
         except Exception:
             log.exception("on_chunk_finished failed", chunk_index=finished.index, **self._log_fields)
             return  # the journal stays: recovery will index the chunk
-        journal_path(finished.media_path).unlink(missing_ok=True)
+        forget_journals(finished.media_path)
 
     async def drain(self) -> list[FinishedChunk]:
         """Wait for every chunk's files; returns the chunks finished."""

@@ -114,31 +114,22 @@ def chunk_metadata(
     }
 
 
-def write_json_atomically(path: Path, document: dict[str, Any], *, durable: bool = True) -> None:
-    """Write `.part`, rename: a reader (or a restart after a crash) never sees half a file.
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Write `.part`, fsync, rename, fsync the directory: a reader (or a restart after a crash or a
+    power cut) sees the old document or the new one, never half of one. For a chunk's metadata, once
+    (a chunk's journal, rewritten every second, is `journal_files.write_journal`).
 
-    `durable`: fsync the file before the rename and the directory after it, so the new
-    content survives a power cut too (metadata, indented for people to read); journals,
-    rewritten every second of every recording and needed only after a process crash, skip
-    both and are written compact.
-
-    The text is made in one `json.dumps` call: `json.dump` streams through the pure-Python
-    encoder, about 4x slower, and for journals that was as much CPU as the recording's mp3
-    encoding (py-spy, `bench.ffmpeg_compare`'s pipeline).
+    Indented, for people to read; made in one `json.dumps` call (`json.dump` streams through the
+    pure-Python encoder, about 4x slower).
     """
     part = path.with_name(path.name + ".part")
-    if durable:
-        text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-    else:
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
+    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
     with open(part, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
-        if durable:
-            os.fsync(handle.fileno())
+        os.fsync(handle.fileno())
     os.replace(part, path)
-    if durable:
-        fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -205,9 +205,10 @@ class AudioWriterHost(Protocol):
         """Queue blocks for the writer (int16, or float32 in [-1, 1) converted there): one batch."""
         ...
 
-    def journal(self, key: int, path: Path, document: dict[str, Any]) -> None:
-        """Write a chunk's journal there (JSON, atomically, not fsynced), after the writes queued before it; a
-        failure there fails the writer `key` (its `on_error`)."""
+    def journal(self, key: int, path: Path, document: dict[str, Any], previous: Path | None) -> None:
+        """Write a chunk's journal there (`journal_files.write_journal`: `path` afresh, not fsynced, then
+        `previous` removed), after the writes queued before it; a failure there fails the writer `key` (its
+        `on_error`)."""
         ...
 
     def close(self, key: int) -> asyncio.Future[Path]:

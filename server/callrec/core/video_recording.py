@@ -120,7 +120,7 @@ class _VideoOutput:
             self._path = chunk.media_path
             self._worker.rotate(chunk.media_path)
 
-    def journal(self, path: Path, journal: dict[str, Any]) -> bool:
+    def journal(self, path: Path, journal: dict[str, Any], previous: Path | None) -> bool:
         """The chunker writes it as a job (the worker process knows nothing of journals)."""
         return False
 

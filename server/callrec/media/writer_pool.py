@@ -92,12 +92,12 @@ class AudioWriterPool:
             return
         writer.pipe.send(("write", key, list(pieces)))
 
-    def journal(self, key: int, path: Path, document: dict[str, Any]) -> None:
+    def journal(self, key: int, path: Path, document: dict[str, Any], previous: Path | None) -> None:
         """Queue a chunk's journal behind the writer's batches (see `core.ports.AudioWriterHost`)."""
         writer = self._writers.get(key)
         if writer is None or writer.failed is not None:
             return  # failed already: its recording heard so
-        writer.pipe.send(("journal", key, str(path), document))
+        writer.pipe.send(("journal", key, str(path), document, None if previous is None else str(previous)))
 
     def close(self, key: int) -> asyncio.Future[Path]:
         """Finish the file after everything queued; the future gives its path or the error."""

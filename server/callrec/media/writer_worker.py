@@ -6,7 +6,8 @@ and the commands run in the order they came:
 
 * `("open", key, factory, path)`: `factory.open(path)`;
 * `("write", key, pieces)`: one batch (`core.audio_recording.write_pieces`, as a writer thread runs it);
-* `("journal", key, path, document)`: the open chunk's journal (`core.chunker`), behind the batches before it;
+* `("journal", key, path, document, previous)`: the open chunk's journal (`core.chunker`), behind the batches
+  before it: written to `path`, then the journal `previous` (or None) removed (`core.journal_files`);
 * `("close", key)`: finish and fsync the file; answered `("closed", key, path)`.
 
 A writer that fails (the disk, the encoder) is answered `("failed", key, message)` and dropped; its
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from callrec.core.audio_recording import write_pieces
-from callrec.core.metadata import write_json_atomically
+from callrec.core.journal_files import write_journal
 from callrec.core.ports import AudioWriter
 from callrec.media.pipe_channel import serve_commands
 
@@ -61,7 +62,7 @@ def run_command(message: tuple[Any, ...], writers: dict[int, AudioWriter]) -> tu
             write_pieces(writer, message[2])
             return None
         if kind == "journal":
-            write_json_atomically(Path(message[2]), message[3], durable=False)
+            write_journal(Path(message[2]), message[3], None if message[4] is None else Path(message[4]))
             return None
         if kind == "close":
             del writers[key]
