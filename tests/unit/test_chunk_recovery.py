@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -123,6 +124,66 @@ async def test_an_open_pause_ends_where_the_media_ended(tmp_path: Path) -> None:
     assert 500 <= pause["duration"] <= 1000  # from 2 s to where the media ended (3 s, less the batch)
 
 
+async def test_a_pause_that_skips_media_open_at_the_crash_is_in_the_recovered_metadata(tmp_path: Path) -> None:
+    """SKIP mode: while paused nothing is written, so only the journal can say how long the pause has lasted:
+    it is rewritten once a second while such a pause is open (and at once when it starts)."""
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
+                               pause_mode=PauseMode.SKIP)
+    pcm = stepped_tone(4)
+    rec = AudioRecording("rec-1", "call-1", options, tmp_path / "live", "res-1", writer_factory_for(options),
+                         lambda c: None, batch_ms=100)
+    rec.pause(EPOCH + timedelta(seconds=2))
+    for k in range(175):
+        rec.on_tick(tick(k, pcm))
+        if k % 5 == 0:
+            await asyncio.sleep(0)
+    while rec.pending_jobs:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    shutil.copytree(tmp_path / "live", tmp_path / "image")
+    await rec.finish()
+    (chunk,) = recover_chunks(tmp_path / "image", set(), SpoolRepair())
+    assert chunk.samples == 2 * RATE  # the media before the pause, all of it
+    (pause,) = json.loads(chunk.metadata_path.read_text())["pauseResumeIntervals"]
+    assert pause["startTime"] == "2024-05-14T09:00:02.000000Z"
+    assert pause["duration"] == 1020  # to the last journal (at 3.02 s): the crash came at 3.5 s
+
+
+def test_a_steady_recording_rewrites_its_journal_only_when_something_changes() -> None:
+    """Nothing in a journal moves with time but an open pause that skips media: a recording whose
+    participants and pauses do not change writes its journal when its chunk opens and when someone is first
+    heard, not once a second. While a pause that skips media is open, once a second."""
+    import callrec.core.chunker as chunker_module
+
+    written: list[tuple[str, int]] = []
+
+    def counting(path: Path, document: dict[str, object], previous: Path | None) -> None:
+        written.append((path.name, int(document["position"])))  # type: ignore[call-overload]
+        write_journal(path, document, previous)
+
+    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
+                               pause_mode=PauseMode.SKIP)
+    pcm = stepped_tone(16)
+
+    async def record(tmp: Path) -> None:
+        rec = AudioRecording("rec-1", "call-1", options, tmp, "res-1", writer_factory_for(options),
+                             lambda c: None, batch_ms=100)
+        rec.pause(EPOCH + timedelta(seconds=10))
+        for k in range(750):  # 15 s: 10 s recorded, then 5 s of a pause that skips media
+            rec.on_tick(tick(k, pcm))
+            if k % 5 == 0:
+                await asyncio.sleep(0)
+        await rec.finish()
+
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as tmp:
+        patch.setattr(chunker_module, "write_journal", counting)
+        asyncio.run(record(Path(tmp)))
+    seconds = [position / RATE for _, position in written]
+    assert seconds[:2] == [0.0, 0.02]  # the chunk opened; "a" first heard (on the first tick)
+    assert seconds[2:] == [10.02, 11.02, 12.02, 13.02, 14.02], seconds  # the pause began; then once a second
+    assert len({name for name, _ in written}) == len(written)  # each a file of its own
+
+
 def test_fix_wav_and_cut_mp4_refuse_files_without_media(tmp_path: Path) -> None:
     empty = tmp_path / "x.wav"
     empty.write_bytes(b"RIFF")
@@ -163,7 +224,7 @@ def test_the_state_database_commits_durably(tmp_path: Path) -> None:
 
 
 def test_journals_are_written_compact_and_metadata_indented(tmp_path: Path) -> None:
-    """A journal (rewritten every second of every recording) is one compact line written afresh, the one it
+    """A journal (rewritten while its chunk is open) is one compact line written afresh, the one it
     replaces removed after; a chunk's metadata, which people read, is indented. Both read back as what was
     written, names outside ASCII included, and leave no `.part` behind."""
     from callrec.core.metadata import write_json_atomically

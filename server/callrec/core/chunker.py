@@ -16,8 +16,11 @@ writer jobs in `core.audio_recording`, the video worker in `core.video_recording
 - Crash safety: while a chunk is open, its journal (`{stem}-{index}.journal-{n}.json`: the
   metadata document so far, participants, pauses with their call-timeline positions,
   the last position taken) is rewritten through the same job queue, after the media it
-  describes, whenever it changed and at least once per second of media: each rewrite a
-  new file, the one before it removed after (`core.journal_files` says why). After a
+  describes, whenever it changes (the chunk opens, a participant is first heard, a pause
+  starts or ends) and, while a pause that skips media is open, once a second (nothing
+  reaches the disk then to say how long it has lasted): each rewrite a new file, the one
+  before it removed after (`core.journal_files` says why). Time alone changes nothing
+  else recovery reads: where the media ended is read from the media. After a
   `kill -9`, `core.chunk_recovery` finishes the chunk from its newest whole journal and
   whatever media reached the disk. A finished chunk's journals are removed once it is
   announced.
@@ -73,7 +76,8 @@ log = get_logger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-#: The journal is rewritten at least this often (16 kHz samples of call time) while its chunk is open.
+#: While a pause that skips media is open, the journal is rewritten this often (16 kHz samples of call time):
+#: the pause's length is the one thing in it that moves with time and that the media cannot tell.
 JOURNAL_EVERY_SAMPLES = OUTPUT_SAMPLE_RATE
 
 
@@ -278,6 +282,9 @@ class Chunker:
         self._position = tick.index * TICK_SAMPLES + end
         if paused and self._skip_pauses:
             self.output.skip(tick, start, end)
+            # nothing reaches the disk: only the journal can say how long the pause has lasted at a crash
+            if self._journal_dirty or self._position - self._journaled_position >= JOURNAL_EVERY_SAMPLES:
+                self._journal()
             return
         position = start
         while position < end:
@@ -295,7 +302,7 @@ class Chunker:
             if not paused:
                 self._note_participants(chunk, tick)
             position += take
-        if self._journal_dirty or self._position - self._journaled_position >= JOURNAL_EVERY_SAMPLES:
+        if self._journal_dirty:  # the media itself tells recovery where it ended: no rewrite for time alone
             self._journal()
 
     # ------------------------------------------------------------------ rotation

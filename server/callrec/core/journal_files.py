@@ -1,10 +1,11 @@
 """A chunk's journal on disk: a new file for each rewrite, the one before it removed after.
 
-The journal of an open chunk (`core.chunker`) is rewritten at least once a second for every
-recording, and is needed only after a process crash (`core.chunk_recovery`). It used to be
-written to `.part` and renamed over the last one. On ext4 (the default `auto_da_alloc`) a
-rename over an existing file starts the writeback of the new file's data: one disk write per
-journal, each second, per recording, and about 350 µs of the writer's time on this machine.
+The journal of an open chunk (`core.chunker`) is rewritten whenever it changes, and once a
+second while a pause that skips media is open; it is needed only after a process crash
+(`core.chunk_recovery`). It used to be written to `.part` and renamed over the last one (and
+once a second for every recording). On ext4 (the default `auto_da_alloc`) a rename over an
+existing file starts the writeback of the new file's data: one disk write per journal, and
+about 350 µs of the writer's time on this machine.
 Writing `{stem}.journal-{n}.json` afresh and then removing `{stem}.journal-{n-1}.json` costs
 about 90 µs and no disk write at all: a file deleted within seconds of its writing never
 leaves the page cache (measured on the development machine: 500 rewrites, 500 more disk writes

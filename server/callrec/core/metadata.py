@@ -117,7 +117,7 @@ def chunk_metadata(
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
     """Write `.part`, fsync, rename, fsync the directory: a reader (or a restart after a crash or a
     power cut) sees the old document or the new one, never half of one. For a chunk's metadata, once
-    (a chunk's journal, rewritten every second, is `journal_files.write_journal`).
+    (a chunk's journal, rewritten while the chunk is open, is `journal_files.write_journal`).
 
     Indented, for people to read; made in one `json.dumps` call (`json.dump` streams through the
     pure-Python encoder, about 4x slower).
