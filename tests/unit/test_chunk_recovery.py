@@ -102,23 +102,29 @@ async def test_recovery_continues_chunk_indexes_and_skips_indexed_chunks(tmp_pat
     assert seconds_heard(decode_file(chunk.media_path).channel(0)) in ([], [pitch(3)])
 
 
-async def test_an_open_pause_ends_where_the_media_ended(tmp_path: Path) -> None:
+async def recovered_with_an_open_pause(tmp: Path, mode: PauseMode, ticks: int) -> FinishedChunk:
+    """A recording paused at 2 s, crashed (its spool copied) after `ticks` ticks, and recovered."""
     options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
-                               pause_mode=PauseMode.SILENCE)
+                               pause_mode=mode)
     pcm = stepped_tone(4)
-    rec = AudioRecording("rec-1", "call-1", options, tmp_path / "live", "res-1", writer_factory_for(options),
+    rec = AudioRecording("rec-1", "call-1", options, tmp / "live", "res-1", writer_factory_for(options),
                          lambda c: None, batch_ms=100)
     rec.pause(EPOCH + timedelta(seconds=2))
-    for k in range(150):
+    for k in range(ticks):
         rec.on_tick(tick(k, pcm))
         if k % 5 == 0:
             await asyncio.sleep(0)
     while rec.pending_jobs:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
-    shutil.copytree(tmp_path / "live", tmp_path / "image")
+    shutil.copytree(tmp / "live", tmp / "image")
     await rec.finish()
-    (chunk,) = recover_chunks(tmp_path / "image", set(), SpoolRepair())
+    (chunk,) = recover_chunks(tmp / "image", set(), SpoolRepair())
+    return chunk
+
+
+async def test_an_open_pause_ends_where_the_media_ended(tmp_path: Path) -> None:
+    chunk = await recovered_with_an_open_pause(tmp_path, PauseMode.SILENCE, 150)
     (pause,) = json.loads(chunk.metadata_path.read_text())["pauseResumeIntervals"]
     assert pause["startTime"] == "2024-05-14T09:00:02.000000Z"
     assert 500 <= pause["duration"] <= 1000  # from 2 s to where the media ended (3 s, less the batch)
@@ -127,22 +133,7 @@ async def test_an_open_pause_ends_where_the_media_ended(tmp_path: Path) -> None:
 async def test_a_pause_that_skips_media_open_at_the_crash_is_in_the_recovered_metadata(tmp_path: Path) -> None:
     """SKIP mode: while paused nothing is written, so only the journal can say how long the pause has lasted:
     it is rewritten once a second while such a pause is open (and at once when it starts)."""
-    options = RecordingOptions(content_type=ContentType.AUDIO, channel_type=ChannelType.MIXED, format=Format.WAV,
-                               pause_mode=PauseMode.SKIP)
-    pcm = stepped_tone(4)
-    rec = AudioRecording("rec-1", "call-1", options, tmp_path / "live", "res-1", writer_factory_for(options),
-                         lambda c: None, batch_ms=100)
-    rec.pause(EPOCH + timedelta(seconds=2))
-    for k in range(175):
-        rec.on_tick(tick(k, pcm))
-        if k % 5 == 0:
-            await asyncio.sleep(0)
-    while rec.pending_jobs:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
-    shutil.copytree(tmp_path / "live", tmp_path / "image")
-    await rec.finish()
-    (chunk,) = recover_chunks(tmp_path / "image", set(), SpoolRepair())
+    chunk = await recovered_with_an_open_pause(tmp_path, PauseMode.SKIP, 175)
     assert chunk.samples == 2 * RATE  # the media before the pause, all of it
     (pause,) = json.loads(chunk.metadata_path.read_text())["pauseResumeIntervals"]
     assert pause["startTime"] == "2024-05-14T09:00:02.000000Z"
