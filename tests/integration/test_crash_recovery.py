@@ -201,13 +201,28 @@ async def test_twenty_kills_lose_at_most_a_second_and_never_overwrite(tmp_path: 
                 validate_json("recording-file-status-updated", document)
                 listed = [c["index"] for c in document["data"]["recordingStorageInfo"]["recordingChunks"]]
                 assert listed == list(range(len(done.chunks))), (plan.name, listed)
+                end_reasons = {c["index"]: c["endReason"]
+                               for c in document["data"]["recordingStorageInfo"]["recordingChunks"]}
                 audio = []
+                pauses_of: dict[int, list[dict[str, object]]] = {}
                 for chunk in done.chunks:
                     path = tmp_path / f"{plan.name}-{chunk.index}{Path(chunk.content_location).suffix}"
                     path.write_bytes(await download(client, chunk.content_location))
                     audio.append(decoded_audio(path))
                     metadata = json.loads(await download(client, chunk.metadata_location))
                     assert metadata["chunkIndex"] == chunk.index
+                    pauses_of[chunk.index] = metadata["pauseResumeIntervals"]
+                if plan.pauses and not plan.chunked:
+                    # Unchunked, chunk k is the one open at kill k. Before kills 1, 5, 9, ... the call was
+                    # paused (SKIP, the default) 0.3-1 s earlier, and not before the kill ahead of them: a
+                    # pause in such a chunk is that one, open at the crash, whose length only the journal knew.
+                    # Kills that came before the pause reached the media (the 400 ms playout delay) have none.
+                    in_pause = [k for k in range(KILLS) if k % 4 == 1]
+                    assert all(end_reasons[k] == "ServerRestarted" for k in in_pause), (plan.name, end_reasons)
+                    recovered = [pauses_of[k] for k in in_pause if pauses_of[k]]
+                    assert recovered, (plan.name, "no chunk killed in a pause lists that pause", pauses_of)
+                    for pauses in recovered:
+                        assert len(pauses) == 1 and 0 <= int(pauses[0]["duration"]) <= 1500, (plan.name, pauses)
                 lost = check_seconds(plan, seconds_in_order(np.concatenate(audio)), segments)
                 print(f"{plan.name}: media lost per kill (s): max {max(lost, default=0):.1f}, "
                       f"mean {sum(lost) / max(1, len(lost)):.2f} over {len(lost)} kills")
