@@ -19,7 +19,6 @@ earlier versions (`{stem}.journal.json`) count as the oldest of their chunk.
 
 from __future__ import annotations
 
-import glob
 import json
 import re
 from pathlib import Path
@@ -81,7 +80,5 @@ def newest_readable(paths: list[Path]) -> tuple[dict[str, Any], Path] | None:
 
 def forget_journals(media_path: Path) -> None:
     """Remove every journal of the chunk whose media file is `media_path` (its chunk is indexed)."""
-    for path in media_path.parent.glob(glob.escape(media_path.stem) + ".journal*.json"):
-        match = _NAME.match(path.name)
-        if match is not None and match["stem"] == media_path.stem:
-            path.unlink(missing_ok=True)
+    for path in journals_by_chunk(media_path.parent).get(media_path.stem, []):
+        path.unlink(missing_ok=True)
