@@ -1,6 +1,7 @@
 """A callrec cluster on this machine: PostgreSQL, Redis, N nodes and HAProxy, all on loopback.
 
-`make cluster` (python -m bench.cluster) starts the three-node layout of deploy/haproxy.cfg for a person
+`make cluster` (python -m bench.cluster) starts the layout of deploy/haproxy.cfg (three nodes that take calls
+and a control node that answers the state reads, `--role control`) for a person
 to try, prints how to reach it, and stops everything on Ctrl-C. The tests (tests/integration/
 test_cluster_proxy.py) and the capacity benchmark start the same thing on free ports: `Cluster(...)`.
 
@@ -34,15 +35,34 @@ HAPROXY_TEMPLATE = ROOT / "deploy" / "haproxy.cfg"
 FIXED_PROXY_PORT = 50050
 FIXED_NODE_PORTS = (50061, 50062, 50063)
 FIXED_HEALTH_PORTS = (50071, 50072, 50073)
+FIXED_CONTROL_PORTS = (50064,)
+FIXED_CONTROL_HEALTH_PORTS = (50074,)
 
 
-def render_haproxy(template: str, proxy_port: int, nodes: list[tuple[str, int, int]]) -> str:
-    """deploy/haproxy.cfg with this run's proxy port and one `server` line per (name, port, health port); the
-    proxy checks grpc.health.v1 on the gRPC port (the /healthz port is each node's, for HTTP checkers)."""
+def render_haproxy(template: str, proxy_port: int, nodes: list[tuple[str, int, int]],
+                   control: list[tuple[str, int, int]] | None = None) -> str:
+    """deploy/haproxy.cfg with this run's proxy port, one `server` line per (name, port, health port) of `nodes` in
+    `callrec_nodes` and of `control` (control nodes) in `callrec_control`; the proxy checks grpc.health.v1 on the
+    gRPC port (the /healthz port is each node's, for HTTP checkers). A control backend without servers is never
+    used: the proxy sends the state reads to the nodes then."""
     text = re.sub(r"bind 127\.0\.0\.1:\d+", f"bind 127.0.0.1:{proxy_port}", template)
-    lines = [line for line in text.splitlines() if not line.strip().startswith("server ")]
-    servers = [f"    server {name} 127.0.0.1:{port} check" for name, port, _health in nodes]  # grpc.health.v1
-    return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(servers) + "\n"
+    servers = {"callrec_nodes": nodes, "callrec_control": control or []}
+    lines: list[str] = []
+    backend = ""
+    for line in text.splitlines():
+        if line.startswith("backend "):
+            backend = line.split()[1]
+        elif line and not line[0].isspace():
+            backend = ""
+        if line.strip().startswith("server "):
+            continue
+        lines.append(line)
+        if backend and line.strip().startswith("default-server "):
+            # grpc.health.v1 on each gRPC port
+            lines.extend(f"    server {name} 127.0.0.1:{port} check" for name, port, _health in servers.pop(backend))
+    if servers:
+        raise ValueError(f"the HAProxy template has no backend (with a default-server line) for {sorted(servers)}")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 class HaproxyProcess:
@@ -98,12 +118,47 @@ def wait_routed(target: str, proxy: HaproxyProcess | None, nodes: int, timeout: 
     raise RuntimeError(f"the proxy on {target} did not route within {timeout} s: {last}")
 
 
+NODE_HEADER = "x-callrec-node"
+"""Set by the proxy on every answer (deploy/haproxy.cfg): the name of the node that answered."""
+
+
+def answered_by(target: str, method: str = "GetRecordingState") -> str:
+    """The node the proxy on `target` routes a RecordingService `method` to now (any answer counts: an
+    unknown recording's NOT_FOUND too), by the proxy's `x-callrec-node` header."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(f"/callrec.v1.RecordingService/{method}")
+        try:
+            _response, rpc = call.with_call(b"\n\x07unknown", timeout=5)
+            metadata = rpc.initial_metadata()
+        except grpc.RpcError as exc:  # an error alone is a trailers-only answer: the header is among the trailers
+            metadata = (*(exc.initial_metadata() or ()), *(exc.trailing_metadata() or ()))  # type: ignore[attr-defined]
+    return dict(metadata or ()).get(NODE_HEADER, "")
+
+
+def wait_controlled(target: str, proxy: HaproxyProcess | None, timeout: float = 30.0) -> None:
+    """Until the proxy sends state reads to a control node (its health check passed)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        if proxy is not None and proxy.proc is not None and proxy.proc.poll() is not None:
+            raise RuntimeError(f"haproxy exited ({proxy.proc.returncode})")
+        seen = answered_by(target)
+        if seen.startswith("control"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the proxy on {target} did not send state reads to a control node within {timeout} s "
+                       f"(last answered by {seen or 'no node'})")
+
+
 @dataclass
 class Cluster:
     """PostgreSQL + Redis + `nodes` callrec nodes + HAProxy, under `root` (by default a temporary directory, which
     `stop` leaves for the caller to read or remove)."""
 
     nodes: int = 3
+    control_nodes: int = 0
+    """Nodes started with `--role control` (take no calls; the proxy sends them GetRecordingState and
+    ListRecordings), named control1...; in `servers` after the `nodes`."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="callrec-cluster-")))
     fixed_ports: bool = False
     """The ports of deploy/haproxy.cfg (make cluster) instead of free ones (tests)."""
@@ -132,7 +187,7 @@ class Cluster:
         try:
             self.postgres = PostgresServer().start()
             self.redis = start_redis(self.root / "redis")
-            for i in range(self.nodes):
+            for i in range(self.nodes + self.control_nodes):
                 self.servers.append(self._node(i))
                 self.servers[-1].start(timeout=60)
             self._start_proxy()
@@ -142,14 +197,23 @@ class Cluster:
             raise
         return self
 
+    def _name(self, i: int) -> str:
+        return f"node{i + 1}" if i < self.nodes else f"control{i - self.nodes + 1}"
+
     def _node(self, i: int) -> ServerProcess:
-        health = FIXED_HEALTH_PORTS[i] if self.fixed_ports else free_port()
+        control = i >= self.nodes
+        ports, health_ports = ((FIXED_CONTROL_PORTS, FIXED_CONTROL_HEALTH_PORTS) if control
+                               else (FIXED_NODE_PORTS, FIXED_HEALTH_PORTS))
+        index = i - self.nodes if control else i
+        health = health_ports[index] if self.fixed_ports else free_port()
         self.health_ports.append(health)
-        server = ServerProcess(self.root / f"node{i + 1}", *self.node_url_args(), "--node-id", f"node{i + 1}",
+        name = self._name(i)
+        role = ("--role", "control") if control else ()
+        server = ServerProcess(self.root / name, *self.node_url_args(), "--node-id", name,
                                "--health-listen", f"127.0.0.1:{health}", "--node-lease", str(self.lease_s),
-                               *self.node_args, env=self.node_env)
+                               *role, *self.node_args, env=self.node_env)
         if self.fixed_ports:
-            server.port = FIXED_NODE_PORTS[i]
+            server.port = ports[index]
         return server
 
     def restart_node(self, i: int) -> ServerProcess:
@@ -161,13 +225,16 @@ class Cluster:
     def _start_proxy(self) -> None:
         self.proxy_port = FIXED_PROXY_PORT if self.fixed_ports else free_port()
         config = self.root / "haproxy.cfg"
-        nodes = [(f"node{i + 1}", s.port, self.health_ports[i]) for i, s in enumerate(self.servers)]
-        config.write_text(render_haproxy(HAPROXY_TEMPLATE.read_text(), self.proxy_port, nodes))
+        every = [(self._name(i), s.port, self.health_ports[i]) for i, s in enumerate(self.servers)]
+        config.write_text(render_haproxy(HAPROXY_TEMPLATE.read_text(), self.proxy_port, every[:self.nodes],
+                                         every[self.nodes:]))
         self.proxy = HaproxyProcess(config, self.root / "haproxy.log").start()
 
     def wait_routed(self, timeout: float = 30.0) -> None:
         """Until a gRPC health check through the proxy answers SERVING for a handful of calls in a row."""
         wait_routed(self.target, self.proxy, self.nodes, timeout)
+        if self.control_nodes:
+            wait_controlled(self.target, self.proxy, timeout)
 
     def stop(self) -> None:
         """Stop the proxy, the nodes, Redis and PostgreSQL (in that order)."""
@@ -185,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=3, help="callrec nodes (default 3; ports 50061...)")
+    parser.add_argument("--control-nodes", type=int, default=1, choices=(0, 1),
+                        help="control nodes (--role control: no calls, they answer the proxy's state reads; "
+                        "default 1, port 50064)")
     parser.add_argument("--dir", type=Path, default=ROOT / "cluster-data",
                         help="where the nodes and Redis keep their data (default ./cluster-data; PostgreSQL runs in a "
                         "temporary directory, removed on exit)")
@@ -192,14 +262,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.nodes > len(FIXED_NODE_PORTS):
         parser.error(f"at most {len(FIXED_NODE_PORTS)} nodes on the fixed ports of deploy/haproxy.cfg")
     args.dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(nodes=args.nodes, root=args.dir, fixed_ports=True, lease_s=15.0)
-    print(f"starting PostgreSQL, Redis, {args.nodes} callrec nodes and HAProxy under {args.dir} ...", flush=True)
+    cluster = Cluster(nodes=args.nodes, control_nodes=args.control_nodes, root=args.dir, fixed_ports=True,
+                      lease_s=15.0)
+    print(f"starting PostgreSQL, Redis, {args.nodes} callrec nodes, {args.control_nodes} control node and HAProxy "
+          f"under {args.dir} ...", flush=True)
     cluster.start()
     assert cluster.postgres is not None and cluster.redis is not None
+    nodes = ", ".join(s.target for s in cluster.servers[:args.nodes])
+    controls = ", ".join(s.target for s in cluster.servers[args.nodes:]) or "none"
     print(f"""
 callrec cluster is up:
   proxy (clients connect here)  {cluster.target}
-  nodes                         {", ".join(s.target for s in cluster.servers)}  (logs: {args.dir}/node*/server.log)
+  nodes                         {nodes}  (logs: {args.dir}/node*/server.log)
+  control node (state reads)    {controls}  (logs: {args.dir}/control*/server.log)
   PostgreSQL                    {cluster.postgres.url}
   Redis                         {cluster.redis.url}
 

@@ -45,6 +45,7 @@ def default_decode_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 CLOCK_KINDS = ("realtime", "media")
+ROLES = ("full", "control")
 LOG_FORMATS = ("console", "json")
 
 
@@ -83,6 +84,10 @@ class ServerConfig:
     node_lease_s: float = 15.0
     """Cluster mode: seconds a node stays alive in the registry without a heartbeat (renewed every third);
     a dead node's calls go to the node their gateways re-open them on after this."""
+    role: str = "full"
+    """Cluster mode: `full` (takes calls and answers every RPC) or `control` (takes no calls: answers the control
+    and read RPCs a proxy routes to it, GetRecordingState from the shared state, on an event loop no call's
+    media shares; state changes go on to the node that records the call)."""
     capacity_audio_participants: float = 0.0
     """Admission: audio participants this node keeps at real time; 0 = automatic: off on a single node, and
     in cluster mode the figure `make bench` measured for one node on the 2-core development machine."""
@@ -193,7 +198,7 @@ class ServerConfig:
         # the automatic per-call share belongs to the automatic participant figure it was fitted with
         automatic_audio = cluster and not self.capacity_audio_participants
         calls = self.capacity_calls or (CLUSTER_CALLS if automatic_audio else 0.0)
-        return Capacity(audio, video, self.admission_ceiling, calls=calls)
+        return Capacity(audio, video, self.admission_ceiling, calls=calls, takes_calls=self.role != "control")
 
     @property
     def state_db_path(self) -> Path:
@@ -372,6 +377,12 @@ def validate(config: ServerConfig) -> None:
     ):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0; got {value}")
+    if config.role not in ROLES:
+        raise ConfigError(f"role must be one of {', '.join(ROLES)} (control: a cluster node that takes no calls); "
+                          f"got {config.role!r}")
+    if config.role == "control" and not config.database_url:
+        raise ConfigError("role = control needs cluster mode: a control node answers from the shared state that "
+                          "the nodes recording the calls write, so set --database-url (and --events-url) too")
     if not 0 < config.admission_ceiling <= 1:
         raise ConfigError(f"admission_ceiling must be in (0, 1] (a fraction of the node's capacity); "
                           f"got {config.admission_ceiling}")

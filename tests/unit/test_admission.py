@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from callrec import config
@@ -115,3 +117,27 @@ def test_the_capacities_load_from_the_config_file(tmp_path) -> None:
     assert (cap.audio_participants, cap.calls, cap.video_composites, cap.ceiling) == (794, 329, 2, 0.75)
     # flags and environment variables win over the file, as for every setting
     assert load_config({"capacity_calls": 100}, config_file=path).capacity.calls == 100
+
+
+def test_a_control_node_takes_no_call_and_is_never_a_spare(tmp_path) -> None:
+    """`role = control` (issue 11): full whatever it holds, an infinite advertised load (no node relays a new call
+    to it: `least_loaded` wants a load under the ceiling), and a refusal that says what the node is and what to do."""
+    cap = load_config({"database_url": "postgresql://u@127.0.0.1/db", "role": "control"}).capacity
+    assert not cap.takes_calls and cap.enabled
+    admission = Admission(cap, lambda: 0, lambda: 0, node="node 'control1'", calls=lambda: 0)
+    assert admission.full() and admission.load() == math.inf and not admission.load() < cap.ceiling
+    with pytest.raises(ResourceExhausted, match=r"node 'control1' is a control node \(role = control\): it takes "
+                       r"no calls.*--role control"):
+        admission.check_open()
+    # a node that takes calls, with room, is not full and advertises a finite load
+    full_node = Admission(load_config({"database_url": "postgresql://u@127.0.0.1/db"}).capacity, lambda: 0, lambda: 0)
+    assert not full_node.full() and full_node.load() == 0.0
+    # the role from the file and the environment's flag, like every setting; only in cluster mode
+    path = tmp_path / "callrec.toml"
+    path.write_text('[server]\nrole = "control"\ndatabase_url = "postgresql://u@127.0.0.1/db"\n')
+    assert load_config(config_file=path).role == "control"
+    assert load_config({"role": "full"}, config_file=path).capacity.takes_calls
+    with pytest.raises(ConfigError, match=r"role = control needs cluster mode.*--database-url"):
+        load_config({"role": "control"})
+    with pytest.raises(ConfigError, match="role must be one of full, control"):
+        load_config({"role": "media"})

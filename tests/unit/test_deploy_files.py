@@ -33,10 +33,11 @@ def serve_help() -> str:
 def test_compose_nodes_use_only_flags_and_variables_that_serve_knows() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "minio", "node1", "node2", "node3", "haproxy"} <= set(services)
+    assert {"postgres", "redis", "minio", "node1", "node2", "node3", "control1", "haproxy"} <= set(services)
+    assert services["control1"]["command"][-2:] == ["--role", "control"]
     text = serve_help()
     flat = " ".join(text.split())
-    for name in ("node1", "node2", "node3"):
+    for name in ("node1", "node2", "node3", "control1"):
         node = services[name]
         command = node["command"]
         assert command[0] == "serve" and "--node-id" in command and name in command
@@ -55,9 +56,24 @@ def test_the_compose_storage_config_loads() -> None:
 
 
 def backend_rules(text: str) -> list[str]:
-    """The routing and health-check lines of a backend (server lines and addresses left out)."""
-    keep = ("balance", "hash-type", "option tcp-check", "tcp-check", "timeout check")
+    """The routing and health-check lines of the proxy (server lines and addresses left out)."""
+    keep = ("acl", "use_backend", "default_backend", "backend", "balance", "hash-type", "option tcp-check",
+            "tcp-check", "timeout check")
     return [line.strip() for line in text.splitlines() if line.strip().startswith(keep)]
+
+
+def backends(text: str) -> dict[str, list[str]]:
+    """Each backend's lines, by name."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("backend "):
+            current = found.setdefault(line.split()[1], [])
+        elif line and not line[0].isspace():
+            current = None
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return found
 
 
 def test_the_compose_proxy_routes_like_the_tested_one() -> None:
@@ -84,8 +100,11 @@ def test_both_proxies_check_grpc_health_with_the_generated_exchange() -> None:
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     for name in ("haproxy.cfg", "haproxy-compose.cfg"):
-        rules = [line for line in backend_rules((DEPLOY / name).read_text()) if line.startswith(("option", "tcp"))]
-        assert rules == generator.rules(), name
+        found = backends((DEPLOY / name).read_text())
+        assert set(found) == {"callrec_nodes", "callrec_control"}, name
+        for backend, lines in found.items():
+            rules = [line for line in lines if line.startswith(("option", "tcp"))]
+            assert rules == generator.rules(), (name, backend)
     data = generator.request()
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     assert data.startswith(preface)
@@ -112,3 +131,24 @@ def test_envoy_hashes_on_the_routing_header_and_checks_healthz() -> None:
     (cluster,) = envoy["static_resources"]["clusters"]
     assert cluster["lb_policy"] == "RING_HASH"
     assert cluster["health_checks"][0]["http_health_check"]["path"] == "/healthz"
+
+
+@pytest.mark.parametrize("control", [[], [("control1", 7003, 0)]])
+def test_the_rendered_proxy_puts_nodes_and_control_nodes_in_their_backends(tmp_path: Path, control) -> None:
+    """bench.cluster renders deploy/haproxy.cfg for the tests and `make cluster`: the nodes that take calls in
+    `callrec_nodes`, control nodes in `callrec_control` (without any, the state reads go to the nodes)."""
+    from bench.cluster import HAPROXY_TEMPLATE, render_haproxy
+
+    text = render_haproxy(HAPROXY_TEMPLATE.read_text(), 7000, [("node1", 7001, 0), ("node2", 7002, 0)], control)
+    found = backends(text)
+    assert [line for line in found["callrec_nodes"] if line.startswith("server")] == [
+        "server node1 127.0.0.1:7001 check", "server node2 127.0.0.1:7002 check"]
+    assert [line for line in found["callrec_control"] if line.startswith("server")] == [
+        f"server {name} 127.0.0.1:{port} check" for name, port, _ in control]
+    assert "bind 127.0.0.1:7000 proto h2" in text
+    # the reads a control node answers, and only while one is up
+    assert "use_backend callrec_control if state_read control_up" in text
+    (tmp_path / "haproxy.cfg").write_text(text)
+    check = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -229,6 +229,10 @@ def serve(
     admission_ceiling: Annotated[float | None, typer.Option(
         envvar="CALLREC_ADMISSION_CEILING",
         help="Admission: share of the capacity at which new calls get RESOURCE_EXHAUSTED [default: 0.8].")] = None,
+    role: Annotated[str | None, typer.Option(
+        envvar="CALLREC_ROLE",
+        help="Cluster mode: full (takes calls, answers every RPC) or control (takes no calls; answers the "
+        "control and read RPCs a proxy routes to it on a loop no media shares) [default: full].")] = None,
     node_lease: Annotated[float | None, typer.Option(envvar="CALLREC_NODE_LEASE",
                           help="Cluster mode: seconds a node stays alive without a heartbeat; then its calls go "
                           "to the node their gateways re-open them on [default: 15].")] = None,
@@ -266,7 +270,7 @@ def serve(
         "upload_concurrency": upload_concurrency, "upload_timeout_s": upload_timeout,
         "upload_deadline_h": upload_deadline_h, "upload_retention_h": upload_retention_h,
         "failed_retention_h": failed_retention_h, "database_url": database_url, "events_url": events_url,
-        "node_id": node_id, "advertise": advertise, "node_lease_s": node_lease,
+        "node_id": node_id, "advertise": advertise, "node_lease_s": node_lease, "role": role,
         "capacity_audio_participants": capacity_audio_participants, "capacity_calls": capacity_calls,
         "capacity_video_composites": capacity_video_composites, "admission_ceiling": admission_ceiling,
     }

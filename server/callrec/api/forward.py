@@ -117,12 +117,9 @@ class Forwarder:
         request: Message,
         response_type: type[M],
         context: grpc.aio.ServicerContext,
-        *,
-        unreachable_ok: bool = False,
-    ) -> M | None:
+    ) -> M:
         """Call `method` (`/callrec.v1.Service/Method`) on `node` with the caller's credentials; a
-        status from the owner is relayed as it is (abort). With `unreachable_ok` (reads that this node
-        can also answer, from the shared state), an owner that does not answer gives None instead."""
+        status from the owner is relayed as it is (abort)."""
         metadata = self._metadata(context)
         call: Callable[..., Awaitable[Any]] = self._channel(node.advertise).unary_unary(
             method, request_serializer=type(request).SerializeToString, response_deserializer=response_type.FromString
@@ -135,9 +132,6 @@ class Forwarder:
             code = exc.code()
             details = exc.details() or ""
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                if unreachable_ok:
-                    log.info("owner node did not answer; answering here", method=method, node=node.node_id)
-                    return None
                 details = (f"node {node.node_id!r} ({node.advertise}) owns this call but did not answer: {details}; "
                            "retry (if that node died, its lease lapses within --node-lease seconds)")
             log.info("forwarded RPC failed", method=method, node=node.node_id, code=code.name)

@@ -86,7 +86,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         """Cluster mode: sends an RPC of a call another node owns on to that node (api/forward.py)."""
 
     async def _forward(self, context: grpc.aio.ServicerContext, method: str, request: M, response_type: type[R],
-                       *, recording_id: str = "", server_call_id: str = "", read: bool = False) -> R | None:
+                       *, recording_id: str = "", server_call_id: str = "") -> R | None:
         """The owner node's answer when another live node records the recording (or owns the call);
         None when this node should answer (single node, no live owner elsewhere, or already forwarded)."""
         if self.forwarder is None or Forwarder.was_forwarded(context):
@@ -95,8 +95,7 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         node = await (locator.node_of_recording(recording_id) if recording_id else locator.node_of_call(server_call_id))
         if node is None:
             return None
-        return await self.forwarder.unary(node, f"/{SERVICE}/{method}", request, response_type, context,
-                                          unreachable_ok=read)
+        return await self.forwarder.unary(node, f"/{SERVICE}/{method}", request, response_type, context)
 
     async def _require_call_of(self, recording_id: str) -> None:
         """A call-limited token may only act on recordings of its calls (NOT_FOUND for unknown ids)."""
@@ -156,12 +155,10 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     async def GetRecordingState(
         self, request: pb.GetRecordingStateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRecordingStateResponse:
+        # Answered here whichever node records it: in cluster mode the recording's row and every node's
+        # uploads are in the shared state, which the recording node writes before it answers any change. So
+        # a control node (role = control) answers it on a loop that no call's media shares.
         await self._require_call_of(request.recording_id)
-        if not self.registry.is_live(request.recording_id):  # another node's: it knows its upload progress
-            forwarded = await self._forward(context, "GetRecordingState", request, pb.GetRecordingStateResponse,
-                                            recording_id=request.recording_id, read=True)
-            if forwarded is not None:
-                return forwarded
         return pb.GetRecordingStateResponse(recording=await self._out(await self.registry.get(request.recording_id)))
 
     @unary

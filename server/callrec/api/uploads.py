@@ -49,10 +49,8 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
     ) -> pb.RetryUploadsResponse:
         holder = await self._holder(context, request.recording_id)
         if holder is not None and self.forwarder is not None:
-            forwarded = await self.forwarder.unary(holder, f"/{SERVICE}/RetryUploads", request,
-                                                   pb.RetryUploadsResponse, context)
-            assert forwarded is not None  # the holder's error is relayed (abort)
-            return forwarded
+            return await self.forwarder.unary(holder, f"/{SERVICE}/RetryUploads", request,
+                                              pb.RetryUploadsResponse, context)
         result = await self.admin.retry(request.recording_id)
         return pb.RetryUploadsResponse(
             uploads=[convert.upload(u) for u in result.retried],

@@ -16,10 +16,15 @@ A new call is refused once the node, with that call, is at `ceiling` (0.8 by def
 the participants that join calls already admitted and bursts such as chunk rotations); a participant
 joining a call already here is refused only past 1.0; an mp4 recording starts only if the node stays under
 the ceiling with it. Each refusal is RESOURCE_EXHAUSTED with the figures and the setting.
+
+A control node (`role = "control"`) takes no calls at all: it is always full, advertises an infinite load
+(so no node relays a new call to it), and answers the control and read RPCs a proxy sends it without
+sharing an event loop with any call's media (issue 11: control RPCs stay fast while the media nodes work).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,11 +42,13 @@ class Capacity:
     ceiling: float = 0.8
     calls: float = 0.0
     """The per-call share of the load: calls the node would keep if their participants cost nothing."""
+    takes_calls: bool = True
+    """False on a control node: every new call is refused here (relayed to a node with room when there is one)."""
 
     @property
     def enabled(self) -> bool:
         """Whether any cost is set (a node without a capacity admits by the count limits only)."""
-        return self.audio_participants > 0 or self.video_composites > 0 or self.calls > 0
+        return self.audio_participants > 0 or self.video_composites > 0 or self.calls > 0 or not self.takes_calls
 
 
 class Admission:
@@ -65,7 +72,9 @@ class Admission:
         return audio + video + per_call
 
     def load(self) -> float:
-        """The node's load now (1.0 = all it keeps at real time)."""
+        """The node's load now (1.0 = all it keeps at real time; infinite on a control node, which keeps none)."""
+        if not self.capacity.takes_calls:
+            return math.inf
         return self._cost(self.participants(), self.composites(), self.calls())
 
     def _refuse(self, what: str, load: float, limit: float, setting: str) -> ResourceExhausted:
@@ -88,11 +97,19 @@ class Admission:
         return self._cost(self.participants(), self.composites(), self.calls() + 1)
 
     def full(self) -> bool:
-        """True when a new call would be refused (the node is at its ceiling)."""
+        """True when a new call would be refused (the node is at its ceiling, or takes no calls)."""
+        if not self.capacity.takes_calls:
+            return True
         return self.capacity.enabled and self._load_with_new_call() >= self.capacity.ceiling
 
     def check_open(self) -> None:
         """A new call: refused once the node, with that call's own cost, is at its ceiling."""
+        if not self.capacity.takes_calls:
+            raise ResourceExhausted(
+                f"{self.node} is a control node (role = control): it takes no calls, and no node that takes "
+                "calls has room for this one; send gateways' streams to the proxy's media backend or to a node "
+                "started without --role control"
+            )
         if not self.capacity.enabled:
             return
         load = self._load_with_new_call()
