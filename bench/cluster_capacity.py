@@ -11,6 +11,11 @@ admission would stop them.
 The CPU and loop-thread figures `run_step` samples are node 1's only (a cluster has no one process);
 what decides a step is the recordings' own counters, read through the proxy.
 
+Row 8e is row 8a with a control node beside the node (`--role control`: it takes no calls, and the proxy sends
+it the state reads, GetRecordingState included); row 8f is the control probe at row 8e's largest passing step,
+answered by that control node on a loop no call's media shares: row 1d's goal (p99 <= 5 ms) with the means
+cluster mode offers on one machine.
+
 Row 8c runs 1:1 calls on one node, and row 8d fits admission's two audio costs to rows 8a and 8c (one node
 at a load of 1.0 in both shapes): `config.CLUSTER_AUDIO_PARTICIPANTS` and `config.CLUSTER_CALLS` are its
 figures, and a machine of one's own gets its own with `--capacity-audio-participants` and `--capacity-calls`.
@@ -28,7 +33,7 @@ from typing import Any
 
 from bench.audio_capacity import RAMP_LIMITS
 from bench.cluster import Cluster
-from bench.common import Row, Section, wait_quiet, write_limits
+from bench.common import Row, Section, percentile, wait_quiet, write_limits
 from bench.server_load import StepResult, ramp, run_step
 
 PARTICIPANTS = 10
@@ -52,6 +57,16 @@ def fit_capacity(large: tuple[int, int], small: tuple[int, int]) -> tuple[float,
     return 1 / per_participant, 1 / per_call
 
 
+def probe_row(result: StepResult) -> Row:
+    """Row 8f: the control probe of one step (row 8e's best), answered by the control node through the proxy."""
+    probes = result.probe_ms
+    value = f"{percentile(probes, 50):.1f} / {percentile(probes, 99):.1f} ms" if probes else "n/a"
+    return Row("8f", "control RPC p50 / p99 through the proxy, answered by a control node, during row 8e's load",
+               value, f"GetRecordingState every 250 ms ({len(probes)} probes) while {result.total_participants} "
+               f"participants stream into the other node; max {max(probes, default=float('nan')):.0f} ms",
+               goal="p99 <= 5 ms")
+
+
 async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], None],
               node_counts: tuple[int, ...] = (1, 2)) -> Section:
     seconds = 4.0 if quick else 18.0
@@ -59,20 +74,23 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     # (row, nodes, participants per call, first step in calls a node)
     # From 8 calls a node: a node holds 320-640 participants since 2026-12-03 (the ramp from 2 calls a node
     # spent its six steps doubling and stopped at the first failure, unbisected); 1:1 calls from 80.
-    shapes = [(f"8{'abcdefgh'[nodes - 1]}", nodes, PARTICIPANTS, 8) for nodes in node_counts]
+    # (row, nodes, participants per call, first step in calls a node, control nodes)
+    shapes = [(f"8{'abcdefgh'[nodes - 1]}", nodes, PARTICIPANTS, 8, 0) for nodes in node_counts]
     if 1 in node_counts:
-        shapes.append(("8c", 1, 2, 80))
-    best_of: dict[tuple[int, int], int] = {}
-    bounded: dict[tuple[int, int], bool] = {}  # a step above the best failed: the best is the capacity, not a floor
+        shapes.append(("8c", 1, 2, 80, 0))
+        shapes.append(("8e", 1, PARTICIPANTS, 8, 1))
+    best_of: dict[tuple[int, int, int], int] = {}  # (nodes, participants, control nodes)
+    bounded: dict[tuple[int, int, int], bool] = {}  # a step above the best failed: the best is the capacity
     # a ramp of 1:1 calls meets [limits] max_recordings (200) before the machine's capacity: raised, as in row 1c
     with tempfile.TemporaryDirectory(prefix="callrec-bench-limits-") as limits_dir:
         limits = write_limits(Path(limits_dir) / "limits.toml", RAMP_LIMITS)
         node_args = ("--clock", "realtime", *NO_ADMISSION, "--config", str(limits))
-        for row, nodes, participants, first in shapes:
-            async def step(n: int, nodes: int = nodes, participants: int = participants) -> StepResult:
+        for row, nodes, participants, first, control in shapes:
+            async def step(n: int, nodes: int = nodes, participants: int = participants,
+                           control: int = control) -> StepResult:
                 if not quick:
                     await wait_quiet(log)
-                cluster = Cluster(nodes=nodes, lease_s=15.0, node_args=node_args,
+                cluster = Cluster(nodes=nodes, control_nodes=control, lease_s=15.0, node_args=node_args,
                                   node_env={"CALLREC_LOG_LEVEL": "warning"})
                 await asyncio.to_thread(cluster.start)
                 try:
@@ -85,31 +103,36 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
                     await asyncio.to_thread(shutil.rmtree, cluster.root, True)
 
             shape = f"{participants}-person calls" if participants > 2 else "1:1 calls"
-            log(f"cluster: {nodes} node(s) behind HAProxy, N {shape} ({codec}, real time)")
+            log(f"cluster: {nodes} node(s){' and a control node' if control else ''} behind HAProxy, N {shape} "
+                f"({codec}, real time)")
             best, results = await ramp(step, start=first * nodes, max_steps=7, budget_s=budget_s / len(shapes),
                                        step_cost_s=seconds + 45, levels=[1] if quick else None, log=log)
-            best_of[(nodes, participants)] = best
+            best_of[(nodes, participants, control)] = best
             failed = sorted(n for n, r in results.items() if not r.passed)
-            bounded[(nodes, participants)] = bool(failed)
+            bounded[(nodes, participants, control)] = bool(failed)
             value = f"{best * participants}" if best else f"< {first * nodes * participants}"
             if best and not failed:
                 value = f">= {value}"
             detail = f"{best} x {shape} through HAProxy, PostgreSQL, Redis; zero frames lost/late"
             if failed:
                 detail += f"; {failed[0] * participants} failed: {results[failed[0]].reasons[0]}"[:300]
-            if nodes > 1 and best_of.get((1, participants)):
-                detail += f"; {best / best_of[(1, participants)]:.2f}x one node"
+            if (nodes > 1 or control) and best_of.get((1, participants, 0)):
+                detail += f"; {best / best_of[(1, participants, 0)]:.2f}x one node alone"
             what = f"audio participants at real time, cluster of {nodes} node(s) on this machine"
+            if control:
+                what += " and a control node answering the state reads"
             if participants != PARTICIPANTS:
                 what += f", {shape}"
-            section.rows.append(Row(row, what, value, detail, goal=">= 800" if nodes > 1 else ""))
-    large, small = best_of.get((1, PARTICIPANTS)), best_of.get((1, 2))
+            section.rows.append(Row(row, what, value, detail, goal=">= 800" if nodes > 1 or control else ""))
+            if control and best:
+                section.rows.append(probe_row(results[best]))
+    large, small = best_of.get((1, PARTICIPANTS, 0)), best_of.get((1, 2, 0))
     if large and small and not quick:
         fitted = fit_capacity((large, PARTICIPANTS), (small, 2))
         value = (f"--capacity-audio-participants {fitted[0]:.0f} --capacity-calls {fitted[1]:.0f}" if fitted
                  else "no fit (calls cost nothing apart here): --capacity-audio-participants "
                  f"{large * PARTICIPANTS}")
-        if not (bounded.get((1, PARTICIPANTS)) and bounded.get((1, 2))):
+        if not (bounded.get((1, PARTICIPANTS, 0)) and bounded.get((1, 2, 0))):
             value += " (a ramp ended without a failure: its figure is a floor, and so is the fit)"
         section.rows.append(Row("8d", "admission capacity of one node, fitted to rows 8a and 8c", value,
                                 f"a load of 1.0 at {large} x {PARTICIPANTS}-person and at {small} x 1:1 calls "
