@@ -101,8 +101,9 @@ bench: $(STAMP) apt-deps compile
 	@$(MAKE) --no-print-directory apt-install PACKAGES="ffmpeg"
 	$(BIN)/python -m bench $(ARGS)
 
-## cluster: PostgreSQL, Redis, three callrec nodes (127.0.0.1:50061-50063) and HAProxy (127.0.0.1:50050) from
-## Debian's packages, node data under ./cluster-data; Ctrl-C stops them (bench/cluster.py, deploy/haproxy.cfg)
+## cluster: PostgreSQL, Redis, three callrec nodes (127.0.0.1:50061-50063), a control node (50064) and HAProxy
+## (127.0.0.1:50050) from Debian's packages, node data under ./cluster-data; Ctrl-C stops them (bench/cluster.py,
+## deploy/haproxy.cfg)
 cluster: $(STAMP) run-deps compile
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(CLUSTER_APT_PACKAGES)"
 	$(BIN)/python -m bench.cluster $(ARGS)
