@@ -61,7 +61,7 @@ def probe_row(result: StepResult) -> Row:
     """Row 8f: the control probe of one step (row 8e's best), answered by the control node through the proxy."""
     probes = result.probe_ms
     value = f"{percentile(probes, 50):.1f} / {percentile(probes, 99):.1f} ms" if probes else "n/a"
-    return Row("8f", "control RPC p50 / p99 through the proxy, answered by a control node, during row 8e's load",
+    return Row("8f", "control RPC p50 / p99 via the proxy from the control node, row 8e's load",
                value, f"GetRecordingState every 250 ms ({len(probes)} probes) while {result.total_participants} "
                f"participants stream into the other node; max {max(probes, default=float('nan')):.0f} ms",
                goal="p99 <= 5 ms")
@@ -120,7 +120,7 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
                 detail += f"; {best / best_of[(1, participants, 0)]:.2f}x one node alone"
             what = f"audio participants at real time, cluster of {nodes} node(s) on this machine"
             if control:
-                what += " and a control node answering the state reads"
+                what += ", with a control node"
             if participants != PARTICIPANTS:
                 what += f", {shape}"
             section.rows.append(Row(row, what, value, detail, goal=">= 800" if nodes > 1 or control else ""))
