@@ -6,11 +6,13 @@ HAProxy rendered from the shipped deploy/haproxy.cfg, whose `x-callrec-node` ans
 answered. GetRecordingState and ListRecordings through the proxy are answered by the control node from the
 shared state, the same resource the recording node answers, and a state change made on the recording node
 is what the very next read through the proxy sees; every other RPC goes to the call's node. A gateway that
-opens its stream on the control node itself is relayed to the node with room, which records it.
+opens its stream on the control node itself is relayed to the node with room, which records it. When the
+control node dies, the proxy sends the reads to the nodes again.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +128,19 @@ async def test_the_proxy_sends_state_reads_to_the_control_node_which_answers_wha
     spool = control.data_dir / "spool"
     assert not spool.exists() or not any(spool.iterdir())
     assert node.log_text().count("recording started") == 2 and "recording started" not in control.log_text()
+
+    # the control node dies (kill -9): once the proxy's health check sees it down, the nodes answer the reads
+    control.kill()
+    read = pb.GetRecordingStateRequest(recording_id=recording_id)
+    deadline = asyncio.get_running_loop().time() + 15
+    by = "control1"
+    while by != "node1" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.25)
+        try:
+            seen, by = await answered(proxy, "GetRecordingState", read, pb.GetRecordingStateResponse, call_id)
+        except grpc.aio.AioRpcError as exc:  # the moments before the check notices: the dead node's backend
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+    assert by == "node1" and seen.recording.state == pb.RECORDING_STATE_COMPLETED
 
 
 async def test_a_control_node_alone_refuses_calls_and_says_why(make_server, postgres_url: str) -> None:
