@@ -157,3 +157,29 @@ async def test_a_control_node_alone_refuses_calls_and_says_why(make_server, post
         with pytest.raises(CallrecError) as missing:
             await client.get_recording_state("rec-unknown")
         assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.slow
+async def test_with_two_control_nodes_a_killed_ones_reads_go_to_the_other_without_an_error(tmp_path: Path) -> None:
+    """The proxy balances the reads over the control nodes; one killed (kill -9), each read that meets it is
+    re-sent to the other (`retries`, `option redispatch`), so no client sees an error, not even before the
+    proxy's health check marks it down."""
+    cluster = Cluster(nodes=1, control_nodes=2, root=tmp_path / "cluster", lease_s=3.0).start()
+    try:
+        read = pb.GetRecordingStateRequest(recording_id="rec-unknown")
+        answers = []
+        for _ in range(6):
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await answered(cluster.target, "GetRecordingState", read, pb.GetRecordingStateResponse)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            answers.append(dict(missing.value.trailing_metadata() or ()).get(NODE_HEADER))
+        assert set(answers) == {"control1", "control2"}, answers
+        cluster.servers[1].kill()
+        for _ in range(30):  # 3 s: past the proxy's check (inter 1s, fall 2)
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await answered(cluster.target, "GetRecordingState", read, pb.GetRecordingStateResponse)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
+            assert dict(missing.value.trailing_metadata() or ()).get(NODE_HEADER) == "control2"
+            await asyncio.sleep(0.1)
+    finally:
+        cluster.stop()
