@@ -394,7 +394,7 @@ async def build_server(
             await calls.release(call.server_call_id)
 
         calls.on_call_ended(release_call)  # last: after the recordings stopped and the media ended
-        log.info("cluster node", node_id=node_id, database=shared_db.where)
+        log.info("cluster node", node_id=node_id, role=config.role, database=shared_db.where)
     await uploads.resume()  # failed recordings whose retried uploads were pending when the server stopped
     return App(config, db, repo, events, calls, registry, ingest, stores, outbox, chunks, server, health, bound,
                uploads, upload_worker, shared_db, nodes, forwarder=forwarder, webhooks=webhooks,

@@ -157,6 +157,7 @@ async def test_a_control_node_alone_refuses_calls_and_says_why(make_server, post
         with pytest.raises(CallrecError) as missing:
             await client.get_recording_state("rec-unknown")
         assert missing.value.code == grpc.StatusCode.NOT_FOUND
+    assert "cluster node" in control.log_text() and "role=control" in control.log_text()
 
 
 @pytest.mark.slow
