@@ -59,7 +59,7 @@ async def test_a_recording_made_on_one_node_is_served_by_another(
     started = await stream_call(node_a.target)
     async with AsyncCallrecClient(node_a.target) as on_a, AsyncCallrecClient(node_b.target) as on_b:
         done = await wait_state(on_a, started.recording_id, pb.RECORDING_STATE_COMPLETED, timeout=30)
-        # B forwards GetRecordingState to A, which recorded it (and counted its uploads): the same resource
+        # B answers GetRecordingState from PostgreSQL (the row A wrote, A's uploads): the resource A answers
         seen_by_b = await on_b.get_recording_state(started.recording_id)
         assert done.upload_status.stored_files == 4
         assert seen_by_b.SerializeToString(deterministic=True) == done.SerializeToString(deterministic=True)
@@ -120,6 +120,8 @@ async def test_request_ids_and_control_rpcs_across_nodes(
         # control RPCs that land on B are forwarded to A, which records the call (and answers them)
         assert (await on_b.pause_recording(rec.recording_id)).state == pb.RECORDING_STATE_INACTIVE
         assert (await on_a.get_recording_state(rec.recording_id)).state == pb.RECORDING_STATE_INACTIVE
+        # ... and B, answering from PostgreSQL, reads the pause A wrote before it answered
+        assert (await on_b.get_recording_state(rec.recording_id)).state == pb.RECORDING_STATE_INACTIVE
         assert (await on_b.resume_recording(rec.recording_id)).state == pb.RECORDING_STATE_ACTIVE
         # a request that was already forwarded once is answered where it lands, never bounced again
         bounced = on_b.recordings.PauseRecording(
