@@ -189,13 +189,26 @@ class Cluster:
             self.redis = start_redis(self.root / "redis")
             for i in range(self.nodes + self.control_nodes):
                 self.servers.append(self._node(i))
-                self.servers[-1].start(timeout=60)
+                self._start_node(self.servers[-1])
             self._start_proxy()
             self.wait_routed()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_node(self, server: ServerProcess, attempts: int = 3) -> None:
+        """Start a node; on the fixed ports, again after a second when its port was taken. Those ports are in
+        Linux's ephemeral range (32768-60999), so an outgoing connection (a node's PostgreSQL pool) can hold one
+        for a moment: seen once in `make cluster` ("Address already in use" on 50062)."""
+        for attempt in range(attempts):
+            try:
+                server.start(timeout=60)
+                return
+            except RuntimeError as exc:
+                if not self.fixed_ports or "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(1.0)
 
     def _name(self, i: int) -> str:
         return f"node{i + 1}" if i < self.nodes else f"control{i - self.nodes + 1}"
