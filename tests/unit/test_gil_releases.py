@@ -114,6 +114,22 @@ def test_mixing_a_tick_keeps_the_gil(participants: int) -> None:
     assert counts[-1] == 0, counts
 
 
+def ten_person_call(fmt: AudioFormat, ticks: int, produced: list) -> tuple[CallMedia, Callable[[], None]]:
+    """A fresh call of 10 participants in `fmt` (`produced` emptied) and a function that produces its next tick
+    into `produced`, `ticks` of them at most."""
+    call = CallMedia("c", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
+    for i in range(10):
+        call.add_participant(f"p{i}", f"P{i}", fmt, "gw")
+    call.attach(CollectingSink())
+    numbers = iter(range(ticks))
+    produced.clear()
+
+    def tick() -> None:
+        produced.append(call.produce_tick(next(numbers)))
+
+    return call, tick
+
+
 @pytest.mark.parametrize("fmt", [
     pytest.param(PCM16_16K, id="pcm16-16k"),
     pytest.param(AudioFormat(AudioEncoding.PCMU, 8_000, 1), id="pcmu-8k"),  # G.711 lookup, resampler bank
@@ -125,19 +141,10 @@ def test_producing_a_ten_person_tick_keeps_the_gil(fmt: AudioFormat) -> None:
     produced: list = []
 
     def measure() -> int:
-        call = CallMedia("c", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
-        for i in range(10):
-            call.add_participant(f"p{i}", f"P{i}", fmt, "gw")
-        call.attach(CollectingSink())
+        call, tick = ten_person_call(fmt, 50, produced)
         for n in range(50):
             for i in range(10):
                 assert call.push_audio(f"p{i}", n, n * 20_000, frames[i][n]) is None
-        ticks = iter(range(50))
-        produced.clear()
-
-        def tick() -> None:
-            produced.append(call.produce_tick(next(ticks)))
-
         for _ in range(3):  # the first ticks set up (the resampler bank's groups, the filters' delay)
             tick()
         return releases_during(tick, 37)
@@ -175,19 +182,10 @@ def test_a_tick_of_silence_keeps_the_gil(fmt: AudioFormat) -> None:
     produced: list = []
 
     def measure() -> int:
-        call = CallMedia("c", MediaClock(start_time=EPOCH), PyAVAudioCodecs())
-        for i in range(10):
-            call.add_participant(f"p{i}", f"P{i}", fmt, "gw")
-        call.attach(CollectingSink())
+        call, tick = ten_person_call(fmt, 60, produced)
         for n in range(10):  # one participant speaks for 200 ms, with every other frame missing; then nobody
             if n % 2 == 0:
                 assert call.push_audio("p0", n, n * 20_000, frames[n]) is None
-        ticks = iter(range(60))
-        produced.clear()
-
-        def tick() -> None:
-            produced.append(call.produce_tick(next(ticks)))
-
         tick()
         return releases_during(tick, 59)
 
