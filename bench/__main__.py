@@ -58,10 +58,17 @@ def header(quick: bool, codec: str) -> list[str]:
     except OSError:
         pass
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    from bench import machine_speed
+
+    try:
+        speed = machine_speed.describe(machine_speed.libopus_us_per_packet(), CORES)
+    except (RuntimeError, OSError) as exc:  # no libopus: the audio rows will say so too
+        speed = f"machine speed: not measured ({exc})"
     return [
         f"callrec bench ({'quick smoke run' if quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"machine: {CORES} cores ({cpu}), load average at start {load}; Python {platform.python_version()}, "
         f"PyAV {av.__version__} / FFmpeg {av.library_versions.get('libavcodec', ('?',))}; gateway codec {codec}",
+        speed,
     ]
 
 
