@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from bench.common import Row, Section, percentile, server, wait_quiet
 from bench.loadgen_capacity import NullSinkProcess
-from bench.server_load import PROBE_INTERVAL_S, StepResult, ramp, run_step
+from bench.server_load import PROBE_INTERVAL_S, StepResult, interference_note, ramp, run_step
 
 PARTICIPANTS = 10
 #: Row 1's first step (calls of 10).
@@ -77,9 +77,7 @@ async def _run(quick: bool, codec: str, budget_s: float, seconds: float, floor_t
     else:
         value = "< 10"
         detail = f"even 1 call failed: {'; '.join(ref.reasons)[:200]}"
-    others = max(r.others_pct for r in results.values())
-    if others > 20:
-        detail += f" [other processes used up to {others:.0f}% of a core meanwhile]"
+    detail += interference_note(results.values())
     estimate, bound = ref.cpu_bound_estimate("participant")
     detail += (f"; upper bound by CPU alone on an idle machine ~{estimate:.0f} ({bound}; linear from "
                f"{ref.stream.get('main_thread_pct', 0):.0f}% loop thread, {ref.client_cpu_pct:.0f}% client "

@@ -110,12 +110,28 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+def cpu_jiffies(stat_text: str) -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of all cores from the text of /proc/stat.
+
+    Steal is time the hypervisor gave this VM's vCPUs to someone else: it counts as busy (no process here
+    could run), and a step measured while it was high measured a slower machine, not slower code."""
+    values = [int(v) for v in stat_text.splitlines()[0].split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     total = sum(values[:8])
-    return total - idle, total
+    steal = values[7] if len(values) > 7 else 0
+    return total - idle, steal, total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    busy, _, total = cpu_jiffies(Path("/proc/stat").read_text())
+    return busy, total
+
+
+def machine_steal() -> tuple[float, float]:
+    """(steal, total) jiffies of the whole machine, from /proc/stat."""
+    _, steal, total = cpu_jiffies(Path("/proc/stat").read_text())
+    return steal, total
 
 
 class CpuWindow:
@@ -132,6 +148,7 @@ class CpuWindow:
         self.cpu0 = proc_cpu(pid)
         self.main0 = thread_cpu(pid, pid)
         self.machine0 = machine_busy()
+        self.steal0 = machine_steal()
         self._child_first: dict[int, float] = {}
         self._child_last: dict[int, float] = {}
         if with_children:  # children alive now count from here; later ones from their start
@@ -152,6 +169,8 @@ class CpuWindow:
         wall = max(time.monotonic() - self.t0, 1e-6)
         busy1, total1 = machine_busy()
         busy0, total0 = self.machine0
+        steal1, steal_total1 = machine_steal()
+        steal0, steal_total0 = self.steal0
         server = proc_cpu(self.pid) - self.cpu0
         main = thread_cpu(self.pid, self.pid) - self.main0
         kids = sum(self._child_last[c] - self._child_first[c] for c in self._child_last)
@@ -164,6 +183,8 @@ class CpuWindow:
             "main_thread_pct": 100 * main / wall,
             "children_pct": 100 * kids / wall,
             "machine_pct": 100 * (busy1 - busy0) / max(total1 - total0, 1),  # % of all cores together
+            # what the hypervisor took (part of machine_pct), % of one core
+            "steal_pct": 100 * CORES * (steal1 - steal0) / max(steal_total1 - steal_total0, 1),
         }
 
 

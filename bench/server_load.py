@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -136,6 +137,7 @@ class StepResult:
     stream: dict[str, float] = field(default_factory=dict)  # CpuWindow over the streaming phase
     client_cpu_pct: float = 0.0
     others_pct: float = 0.0  # CPU used by processes not of this bench during streaming (% of one core)
+    steal_pct: float = 0.0  # CPU the hypervisor gave to other VMs during streaming (% of one core)
     slip_max_ms: float = 0.0
     backlog_max_ms: float = 0.0
     """The most media a call had queued in the generator that gRPC had not taken (sampled every 100 ms)."""
@@ -190,7 +192,8 @@ class StepResult:
             f"{self.calls:>3} calls x {self.participants} = {self.total_participants:>4} participants, "
             f"{self.media_s:.0f} s: server {s.get('server_pct', 0):5.1f}% (loop thread "
             f"{s.get('main_thread_pct', 0):5.1f}%, workers {s.get('children_pct', 0):5.1f}%), client "
-            f"{self.client_cpu_pct:5.1f}%, other processes {self.others_pct:5.1f}% (% of one core); "
+            f"{self.client_cpu_pct:5.1f}%, other processes {self.others_pct:5.1f}%, steal {self.steal_pct:4.1f}% "
+            f"(% of one core); "
             f"slip max {self.slip_max_ms:.0f} ms, backlog max {self.backlog_max_ms:.0f} ms; "
             f"probe p99 {percentile(self.probe_ms, 99):.1f} ms; "
             f"frames {self.received}/{self.sent}; finalize {self.finalize_s:.1f} s; "
@@ -210,6 +213,20 @@ def _tree_cpu(pid: int) -> float:
 def _footprint(pid: int) -> float:
     """Server RSS plus its child processes' PSS (video workers, decode workers)."""
     return rss_mb(pid) + sum(pss_mb(c) for c in children(pid))
+
+
+def interference_note(results: Iterable[StepResult], threshold_pct: float = 20.0) -> str:
+    """A capacity row's warning when something outside the bench took CPU during its steps: other processes,
+    or the hypervisor (steal: this VM's vCPUs given to another). Empty when neither passed `threshold_pct`."""
+    steps = list(results)
+    others = max((r.others_pct for r in steps), default=0.0)
+    steal = max((r.steal_pct for r in steps), default=0.0)
+    notes = []
+    if others > threshold_pct:
+        notes.append(f"other processes used up to {others:.0f}% of a core meanwhile")
+    if steal > threshold_pct:
+        notes.append(f"the hypervisor took up to {steal:.0f}% of a core (steal)")
+    return f" [{'; '.join(notes)}]" if notes else ""
 
 
 async def run_step(
@@ -303,7 +320,8 @@ async def run_step(
             result.client_cpu_pct = 100 * (proc_cpu(gen.pid) - client_cpu0) / wall
             ours = (result.stream["server_pct"] + result.stream["children_pct"] + result.client_cpu_pct
                     + 100 * (proc_cpu(os.getpid()) - self_cpu0) / wall)
-            result.others_pct = max(0.0, result.stream["machine_pct"] * CORES - ours)
+            result.steal_pct = result.stream["steal_pct"]
+            result.others_pct = max(0.0, result.stream["machine_pct"] * CORES - ours - result.steal_pct)
             result.slip_max_ms = streamed["slip_max_ms"]
             result.backlog_max_ms = streamed["backlog_max_ms"]
             late_half = [mb for t, mb in rss_samples if t >= seconds / 2] or [mb for _, mb in rss_samples]
@@ -415,11 +433,12 @@ async def ramp(
         # A failed step says nothing about the next one, which is smaller (bisection): an overloaded
         # step's finalize can take minutes, and its time would stop the ramp before the step it needs.
         log("  " + res.summary())
-        suspect = res.others_pct > BUSY_PCT or res.only_the_generator_failed
+        taken = res.others_pct + res.steal_pct  # CPU the bench's processes could not have
+        suspect = taken > BUSY_PCT or res.only_the_generator_failed
         if not res.passed and suspect and retries and time.monotonic() + step_cost_s < deadline:
             retries -= 1
-            why = (f"other processes took {res.others_pct:.0f}% of a core during that step"
-                   if res.others_pct > BUSY_PCT else "only the load generator fell behind")
+            why = (f"other processes and the hypervisor took {res.others_pct:.0f}% and {res.steal_pct:.0f}% of a "
+                   "core during that step" if taken > BUSY_PCT else "only the load generator fell behind")
             log(f"  ({why}: trying N={n} again)")
             res = await step(n)
             log("  " + res.summary())

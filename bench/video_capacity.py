@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 
 from bench.common import CORES, Row, Section, server, wait_quiet
-from bench.server_load import StepResult, ramp, run_step
+from bench.server_load import StepResult, interference_note, ramp, run_step
 
 PARTICIPANTS = 9
 VIDEO = {"width": 320, "height": 180, "fps": 15.0, "codec": "h264"}  # issue 11: H.264 participants
@@ -97,9 +97,7 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
     else:
         value = "0"
         detail = f"even 1 composite failed: {'; '.join(ref.reasons)[:200]}"
-    others = max(r.others_pct for r in results.values())
-    if others > 20:
-        detail += f" [other processes used up to {others:.0f}% of a core meanwhile]"
+    detail += interference_note(results.values())
     estimate, bound = ref.cpu_bound_estimate("call")
     detail += f"; upper bound by CPU alone on an idle machine ~{estimate:.1f} ({bound}, linear)"
     section.rows.append(Row("3", "1080p16 mp4 composites at real time", value, detail, goal=">= 3"))
