@@ -122,16 +122,15 @@ def cpu_jiffies(stat_text: str) -> tuple[int, int, int]:
     return total - idle, steal, total
 
 
+def machine_jiffies() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of the whole machine now."""
+    return cpu_jiffies(Path("/proc/stat").read_text())
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    busy, _, total = cpu_jiffies(Path("/proc/stat").read_text())
+    busy, _, total = machine_jiffies()
     return busy, total
-
-
-def machine_steal() -> tuple[float, float]:
-    """(steal, total) jiffies of the whole machine, from /proc/stat."""
-    _, steal, total = cpu_jiffies(Path("/proc/stat").read_text())
-    return steal, total
 
 
 class CpuWindow:
@@ -147,8 +146,7 @@ class CpuWindow:
         self.t0 = time.monotonic()
         self.cpu0 = proc_cpu(pid)
         self.main0 = thread_cpu(pid, pid)
-        self.machine0 = machine_busy()
-        self.steal0 = machine_steal()
+        self.machine0 = machine_jiffies()
         self._child_first: dict[int, float] = {}
         self._child_last: dict[int, float] = {}
         if with_children:  # children alive now count from here; later ones from their start
@@ -167,10 +165,8 @@ class CpuWindow:
     def stop(self) -> dict[str, float]:
         self.sample()
         wall = max(time.monotonic() - self.t0, 1e-6)
-        busy1, total1 = machine_busy()
-        busy0, total0 = self.machine0
-        steal1, steal_total1 = machine_steal()
-        steal0, steal_total0 = self.steal0
+        busy1, steal1, total1 = machine_jiffies()
+        busy0, steal0, total0 = self.machine0
         server = proc_cpu(self.pid) - self.cpu0
         main = thread_cpu(self.pid, self.pid) - self.main0
         kids = sum(self._child_last[c] - self._child_first[c] for c in self._child_last)
@@ -184,7 +180,7 @@ class CpuWindow:
             "children_pct": 100 * kids / wall,
             "machine_pct": 100 * (busy1 - busy0) / max(total1 - total0, 1),  # % of all cores together
             # what the hypervisor took (part of machine_pct), % of one core
-            "steal_pct": 100 * CORES * (steal1 - steal0) / max(steal_total1 - steal_total0, 1),
+            "steal_pct": 100 * CORES * (steal1 - steal0) / max(total1 - total0, 1),
         }
 
 
