@@ -22,8 +22,9 @@ class FakeClock:
         return self.now
 
 
-def run_ramp(monkeypatch: pytest.MonkeyPatch, capacity: int, cost: dict[int, float], budget_s: float) -> list[int]:
-    """Ramp from 2 against a server that passes up to `capacity`; returns the steps run, in order."""
+def run_ramp(monkeypatch: pytest.MonkeyPatch, capacity: int, cost: dict[int, float], budget_s: float,
+             start: int = 2) -> list[int]:
+    """Ramp from `start` against a server that passes up to `capacity`; returns the steps run, in order."""
     clock = FakeClock()
     monkeypatch.setattr(server_load.time, "monotonic", clock.monotonic)
     ran: list[int] = []
@@ -33,7 +34,7 @@ def run_ramp(monkeypatch: pytest.MonkeyPatch, capacity: int, cost: dict[int, flo
         clock.now += cost.get(n, 30.0)
         return StepResult(n, 10, passed=n <= capacity)
 
-    best, results = asyncio.run(ramp(step, start=2, max_steps=7, budget_s=budget_s, step_cost_s=33.0,
+    best, results = asyncio.run(ramp(step, start=start, max_steps=7, budget_s=budget_s, step_cost_s=33.0,
                                      log=lambda line: None))
     assert best == max((n for n in ran if n <= capacity), default=0)
     assert set(results) == set(ran)
@@ -52,6 +53,18 @@ def test_the_ramp_stops_when_the_next_step_would_not_fit(monkeypatch: pytest.Mon
     # each step takes 30 s, so the next is estimated at 36 s: after 4 steps (120 s) of 150 s, no fifth
     ran = run_ramp(monkeypatch, capacity=100, cost={}, budget_s=150.0)
     assert ran == [2, 4, 8, 16]
+
+
+def test_the_cluster_rows_ramp_steps_on_the_goal_of_800_participants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows 8b and 8e have row 1's goal, 80 ten-person calls. On 2026-12-04 row 8e's ramp from 8 calls ran 640,
+    1280, 960 and used up its budget before trying 800: a node that holds 800 showed 640. From FIRST_CALLS the
+    doublings try 80 calls (one node; 40 calls a node for two) within the shape's budget (a quarter of
+    `--only cluster`'s 900 s)."""
+    from bench.cluster_capacity import FIRST_CALLS
+
+    for nodes in (1, 2):
+        ran = run_ramp(monkeypatch, capacity=90 * nodes, cost={}, budget_s=225.0, start=FIRST_CALLS * nodes)
+        assert 80 * nodes in ran[:4], (nodes, ran)
 
 
 def test_the_load_generator_sends_every_tick_once_in_batches_of_at_most_n_and_never_early() -> None:
