@@ -249,6 +249,18 @@ class Cluster:
         if self.control_nodes:
             wait_controlled(self.target, self.proxy, timeout)
 
+    def process_roots(self, *, but: int | None = None) -> list[int]:
+        """The pids of the cluster's processes (PostgreSQL's postmaster, Redis, HAProxy, every node), but the
+        node at index `but`: for a CPU count of the whole system beside the one node a step measures."""
+        pids = [s.proc.pid for i, s in enumerate(self.servers) if s.proc is not None and i != but]
+        if self.postgres is not None:
+            pids.append(self.postgres.pid())
+        if self.redis is not None and self.redis.process is not None:
+            pids.append(self.redis.process.pid)
+        if self.proxy is not None and self.proxy.proc is not None:
+            pids.append(self.proxy.proc.pid)
+        return pids
+
     def stop(self) -> None:
         """Stop the proxy, the nodes, Redis and PostgreSQL (in that order)."""
         if self.proxy is not None:

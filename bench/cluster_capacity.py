@@ -99,7 +99,8 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
                 try:
                     # run_step measures one process: node 1 stands in for it (see the module docstring)
                     front: Any = SimpleNamespace(target=cluster.target, proc=cluster.servers[0].proc)
-                    return await run_step(front, n, seconds, participants=participants, codec=codec)
+                    return await run_step(front, n, seconds, participants=participants, codec=codec,
+                                          system_pids=cluster.process_roots(but=0))
                 finally:
                     await asyncio.to_thread(cluster.stop)
                     # its temporary directory (nodes' data and spools, Redis, logs): 1-17 MB a step, 180 MB a run

@@ -25,12 +25,23 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from bench import ROOT
-from bench.common import CORES, CpuWindow, children, median, percentile, proc_cpu, pss_mb, rss_mb
+from bench.common import (
+    CORES,
+    CpuWindow,
+    children,
+    median,
+    percentile,
+    proc_cpu,
+    pss_mb,
+    rss_mb,
+    tree_cpu,
+    tree_cpu_since,
+)
 from callrec.v1 import recording_pb2 as rpb
 from callrec_client import AsyncCallrecClient, CallrecError
 from tests.harness import ServerProcess
@@ -136,6 +147,7 @@ class StepResult:
     server_cpu_s: float = 0.0  # from `go` until every recording finished
     stream: dict[str, float] = field(default_factory=dict)  # CpuWindow over the streaming phase
     client_cpu_pct: float = 0.0
+    system_pct: float = 0.0  # CPU of the system's other processes during streaming (`system_pids`; % of one core)
     others_pct: float = 0.0  # CPU used by processes not of this bench during streaming (% of one core)
     steal_pct: float = 0.0  # CPU the hypervisor gave to other VMs during streaming (% of one core)
     slip_max_ms: float = 0.0
@@ -192,7 +204,9 @@ class StepResult:
             f"{self.calls:>3} calls x {self.participants} = {self.total_participants:>4} participants, "
             f"{self.media_s:.0f} s: server {s.get('server_pct', 0):5.1f}% (loop thread "
             f"{s.get('main_thread_pct', 0):5.1f}%, workers {s.get('children_pct', 0):5.1f}%), client "
-            f"{self.client_cpu_pct:5.1f}%, other processes {self.others_pct:5.1f}%, steal {self.steal_pct:4.1f}% "
+            f"{self.client_cpu_pct:5.1f}%, "
+            + (f"the rest of the system {self.system_pct:5.1f}%, " if self.system_pct else "")
+            + f"other processes {self.others_pct:5.1f}%, steal {self.steal_pct:4.1f}% "
             f"(% of one core); "
             f"slip max {self.slip_max_ms:.0f} ms, backlog max {self.backlog_max_ms:.0f} ms; "
             f"probe p99 {percentile(self.probe_ms, 99):.1f} ms; "
@@ -240,6 +254,7 @@ async def run_step(
     video: dict[str, Any] | None = None,
     ticks_per_batch: int = 1,
     floor_target: str | None = None,
+    system_pids: Sequence[int] = (),
 ) -> StepResult:
     """Stream `calls` calls of `participants` for `seconds` through `srv`, recording each.
 
@@ -247,7 +262,9 @@ async def run_step(
     `media_batch` (1: one message per call per 20 ms tick). `floor_target`: HOST:PORT of a server that
     answers GetRecordingState without callrec code (`bench.null_sink`); each control probe is followed by
     the same request there (`StepResult.floor_probe_ms`), so the step shows what any grpc.aio server
-    answers in on this machine under this load."""
+    answers in on this machine under this load. `system_pids`: the rest of the system under test (a cluster's
+    other nodes, PostgreSQL, Redis, HAProxy), whose CPU (with their children's) is the step's own, reported as
+    `system_pct`, not as other processes (which make the ramp run a failed step again)."""
     assert srv.proc is not None
     pid = srv.proc.pid
     record = record or {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}
@@ -282,6 +299,7 @@ async def run_step(
             client_cpu0 = proc_cpu(gen.pid)
             self_cpu0 = proc_cpu(os.getpid())
             window = CpuWindow(pid, with_children=True)  # video and decode workers count
+            system_cpu0 = tree_cpu(system_pids)
             await gen.go()
             stop_probe = asyncio.Event()
             rss_samples: list[tuple[float, float]] = []
@@ -320,6 +338,8 @@ async def run_step(
             result.client_cpu_pct = 100 * (proc_cpu(gen.pid) - client_cpu0) / wall
             ours = (result.stream["server_pct"] + result.stream["children_pct"] + result.client_cpu_pct
                     + 100 * (proc_cpu(os.getpid()) - self_cpu0) / wall)
+            result.system_pct = 100 * tree_cpu_since(system_cpu0, system_pids) / wall
+            ours += result.system_pct
             result.steal_pct = result.stream["steal_pct"]
             result.others_pct = max(0.0, result.stream["machine_pct"] * CORES - ours - result.steal_pct)
             result.slip_max_ms = streamed["slip_max_ms"]

@@ -155,3 +155,35 @@ def test_a_capacity_row_names_what_took_the_cpu_beside_its_steps() -> None:
     note = server_load.interference_note([quiet, busy])
     assert note == (" [other processes used up to 35% of a core meanwhile; the hypervisor took up to 45% of a core"
                     " (steal)]")
+
+
+def test_the_rest_of_the_system_counts_its_children_and_not_as_other_processes() -> None:
+    """A cluster step measures one node; PostgreSQL (a postmaster and its backends), Redis, HAProxy and the other
+    nodes are the system under test too. On 2026-12-04 the two-node row's other node showed as 82 % "other
+    processes", and the ramp ran its failed step again as if the machine had been busy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    spawn = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        before = common.tree_cpu([parent.pid])
+        deadline = time.monotonic() + 20
+        used = 0.0
+        while used < 0.3 and time.monotonic() < deadline:  # the child's burn, counted under its parent
+            time.sleep(0.05)
+            used = common.tree_cpu_since(before, [parent.pid])
+        assert 0.3 <= used < 5.0, used
+        assert len(common.tree_cpu([parent.pid])) == 2  # the parent and its child
+    finally:
+        for child in common.children(parent.pid):
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+    line = StepResult(8, 10, system_pct=82.5, others_pct=1.0).summary()
+    assert "the rest of the system  82.5%, other processes   1.0%" in line, line
+    assert "the rest of the system" not in StepResult(8, 10).summary()
