@@ -133,22 +133,6 @@ def machine_busy() -> tuple[float, float]:
     return busy, total
 
 
-def tree_cpu(roots: Sequence[int]) -> dict[int, float]:
-    """CPU seconds of each of `roots` and of its direct children, by pid (a PostgreSQL postmaster and its
-    backends; gone processes are left out)."""
-    cpu: dict[int, float] = {}
-    for root in roots:
-        for pid in (root, *children(root)):
-            cpu[pid] = proc_cpu(pid)
-    return cpu
-
-
-def tree_cpu_since(before: dict[int, float], roots: Sequence[int]) -> float:
-    """CPU seconds the process trees of `roots` used since `before` (`tree_cpu`): a process started since
-    counts whole, one gone since is not counted (its last share is lost: a second backend at most)."""
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in tree_cpu(roots).items())
-
-
 class CpuWindow:
     """CPU used by a process (and optionally its main thread, its children) over a window.
 
@@ -177,6 +161,11 @@ class CpuWindow:
             cpu = proc_cpu(child)
             self._child_first.setdefault(child, 0.0)
             self._child_last[child] = cpu
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the process and (with children) of its children since the window began."""
+        stopped = self.stop()
+        return stopped["server_cpu_s"] + stopped["children_cpu_s"]
 
     def stop(self) -> dict[str, float]:
         self.sample()

@@ -39,8 +39,6 @@ from bench.common import (
     proc_cpu,
     pss_mb,
     rss_mb,
-    tree_cpu,
-    tree_cpu_since,
 )
 from callrec.v1 import recording_pb2 as rpb
 from callrec_client import AsyncCallrecClient, CallrecError
@@ -299,7 +297,8 @@ async def run_step(
             client_cpu0 = proc_cpu(gen.pid)
             self_cpu0 = proc_cpu(os.getpid())
             window = CpuWindow(pid, with_children=True)  # video and decode workers count
-            system_cpu0 = tree_cpu(system_pids)
+            # the rest of the system (a postmaster and its backends, the other nodes and their workers)
+            system_windows = [CpuWindow(p, with_children=True) for p in system_pids]
             await gen.go()
             stop_probe = asyncio.Event()
             rss_samples: list[tuple[float, float]] = []
@@ -324,6 +323,8 @@ async def run_step(
                             result.floor_errors.append(str(exc))
                     rss_samples.append((time.monotonic() - t0, _footprint(pid)))
                     window.sample()
+                    for system_window in system_windows:
+                        system_window.sample()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop_probe.wait(), PROBE_INTERVAL_S)
 
@@ -338,7 +339,7 @@ async def run_step(
             result.client_cpu_pct = 100 * (proc_cpu(gen.pid) - client_cpu0) / wall
             ours = (result.stream["server_pct"] + result.stream["children_pct"] + result.client_cpu_pct
                     + 100 * (proc_cpu(os.getpid()) - self_cpu0) / wall)
-            result.system_pct = 100 * tree_cpu_since(system_cpu0, system_pids) / wall
+            result.system_pct = 100 * sum(w.cpu_s() for w in system_windows) / wall
             ours += result.system_pct
             result.steal_pct = result.stream["steal_pct"]
             result.others_pct = max(0.0, result.stream["machine_pct"] * CORES - ours - result.steal_pct)
