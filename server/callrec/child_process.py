@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from callrec.runtime_priority import normal_priority
+
 __all__ = ["ChildProcess", "child_connections", "start_child"]
 
 #: The directory that holds the `callrec` package: the child must import the same code.
@@ -51,9 +53,14 @@ def start_child(module: str) -> ChildProcess:
     finally:
         os.close(cmd_r)
         os.close(evt_w)
+    normal_priority(process.pid)  # a real-time control node's worker does bulk work: never above the media
     return ChildProcess(process, Connection(cmd_w, readable=False), Connection(evt_r, writable=False))
 
 
 def child_connections(argv: list[str]) -> tuple[Connection, Connection]:
-    """In the child: (commands, events) from the two descriptors `start_child` passed on its command line."""
+    """In the child: (commands, events) from the two descriptors `start_child` passed on its command line.
+
+    Also back to normal priority before the worker starts a thread, if it inherited a real-time one (its
+    parent lowers it too, right after starting it; this closes the moment between the two)."""
+    normal_priority()
     return Connection(int(argv[1]), writable=False), Connection(int(argv[2]), readable=False)

@@ -88,6 +88,13 @@ class ServerConfig:
     """Cluster mode: `full` (takes calls and answers every RPC) or `control` (takes no calls: answers the control
     and read RPCs a proxy routes to it, GetRecordingState from the shared state, on an event loop no call's
     media shares; state changes go on to the node that records the call)."""
+    realtime_priority: int = 0
+    """A control node's threads at real-time priority (SCHED_RR 1-98), so its answers do not wait for the media's
+    turn on a loaded machine; 0: normal priority. Only with `role = control` (a node that takes calls would put
+    its media above its own workers). Needs CAP_SYS_NICE or RLIMIT_RTPRIO (see `callrec.runtime_priority`)."""
+    realtime_cpu_budget: float = 0.5
+    """Cores a real-time control node may use (measured every 0.5 s); over it, its threads go back to normal
+    priority for 10 s, so a flood of requests competes fairly with the media instead of taking its cores."""
     capacity_audio_participants: float = 0.0
     """Admission: audio participants this node keeps at real time; 0 = automatic: off on a single node, and
     in cluster mode the figure `make bench` measured for one node on the 2-core development machine."""
@@ -383,6 +390,7 @@ def validate(config: ServerConfig) -> None:
     if config.role == "control" and not config.database_url:
         raise ConfigError("role = control needs cluster mode: a control node answers from the shared state that "
                           "the nodes recording the calls write, so set --database-url (and --events-url) too")
+    _validate_realtime(config)
     if not 0 < config.admission_ceiling <= 1:
         raise ConfigError(f"admission_ceiling must be in (0, 1] (a fraction of the node's capacity); "
                           f"got {config.admission_ceiling}")
@@ -421,3 +429,22 @@ def validate(config: ServerConfig) -> None:
             f"default storage target {config.default_storage!r} is not defined; "
             f"add [storage.targets.{config.default_storage}] to the config file"
         )
+
+
+def _validate_realtime(config: ServerConfig) -> None:
+    """realtime_priority: an int 0-98, only on a control node; realtime_cpu_budget: a share of the machine."""
+    from callrec.runtime_priority import MAX_PRIORITY
+
+    priority = config.realtime_priority
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise ConfigError(f"realtime_priority must be 0 (normal priority) or a SCHED_RR priority 1-{MAX_PRIORITY}; "
+                          f"got {priority!r}")
+    if priority and config.role != "control":
+        raise ConfigError(f"realtime_priority {priority} is for control nodes (role = control), which carry no "
+                          f"media; this node's role is {config.role!r}, whose media at real-time priority would "
+                          "take the cores its own decode and writer workers need: set realtime_priority = 0")
+    budget = config.realtime_cpu_budget
+    cores = os.cpu_count() or 1
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= cores:
+        raise ConfigError(f"realtime_cpu_budget must be in (0, {cores}] (cores of this machine a real-time control "
+                          f"node may use before it goes back to normal priority); got {budget!r}")

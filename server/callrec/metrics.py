@@ -20,6 +20,13 @@ PLAYOUT_DELAY_MAX = Gauge("callrec_playout_delay_max_seconds",
                           "The largest playout delay of any call: the base plus what overload added (media held "
                           "in memory that long is what a kill -9 loses)")
 
+REALTIME_PRIORITY = Gauge("callrec_realtime_priority",
+                          "The SCHED_RR priority this control node's threads run at; 0: normal priority (not "
+                          "configured, or put back by its CPU budget)")
+REALTIME_DEMOTIONS = Counter("callrec_realtime_demotions_total",
+                             "Times a real-time control node went over realtime_cpu_budget and back to normal "
+                             "priority")
+
 
 def start_metrics_server(listen: str) -> int:
     """Serve /metrics on HOST:PORT; returns the bound port."""

@@ -52,6 +52,7 @@ from callrec.media.video_text import check_font_at_startup
 from callrec.media.writer_pool import AudioWriterPool
 from callrec.media.writers import writer_factory_for
 from callrec.media.writers.repair import SpoolRepair
+from callrec.runtime_priority import RealtimePriority
 from callrec.security.tls import ServerTlsFiles, load_server_tls
 from callrec.security.tokens import TokenVerifier
 from callrec.state.chunks import ChunkIndex
@@ -487,8 +488,38 @@ async def start(app: App) -> None:
              auth=app.config.auth is not None)
 
 
+def realtime_priority(config: ServerConfig) -> RealtimePriority | None:
+    """A control node's `realtime_priority` (None when 0), its CPU budget's guard logging and counting each move;
+    PriorityError (an OSError: `callrec serve` exits 1 saying what to grant) if the process may not take it."""
+    if not config.realtime_priority:
+        return None
+
+    def changed(realtime: bool, cores: float) -> None:
+        if realtime:
+            metrics.REALTIME_PRIORITY.set(config.realtime_priority)
+            log.info("back at real-time priority", priority=config.realtime_priority, cpu_cores=round(cores, 2))
+        else:
+            metrics.REALTIME_PRIORITY.set(0)
+            metrics.REALTIME_DEMOTIONS.inc()
+            log.warning("over realtime_cpu_budget: normal priority for 10 s, so the media keeps its cores",
+                        cpu_cores=round(cores, 2), realtime_cpu_budget=config.realtime_cpu_budget)
+
+    priority = RealtimePriority(config.realtime_priority, config.realtime_cpu_budget, on_change=changed)
+    priority.check()  # before anything is served: a node that cannot take it refuses to start, saying why
+    return priority
+
+
+def start_realtime_priority(priority: RealtimePriority, config: ServerConfig) -> None:
+    """Every thread to real time, once serving: the start-up's work is not counted against the CPU budget."""
+    priority.start()
+    metrics.REALTIME_PRIORITY.set(config.realtime_priority)
+    log.info("real-time priority", policy="SCHED_RR", priority=config.realtime_priority,
+             realtime_cpu_budget=config.realtime_cpu_budget)
+
+
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
+    priority = realtime_priority(config)
     if config.metrics_listen:
         port = start_metrics(config)
         log.info("metrics", listen=config.metrics_listen, port=port, tls=config.tls_cert is not None)
@@ -503,6 +534,8 @@ async def serve(config: ServerConfig) -> None:
     log.info("mp3 encoder", encoder=lame.describe())
     media_path = compiled.state()
     (log.info if media_path.compiled or media_path.requested else log.warning)("media path", mode=media_path.reason)
+    if priority is not None:
+        start_realtime_priority(priority, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -510,6 +543,8 @@ async def serve(config: ServerConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("signal received, shutting down")
+    if priority is not None:
+        priority.stop()
     await app.stop()
 
 

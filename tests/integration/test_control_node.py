@@ -13,6 +13,9 @@ control node dies, the proxy sends the reads to the nodes again.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +23,12 @@ import grpc
 import pytest
 
 from bench.cluster import NODE_HEADER, Cluster
+from callrec.runtime_priority import thread_ids
 from callrec.testing import decode_file, dominant_frequencies, interleave
 from callrec.v1 import recording_pb2 as pb
 from callrec_client import ROUTING_HEADER, AsyncCallrecClient, CallrecError
 from callrec_client.gateway import GatewayConnection
-from tests.harness import unique
+from tests.harness import ServerProcess, free_port, unique
 from tests.integration.audio_recording import Speaker, download, frames_of
 from tests.integration.storage_servers import MotoServer
 from tests.integration.test_cluster_proxy import owner_of
@@ -184,3 +188,67 @@ async def test_with_two_control_nodes_a_killed_ones_reads_go_to_the_other_withou
             await asyncio.sleep(0.1)
     finally:
         cluster.stop()
+
+
+def scheduling(pid: int) -> list[tuple[int, int]]:
+    """(policy, priority) of every thread of `pid`."""
+    out = []
+    for tid in thread_ids(pid):
+        try:
+            out.append((os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority))
+        except ProcessLookupError:
+            continue
+    return sorted(out)
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def wait_logged(server: ServerProcess, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{server.log_text()[-3000:]}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="real-time scheduling needs root or CAP_SYS_NICE (CI runs as root)")
+async def test_a_real_time_control_node_answers_and_a_flood_over_its_cpu_budget_puts_it_back_to_normal(
+    make_server, postgres_url: str
+) -> None:
+    """`--realtime-priority 10`: once serving, every thread of the control node runs under SCHED_RR 10 (its guard
+    at 11) and answers; a flood of reads past `--realtime-cpu-budget` puts every thread back to normal priority,
+    logged and counted, so a client cannot take the media's cores by asking."""
+    port = free_port()
+    control = make_server("--database-url", postgres_url, "--node-id", unique("control"), "--role", "control",
+                          "--realtime-priority", "10", "--realtime-cpu-budget", "0.15",
+                          "--metrics-listen", f"127.0.0.1:{port}")
+    await wait_logged(control, "real-time priority")
+    await asyncio.sleep(1.5)  # three of the guard's periods: an idle node stays under budget, start-up not counted
+    assert "over realtime_cpu_budget" not in control.log_text()
+    assert control.proc is not None
+    threads = scheduling(control.proc.pid)
+    assert threads.count((os.SCHED_RR, 11)) == 1, threads  # the guard
+    assert len(threads) > 3 and set(threads) == {(os.SCHED_RR, 10), (os.SCHED_RR, 11)}, threads
+    assert metric(port, "callrec_realtime_priority") == 10
+    async with AsyncCallrecClient(control.target) as client:
+        with pytest.raises(CallrecError) as missing:
+            await client.get_recording_state("rec-unknown")
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+        async def flood() -> None:
+            while "over realtime_cpu_budget" not in control.log_text():
+                with pytest.raises(CallrecError):
+                    await client.get_recording_state("rec-unknown")
+
+        await asyncio.wait_for(asyncio.gather(*(flood() for _ in range(8))), 30)
+    threads = scheduling(control.proc.pid)
+    assert threads.count((os.SCHED_RR, 11)) == 1, threads  # the guard stays, to restore it later
+    assert set(threads) - {(os.SCHED_RR, 11)} == {(os.SCHED_OTHER, 0)}, threads
+    assert metric(port, "callrec_realtime_demotions_total") == 1
+    assert metric(port, "callrec_realtime_priority") == 0
+    assert control.terminate() == 0

@@ -233,6 +233,14 @@ def serve(
         envvar="CALLREC_ROLE",
         help="Cluster mode: full (takes calls, answers every RPC) or control (takes no calls; answers the "
         "control and read RPCs a proxy routes to it on a loop no media shares) [default: full].")] = None,
+    realtime_priority: Annotated[int | None, typer.Option(
+        envvar="CALLREC_REALTIME_PRIORITY",
+        help="Control nodes: run every thread at real-time priority (SCHED_RR 1-98) so answers do not wait for "
+        "the media's turn on a busy machine; needs CAP_SYS_NICE or RLIMIT_RTPRIO; 0 = normal [default: 0].")] = None,
+    realtime_cpu_budget: Annotated[float | None, typer.Option(
+        envvar="CALLREC_REALTIME_CPU_BUDGET",
+        help="Cores a real-time control node may use; over it, back to normal priority for 10 s "
+        "[default: 0.5].")] = None,
     node_lease: Annotated[float | None, typer.Option(envvar="CALLREC_NODE_LEASE",
                           help="Cluster mode: seconds a node stays alive without a heartbeat; then its calls go "
                           "to the node their gateways re-open them on [default: 15].")] = None,
@@ -251,6 +259,9 @@ def serve(
       callrec serve --listen 0.0.0.0:50051 --config callrec.toml --tls-cert server.pem --tls-key server.key
       callrec serve --listen 127.0.0.1:50061 --data-dir ./node1 --node-id node1 \\
           --database-url postgresql://callrec:secret@127.0.0.1:5432/callrec --events-url redis://127.0.0.1:6379/0
+      callrec serve --listen 127.0.0.1:50064 --data-dir ./control1 --node-id control1 --role control \\
+          --realtime-priority 10 --database-url postgresql://callrec:secret@127.0.0.1:5432/callrec \\
+          --events-url redis://127.0.0.1:6379/0
     """
     from callrec.config import ConfigError, load_config
     from callrec.logs import configure_logging
@@ -271,6 +282,7 @@ def serve(
         "upload_deadline_h": upload_deadline_h, "upload_retention_h": upload_retention_h,
         "failed_retention_h": failed_retention_h, "database_url": database_url, "events_url": events_url,
         "node_id": node_id, "advertise": advertise, "node_lease_s": node_lease, "role": role,
+        "realtime_priority": realtime_priority, "realtime_cpu_budget": realtime_cpu_budget,
         "capacity_audio_participants": capacity_audio_participants, "capacity_calls": capacity_calls,
         "capacity_video_composites": capacity_video_composites, "admission_ceiling": admission_ceiling,
     }

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from subprocess import Popen
 from typing import Any
 
+from callrec.runtime_priority import normal_priority
+
 __all__ = [
     "HEADER", "READ_SIZE", "LoopPipe", "append_frame", "serve_commands", "take_messages", "widen_pipe", "write_all",
 ]
@@ -74,6 +76,7 @@ def serve_commands(commands: int, results: int, answer: Callable[[Any], object |
     answered in one write: the loop wakes once per batch, not once per message. A message cut by the read
     waits for the next read. `answer` returns the message to send back, or None.
     """
+    normal_priority()  # as `child_process.child_connections`: a worker never inherits real-time priority
     scratch = bytearray(READ_SIZE)
     pending = bytearray()
     while True:
