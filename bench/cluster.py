@@ -13,6 +13,8 @@ The engines are Debian's: `postgresql` (initdb/pg_ctl as the `postgres` user whe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import shutil
 import signal
@@ -27,6 +29,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import ROOT
+from bench.common import children
+from callrec.runtime_priority import thread_ids
 from tests.harness import ServerProcess, free_port
 from tests.postgres_service import PostgresServer
 from tests.redis_service import RedisServer, start_redis
@@ -150,6 +154,16 @@ def wait_controlled(target: str, proxy: HaproxyProcess | None, timeout: float = 
                        f"(last answered by {seen or 'no node'})")
 
 
+def realtime_tree(pid: int, priority: int) -> None:
+    """Every thread of `pid` and of its descendants under SCHED_RR `priority` (what `chrt -r -a -p` does to one
+    process); processes they start later inherit it. PermissionError without root or CAP_SYS_NICE."""
+    for tid in thread_ids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setscheduler(tid, os.SCHED_RR, os.sched_param(priority))
+    for child in children(pid):
+        realtime_tree(child, priority)
+
+
 @dataclass
 class Cluster:
     """PostgreSQL + Redis + `nodes` callrec nodes + HAProxy, under `root` (by default a temporary directory, which
@@ -166,6 +180,10 @@ class Cluster:
     """Extra `callrec serve` arguments of every node (a --config with storage targets, --clock media...)."""
     node_env: dict[str, str] = field(default_factory=dict)
     lease_s: float = 3.0
+    realtime_priority: int = 0
+    """The control path at SCHED_RR priority (row 8g): control nodes get `--realtime-priority`, and PostgreSQL's
+    and HAProxy's processes (every thread, PostgreSQL's backends to come too) that priority, as a deployment sets
+    with systemd's `CPUSchedulingPolicy=rr` (deploy/README.md). 0: everything at normal priority."""
     postgres: PostgresServer | None = None
     redis: RedisServer | None = None
     servers: list[ServerProcess] = field(default_factory=list)
@@ -191,6 +209,10 @@ class Cluster:
                 self.servers.append(self._node(i))
                 self._start_node(self.servers[-1])
             self._start_proxy()
+            if self.realtime_priority:
+                assert self.proxy is not None and self.proxy.proc is not None
+                for root in (self.postgres.pid(), self.proxy.proc.pid):
+                    realtime_tree(root, self.realtime_priority)
             self.wait_routed()
         except BaseException:
             self.stop()
@@ -221,7 +243,9 @@ class Cluster:
         health = health_ports[index] if self.fixed_ports else free_port()
         self.health_ports.append(health)
         name = self._name(i)
-        role = ("--role", "control") if control else ()
+        role: tuple[str, ...] = ("--role", "control") if control else ()
+        if control and self.realtime_priority:
+            role += ("--realtime-priority", str(self.realtime_priority))
         server = ServerProcess(self.root / name, *self.node_url_args(), "--node-id", name,
                                "--health-listen", f"127.0.0.1:{health}", "--node-lease", str(self.lease_s),
                                *role, *self.node_args, env=self.node_env)

@@ -14,7 +14,11 @@ what decides a step is the recordings' own counters, read through the proxy.
 Row 8e is row 8a with a control node beside the node (`--role control`: it takes no calls, and the proxy sends
 it the state reads, GetRecordingState included); row 8f is the control probe at row 8e's largest passing step,
 answered by that control node on a loop no call's media shares: row 1d's goal (p99 <= 5 ms) with the means
-cluster mode offers on one machine.
+cluster mode offers on one machine. Row 8g runs row 8f's step again with the control path at real-time priority
+(the control node's `--realtime-priority`, HAProxy and PostgreSQL under SCHED_RR, as deploy/README.md sets them
+up) and probes from a process of its own at that priority, the stand-in for a client on another machine: on a
+machine whose cores the media keeps busy, a control RPC's time is mostly its threads' wake-ups, and at normal
+priority each may wait milliseconds for a core (docs/performance.md, "The control path at real-time priority").
 
 Row 8c runs 1:1 calls on one node, and row 8d fits admission's two audio costs to rows 8a and 8c (one node
 at a load of 1.0 in both shapes): `config.CLUSTER_AUDIO_PARTICIPANTS` and `config.CLUSTER_CALLS` are its
@@ -35,10 +39,13 @@ from bench.audio_capacity import RAMP_LIMITS
 from bench.cluster import Cluster
 from bench.common import Row, Section, percentile, wait_quiet, write_limits
 from bench.server_load import StepResult, ramp, run_step
+from callrec.runtime_priority import PriorityError, RealtimePriority
 
 PARTICIPANTS = 10
 #: The 10-person shapes' first step, in calls a node: its doublings reach row 1's goal, 80 calls, exactly.
 FIRST_CALLS = 10
+#: Row 8g's SCHED_RR priority for the control path (control node, HAProxy, PostgreSQL, the probe).
+REALTIME_PRIORITY = 10
 NO_ADMISSION = ("--capacity-audio-participants", "1000000", "--capacity-video-composites", "1000000")
 
 
@@ -69,6 +76,24 @@ def probe_row(result: StepResult) -> Row:
                goal="p99 <= 5 ms")
 
 
+def realtime_row(result: StepResult | None, refused: str = "") -> Row:
+    """Row 8g: row 8f's step again with the control path at real-time priority, probed by a process at that
+    priority too (a client on another machine, whose wake-ups the load does not delay)."""
+    what = "control RPC p50 / p99 via the proxy, the control path at real-time priority, row 8e's load"
+    probes = result.remote_probe_ms if result is not None else []
+    if result is None or not probes:
+        why = refused or "; ".join(result.remote_probe_errors if result is not None else [])
+        return Row("8g", what, "n/a", f"no real-time priority here: {why}"[:300], goal="p99 <= 5 ms")
+    verdict = "every frame on time" if result.passed else f"the step failed: {result.reasons[0]}"
+    return Row("8g", what, f"{percentile(probes, 50):.1f} / {percentile(probes, 99):.1f} ms",
+               f"GetRecordingState every 100 ms ({len(probes)} probes, max {max(probes):.0f} ms) from a process at "
+               f"SCHED_RR {REALTIME_PRIORITY} while {result.total_participants} participants stream into the other "
+               f"node ({verdict}); control node --realtime-priority {REALTIME_PRIORITY}, HAProxy and PostgreSQL "
+               f"at SCHED_RR {REALTIME_PRIORITY}; the bench's own probe at normal priority, the same moments: "
+               f"{percentile(result.probe_ms, 50):.1f} / {percentile(result.probe_ms, 99):.1f} ms",
+               goal="p99 <= 5 ms")
+
+
 async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], None],
               node_counts: tuple[int, ...] = (1, 2)) -> Section:
     seconds = 4.0 if quick else 18.0
@@ -90,17 +115,17 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
         node_args = ("--clock", "realtime", *NO_ADMISSION, "--config", str(limits))
         for row, nodes, participants, first, control in shapes:
             async def step(n: int, nodes: int = nodes, participants: int = participants,
-                           control: int = control) -> StepResult:
+                           control: int = control, realtime: int = 0) -> StepResult:
                 if not quick:
                     await wait_quiet(log)
                 cluster = Cluster(nodes=nodes, control_nodes=control, lease_s=15.0, node_args=node_args,
-                                  node_env={"CALLREC_LOG_LEVEL": "warning"})
+                                  node_env={"CALLREC_LOG_LEVEL": "warning"}, realtime_priority=realtime)
                 await asyncio.to_thread(cluster.start)
                 try:
                     # run_step measures one process: node 1 stands in for it (see the module docstring)
                     front: Any = SimpleNamespace(target=cluster.target, proc=cluster.servers[0].proc)
                     return await run_step(front, n, seconds, participants=participants, codec=codec,
-                                          system_pids=cluster.process_roots(but=0))
+                                          system_pids=cluster.process_roots(but=0), probe_priority=realtime)
                 finally:
                     await asyncio.to_thread(cluster.stop)
                     # its temporary directory (nodes' data and spools, Redis, logs): 1-17 MB a step, 180 MB a run
@@ -130,6 +155,16 @@ async def run(quick: bool, codec: str, budget_s: float, log: Callable[[str], Non
             section.rows.append(Row(row, what, value, detail, goal=">= 800" if nodes > 1 or control else ""))
             if control and best:
                 section.rows.append(probe_row(results[best]))
+                log(f"cluster: the control path at real-time priority (SCHED_RR {REALTIME_PRIORITY}), "
+                    f"{best} x {shape}")
+                try:
+                    RealtimePriority(REALTIME_PRIORITY, 1.0).check()
+                except PriorityError as exc:  # not root, no CAP_SYS_NICE: the row says so
+                    section.rows.append(realtime_row(None, str(exc)))
+                else:
+                    realtime = await step(best, realtime=REALTIME_PRIORITY)
+                    log(realtime.summary())
+                    section.rows.append(realtime_row(realtime))
     large, small = best_of.get((1, PARTICIPANTS, 0)), best_of.get((1, 2, 0))
     if large and small and not quick:
         fitted = fit_capacity((large, PARTICIPANTS), (small, 2))

@@ -40,6 +40,7 @@ from bench.common import (
     pss_mb,
     rss_mb,
 )
+from bench.control_probe import ProbeProcess
 from callrec.v1 import recording_pb2 as rpb
 from callrec_client import AsyncCallrecClient, CallrecError
 from tests.harness import ServerProcess
@@ -155,6 +156,10 @@ class StepResult:
     floor_probe_ms: list[float] = field(default_factory=list)
     """The same probe sent to a gRPC server without callrec code right after each one (`floor_target`)."""
     floor_errors: list[str] = field(default_factory=list)
+    remote_probe_ms: list[float] = field(default_factory=list)
+    """GetRecordingState every 100 ms from a probe process of its own at real-time priority (`probe_priority`):
+    a client whose wake-ups the load does not delay, as one on another machine."""
+    remote_probe_errors: list[str] = field(default_factory=list)
     rss_base_mb: float = 0.0
     rss_load_mb: float = 0.0  # server RSS (+ children PSS), median over the 2nd half of streaming
     finalize_s: float = 0.0  # call end -> all recordings finished
@@ -253,6 +258,7 @@ async def run_step(
     ticks_per_batch: int = 1,
     floor_target: str | None = None,
     system_pids: Sequence[int] = (),
+    probe_priority: int = 0,
 ) -> StepResult:
     """Stream `calls` calls of `participants` for `seconds` through `srv`, recording each.
 
@@ -262,7 +268,9 @@ async def run_step(
     the same request there (`StepResult.floor_probe_ms`), so the step shows what any grpc.aio server
     answers in on this machine under this load. `system_pids`: the rest of the system under test (a cluster's
     other nodes, PostgreSQL, Redis, HAProxy), whose CPU (with their children's) is the step's own, reported as
-    `system_pct`, not as other processes (which make the ramp run a failed step again)."""
+    `system_pct`, not as other processes (which make the ramp run a failed step again). `probe_priority`: also
+    probe from a process of its own at that SCHED_RR priority (`bench.control_probe`), into
+    `StepResult.remote_probe_ms`; the step's verdict stays with the probe in this process."""
     assert srv.proc is not None
     pid = srv.proc.pid
     record = record or {"content_type": "audio", "channel_type": "mixed", "format": "mp3"}
@@ -300,6 +308,12 @@ async def run_step(
             # the rest of the system (a postmaster and its backends, the other nodes and their workers)
             system_windows = [CpuWindow(p, with_children=True) for p in system_pids]
             await gen.go()
+            remote_probe = None
+            if probe_priority:
+                try:
+                    remote_probe = await ProbeProcess.start(srv.target, ids[0], seconds, probe_priority)
+                except (RuntimeError, TimeoutError) as exc:  # not permitted here: the figure is missing, said so
+                    result.remote_probe_errors.append(str(exc))
             stop_probe = asyncio.Event()
             rss_samples: list[tuple[float, float]] = []
 
@@ -334,6 +348,8 @@ async def run_step(
             finally:
                 stop_probe.set()
                 await probe_task
+                if remote_probe is not None:
+                    result.remote_probe_ms, result.remote_probe_errors = await remote_probe.finish()
             result.stream = window.stop()
             wall = max(result.stream["wall_s"], 1e-6)
             result.client_cpu_pct = 100 * (proc_cpu(gen.pid) - client_cpu0) / wall
