@@ -84,7 +84,7 @@ def realtime_row(result: StepResult | None, refused: str = "") -> Row:
     if result is None or not probes:
         why = refused or "; ".join(result.remote_probe_errors if result is not None else [])
         return Row("8g", what, "n/a", f"no real-time priority here: {why}"[:300], goal="p99 <= 5 ms")
-    verdict = "every frame on time" if result.passed else f"the step failed: {result.reasons[0]}"
+    verdict = "every frame on time" if result.passed else f"the step failed: {'; '.join(result.reasons) or '?'}"
     return Row("8g", what, f"{percentile(probes, 50):.1f} / {percentile(probes, 99):.1f} ms",
                f"GetRecordingState every 100 ms ({len(probes)} probes, max {max(probes):.0f} ms) from a process at "
                f"SCHED_RR {REALTIME_PRIORITY} while {result.total_participants} participants stream into the other "

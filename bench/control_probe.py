@@ -21,6 +21,7 @@ import sys
 import time
 
 from bench import ROOT
+from callrec.config import is_loopback
 from callrec_client import AsyncCallrecClient, CallrecError
 
 READY_S = 30.0
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--interval", type=float, default=0.1)
     args = parser.parse_args(argv)
-    host = args.target.rpartition(":")[0].strip("[]")
-    if not (host.startswith("127.") or host in ("::1", "localhost")):
+    if not is_loopback(args.target.rpartition(":")[0].strip("[]")):
         parser.error(f"--target must be a loopback address; got {args.target}")
     print(json.dumps(asyncio.run(probe(args.target, args.recording, args.seconds, args.interval))), flush=True)
 

@@ -33,3 +33,27 @@ def test_without_floor_probes_the_row_says_nothing_of_a_floor() -> None:
 def test_failed_floor_probes_are_counted_in_the_detail() -> None:
     row = control_row(step([3.0], [2.0], ["DEADLINE_EXCEEDED: no answer in 30 s", "UNAVAILABLE"]))
     assert "2 of its probes failed: DEADLINE_EXCEEDED" in row.detail
+
+
+def test_row_8g_prints_the_real_time_probe_and_beside_it_the_normal_one_and_the_step_s_verdict() -> None:
+    from bench.cluster_capacity import realtime_row
+
+    result = step([4.0] * 60 + [9.0] * 3, [])
+    result.remote_probe_ms = [2.5] * 170 + [3.3] * 4
+    result.passed = True
+    row = realtime_row(result)
+    assert (row.key, row.value, row.goal) == ("8g", "2.5 / 3.3 ms", "p99 <= 5 ms")
+    assert "174 probes" in row.detail and "SCHED_RR 10" in row.detail and "every frame on time" in row.detail
+    assert "normal priority, the same moments: 4.0 / 9.0 ms" in row.detail
+    result.passed, result.reasons = False, ["120 frames late"]
+    assert "the step failed: 120 frames late" in realtime_row(result).detail
+
+
+def test_row_8g_says_why_when_real_time_priority_is_not_allowed() -> None:
+    from bench.cluster_capacity import realtime_row
+
+    row = realtime_row(None, "realtime_priority 10 needs permission to use real-time scheduling")
+    assert row.value == "n/a" and "needs permission" in row.detail
+    refused = step([3.0], [])
+    refused.remote_probe_errors = ["control probe did not start: chrt: failed to set pid 0's policy"]
+    assert "chrt: failed" in realtime_row(refused).detail

@@ -35,6 +35,12 @@ def test_compose_nodes_use_only_flags_and_variables_that_serve_knows() -> None:
     services = compose["services"]
     assert {"postgres", "redis", "minio", "node1", "node2", "node3", "control1", "haproxy"} <= set(services)
     assert services["control1"]["command"][-2:] == ["--role", "control"]
+    control = services["control1"]["command"]  # its guard thread runs one above: RLIMIT_RTPRIO 11
+    assert control[control.index("--realtime-priority") + 1] == "10"
+    assert services["control1"]["ulimits"]["rtprio"] == 11
+    for name, command in (("haproxy", services["haproxy"]["command"]),
+                          ("postgres", services["postgres"]["entrypoint"])):
+        assert command[:3] == ["chrt", "-r", "10"] and services[name]["ulimits"]["rtprio"] == 10, name
     text = serve_help()
     flat = " ".join(text.split())
     for name in ("node1", "node2", "node3", "control1"):
