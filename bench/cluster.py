@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-nodes", type=int, default=1, choices=(0, 1),
                         help="control nodes (--role control: no calls, they answer the proxy's state reads; "
                         "default 1, port 50064)")
+    parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                        help="the control path at SCHED_RR N: the control node's --realtime-priority, HAProxy and "
+                        "PostgreSQL under it too (README 'Cluster mode'; needs root or CAP_SYS_NICE; default 0: off)")
     parser.add_argument("--dir", type=Path, default=ROOT / "cluster-data",
                         help="where the nodes and Redis keep their data (default ./cluster-data; PostgreSQL runs in a "
                         "temporary directory, removed on exit)")
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"at most {len(FIXED_NODE_PORTS)} nodes on the fixed ports of deploy/haproxy.cfg")
     args.dir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(nodes=args.nodes, control_nodes=args.control_nodes, root=args.dir, fixed_ports=True,
-                      lease_s=15.0)
+                      lease_s=15.0, realtime_priority=args.realtime_priority)
     print(f"starting PostgreSQL, Redis, {args.nodes} callrec nodes, {args.control_nodes} control node and HAProxy "
           f"under {args.dir} ...", flush=True)
     cluster.start()
