@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from callrec.state.db import Database
+from callrec.state.uploads import SqliteUploadRows, Upload
 from callrec.storage.base import PermissionDenied, StorageError, StoredObject, Transient
 from callrec.storage.outbox import DONE, FAILED, PENDING, PRESSURE_RELEASE_S, Outbox, UploadFailed
 from callrec.testing import FakeTime
@@ -588,3 +590,95 @@ async def test_the_pending_gauge_follows_each_enqueue_and_each_stored_file(tmp_p
     async with running(outbox):
         await wait_group(outbox, "rec1")
     assert reported[-1] == 0 and 1 in reported[2:], reported
+
+
+class RoundTripRows(SqliteUploadRows):
+    """The rows as PostgreSQL gives them (cluster mode): a read's answer comes back after a round trip, during
+    which the event loop runs other tasks. With `hold` set, the reads named in `held_reads` wait for it after
+    reading."""
+
+    def __init__(self, db: Database, *held_reads: str) -> None:
+        super().__init__(db)
+        self.held_reads = set(held_reads)
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+
+    async def _answer(self, read: str, rows: list[Upload]) -> list[Upload]:
+        if self.hold is not None and read in self.held_reads:
+            self.held.set()
+            await self.hold.wait()
+        return rows
+
+    async def due(self, now: float, target: str, limit: int) -> list[Upload]:
+        return await self._answer("due", await super().due(now, target, limit))
+
+    async def queued_before(self, at: float) -> list[Upload]:
+        return await self._answer("queued_before", await super().queued_before(at))
+
+
+class KeyCountingStore(FakeStore):
+    """Counts every `put_file` per key, the ones that find their spool file gone included."""
+
+    def __init__(self, time: FakeTime) -> None:
+        super().__init__(time)
+        self.calls: Counter[str] = Counter()
+
+    async def put_file(self, key: str, path: Path | str, content_type: str) -> StoredObject:
+        self.calls[key] += 1
+        if not Path(path).exists():
+            raise FileNotFoundError(path)  # as the real stores do
+        return await super().put_file(key, path, content_type)
+
+
+async def test_a_file_stored_while_the_due_uploads_are_read_is_not_attempted_again(tmp_path, db, fake):
+    """Cluster mode's race (seen in `make bench` row 8c): the worker read the due uploads while an attempt
+    finished; the read still said pending, the attempt had left the in-flight set, and the stored (and unlinked)
+    file was attempted again, found missing, and failed its recording."""
+    rows = RoundTripRows(db, "due")
+    store = KeyCountingStore(fake)
+    store.gate = asyncio.Event()
+    outbox = make_outbox(rows, store, fake)
+    first = spool(tmp_path, "0.wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", first, "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        assert store.calls["rec1/0.wav"] == 1, "under way, waiting for the store"
+        rows.hold = asyncio.Event()
+        await outbox.enqueue("rec2", TARGET, "rec2/0.wav", spool(tmp_path, "1.wav"), "audio/wav")  # wakes the worker
+        await asyncio.wait_for(rows.held.wait(), 1.0)  # it read both rows as pending; the answer is on its way
+        store.gate.set()  # meanwhile the first file is stored, unlinked and out of the in-flight set
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not first.exists() and (await outbox.group("rec1"))[0].state == DONE
+        rows.hold.set()
+        await advance(fake, 5)
+        (upload,) = await wait_group(outbox, "rec1")
+        (other,) = await wait_group(outbox, "rec2")
+    assert store.calls == {"rec1/0.wav": 1, "rec2/0.wav": 1}, "each file attempted once"
+    assert (upload.state, upload.last_error, other.state) == (DONE, "", DONE)
+
+
+async def test_a_file_stored_while_overdue_uploads_are_read_does_not_fail_at_the_deadline(tmp_path, db, fake):
+    """The same race at the deadline: an upload stored while the overdue ones were read was failed after it
+    was stored."""
+    rows = RoundTripRows(db, "queued_before")
+    store = KeyCountingStore(fake)
+    store.gate = asyncio.Event()
+    outbox = make_outbox(rows, store, fake, deadline_s=60.0)
+    path = spool(tmp_path, "0.wav")
+    await outbox.enqueue("rec1", TARGET, "rec1/0.wav", path, "audio/wav")
+    async with running(outbox):
+        await tick(fake)
+        assert store.calls["rec1/0.wav"] == 1
+        await advance(fake, 59.5)
+        rows.hold = asyncio.Event()
+        await tick(fake, 1.0)  # the deadline: the worker reads the overdue uploads, the attempt still in flight
+        await asyncio.wait_for(rows.held.wait(), 1.0)
+        store.gate.set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        rows.hold.set()
+        await advance(fake, 5)
+        (upload,) = await wait_group(outbox, "rec1")
+    assert (upload.state, upload.last_error) == (DONE, ""), "stored, and so not failed by the deadline"
+    assert store.calls == {"rec1/0.wav": 1}

@@ -30,7 +30,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +168,11 @@ class Outbox:
         self._waiters: dict[str, _GroupWaiters] = {}
         self._wake = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # upload id -> its attempt
+        # Uploads whose attempt ended while a read of the rows was under way, one set per read: that read may
+        # still say "pending" of a file just stored and unlinked (PostgreSQL's reads await a round trip, and
+        # other tasks run meanwhile), and it is no longer in `_in_flight` to be left out. Seen in cluster mode:
+        # a stored file attempted again, found gone, and its recording FAILED.
+        self._ended_during_reads: list[set[int]] = []
         self._targets: dict[int, str] = {}  # upload id -> target, while in flight
         self._expires: dict[int, float] = {}  # upload id -> when its attempt times out
         self._timed_out: set[int] = set()
@@ -391,9 +396,20 @@ class Outbox:
             free = slots - busy[target]
             if free <= 0:
                 continue
-            rows = await self.rows.due(now, target, free + busy[target])
-            due += [u for u in rows if u.id not in self._in_flight][:free]
+            with self._reading() as ended:
+                rows = await self.rows.due(now, target, free + busy[target])
+            due += [u for u in rows if u.id not in self._in_flight and u.id not in ended][:free]
         return due
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[set[int]]:
+        """The ids of the uploads whose attempt ends while the caller reads rows (see `_ended_during_reads`)."""
+        ended: set[int] = set()
+        self._ended_during_reads.append(ended)
+        try:
+            yield ended
+        finally:
+            self._ended_during_reads.remove(ended)
 
     async def _next_attempt_at(self) -> float | None:
         """When the earliest pending upload of a target with a free slot is due (None: there is none).
@@ -428,8 +444,9 @@ class Outbox:
         if self.deadline_s <= 0:
             return
         now = self._clock()
-        rows = await self.rows.queued_before(now - self.deadline_s)
-        overdue = [u for u in rows if u.id not in self._in_flight]
+        with self._reading() as ended:
+            rows = await self.rows.queued_before(now - self.deadline_s)
+        overdue = [u for u in rows if u.id not in self._in_flight and u.id not in ended]
         for upload in overdue:
             await self._finish_failed(upload, self._deadline_error(upload, upload.last_error), attempted=False)
         if overdue:
@@ -488,6 +505,8 @@ class Outbox:
             )
         finally:
             self._in_flight.pop(upload.id, None)
+            for ended in self._ended_during_reads:
+                ended.add(upload.id)
             self._targets.pop(upload.id, None)
             self._expires.pop(upload.id, None)
             self._timed_out.discard(upload.id)
