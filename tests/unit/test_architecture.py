@@ -73,6 +73,7 @@ def test_only_the_composition_root_and_support_modules_sit_at_the_package_root()
                "child_process.py",  # support: how the video and upload workers are started
                "runtime_gc.py",  # support: the garbage collector of the serving process
                "runtime_blas.py",  # support: BLAS on one thread in the serving process
+               "runtime_priority.py",  # support: a control node's threads at real-time priority
                "cancellation.py",  # support: loops that honour a cancel a library swallowed
                "loop_lag.py",  # support: the serving event loop's lag, on /metrics
                "compiled.py"}  # support: the mypyc-compiled media path, or its source when that build is stale
