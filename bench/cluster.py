@@ -183,7 +183,7 @@ class Cluster:
     realtime_priority: int = 0
     """The control path at SCHED_RR priority (row 8g): control nodes get `--realtime-priority`, and PostgreSQL's
     and HAProxy's processes (every thread, PostgreSQL's backends to come too) that priority, as a deployment sets
-    with systemd's `CPUSchedulingPolicy=rr` (deploy/README.md). 0: everything at normal priority."""
+    with systemd's `CPUSchedulingPolicy=rr` (README, "Cluster mode"). 0: everything at normal priority."""
     postgres: PostgresServer | None = None
     redis: RedisServer | None = None
     servers: list[ServerProcess] = field(default_factory=list)

@@ -15,10 +15,11 @@ Row 8e is row 8a with a control node beside the node (`--role control`: it takes
 it the state reads, GetRecordingState included); row 8f is the control probe at row 8e's largest passing step,
 answered by that control node on a loop no call's media shares: row 1d's goal (p99 <= 5 ms) with the means
 cluster mode offers on one machine. Row 8g runs row 8f's step again with the control path at real-time priority
-(the control node's `--realtime-priority`, HAProxy and PostgreSQL under SCHED_RR, as deploy/README.md sets them
-up) and probes from a process of its own at that priority, the stand-in for a client on another machine: on a
-machine whose cores the media keeps busy, a control RPC's time is mostly its threads' wake-ups, and at normal
-priority each may wait milliseconds for a core (docs/performance.md, "The control path at real-time priority").
+(the control node's `--realtime-priority`, HAProxy and PostgreSQL under SCHED_RR, as the README's "Cluster
+mode" sets them up) and probes from a process of its own at that priority, the stand-in for a client on another
+machine: on a machine whose cores the media keeps busy, a control RPC's time is mostly its threads' wake-ups,
+and at normal priority each may wait milliseconds for a core (docs/performance.md, "The control path at
+real-time priority").
 
 Row 8c runs 1:1 calls on one node, and row 8d fits admission's two audio costs to rows 8a and 8c (one node
 at a load of 1.0 in both shapes): `config.CLUSTER_AUDIO_PARTICIPANTS` and `config.CLUSTER_CALLS` are its

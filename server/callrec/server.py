@@ -501,8 +501,8 @@ def realtime_priority(config: ServerConfig) -> RealtimePriority | None:
         else:
             metrics.REALTIME_PRIORITY.set(0)
             metrics.REALTIME_DEMOTIONS.inc()
-            log.warning("over realtime_cpu_budget: normal priority for 10 s, so the media keeps its cores",
-                        cpu_cores=round(cores, 2), realtime_cpu_budget=config.realtime_cpu_budget)
+            log.warning(f"over realtime_cpu_budget: normal priority for {priority.cooldown_s:g} s, so the media "
+                        "keeps its cores", cpu_cores=round(cores, 2), realtime_cpu_budget=config.realtime_cpu_budget)
 
     priority = RealtimePriority(config.realtime_priority, config.realtime_cpu_budget, on_change=changed)
     priority.check()  # before anything is served: a node that cannot take it refuses to start, saying why
